@@ -1,0 +1,35 @@
+"""Exceptions raised by platoscope. Each names the offending element, frame or file."""
+
+from __future__ import annotations
+
+
+class PlatoscopeError(Exception):
+    """Base class for every error platoscope raises on purpose."""
+
+
+class UnknownBackendError(PlatoscopeError, ValueError):
+    """A backend spec string that names no supported model."""
+
+
+class BackendUnavailableError(PlatoscopeError, ImportError):
+    """The backend's package is not installed, or its weights cannot be had offline."""
+
+
+class UnsupportedElementError(PlatoscopeError, ValueError):
+    """A structure holds an element the model has no parameters for."""
+
+
+class InvalidStructureError(PlatoscopeError, ValueError):
+    """An empty structure, or one with NaN/inf positions or cell."""
+
+
+class AnchorCacheMismatchError(PlatoscopeError, ValueError):
+    """A cached anchor matrix was made by another model, weight file, layer or anchor set."""
+
+
+class AnchorSetMismatchError(PlatoscopeError, ValueError):
+    """Coordinates made with different anchor sets (or atom orders) cannot be compared."""
+
+
+class CorruptFileError(PlatoscopeError, ValueError):
+    """A file platoscope wrote (or should read) is truncated, tampered with or not ours."""
