@@ -1,0 +1,250 @@
+"""Anchor sets: model-agnostic (structure, atom index) pairs, and each model's anchor matrix.
+
+An :class:`AnchorSet` stores the anchor atoms' structures, not any model's vectors, so every
+model embeds the *same* atoms itself. Its content hash identifies it in every output. The
+per-model anchor matrix (K, D) is computed on first use and cached on disk under
+(anchor-set hash, model fingerprint); a cache file made by another model, weight file, layer
+or anchor set is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+
+from platoscope.errors import AnchorCacheMismatchError, CorruptFileError
+from platoscope.provenance import sha256_bytes
+
+FORMAT = "platoscope.anchorset/1"
+CACHE_FORMAT = "platoscope.anchormatrix/1"
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where platoscope caches per-model data: ``path``, ``$PLATOSCOPE_CACHE`` or ~/.cache."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get("PLATOSCOPE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "platoscope"
+
+
+def _savez_atomic(path: Path, **arrays: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class AnchorSet:
+    """K anchor atomic environments: ``anchors[k] = (structure, atom index)``.
+
+    structures: the distinct structures the anchors live in; pairs: (K, 2) int array of
+    (structure index, atom index); meta: JSON-serialisable notes on how the set was chosen
+    (method, K, model, data hash). The hash covers structures and pairs, not meta.
+    """
+
+    def __init__(self, structures: Sequence[Atoms], pairs: Any, meta: dict[str, Any] | None = None):
+        self.structures = [self._canonical(a) for a in structures]
+        self.pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        self.meta = dict(meta or {})
+        if len(self.pairs) == 0:
+            raise ValueError("an AnchorSet needs at least one anchor")
+        for k, (s, i) in enumerate(self.pairs):
+            if not 0 <= s < len(self.structures):
+                raise ValueError(f"anchor {k}: structure index {s} out of range")
+            if not 0 <= i < len(self.structures[s]):
+                raise ValueError(
+                    f"anchor {k}: atom index {i} out of range for a structure of "
+                    f"{len(self.structures[s])} atoms")
+        self.hash = self._hash()
+
+    @staticmethod
+    def _canonical(atoms: Atoms) -> Atoms:
+        if not isinstance(atoms, Atoms):
+            raise TypeError(f"anchor structures must be ase.Atoms, got {type(atoms).__name__}")
+        if len(atoms) == 0:
+            raise ValueError("an anchor structure is empty")
+        pos = atoms.get_positions()
+        if not np.isfinite(pos).all():
+            raise ValueError("an anchor structure has non-finite positions")
+        return Atoms(numbers=atoms.numbers.copy(), positions=pos.copy(),
+                     cell=atoms.cell.array.copy(), pbc=atoms.pbc.copy())
+
+    @classmethod
+    def from_atoms(cls, pairs: Iterable[tuple[Atoms, int]], meta: dict[str, Any] | None = None
+                   ) -> AnchorSet:
+        """Build from (ase.Atoms, atom_index) pairs; repeated structures are stored once."""
+        structures: list[Atoms] = []
+        keys: dict[bytes, int] = {}
+        index: list[tuple[int, int]] = []
+        for atoms, i in pairs:
+            c = cls._canonical(atoms)
+            key = _structure_bytes(c)
+            if key not in keys:
+                keys[key] = len(structures)
+                structures.append(c)
+            index.append((keys[key], int(i)))
+        return cls(structures, index, meta)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> tuple[Atoms, int]:
+        s, i = self.pairs[k]
+        return self.structures[s], int(i)
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"AnchorSet(K={len(self)}, structures={len(self.structures)}, hash={self.hash[:12]})"
+
+    @property
+    def numbers(self) -> np.ndarray:
+        """(K,) atomic numbers of the anchor atoms."""
+        return np.array([self.structures[s].numbers[i] for s, i in self.pairs], dtype=np.int64)
+
+    @property
+    def symbols(self) -> list[str]:
+        return [chemical_symbols[z] for z in self.numbers]
+
+    def _hash(self) -> str:
+        return sha256_bytes(*(_structure_bytes(a) for a in self.structures),
+                            self.pairs.astype("<i8").tobytes())
+
+    def subset(self, indices: Sequence[int]) -> AnchorSet:
+        """A new set of the anchors at ``indices`` (structures re-packed)."""
+        return AnchorSet.from_atoms([self[int(k)] for k in indices], meta={
+            **self.meta, "subset_of": self.hash, "n_subset": len(indices)})
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a portable ``.npz`` (no pickle): exact float64 arrays plus JSON metadata."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz")
+        sizes = np.array([len(a) for a in self.structures], dtype=np.int64)
+        _savez_atomic(
+            path,
+            format=np.array(FORMAT),
+            hash=np.array(self.hash),
+            meta=np.array(json.dumps(self.meta, sort_keys=True, default=str)),
+            sizes=sizes,
+            numbers=np.concatenate([a.numbers for a in self.structures]).astype(np.int64),
+            positions=np.concatenate([a.get_positions() for a in self.structures]),
+            cells=np.stack([a.cell.array for a in self.structures]),
+            pbc=np.stack([a.pbc for a in self.structures]),
+            pairs=self.pairs,
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AnchorSet:
+        """Read a file written by :meth:`save`; a damaged or foreign file raises CorruptFileError."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"anchor set file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except Exception as err:
+            raise CorruptFileError(f"{path}: not a readable anchor-set file ({err})") from err
+        if str(data.get("format", "")) != FORMAT:
+            raise CorruptFileError(f"{path}: not a platoscope anchor-set file (format "
+                                   f"{str(data.get('format', 'missing'))!r})")
+        try:
+            offsets = np.concatenate([[0], np.cumsum(data["sizes"])])
+            structures = [
+                Atoms(numbers=data["numbers"][a:b], positions=data["positions"][a:b],
+                      cell=data["cells"][s], pbc=data["pbc"][s])
+                for s, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True))
+            ]
+            out = cls(structures, data["pairs"], json.loads(str(data["meta"])))
+        except Exception as err:
+            raise CorruptFileError(f"{path}: inconsistent anchor-set arrays ({err})") from err
+        if out.hash != str(data["hash"]):
+            raise CorruptFileError(f"{path}: content does not match its recorded hash "
+                                   f"({out.hash[:12]} != {str(data['hash'])[:12]}): damaged?")
+        return out
+
+    def to_extxyz(self, path: str | os.PathLike) -> None:
+        """Human-viewable export: one frame per structure, ``anchor_id`` per atom (-1: none)."""
+        from ase.io import write
+
+        frames = []
+        for s, a in enumerate(self.structures):
+            f = a.copy()
+            ids = np.full(len(f), -1, dtype=np.int64)
+            for k in np.flatnonzero(self.pairs[:, 0] == s):
+                ids[self.pairs[k, 1]] = k
+            f.arrays["anchor_id"] = ids
+            f.info["anchor_set_hash"] = self.hash
+            frames.append(f)
+        write(path, frames, format="extxyz")
+
+    # -- per-model anchor matrices -------------------------------------------------------------
+    def embed(self, backend: Any, *, cache: bool = True, cache_path: str | os.PathLike | None = None,
+              progress: bool = False) -> np.ndarray:
+        """The backend's embeddings of the anchor atoms, (K, D) float64, cached on disk.
+
+        ``cache_path`` names a cache file explicitly (default: under :func:`cache_dir`). A file
+        whose recorded anchor-set hash or model fingerprint differs raises
+        AnchorCacheMismatchError rather than being silently used or overwritten.
+        """
+        fp = backend.fingerprint
+        path = Path(cache_path) if cache_path else (
+            cache_dir() / "anchors" / f"{self.hash[:16]}-{fp[:16]}.npz")
+        if cache and path.is_file():
+            return self._read_cache(path, backend, fp)
+        feats = backend.embed(self.structures, progress=progress)
+        mat = np.stack([feats[s][i] for s, i in self.pairs]).astype(np.float64)
+        if cache:
+            _savez_atomic(path, format=np.array(CACHE_FORMAT), matrix=mat,
+                          anchor_hash=np.array(self.hash), fingerprint=np.array(fp),
+                          model=np.array(backend.spec), layer=np.array(backend.layer))
+        return mat
+
+    def _read_cache(self, path: Path, backend: Any, fp: str) -> np.ndarray:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+            if str(data["format"]) != CACHE_FORMAT:
+                raise ValueError(f"format {str(data['format'])!r}")
+        except Exception as err:
+            raise CorruptFileError(f"{path}: not a readable anchor-matrix cache ({err}); "
+                                   "delete it to recompute") from err
+        if str(data["anchor_hash"]) != self.hash:
+            raise AnchorCacheMismatchError(
+                f"{path} holds anchors of set {str(data['anchor_hash'])[:12]}, not of this set "
+                f"{self.hash[:12]}")
+        if str(data["fingerprint"]) != fp:
+            raise AnchorCacheMismatchError(
+                f"{path} was made by {data['model']} (layer {data['layer']}, fingerprint "
+                f"{str(data['fingerprint'])[:12]}), not by {backend.spec} (layer "
+                f"{backend.layer}, fingerprint {fp[:12]}): another model or a changed weight "
+                "file; delete the file to recompute")
+        mat = data["matrix"]
+        if mat.shape[0] != len(self):
+            raise CorruptFileError(f"{path}: {mat.shape[0]} rows for {len(self)} anchors")
+        return mat
+
+
+def _structure_bytes(a: Atoms) -> bytes:
+    return b"".join([
+        a.numbers.astype("<i8").tobytes(),
+        np.ascontiguousarray(a.get_positions(), dtype="<f8").tobytes(),
+        np.ascontiguousarray(a.cell.array, dtype="<f8").tobytes(),
+        np.asarray(a.pbc, dtype=np.uint8).tobytes(),
+    ])

@@ -1,0 +1,293 @@
+"""The common backend interface: an ASE calculator plus per-atom features from its own forward pass.
+
+A backend never runs the model twice. It arms a forward hook on one submodule of the model,
+lets the bare ASE calculator do its ordinary work (energy, forces, stress), and reads the
+tensor the hook captured on the way. Results therefore equal the bare calculator's exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+
+from platoscope.errors import InvalidStructureError, UnsupportedElementError
+from platoscope.provenance import package_versions
+
+Extractor = Callable[[Any, Any], torch.Tensor]
+"""Maps a hooked module's (inputs, output) to a (n_atoms, D) tensor."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Where features are read: a submodule, whether before or after it runs, and a column slice."""
+
+    module: str
+    extract: Extractor
+    pre: bool = False
+    columns: slice | np.ndarray | None = None
+    description: str = ""
+
+
+class FeatureTap:
+    """Context manager that collects a submodule's features during forward passes."""
+
+    def __init__(self, module: torch.nn.Module, spec: LayerSpec):
+        self.module = module
+        self.spec = spec
+        self.chunks: list[torch.Tensor] = []
+        self._handle: Any = None
+
+    def _store(self, inputs: Any, output: Any) -> None:
+        t = self.spec.extract(inputs, output)
+        if self.spec.columns is not None:
+            t = t[:, self.spec.columns]
+        self.chunks.append(t.detach().to("cpu", copy=True))
+
+    def __enter__(self) -> FeatureTap:
+        if self.spec.pre:
+            self._handle = self.module.register_forward_pre_hook(
+                lambda _m, inputs: self._store(inputs, None)
+            )
+        else:
+            self._handle = self.module.register_forward_hook(
+                lambda _m, inputs, output: self._store(inputs, output)
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def features(self) -> np.ndarray:
+        """All captured rows, concatenated over hook calls, as float64 (n_rows, D)."""
+        if not self.chunks:
+            raise RuntimeError(
+                f"the feature hook on {self.spec.module!r} never fired: the model did not run "
+                "through that layer"
+            )
+        return torch.cat(self.chunks, dim=0).to(torch.float64).numpy()
+
+
+def invariant_columns(irreps: Any) -> np.ndarray:
+    """Column indices of the scalar (0e) channels of an e3nn ``Irreps`` layout."""
+    cols: list[int] = []
+    start = 0
+    for mul, ir in irreps:
+        width = mul * ir.dim
+        if ir.l == 0 and ir.p == 1:
+            cols.extend(range(start, start + width))
+        start += width
+    return np.asarray(cols, dtype=np.int64)
+
+
+def validate_atoms(atoms: Atoms, *, model: str, supported: frozenset[int] | None) -> None:
+    """Raise a clear error for inputs no model should see: empty, non-finite, unknown elements."""
+    if not isinstance(atoms, Atoms):
+        raise InvalidStructureError(f"expected ase.Atoms, got {type(atoms).__name__}")
+    if len(atoms) == 0:
+        raise InvalidStructureError("empty Atoms: there are no atoms to compute")
+    pos = atoms.get_positions()
+    bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
+    if bad.size:
+        raise InvalidStructureError(
+            f"non-finite (NaN or inf) positions at atom indices {bad[:10].tolist()}"
+            + (" ..." if bad.size > 10 else "")
+        )
+    if atoms.pbc.any() and not np.isfinite(atoms.cell.array).all():
+        raise InvalidStructureError("non-finite (NaN or inf) cell")
+    if supported is not None:
+        missing = sorted(set(atoms.numbers.tolist()) - supported)
+        if missing:
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+            raise UnsupportedElementError(
+                f"model {model!r} has no parameters for element(s) {names}; it covers "
+                f"{len(supported)} elements: {format_elements(supported)}"
+            )
+
+
+def format_elements(numbers: frozenset[int] | Sequence[int]) -> str:
+    zs = sorted(numbers)
+    if len(zs) > 20:
+        return " ".join(chemical_symbols[z] for z in zs[:10]) + " ... " + " ".join(
+            chemical_symbols[z] for z in zs[-5:]
+        )
+    return " ".join(chemical_symbols[z] for z in zs)
+
+
+@dataclass
+class BackendProvenance:
+    """What made a set of features: enough to reproduce them or refuse to mix them."""
+
+    backend: str
+    model: str
+    weights_sha256: str | None
+    layer: str
+    feature_dim: int
+    versions: dict[str, str] = field(default_factory=package_versions)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "weights_sha256": self.weights_sha256,
+            "layer": self.layer,
+            "feature_dim": self.feature_dim,
+            "versions": dict(self.versions),
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+class Backend(ABC):
+    """One MLIP behind a small interface.
+
+    Subclasses build the bare ASE calculator, name their layers, and say which elements the
+    model covers. ``compute`` returns the calculator's own results plus per-atom features
+    ``(N, D)`` float64 from the same forward pass.
+    """
+
+    family: str = ""
+    default_layer: str = ""
+
+    def __init__(self, calc: Calculator, *, model: str, weights_path: str | None,
+                 layer: str | None = None):
+        self.calc = calc
+        self.model = model
+        self.weights_path = weights_path
+        self.layer = layer or self.default_layer
+        layers = self.available_layers()
+        if self.layer not in layers:
+            raise ValueError(
+                f"unknown layer {self.layer!r} for {self.spec}; available: {', '.join(layers)}"
+            )
+        self._layer_spec = self.layer_spec(self.layer)
+        self._feature_dim: int | None = None
+
+    # -- what subclasses provide -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def torch_model(self) -> torch.nn.Module:
+        """The torch module that the calculator runs."""
+
+    @abstractmethod
+    def available_layers(self) -> list[str]:
+        """Names accepted for ``layer``."""
+
+    @abstractmethod
+    def layer_spec(self, layer: str) -> LayerSpec:
+        """Where and how to read the features of ``layer``."""
+
+    @property
+    @abstractmethod
+    def supported_numbers(self) -> frozenset[int] | None:
+        """Atomic numbers the model has parameters for (None: unknown, do not check)."""
+
+    def weights_sha256(self) -> str | None:
+        from platoscope.provenance import sha256_file
+
+        return sha256_file(self.weights_path) if self.weights_path else None
+
+    # -- shared behaviour ----------------------------------------------------------------------
+    @property
+    def spec(self) -> str:
+        """The spec string that rebuilds this backend, e.g. ``'chgnet:0.3.0'``."""
+        return f"{self.family}:{self.model}"
+
+    @property
+    def implemented_properties(self) -> list[str]:
+        return list(getattr(self.calc, "implemented_properties", ["energy", "forces"]))
+
+    def check_atoms(self, atoms: Atoms) -> None:
+        validate_atoms(atoms, model=self.spec, supported=self.supported_numbers)
+
+    @contextmanager
+    def tap(self) -> Iterator[FeatureTap]:
+        """Arm the feature hook for the duration of the block."""
+        module = self.torch_model.get_submodule(self._layer_spec.module)
+        with FeatureTap(module, self._layer_spec) as t:
+            yield t
+
+    def compute(self, atoms: Atoms, properties: Sequence[str] = ("energy", "forces"),
+                system_changes: Sequence[str] = tuple(all_changes)
+                ) -> tuple[dict[str, Any], np.ndarray]:
+        """One forward pass: (the bare calculator's results, per-atom features (N, D) float64)."""
+        self.check_atoms(atoms)
+        with self.tap() as t:
+            self.calc.calculate(atoms, list(properties), list(system_changes))
+        feats = t.features()[: len(atoms)]
+        self._check_rows(feats, len(atoms))
+        return dict(self.calc.results), feats
+
+    def embed(self, structures: Sequence[Atoms], *, batch_size: int = 16,
+              progress: bool = False) -> list[np.ndarray]:
+        """Per-atom features of many structures, one (N_i, D) array each.
+
+        The default runs the calculator structure by structure; backends that can batch
+        override this. Errors name the structure index that failed.
+        """
+        from tqdm.auto import tqdm
+
+        out = []
+        for i, atoms in enumerate(tqdm(structures, disable=not progress, desc=f"embed {self.spec}",
+                                       unit="struct")):
+            try:
+                out.append(self.compute(atoms, ("energy",))[1])
+            except Exception as err:
+                raise type(err)(f"structure {i}: {err}") from err
+        return out
+
+    def _check_rows(self, feats: np.ndarray, n: int) -> None:
+        if feats.shape[0] != n:
+            raise RuntimeError(
+                f"{self.spec}: layer {self.layer!r} gave {feats.shape[0]} rows for {n} atoms"
+            )
+        self._feature_dim = feats.shape[1]
+
+    @property
+    def feature_dim(self) -> int:
+        """Width D of the features of the chosen layer (runs a tiny probe if not yet known)."""
+        if self._feature_dim is None:
+            self._feature_dim = self._probe_dim()
+        return self._feature_dim
+
+    def _probe_dim(self) -> int:
+        from ase.build import bulk
+
+        zs = sorted(self.supported_numbers or {14})
+        z = 14 if 14 in zs else zs[0]
+        atoms = bulk("X", "sc", a=2.6)
+        atoms.numbers = [z]
+        return self.compute(atoms.repeat(2), ("energy",))[1].shape[1]
+
+    def provenance(self) -> BackendProvenance:
+        return BackendProvenance(
+            backend=self.family,
+            model=self.spec,
+            weights_sha256=self.weights_sha256(),
+            layer=self.layer,
+            feature_dim=self.feature_dim,
+            extra=self.provenance_extra(),
+        )
+
+    def provenance_extra(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of what determines the features: model id, weight bytes, layer."""
+        key = json.dumps([self.spec, self.weights_sha256(), self.layer, self.provenance_extra()],
+                         sort_keys=True, default=str)
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r}, layer={self.layer!r})"

@@ -1,0 +1,134 @@
+"""SevenNet backend (sevenn 0.13): 7net-0 (two releases), 7net-l3i5 and 7net-mf-0 ship offline.
+
+Layers: ``pre_readout`` (default, the paper's choice: node features entering
+``reduce_input_to_hidden``) and ``<i>_equivariant_gate``, the invariant (0e) part of interaction
+block ``i``'s output, sliced by the irreps the block declares.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import all_changes
+
+from platoscope.backends.base import Backend, LayerSpec, invariant_columns
+from platoscope.errors import BackendUnavailableError, UnknownBackendError
+
+OFFLINE_MODELS = ("7net-0", "7net-0_22May2024", "7net-0_11Jul2024", "7net-l3i5", "7net-mf-0")
+DOWNLOAD_MODELS = ("7net-omat", "7net-mf-ompa", "7net-omni", "7net-omni-i8", "7net-omni-i12")
+
+
+class IsolatedAtomWarning(UserWarning):
+    """SevenNet embedded atoms that have no neighbour within its cutoff."""
+
+
+class SevenNetBackend(Backend):
+    family = "sevenn"
+    default_layer = "pre_readout"
+
+    def __init__(self, model: str = "7net-0", *, layer: str | None = None, device: str = "cpu",
+                 calc: Any = None, modal: str | None = None):
+        from sevenn.calculator import SevenNetCalculator
+
+        weights = None
+        if calc is None:
+            weights = resolve_checkpoint(model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                calc = SevenNetCalculator(weights, device=device, modal=modal)
+        self.modal = calc.modal
+        name = model if not self.modal else f"{model}@{self.modal}"
+        self._isolated: list[int] = []
+        super().__init__(calc, model=name, weights_path=weights, layer=layer)
+
+    @property
+    def torch_model(self) -> torch.nn.Module:
+        return self.calc.model
+
+    def available_layers(self) -> list[str]:
+        gates = [k for k in self.calc.model._modules if k.endswith("_equivariant_gate")]
+        return ["pre_readout", *gates]
+
+    def layer_spec(self, layer: str) -> LayerSpec:
+        if layer == "pre_readout":
+            return LayerSpec(module="reduce_input_to_hidden", pre=True,
+                             extract=self._from_inputs,
+                             description="node features entering reduce_input_to_hidden")
+        gate = self.calc.model.get_submodule(layer)
+        cols = invariant_columns(gate.gate.irreps_out)
+        return LayerSpec(module=layer, extract=self._from_output, columns=cols,
+                         description=f"0e channels of {layer} output ({gate.gate.irreps_out})")
+
+    def _note_isolated(self, data: Any) -> None:
+        n = int(data["num_atoms"]) if "num_atoms" in data else data["x"].shape[0]
+        seen = torch.zeros(n, dtype=torch.bool)
+        seen[data["edge_index"][0].cpu()] = True
+        self._isolated = torch.nonzero(~seen).flatten().tolist()
+
+    def _from_inputs(self, inputs: Any, _output: Any) -> torch.Tensor:
+        data = inputs[0]
+        self._note_isolated(data)
+        return data["x"]
+
+    def _from_output(self, _inputs: Any, output: Any) -> torch.Tensor:
+        self._note_isolated(output)
+        return output["x"]
+
+    @property
+    def supported_numbers(self) -> frozenset[int]:
+        return frozenset(int(z) for z in self.calc.type_map)
+
+    def compute(self, atoms: Atoms, properties: Sequence[str] = ("energy", "forces"),
+                system_changes: Sequence[str] = tuple(all_changes)
+                ) -> tuple[dict[str, Any], np.ndarray]:
+        results, feats = super().compute(atoms, properties, system_changes)
+        if self._isolated:
+            warnings.warn(
+                f"{self.spec}: atom(s) {self._isolated[:10]} have no neighbour within "
+                f"{self.calc.cutoff:g} Å; SevenNet embeds them as bare elements, so their "
+                "coordinates say nothing about an environment",
+                IsolatedAtomWarning, stacklevel=2)
+        return results, feats
+
+    def provenance_extra(self) -> dict[str, Any]:
+        return {"modal": self.modal} if self.modal else {}
+
+
+def resolve_checkpoint(model: str) -> str:
+    """Local checkpoint path of a SevenNet model name or file, never downloading."""
+    if os.path.isfile(model):
+        return model
+    from sevenn.util import pretrained_name_to_path
+
+    low = model.lower()
+    if low in {m.lower() for m in DOWNLOAD_MODELS}:
+        from sevenn import _const
+
+        # pretrained_name_to_path downloads when the file is absent; look first.
+        key = {"7net-omat": "SEVENNET_omat", "7net-mf-ompa": "SEVENNET_MF_ompa",
+               "7net-omni": "SEVENNET_omni", "7net-omni-i8": "SEVENNET_omni_i8",
+               "7net-omni-i12": "SEVENNET_omni_i12"}[low]
+        path = getattr(_const, key, None)
+        cached = [path, path.replace(_const._prefix, os.path.expanduser("~/.cache/sevennet"))
+                  ] if path else []
+        for p in cached:
+            if p and os.path.exists(p):
+                return p
+        raise BackendUnavailableError(
+            f"SevenNet model {model!r} is not shipped with sevenn and is downloaded at run time, "
+            "which needs internet. Download the checkpoint elsewhere and pass its path: "
+            "'sevenn:/path/to/checkpoint.pth'.")
+    try:
+        return pretrained_name_to_path(model)
+    except ValueError:
+        raise UnknownBackendError(
+            f"unknown SevenNet model {model!r}; offline: "
+            + ", ".join(f"sevenn:{m}" for m in OFFLINE_MODELS)
+            + " (7net-mf-0 needs a modal: sevenn:7net-mf-0@PBE or @R2SCAN); "
+            + "or sevenn:/path/to/checkpoint.pth") from None

@@ -1,0 +1,100 @@
+"""PlatonicCalculator: any supported MLIP, plus each atom's anchor-projected coordinates.
+
+It delegates energy, forces and stress to the backend's own ASE calculator unchanged and reads
+the per-atom features from the same forward pass; the projection adds an (N, D) x (D, K)
+product. Coordinates are also written to ``atoms.arrays["platonic"]`` so that any ASE writer
+that keeps per-atom arrays (extxyz) stores them with every frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from platoscope.anchors import AnchorSet
+from platoscope.backends import Backend, load_backend
+from platoscope.projection import Projector
+from platoscope.provenance import package_versions
+
+EXTRA_PROPERTIES = ["platonic", "embeddings"]
+
+
+class PlatonicCalculator(Calculator):
+    """Wrap an MLIP; every calculation also yields ``platonic`` (N, K) and ``embeddings`` (N, D).
+
+    backend: a spec string (``"chgnet"``, ``"sevenn:7net-0"``, ``"mace:/path.model"`` ...), a
+        built :class:`~platoscope.backends.Backend`, or a supported ASE calculator.
+    anchors: an :class:`AnchorSet` or a path to one; ``None`` computes embeddings only.
+    projection: a preset name (``"paper"``, ``"centered"``) or a fitted/unfitted
+        :class:`Projector`. Presets that need reference statistics take a fitted Projector.
+    layer, device: passed to :func:`load_backend` when ``backend`` is a spec or calculator.
+    array_name: key of ``atoms.arrays`` that receives the coordinates (``None``: do not write).
+    """
+
+    def __init__(self, backend: Any, anchors: AnchorSet | str | None = None, *,
+                 projection: str | Projector = "paper", layer: str | None = None,
+                 device: str = "cpu", array_name: str | None = "platonic",
+                 anchor_cache: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.backend: Backend = load_backend(backend, layer=layer, device=device)
+        self.implemented_properties = [*self.backend.implemented_properties, *EXTRA_PROPERTIES]
+        if isinstance(anchors, (str, bytes)) or hasattr(anchors, "__fspath__"):
+            anchors = AnchorSet.load(anchors)
+        self.anchors = anchors
+        self.array_name = array_name
+        self.projector: Projector | None = None
+        if anchors is not None:
+            self.projector = self._fit_projector(projection, anchor_cache)
+
+    def _fit_projector(self, projection: str | Projector, use_cache: bool) -> Projector:
+        proj = Projector(projection) if isinstance(projection, str) else projection
+        if hasattr(proj, "anchors_"):
+            if proj.anchors_.shape[0] != len(self.anchors):
+                raise ValueError(f"fitted Projector has {proj.anchors_.shape[0]} anchors, the "
+                                 f"anchor set {len(self.anchors)}")
+            return proj
+        if proj.needs_reference:
+            raise ValueError(f"projection {proj.normalize!r} needs reference statistics: pass a "
+                             "Projector fitted with reference_embeddings")
+        return proj.fit(self.anchors.embed(self.backend, cache=use_cache))
+
+    def calculate(self, atoms: Atoms | None = None, properties: Any = ("energy",),
+                  system_changes: Any = tuple(all_changes)) -> None:
+        Calculator.calculate(self, atoms, properties, system_changes)
+        results, feats = self.backend.compute(self.atoms, properties, system_changes)
+        results["embeddings"] = feats
+        if self.projector is not None:
+            z = self.projector.transform(feats)
+            results["platonic"] = z
+            if atoms is not None and self.array_name:
+                atoms.arrays[self.array_name] = z
+        self.results = results
+
+    def get_platonic(self, atoms: Atoms | None = None) -> np.ndarray:
+        """(N, K) float64: cosine of each atom's (normalised) embedding to each anchor's."""
+        if self.projector is None:
+            raise PropertyNotImplementedError(
+                "no anchors: construct PlatonicCalculator(backend, anchors=...) to get coordinates")
+        return self.get_property("platonic", atoms)
+
+    def get_embeddings(self, atoms: Atoms | None = None) -> np.ndarray:
+        """(N, D) float64 raw per-atom features of the backend's chosen layer."""
+        return self.get_property("embeddings", atoms)
+
+    def provenance(self) -> dict[str, Any]:
+        """Model, weight hash, layer, anchor-set hash, projection and package versions."""
+        prov = self.backend.provenance().to_dict()
+        return {
+            **prov,
+            "anchor_set_hash": self.anchors.hash if self.anchors is not None else None,
+            "n_anchors": len(self.anchors) if self.anchors is not None else 0,
+            "projection": self.projector.normalize if self.projector is not None else None,
+            "versions": package_versions(),
+        }
+
+    def __repr__(self) -> str:
+        return (f"PlatonicCalculator({self.backend!r}, anchors={self.anchors!r}, "
+                f"projection={self.projector!r})")
