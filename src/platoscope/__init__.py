@@ -1,6 +1,6 @@
-"""platoscope: anchor-projected ("Platonic") per-atom coordinates for MLIPs, and monitors built on them.
+"""platoscope: anchor-projected ("Platonic") per-atom coordinates for MLIPs, and monitors.
 
-Heavy submodules (torch, backends) load on first attribute access, so ``import platoscope`` is cheap.
+Heavy submodules (torch, backends) load on first attribute access, so importing is cheap.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ _LAZY = {
     "Projector": "platoscope.projection",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "AnchorSet",
+    "PlatonicCalculator",
+    "Projector",
+    "__version__",
+    "available_backends",
+    "load_backend",
+    "project",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from platoscope.anchors import AnchorSet

@@ -16,6 +16,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from platoscope.anchors import AnchorSet
 from platoscope.backends import Backend, load_backend
+from platoscope.errors import InvalidStructureError
 from platoscope.projection import Projector
 from platoscope.provenance import package_versions
 
@@ -63,6 +64,9 @@ class PlatonicCalculator(Calculator):
 
     def calculate(self, atoms: Atoms | None = None, properties: Any = ("energy",),
                   system_changes: Any = tuple(all_changes)) -> None:
+        if atoms is None and self.atoms is None:
+            raise InvalidStructureError(
+                "no structure has been calculated yet: pass the Atoms, e.g. get_platonic(atoms)")
         Calculator.calculate(self, atoms, properties, system_changes)
         results, feats = self.backend.compute(self.atoms, properties, system_changes)
         results["embeddings"] = feats

@@ -39,10 +39,11 @@ class CHGNetBackend(Backend):
         if calc is None:
             if model not in MODELS:
                 raise UnknownBackendError(
-                    f"unknown CHGNet model {model!r}; valid: {', '.join('chgnet:' + m for m in MODELS)}"
+                    f"unknown CHGNet model {model!r}; valid: "
+                    + ", ".join("chgnet:" + m for m in MODELS)
                 )
             net = CHGNet.load(model_name=model, use_device=device, verbose=False)
-            calc = CHGNetCalculator(model=net, use_device=device)
+            calc = CHGNetCalculator(model=net, use_device=device, on_isolated_atoms="error")
         net = calc.model
         name = getattr(net, "version", None) or model
         weights = _weights_path(name)
@@ -118,8 +119,8 @@ def _isolated_message(backend: CHGNetBackend, atoms: Atoms) -> str:
     cutoff = float(backend.calc.model.graph_converter.atom_graph_cutoff)
     i = neighbor_list("i", atoms, cutoff)
     lonely = sorted(set(range(len(atoms))) - set(i.tolist()))
-    return (f"{backend.spec}: atom(s) {lonely[:10]} ({', '.join(atoms[lonely[:10]].get_chemical_symbols())}) "
-            f"have no neighbour within CHGNet's {cutoff:g} Å cutoff, which CHGNet cannot embed; "
+    symbols = ", ".join(atoms[lonely[:10]].get_chemical_symbols())
+    return (f"{backend.spec}: atom(s) {lonely[:10]} ({symbols}) have no neighbour within CHGNet's {cutoff:g} Å cutoff, which CHGNet cannot embed; "
             "check the cell (too dilute or a unit mix-up?)")
 
 

@@ -1,0 +1,93 @@
+"""Shared fixtures. Backend tests are marked ``@pytest.mark.backend("sevenn")`` etc.
+
+A backend whose package is missing is skipped, unless it is listed in the environment variable
+``PLATOSCOPE_REQUIRE_BACKENDS`` (comma separated; the test script sets it per environment):
+then collection fails, so an environment that should test a backend can never skip it silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from platoscope.backends import available_backends
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+MACE_MODEL = TEST_DATA / "mace_emt_tiny.model"
+AVAILABLE = available_backends()
+REQUIRED = {b for b in os.environ.get("PLATOSCOPE_REQUIRE_BACKENDS", "").split(",") if b}
+
+
+def pytest_report_header(config):
+    have = ", ".join(k for k, v in AVAILABLE.items() if v) or "none"
+    return [f"platoscope backends importable here: {have}; required: "
+            f"{', '.join(sorted(REQUIRED)) or 'none'}"]
+
+
+def pytest_configure(config):
+    missing = [b for b in REQUIRED if not AVAILABLE.get(b)]
+    if missing:
+        raise pytest.UsageError(
+            f"PLATOSCOPE_REQUIRE_BACKENDS names {missing}, which cannot be imported here")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark in item.iter_markers("backend"):
+            name = mark.args[0]
+            if not AVAILABLE.get(name):
+                item.add_marker(pytest.mark.skip(reason=f"backend {name!r} not installed here"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep anchor caches of the test run away from the user's ~/.cache."""
+    old = os.environ.get("PLATOSCOPE_CACHE")
+    os.environ["PLATOSCOPE_CACHE"] = str(tmp_path_factory.mktemp("platoscope-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PLATOSCOPE_CACHE", None)
+    else:
+        os.environ["PLATOSCOPE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def chgnet_backend():
+    if not AVAILABLE["chgnet"]:
+        pytest.skip("chgnet not installed")
+    from platoscope.backends import load_backend
+
+    return load_backend("chgnet")
+
+
+@pytest.fixture(scope="session")
+def sevenn_backend():
+    if not AVAILABLE["sevenn"]:
+        pytest.skip("sevenn not installed")
+    from platoscope.backends import load_backend
+
+    return load_backend("sevenn:7net-0")
+
+
+@pytest.fixture(scope="session")
+def mace_backend():
+    if not AVAILABLE["mace"]:
+        pytest.skip("mace not installed")
+    from platoscope.backends import load_backend
+
+    return load_backend(f"mace:{MACE_MODEL}")
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread: float32 reductions then run in a fixed order, so two evaluations of
+    the same model agree bit for bit (with several threads SevenNet's forces vary by ~1e-7)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

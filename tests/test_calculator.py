@@ -1,0 +1,243 @@
+"""PlatonicCalculator end to end on every backend installed here: MD, relaxation, files, errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.build import bulk
+from ase.filters import FrechetCellFilter
+from ase.io import read, write
+from ase.md.langevin import Langevin
+from ase.optimize import BFGS
+
+from platoscope import AnchorSet, PlatonicCalculator
+from platoscope.errors import (
+    AnchorCacheMismatchError,
+    InvalidStructureError,
+    UnsupportedElementError,
+)
+
+MACE_MODEL = Path(__file__).parent / "data" / "mace_emt_tiny.model"
+BACKENDS = [
+    pytest.param("chgnet", marks=pytest.mark.backend("chgnet")),
+    pytest.param("sevenn", marks=pytest.mark.backend("sevenn")),
+    pytest.param("mace", marks=pytest.mark.backend("mace")),
+]
+
+
+def system(name: str) -> Atoms:
+    """A small crystal each model covers (the tiny MACE knows only EMT metals)."""
+    if name == "mace":
+        a = bulk("Cu", "fcc", a=3.65, cubic=True).repeat((2, 1, 1))
+        a.numbers[[1, 6]] = 79
+        return a
+    return bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+
+
+def anchors_for(name: str) -> AnchorSet:
+    if name == "mace":
+        cu = bulk("Cu", "fcc", a=3.6)
+        alloy = system("mace")
+        return AnchorSet.from_atoms([(cu, 0), (alloy, 0), (alloy, 1), (bulk("Au", "fcc", a=4.1), 0),
+                                     (bulk("Ni", "fcc", a=3.5), 0)])
+    nacl = bulk("NaCl", "rocksalt", a=5.64)
+    return AnchorSet.from_atoms([(nacl, 0), (nacl, 1), (bulk("Si", "diamond", a=5.43), 0),
+                                 (bulk("NaCl", "rocksalt", a=6.0), 1), (bulk("Cu", "fcc", a=3.6), 0)])
+
+
+@pytest.fixture
+def backend(request):
+    return request.getfixturevalue(f"{request.param}_backend")
+
+
+@pytest.fixture
+def name(request):
+    return request.param
+
+
+def both(f):
+    return pytest.mark.parametrize(("backend", "name"), [
+        pytest.param(p.values[0], p.values[0], marks=p.marks) for p in BACKENDS
+    ], indirect=True)(f)
+
+
+@both
+def test_results_equal_backend_and_coordinates_are_cosines(backend, name, single_thread):
+    anchors = anchors_for(name)
+    atoms = system(name)
+    atoms.rattle(0.03, seed=1)
+    calc = PlatonicCalculator(backend, anchors=anchors)
+    atoms.calc = calc
+    e, f = atoms.get_potential_energy(), atoms.get_forces()
+    ref, feats = backend.compute(atoms.copy(), ["energy", "forces"])
+    assert e == pytest.approx(ref["energy"], rel=1e-6)
+    np.testing.assert_allclose(f, ref["forces"], rtol=1e-6, atol=1e-6 * np.abs(f).max())
+    z = calc.get_platonic()
+    assert z.shape == (len(atoms), len(anchors)) and z.dtype == np.float64
+    emb = calc.get_embeddings()
+    np.testing.assert_allclose(emb, feats, rtol=1e-6, atol=1e-7)
+    mat = anchors.embed(backend)
+    cos = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ (
+        mat / np.linalg.norm(mat, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(z, cos, atol=1e-10)
+    np.testing.assert_array_equal(atoms.arrays["platonic"], z)
+
+
+@both
+def test_anchor_atom_in_its_own_structure_projects_to_one(backend, name):
+    anchors = anchors_for(name)
+    s, i = anchors[0]
+    atoms = s.copy()
+    atoms.calc = PlatonicCalculator(backend, anchors=anchors)
+    assert atoms.calc.get_platonic(atoms)[i, 0] == pytest.approx(1.0, abs=1e-9)
+
+
+@both
+def test_md_run_keeps_coordinates_in_extxyz(backend, name, tmp_path):
+    atoms = system(name)
+    atoms.calc = PlatonicCalculator(backend, anchors=anchors_for(name))
+    frames = []
+    dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=600, friction=0.01, rng=np.random.default_rng(0))
+
+    def keep():
+        frames.append(atoms.arrays["platonic"].copy())
+        write(tmp_path / "md.xyz", atoms, append=True)
+
+    dyn.attach(keep, interval=1)
+    dyn.run(4)
+    back = read(tmp_path / "md.xyz", ":")
+    assert len(back) == len(frames) == 5
+    for f, z in zip(back, frames, strict=True):
+        np.testing.assert_allclose(f.arrays["platonic"], z, atol=1e-7)
+    assert not np.allclose(frames[0], frames[-1])  # atoms moved, coordinates followed
+
+
+@both
+def test_relaxation_with_cell_filter(backend, name):
+    atoms = system(name)
+    atoms.rattle(0.05, seed=2)
+    atoms.set_cell(atoms.cell * 1.02, scale_atoms=True)
+    atoms.calc = PlatonicCalculator(backend, anchors=anchors_for(name))
+    opt = BFGS(FrechetCellFilter(atoms), logfile=None)
+    opt.run(fmax=0.05, steps=60)
+    assert np.abs(atoms.get_forces()).max() < 0.05 + 1e-9 or opt.nsteps == 60
+    assert atoms.calc.get_platonic().shape == (len(atoms), 5)
+
+
+@pytest.mark.backend("chgnet")
+def test_embeddings_only_without_anchors(chgnet_backend):
+    atoms = system("chgnet")
+    atoms.calc = PlatonicCalculator(chgnet_backend)
+    with pytest.raises(InvalidStructureError, match="no structure has been calculated yet"):
+        atoms.calc.get_embeddings()
+    assert atoms.calc.get_embeddings(atoms).shape == (8, 64)
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    with pytest.raises(PropertyNotImplementedError, match="no anchors"):
+        atoms.calc.get_platonic()
+
+
+@pytest.mark.backend("chgnet")
+def test_bad_structures_raise_and_keep_last_good_results(chgnet_backend):
+    calc = PlatonicCalculator(chgnet_backend, anchors=anchors_for("chgnet"))
+    good = system("chgnet")
+    good.calc = calc
+    z = calc.get_platonic(good).copy()
+    bad = good.copy()
+    bad.positions[3, 1] = np.nan
+    with pytest.raises(InvalidStructureError, match=r"atom indices \[3\]"):
+        calc.get_potential_energy(bad)
+    with pytest.raises(InvalidStructureError, match="empty Atoms"):
+        calc.get_potential_energy(Atoms(cell=[3, 3, 3], pbc=True))
+    es = good.copy()
+    es.numbers[0] = 99
+    with pytest.raises(UnsupportedElementError, match=r"Es \(Z=99\)"):
+        calc.get_potential_energy(es)
+    np.testing.assert_array_equal(bad.arrays["platonic"], z)  # copied from good, not overwritten
+    np.testing.assert_array_equal(calc.get_platonic(good), z)
+
+
+@pytest.mark.backend("chgnet")
+def test_anchor_with_element_the_model_lacks(chgnet_backend):
+    weird = bulk("Cu", "fcc", a=3.6)
+    weird.numbers[0] = 99
+    with pytest.raises(UnsupportedElementError, match="Es"):
+        PlatonicCalculator(chgnet_backend, anchors=AnchorSet.from_atoms([(weird, 0)]))
+
+
+@pytest.mark.backend("chgnet")
+def test_anchor_cache_is_reused_and_checked(chgnet_backend, tmp_path):
+    anchors = anchors_for("chgnet")
+    path = tmp_path / "cache.npz"
+    first = anchors.embed(chgnet_backend, cache_path=path)
+    assert path.is_file()
+    np.testing.assert_array_equal(anchors.embed(chgnet_backend, cache_path=path), first)
+    other = AnchorSet.from_atoms([anchors[0], anchors[1]])
+    with pytest.raises(AnchorCacheMismatchError, match="holds anchors of set"):
+        other.embed(chgnet_backend, cache_path=path)
+
+
+@pytest.mark.backend("chgnet")
+def test_anchor_cache_from_changed_weights_is_refused(tmp_path):
+    """Copy the CHGNet weight file, change one byte: the fingerprint changes and the cache
+    made with the original weights is refused."""
+    from chgnet.model import CHGNet
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    from platoscope.backends.chgnet import CHGNetBackend
+
+    anchors = anchors_for("chgnet")
+    original = CHGNetBackend("0.3.0")
+    path = tmp_path / "cache.npz"
+    anchors.embed(original, cache_path=path)
+
+    weights = tmp_path / "chgnet_copy.pth.tar"
+    shutil.copy(original.weights_path, weights)
+    changed = CHGNetBackend(calc=CHGNetCalculator(model=CHGNet.from_file(str(weights))))
+    changed.weights_path = str(weights)
+    assert changed.fingerprint == original.fingerprint  # same bytes, same fingerprint
+    with open(weights, "r+b") as fh:
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 1]))
+    assert changed.fingerprint != original.fingerprint
+    with pytest.raises(AnchorCacheMismatchError, match="changed weight file"):
+        anchors.embed(changed, cache_path=path)
+
+
+@pytest.mark.backend("sevenn")
+@pytest.mark.backend("chgnet")
+def test_cache_from_another_model_is_refused(chgnet_backend, sevenn_backend, tmp_path):
+    anchors = anchors_for("chgnet")
+    path = tmp_path / "cache.npz"
+    anchors.embed(chgnet_backend, cache_path=path)
+    with pytest.raises(AnchorCacheMismatchError, match="made by chgnet:0.3.0.*not by sevenn:7net-0"):
+        anchors.embed(sevenn_backend, cache_path=path)
+
+
+@pytest.mark.backend("chgnet")
+def test_wraps_a_built_calculator_and_anchor_file(chgnet_backend, tmp_path):
+    path = anchors_for("chgnet").save(tmp_path / "anchors.npz")
+    calc = PlatonicCalculator(chgnet_backend.calc, anchors=str(path))
+    atoms = system("chgnet")
+    atoms.calc = calc
+    assert calc.get_platonic(atoms).shape == (8, 5)
+    prov = calc.provenance()
+    assert prov["anchor_set_hash"] == calc.anchors.hash
+    assert prov["model"] == "chgnet:0.3.0" and len(prov["weights_sha256"]) == 64
+    assert prov["layer"] == "atom_fea" and "ase" in prov["versions"]
+
+
+@pytest.mark.backend("chgnet")
+def test_centered_projection_option(chgnet_backend):
+    atoms = system("chgnet")
+    plain = PlatonicCalculator(chgnet_backend, anchors=anchors_for("chgnet"))
+    cent = PlatonicCalculator(chgnet_backend, anchors=anchors_for("chgnet"), projection="centered")
+    zp, zc = plain.get_platonic(atoms.copy()), cent.get_platonic(atoms.copy())
+    assert zp.shape == zc.shape and not np.allclose(zp, zc)
+    assert zc.mean() < zp.mean()

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from platoscope.projection import Projector, project
+
+
+def _cos(e, a):
+    en = e / np.linalg.norm(e, axis=1, keepdims=True)
+    an = a / np.linalg.norm(a, axis=1, keepdims=True)
+    return en @ an.T
+
+
+def test_project_is_cosine_in_float64():
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(50, 8)).astype(np.float32)
+    a = rng.normal(size=(5, 8))
+    z = project(e, a)
+    assert z.dtype == np.float64 and z.shape == (50, 5)
+    np.testing.assert_allclose(z, _cos(e.astype(np.float64), a), atol=1e-12)
+    assert np.abs(z).max() <= 1 + 1e-12
+
+
+def test_anchor_rows_project_to_one_on_themselves():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(6, 4))
+    np.testing.assert_allclose(np.diag(project(a, a)), 1.0, atol=1e-12)
+
+
+def test_zero_vector_gives_zero_not_nan():
+    z = project(np.zeros((2, 3)), np.eye(3))
+    assert np.isfinite(z).all() and (z == 0).all()
+
+
+def test_chunked_equals_direct(monkeypatch):
+    import platoscope.projection as pj
+
+    rng = np.random.default_rng(2)
+    e, a = rng.normal(size=(1000, 16)), rng.normal(size=(7, 16))
+    full = project(e, a)
+    monkeypatch.setattr(pj, "_CHUNK", 97)
+    np.testing.assert_array_equal(project(e, a), full)
+
+
+def test_centered_subtracts_anchor_mean():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(10, 6)) + 5.0
+    e = rng.normal(size=(20, 6)) + 5.0
+    p = Projector("centered").fit(a)
+    m = a.mean(0)
+    np.testing.assert_allclose(p.transform(e), _cos(e - m, a - m), atol=1e-12)
+    # without centering, everything is near 1 for data far from the origin
+    assert project(e, a).mean() > 0.9 > p.transform(e).mean()
+
+
+def test_whiten_makes_reference_covariance_identity():
+    rng = np.random.default_rng(4)
+    mix = rng.normal(size=(5, 5))
+    ref = rng.normal(size=(4000, 5)) @ mix + 3.0
+    p = Projector("whiten").fit(ref[:10], ref)
+    w = (ref - p.mean_) @ p.transform_
+    np.testing.assert_allclose(np.cov(w, rowvar=False), np.eye(5), atol=1e-8)
+
+
+def test_projector_state_roundtrip():
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(100, 4))
+    p = Projector("standardize").fit(ref[:3], ref)
+    q = Projector.from_state(p.get_state())
+    np.testing.assert_array_equal(p.transform(ref), q.transform(ref))
+
+
+@pytest.mark.parametrize(
+    ("e", "a", "msg"),
+    [
+        (np.zeros((3, 4)), np.zeros((2, 5)), "4 features but anchors have 5"),
+        (np.zeros(4), np.zeros((2, 4)), "must be 2-D"),
+        (np.array([[0.0, np.nan]]), np.ones((1, 2)), "non-finite values \\(first at row 0\\)"),
+    ],
+)
+def test_bad_input_is_named(e, a, msg):
+    with pytest.raises(ValueError, match=msg):
+        project(e, a)
+
+
+def test_projector_errors():
+    with pytest.raises(ValueError, match="unknown normalize"):
+        Projector("zca")
+    with pytest.raises(ValueError, match="needs reference_embeddings"):
+        Projector("whiten").fit(np.ones((2, 2)))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Projector().transform(np.ones((2, 2)))
