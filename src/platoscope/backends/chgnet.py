@@ -7,6 +7,9 @@ output of atom convolution ``i`` (``conv<n_conv-2>`` equals ``atom_fea``). All a
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,14 +39,18 @@ class CHGNetBackend(Backend):
         from chgnet.model import CHGNet
         from chgnet.model.dynamics import CHGNetCalculator
 
+        # CHGNet prints on load and warns on every call about an internal tensor conversion
+        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad",
+                                category=UserWarning)
         if calc is None:
             if model not in MODELS:
                 raise UnknownBackendError(
                     f"unknown CHGNet model {model!r}; valid: "
                     + ", ".join("chgnet:" + m for m in MODELS)
                 )
-            net = CHGNet.load(model_name=model, use_device=device, verbose=False)
-            calc = CHGNetCalculator(model=net, use_device=device, on_isolated_atoms="error")
+            with contextlib.redirect_stdout(io.StringIO()):
+                net = CHGNet.load(model_name=model, use_device=device, verbose=False)
+                calc = CHGNetCalculator(model=net, use_device=device, on_isolated_atoms="error")
         net = calc.model
         name = getattr(net, "version", None) or model
         weights = _weights_path(name)
