@@ -25,6 +25,12 @@ from platoscope.provenance import sha256_bytes
 
 FORMAT = "platoscope.anchorset/1"
 CACHE_FORMAT = "platoscope.anchormatrix/1"
+DEFAULT_ANCHORS = "anchors_default.npz"
+
+
+def default_data_path(name: str) -> Path:
+    """Path of a data file shipped inside the package (``platoscope/data/<name>``)."""
+    return Path(__file__).parent / "data" / name
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -123,6 +129,16 @@ class AnchorSet:
     def _hash(self) -> str:
         return sha256_bytes(*(_structure_bytes(a) for a in self.structures),
                             self.pairs.astype("<i8").tobytes())
+
+    @classmethod
+    def default(cls) -> AnchorSet:
+        """The anchor set shipped with platoscope (rebuilt by scripts/build_default_data.py)."""
+        path = default_data_path(DEFAULT_ANCHORS)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"the default anchor set is missing from the installation ({path}); "
+                "rebuild it with scripts/build_default_data.py")
+        return cls.load(path)
 
     def subset(self, indices: Sequence[int]) -> AnchorSet:
         """A new set of the anchors at ``indices`` (structures re-packed)."""
@@ -248,3 +264,39 @@ def _structure_bytes(a: Atoms) -> bytes:
         np.ascontiguousarray(a.cell.array, dtype="<f8").tobytes(),
         np.asarray(a.pbc, dtype=np.uint8).tobytes(),
     ])
+
+
+def select_anchor_set(backend: Any, structures: Sequence[Atoms], *, k: int = 100,
+                      method: str = "direct", per_element: bool = False,
+                      random_state: int = 0, data_hash: str | None = None,
+                      batch_size: int = 16, progress: bool = False) -> AnchorSet:
+    """Choose K anchor atoms from ``structures`` on ``backend``'s embeddings.
+
+    method: ``direct`` (DIRECT sampling), ``fps`` (farthest-point) or ``random``;
+    per_element: guarantee at least one anchor per element present. The set's ``meta``
+    records how it was chosen (method, K, model, layer, weight hash, data hash, parameters).
+    """
+    from platoscope.provenance import sha256_bytes
+    from platoscope.selection import select_anchors
+
+    structures = list(structures)
+    if not structures:
+        raise ValueError("no structures to select anchors from")
+    feats = backend.embed(structures, batch_size=batch_size, progress=progress)
+    emb = np.concatenate(feats)
+    numbers = np.concatenate([a.numbers for a in structures])
+    owner = np.repeat(np.arange(len(structures)), [len(f) for f in feats])
+    local = np.concatenate([np.arange(len(f)) for f in feats])
+    sel = select_anchors(emb, k, method=method, random_state=random_state,
+                         per_element=numbers if per_element else None)
+    if data_hash is None:
+        data_hash = sha256_bytes(*(a.numbers.tobytes() + a.positions.round(6).tobytes()
+                                   for a in structures))
+    meta = {
+        "method": method, "k": int(k), "per_element": per_element,
+        "random_state": random_state, "model": backend.spec, "layer": backend.layer,
+        "weights_sha256": backend.weights_sha256(), "data_hash": data_hash,
+        "n_structures": len(structures), "n_atoms": len(emb), "params": sel.params,
+    }
+    return AnchorSet.from_atoms([(structures[owner[r]], int(local[r])) for r in sel.indices],
+                                meta=meta)

@@ -1,0 +1,142 @@
+"""Atypical-environment monitor: how far each atom sits from what the model has seen.
+
+Score: mean Euclidean distance, in the projected (Platonic) space, from the atom to its ``k``
+nearest reference-bank atoms of the same element. Thresholds are calibrated per element on
+the bank itself, leaving each reference structure out of its own neighbour search, at the
+``quantile`` of those held-out scores: on data like the reference set an atom crosses the
+threshold with probability about ``1 - quantile`` per frame (the stated false-alarm rate).
+Elements absent from the bank are scored against every bank atom and get the smallest
+per-element threshold, so they stand out; events name them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from platoscope.monitors.base import Frame, Monitor
+from platoscope.reference import ReferenceBank
+
+MIN_ATOMS_PER_ELEMENT = 20
+
+
+def knn_distance(queries: np.ndarray, pool: np.ndarray, k: int, *,
+                 exclude: np.ndarray | None = None, groups: np.ndarray | None = None,
+                 chunk: int = 4096) -> np.ndarray:
+    """Mean distance of each query row to its ``k`` nearest rows of ``pool``.
+
+    queries: (n, K); pool: (m, K). With ``exclude`` (n,) and ``groups`` (m,), pool rows whose
+    group equals the query's exclude value are skipped (leave-one-structure-out).
+    """
+    q = torch.as_tensor(queries, dtype=torch.float64)
+    p = torch.as_tensor(pool, dtype=torch.float64)
+    if p.shape[0] == 0:
+        return np.full(len(q), np.nan)
+    out = np.empty(len(q))
+    g = None if groups is None else torch.as_tensor(groups)
+    for s in range(0, len(q), chunk):
+        d = torch.cdist(q[s:s + chunk], p)
+        if exclude is not None and g is not None:
+            ex = torch.as_tensor(exclude[s:s + chunk])
+            d[ex[:, None] == g[None, :]] = float("inf")
+        kk = min(k, p.shape[0])
+        vals = torch.topk(d, kk, dim=1, largest=False).values
+        vals = torch.where(torch.isinf(vals), torch.nan, vals)
+        out[s:s + chunk] = torch.nanmean(vals, dim=1).numpy()
+    return out
+
+
+class AtypicalMonitor(Monitor):
+    """Flags atoms far from the reference bank in the shared space.
+
+    bank: the ReferenceBank of the *same* model and anchors as the running calculator;
+    k: neighbours averaged; quantile: calibration quantile (false-alarm rate 1 - quantile);
+    same_element: compare only with reference atoms of the same element.
+    """
+
+    name = "atypical"
+
+    def __init__(self, bank: ReferenceBank, *, k: int = 5, quantile: float = 0.999,
+                 same_element: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not 0 < quantile < 1:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        self.bank = bank
+        self.k = k
+        self.quantile = quantile
+        self.same_element = same_element
+        coords = bank.coords
+        self._pool = {int(z): coords[bank.numbers == z] for z in np.unique(bank.numbers)}
+        self._all = coords
+        self.element_thresholds_: dict[int, float] = {}
+        self.calibration_scores_: dict[int, np.ndarray] = {}
+        if self.threshold is None:
+            self.calibrate()
+        self.expected_false_alarm_rate = 1.0 - quantile
+
+    def calibrate(self) -> AtypicalMonitor:
+        """Per-element thresholds from leave-one-structure-out scores of the bank atoms."""
+        bank, coords = self.bank, self.bank.coords
+        all_scores = []
+        for z in np.unique(bank.numbers):
+            mask = bank.numbers == z if self.same_element else np.ones(len(bank), bool)
+            sel = np.flatnonzero(bank.numbers == z)
+            s = knn_distance(coords[sel], coords[mask], self.k,
+                             exclude=bank.structure_index[sel],
+                             groups=bank.structure_index[mask])
+            s = s[np.isfinite(s)]
+            self.calibration_scores_[int(z)] = s
+            all_scores.append(s)
+        pooled = np.concatenate(all_scores)
+        if pooled.size == 0:
+            raise ValueError("reference bank too small to calibrate: every element sits in a "
+                             "single structure")
+        self.global_threshold_ = float(np.quantile(pooled, self.quantile))
+        for z, s in self.calibration_scores_.items():
+            self.element_thresholds_[z] = (float(np.quantile(s, self.quantile))
+                                           if s.size >= MIN_ATOMS_PER_ELEMENT
+                                           else self.global_threshold_)
+        self.unknown_threshold_ = min(self.element_thresholds_.values())
+        return self
+
+    def score(self, frame: Frame) -> np.ndarray:
+        z = np.asarray(frame.platonic)
+        if z.shape[1] != self._all.shape[1]:
+            raise ValueError(f"frame has K={z.shape[1]} coordinates, the reference bank "
+                             f"K={self._all.shape[1]}: different anchor sets")
+        out = np.empty(len(z))
+        numbers = frame.atoms.numbers
+        for el in np.unique(numbers):
+            idx = np.flatnonzero(numbers == el)
+            pool = self._pool.get(int(el)) if self.same_element else self._all
+            if pool is None or len(pool) == 0:
+                pool = self._all
+            out[idx] = knn_distance(z[idx], pool, self.k)
+        return out
+
+    def thresholds_for(self, frame: Frame) -> np.ndarray:
+        if self.threshold is not None:
+            return np.full(len(frame.atoms), float(self.threshold))
+        return np.array([self.element_thresholds_.get(int(z), self.unknown_threshold_)
+                         for z in frame.atoms.numbers])
+
+    def describe(self, frame: Frame, atoms: np.ndarray) -> dict[str, Any]:
+        d = super().describe(frame, atoms)
+        unknown = sorted({frame.atoms.get_chemical_symbols()[i] for i in atoms
+                          if int(frame.atoms.numbers[i]) not in self._pool})
+        if unknown:
+            d["elements_not_in_reference"] = unknown
+        return d
+
+    def summary(self) -> dict[str, Any]:
+        from ase.data import chemical_symbols
+
+        s = super().summary()
+        s.update(k=self.k, quantile=self.quantile, same_element=self.same_element,
+                 reference_model=self.bank.model, reference_atoms=len(self.bank),
+                 reference_data_hash=self.bank.data_hash,
+                 element_thresholds={chemical_symbols[z]: round(t, 6)
+                                     for z, t in sorted(self.element_thresholds_.items())})
+        return s

@@ -1,0 +1,256 @@
+"""The monitor protocol, and the observer that runs monitors inside any ASE dynamics.
+
+A monitor turns one frame (Atoms plus the PlatonicCalculator's results of that frame) into a
+per-atom score (N,) and compares it with a calibrated threshold. It never calls a model: the
+coordinates come from the forward pass the dynamics already made (the cross-model monitor is
+the one exception, by design: it evaluates a second model every ``interval`` steps).
+
+    watcher = Watcher([AtypicalMonitor(bank), SymmetryMonitor()], on_event=...)
+    dyn.attach(watcher, interval=1, atoms=atoms)      # ASE calls watcher(atoms=atoms)
+
+Actions when a score exceeds its threshold: ``record`` (event only), ``warn`` (also a Python
+warning), ``stop`` (ask the run to end cleanly: :class:`RunStopped` is raised after the frame
+is fully written, or ``watcher.stop_requested`` is set when ``raise_on_stop=False``),
+``callback`` (call ``callback(event, atoms)``), ``dump`` (write the frame to
+``<dump_dir>/frame_<step>.extxyz``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+log = logging.getLogger("platoscope.monitors")
+
+ACTIONS = ("record", "warn", "stop", "callback", "dump")
+
+
+class RunStopped(RuntimeError):
+    """A monitor with action='stop' fired; the frame that triggered it was written."""
+
+    def __init__(self, event: Event):
+        super().__init__(f"run stopped by monitor {event.monitor!r} at step {event.step}: "
+                         f"score {event.score:.4g} > threshold {event.threshold:.4g} "
+                         f"on atoms {event.atoms[:10]}")
+        self.event = event
+
+
+class MonitorWarning(UserWarning):
+    """Issued by monitors whose action is 'warn'."""
+
+
+@dataclass
+class Event:
+    """One threshold crossing. ``atoms``: indices of the offending atoms (worst first)."""
+
+    step: int
+    monitor: str
+    atoms: list[int]
+    score: float
+    threshold: float
+    action: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("details"))
+        return d
+
+
+@dataclass
+class Frame:
+    """What a monitor sees of one step: the atoms and the calculator's results (same pass)."""
+
+    step: int
+    atoms: Atoms
+    platonic: np.ndarray  # (N, K)
+    embeddings: np.ndarray | None = None  # (N, D)
+    forces: np.ndarray | None = None  # (N, 3) eV/Å
+    energy: float | None = None  # eV
+    calc: Any = None
+
+
+class Monitor(ABC):
+    """Base class. Subclasses set ``name`` and implement ``score``; most also ``calibrate``.
+
+    threshold: per-atom score above which an event fires (None: from ``calibrate``);
+    action: one of ACTIONS; interval: score every ``interval``-th frame only;
+    expected_false_alarm_rate: the per-atom rate the calibration targets (documented in
+    summary.json).
+    """
+
+    name: str = "monitor"
+
+    def __init__(self, *, threshold: float | None = None, action: str = "record",
+                 callback: Callable[[Event, Atoms], Any] | None = None, interval: int = 1,
+                 dump_dir: str | Path | None = None):
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; valid: {', '.join(ACTIONS)}")
+        if action == "callback" and callback is None:
+            raise ValueError("action='callback' needs callback=")
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.threshold = threshold
+        self.action = action
+        self.callback = callback
+        self.interval = interval
+        self.dump_dir = Path(dump_dir) if dump_dir else None
+        self.expected_false_alarm_rate: float | None = None
+
+    def start(self, frame: Frame) -> None:  # noqa: B027 - optional hook
+        """Called with the first frame (e.g. to record the reference symmetry)."""
+
+    @abstractmethod
+    def score(self, frame: Frame) -> np.ndarray:
+        """Per-atom score (N,) float64; larger is more alarming."""
+
+    def thresholds_for(self, frame: Frame) -> np.ndarray:
+        """Per-atom threshold (N,); the default broadcasts the scalar ``threshold``."""
+        if self.threshold is None:
+            raise RuntimeError(f"monitor {self.name!r} has no threshold: calibrate it first")
+        return np.full(len(frame.atoms), float(self.threshold))
+
+    def events(self, frame: Frame, scores: np.ndarray) -> list[Event]:
+        """One event per frame where any atom exceeds its threshold (worst atoms first)."""
+        thr = self.thresholds_for(frame)
+        over = np.flatnonzero(scores > thr)
+        if over.size == 0:
+            return []
+        ratio = scores[over] / np.maximum(thr[over], 1e-300)
+        order = over[np.argsort(-ratio)]
+        worst = order[0]
+        return [Event(step=frame.step, monitor=self.name, atoms=order.tolist(),
+                      score=float(scores[worst]), threshold=float(thr[worst]),
+                      action=self.action, details=self.describe(frame, order))]
+
+    def describe(self, frame: Frame, atoms: np.ndarray) -> dict[str, Any]:
+        """Extra, JSON-serialisable context for an event (elements of the flagged atoms ...)."""
+        sym = frame.atoms.get_chemical_symbols()
+        return {"elements": [sym[i] for i in atoms[:20]]}
+
+    def summary(self) -> dict[str, Any]:
+        """Configuration for summary.json: threshold(s), action, false-alarm rate."""
+        return {"name": self.name, "threshold": self.threshold, "action": self.action,
+                "interval": self.interval,
+                "expected_false_alarm_rate": self.expected_false_alarm_rate}
+
+
+class Watcher:
+    """Runs monitors on each frame; an ASE observer (``dyn.attach(watcher, atoms=atoms)``).
+
+    It stores each monitor's scores in ``atoms.arrays['score_<name>']`` (so writers keep them),
+    passes frames and events to ``sinks`` (objects with ``frame(frame, scores)`` and
+    ``event(event)`` methods: see :mod:`platoscope.runner`), and performs the actions.
+    A monitor that raises is logged and skipped for that frame unless ``strict``.
+    """
+
+    def __init__(self, monitors: Sequence[Monitor], *, sinks: Sequence[Any] = (),
+                 strict: bool = False, raise_on_stop: bool = True, start_step: int = 0):
+        names = [m.name for m in monitors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"monitor names must be unique, got {names}")
+        self.monitors = list(monitors)
+        self.sinks = list(sinks)
+        self.strict = strict
+        self.raise_on_stop = raise_on_stop
+        self.step = start_step
+        self.started = False
+        self.stop_requested: Event | None = None
+        self.errors: list[dict[str, Any]] = []
+        self.n_events = 0
+        self.worst: tuple[str, int, float] | None = None  # (monitor, atom, score/threshold)
+
+    def frame_from(self, atoms: Atoms, step: int) -> Frame:
+        calc = atoms.calc
+        res = getattr(calc, "results", {})
+        if "platonic" not in res:
+            z = calc.get_platonic(atoms)
+            res = calc.results
+        else:
+            z = res["platonic"]
+        return Frame(step=step, atoms=atoms, platonic=z, embeddings=res.get("embeddings"),
+                     forces=res.get("forces"), energy=res.get("energy"), calc=calc)
+
+    def __call__(self, atoms: Atoms | None = None) -> None:
+        if atoms is None:
+            raise ValueError("attach the watcher with atoms: dyn.attach(watcher, atoms=atoms)")
+        self.process(self.frame_from(atoms, self.step))
+        self.step += 1
+
+    def process(self, frame: Frame) -> dict[str, np.ndarray]:
+        """Score one frame with every due monitor, write it, act on events."""
+        scores: dict[str, np.ndarray] = {}
+        events: list[Event] = []
+        for m in self.monitors:
+            if frame.step % m.interval:
+                continue
+            try:
+                if not self.started:
+                    m.start(frame)
+                s = np.asarray(m.score(frame), dtype=np.float64)
+                if s.shape != (len(frame.atoms),):
+                    raise ValueError(f"score has shape {s.shape}, expected ({len(frame.atoms)},)")
+                scores[m.name] = s
+                events.extend(m.events(frame, s))
+            except Exception as err:
+                if self.strict:
+                    raise
+                self.errors.append({"step": frame.step, "monitor": m.name, "error": repr(err)})
+                log.error("monitor %s failed at step %d: %r", m.name, frame.step, err)
+        self.started = True
+        for name, s in scores.items():
+            frame.atoms.arrays[f"score_{name}"] = s
+        self._track_worst(frame, scores)
+        for sink in self.sinks:
+            sink.frame(frame, scores)
+        for ev in events:
+            self._act(ev, frame)
+        if self.stop_requested is not None and self.raise_on_stop:
+            raise RunStopped(self.stop_requested)
+        return scores
+
+    def _track_worst(self, frame: Frame, scores: dict[str, np.ndarray]) -> None:
+        best = None
+        for m in self.monitors:
+            if m.name not in scores:
+                continue
+            try:
+                ratio = scores[m.name] / np.maximum(m.thresholds_for(frame), 1e-300)
+            except RuntimeError:
+                continue
+            i = int(np.argmax(ratio))
+            if best is None or ratio[i] > best[2]:
+                best = (m.name, i, float(ratio[i]))
+        self.worst = best
+
+    def _act(self, ev: Event, frame: Frame) -> None:
+        self.n_events += 1
+        for sink in self.sinks:
+            sink.event(ev)
+        mon = next(m for m in self.monitors if m.name == ev.monitor)
+        if ev.action == "warn":
+            warnings.warn(f"step {ev.step}: {ev.monitor} score {ev.score:.4g} > "
+                          f"{ev.threshold:.4g} on atoms {ev.atoms[:10]}", MonitorWarning,
+                          stacklevel=3)
+        elif ev.action == "stop" and self.stop_requested is None:
+            self.stop_requested = ev
+        elif ev.action == "callback" and mon.callback is not None:
+            mon.callback(ev, frame.atoms)
+        elif ev.action == "dump":
+            from ase.io import write
+
+            d = mon.dump_dir or Path(".")
+            d.mkdir(parents=True, exist_ok=True)
+            write(d / f"frame_{ev.step:07d}_{ev.monitor}.extxyz", frame.atoms, format="extxyz")
+
+    def summary(self) -> dict[str, Any]:
+        return {"monitors": [m.summary() for m in self.monitors], "n_events": self.n_events,
+                "monitor_errors": self.errors, "frames_seen": self.step}

@@ -1,0 +1,135 @@
+"""Reference banks: one model's view of a reference set of atoms.
+
+A bank stores the model's raw embeddings of the reference atoms (compact: float32, (M, D)),
+their atomic numbers, and the fitted :class:`~platoscope.projection.Projector` (anchor matrix
+and, for ``standardize``/``whiten``, the reference statistics). Projected coordinates (M, K)
+are derived on load, so a bank's size does not grow with K. Monitors score new atoms against
+``bank.coords``; a PlatonicCalculator built with ``projection=bank.projector`` projects on the
+same axes with the same normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from platoscope.anchors import AnchorSet, _savez_atomic
+from platoscope.errors import AnchorSetMismatchError, CorruptFileError
+from platoscope.projection import Projector
+
+FORMAT = "platoscope.reference/1"
+
+
+class ReferenceBank:
+    """embeddings: (M, D); numbers: (M,); structure_index: (M,) which reference structure."""
+
+    def __init__(self, embeddings: np.ndarray, numbers: np.ndarray, structure_index: np.ndarray,
+                 *, projector: Projector, anchor_set_hash: str, data_hash: str,
+                 provenance: dict[str, Any]):
+        self.embeddings = np.asarray(embeddings, dtype=np.float32)
+        self.numbers = np.asarray(numbers, dtype=np.int64)
+        self.structure_index = np.asarray(structure_index, dtype=np.int64)
+        if not (len(self.embeddings) == len(self.numbers) == len(self.structure_index)):
+            raise ValueError("embeddings, numbers and structure_index must have the same length")
+        if len(self.numbers) == 0:
+            raise ValueError("a reference bank needs at least one atom")
+        self.projector = projector
+        self.anchor_set_hash = anchor_set_hash
+        self.data_hash = data_hash
+        self.provenance = dict(provenance)
+
+    @classmethod
+    def build(cls, backend: Any, structures: Sequence[Atoms], anchors: AnchorSet, *,
+              normalize: str = "paper", data_hash: str | None = None, batch_size: int = 16,
+              progress: bool = False) -> ReferenceBank:
+        """Embed ``structures`` with ``backend`` and fit the projector on them."""
+        from platoscope.provenance import package_versions, sha256_bytes
+
+        if not structures:
+            raise ValueError("no reference structures given")
+        feats = backend.embed(list(structures), batch_size=batch_size, progress=progress)
+        emb = np.concatenate(feats)
+        proj = Projector(normalize)
+        proj.fit(anchors.embed(backend, progress=progress),
+                 emb if proj.needs_reference else None)
+        if data_hash is None:
+            data_hash = sha256_bytes(*(a.numbers.tobytes() + a.positions.round(6).tobytes()
+                                       for a in structures))
+        prov = backend.provenance().to_dict()
+        prov.update(fingerprint=backend.fingerprint, anchor_set_hash=anchors.hash, n_anchors=len(anchors),
+                    projection=proj.normalize, versions=package_versions(),
+                    n_structures=len(structures))
+        return cls(emb, np.concatenate([a.numbers for a in structures]),
+                   np.repeat(np.arange(len(structures)), [len(f) for f in feats]),
+                   projector=proj, anchor_set_hash=anchors.hash, data_hash=data_hash,
+                   provenance=prov)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __repr__(self) -> str:
+        return (f"ReferenceBank(model={self.model!r}, atoms={len(self)}, "
+                f"K={self.projector.anchors_.shape[0]}, projection={self.projector.normalize!r})")
+
+    @property
+    def model(self) -> str:
+        return str(self.provenance.get("model"))
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.provenance.get("fingerprint")
+
+    @cached_property
+    def coords(self) -> np.ndarray:
+        """(M, K) float64 projected coordinates of the reference atoms."""
+        return self.projector.transform(self.embeddings)
+
+    def check_backend(self, backend: Any) -> None:
+        """Refuse a backend other than the one that built the bank (model, weights, layer)."""
+        want = (self.provenance.get("model"), self.provenance.get("weights_sha256"),
+                self.provenance.get("layer"))
+        got = (backend.spec, backend.weights_sha256(), backend.layer)
+        if want != got:
+            raise AnchorSetMismatchError(
+                f"reference bank was built by {want[0]} (layer {want[2]}, weights "
+                f"{str(want[1])[:12]}), not by {got[0]} (layer {got[2]}, weights "
+                f"{str(got[1])[:12]})")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        state = {f"projector_{k}": v for k, v in self.projector.get_state().items()}
+        _savez_atomic(path, format=np.array(FORMAT), embeddings=self.embeddings,
+                      numbers=self.numbers.astype(np.int16),
+                      structure_index=self.structure_index.astype(np.int32),
+                      anchor_set_hash=np.array(self.anchor_set_hash),
+                      data_hash=np.array(self.data_hash),
+                      provenance=np.array(json.dumps(self.provenance, default=str)), **state)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ReferenceBank:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"reference bank not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+            if str(data["format"]) != FORMAT:
+                raise ValueError(f"format {str(data['format'])!r}")
+            state = {k.removeprefix("projector_"): v for k, v in data.items()
+                     if k.startswith("projector_")}
+            return cls(data["embeddings"], data["numbers"], data["structure_index"],
+                       projector=Projector.from_state(state),
+                       anchor_set_hash=str(data["anchor_set_hash"]),
+                       data_hash=str(data["data_hash"]),
+                       provenance=json.loads(str(data["provenance"])))
+        except Exception as err:
+            raise CorruptFileError(f"{path}: not a readable platoscope reference bank ({err})"
+                                   ) from err
