@@ -1,0 +1,1000 @@
+"""Run outputs that survive an interrupted run (Ctrl-C, SIGKILL, OOM killer).
+
+Three writers, each safe to kill at any instant:
+
+* :class:`FrameSidecar` / :func:`read_sidecar`: one HDF5 file with one frame per MD step
+  (positions, cell, Platonic coordinates, embeddings, scores, energy, forces; frames may differ
+  in atom count).
+* :class:`EventLog` / :func:`read_events`: ``events.jsonl``, one JSON object per monitor event,
+  fsynced line by line.
+* :func:`write_json_atomic`: whole-file JSON (``summary.json``) through a temp file and
+  ``os.replace``.
+
+SIGKILL safety of the sidecar
+-----------------------------
+A killed process loses only what it had not yet handed to the kernel; what it did write stays in
+the page cache. An HDF5 file is only unsafe because a kill can land between two of the library's
+metadata writes. The sidecar closes that gap three ways:
+
+1. The live file is only ever written in HDF5 *SWMR* mode (``libver="latest"``, opened with
+   ``H5F_ACC_SWMR_WRITE`` directly, never plain read-write). SWMR orders every metadata write
+   (child before parent, checksummed) so that the file on disk is consistent at every instant
+   for a concurrent reader; the file at the instant of a kill is exactly such a snapshot.
+   Structural changes SWMR forbids (creating datasets) are made on a copy that replaces the file
+   atomically with ``os.replace``.
+2. Each :meth:`FrameSidecar.append` writes the frame, flushes, and only then writes the scalar
+   ``/n_frames_committed`` and flushes again. Readers trust only committed frames, so a frame
+   that was half written when the process died is ignored, never returned half-filled.
+3. A file left by a killed writer still carries HDF5's "open for SWMR write" flag, which a plain
+   ``h5py.File(path)`` refuses; :func:`read_sidecar` then opens it in SWMR-read mode, and
+   ``FrameSidecar(path, mode="a")`` first rewrites the committed frames into a clean file.
+
+Layout (``F`` committed frames, ``A`` atoms over all frames, ``A_f`` atoms of frames holding
+optional field ``f``)::
+
+    /                      attrs: format, format_version, attrs_json, n_anchors, embedding_dim
+    /n_frames_committed    ()          int64   written last, after the frame's data is flushed
+    /frames/step           (F,)        int64
+    /frames/offsets        (F+1,)      int64   atoms of frame i are rows offsets[i]:offsets[i+1]
+    /frames/cell           (F, 3, 3)   float64 Å
+    /frames/pbc            (F, 3)      bool
+    /frames/energy         (F,)        float64 eV, NaN when not given
+    /atoms/numbers         (A,)        int32
+    /atoms/positions       (A, 3)      float64 Å
+    /fields/<f>/data       (A_f, ...)  float64 f in platonic (K), embeddings (D), forces (3, eV/Å)
+    /fields/<f>/start      (F,)        int64   first row of frame i in data, -1 if absent
+    /scores/<name>/data    (A_s,)      float64
+    /scores/<name>/start   (F,)        int64
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from platoscope.errors import CorruptFileError, PlatoscopeError
+
+__all__ = [
+    "SIDECAR_FORMAT",
+    "SIDECAR_FORMAT_VERSION",
+    "EventLog",
+    "EventLogData",
+    "FrameSidecar",
+    "SidecarLockedError",
+    "SidecarMismatchError",
+    "SidecarReader",
+    "read_events",
+    "read_sidecar",
+    "to_jsonable",
+    "write_json_atomic",
+]
+
+SIDECAR_FORMAT = "platoscope-frame-sidecar"
+SIDECAR_FORMAT_VERSION = 1
+
+# Provenance keys that must agree when a run is continued into an existing sidecar.
+IDENTITY_KEYS = ("backend", "model", "weights_sha256", "layer", "feature_dim",
+                 "anchor_set_hash", "n_anchors", "projection")
+
+_FIELDS = ("platonic", "embeddings", "forces")
+
+
+def _identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`IDENTITY_KEYS` of attrs, top level or inside a nested ``"provenance"`` dict."""
+    nested = attrs.get("provenance")
+    out = {k: nested[k] for k in IDENTITY_KEYS if isinstance(nested, Mapping) and k in nested}
+    out.update({k: attrs[k] for k in IDENTITY_KEYS if k in attrs})
+    return out
+_FRAME_CHUNK = 1024
+
+
+class SidecarMismatchError(PlatoscopeError, ValueError):
+    """Frames or provenance that do not fit an existing sidecar (K, D or model differ)."""
+
+
+class SidecarLockedError(PlatoscopeError, RuntimeError):
+    """Another live process is writing the sidecar (two writers would lose frames)."""
+
+
+# --------------------------------------------------------------------------------------------
+# JSON helpers
+# --------------------------------------------------------------------------------------------
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively turn numpy scalars/arrays, paths, tuples and sets into JSON-native types.
+
+    Non-finite floats stay floats (written as ``NaN``/``Infinity``, which Python's json reads).
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", errors="replace")
+    return obj
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not supported on every OS/filesystem
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _new_sibling(path: Path) -> tuple[int, Path]:
+    """Create a fresh hidden temp file next to ``path`` (mode 0o666 less the umask)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temp file next to {path}")
+
+
+def _remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temp siblings of ``path`` left by a killed writer (their process no longer runs)."""
+    removed = []
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for tmp in path.parent.iterdir():
+            rest = tmp.name[len(prefix):] if tmp.name.startswith(prefix) else ""
+            pid, _, tail = rest.partition(".")
+            if not (pid.isdigit() and len(tail) == 12 and tail.endswith(".tmp")):
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    removed.append(tmp)
+            except PermissionError:  # alive, another user's
+                continue
+    return removed
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON so that ``path`` holds either the old or the new content, never half.
+
+    The JSON goes to a temp file in the same directory, is fsynced, then ``os.replace``-d onto
+    ``path``. numpy types are converted (:func:`to_jsonable`). Returns the path.
+    """
+    path = Path(path)
+    text = json.dumps(to_jsonable(obj), indent=indent, sort_keys=False) + "\n"
+    _remove_stale_temps(path)
+    fd, tmp = _new_sibling(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Event log
+# --------------------------------------------------------------------------------------------
+
+_EVENT_CORE = ("step", "monitor", "atoms", "score", "threshold", "action")
+
+
+class EventLog:
+    """Append-only ``events.jsonl``: one JSON object per line, flushed and fsynced per event.
+
+    ``path`` is the file, or a directory (then ``<dir>/events.jsonl``). ``mode="a"`` (default)
+    continues an existing log, so a restarted run appends to it; an incomplete last line left by
+    a killed writer is cut off (with a warning) before the first new event, so every line stays
+    valid JSON. ``mode="w"`` starts an empty log.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: Literal["a", "w"] = "a"):
+        if mode not in ("a", "w"):
+            raise ValueError(f"mode must be 'a' or 'w', not {mode!r}")
+        p = Path(path)
+        self.path = p / "events.jsonl" if p.is_dir() else p
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        if mode == "w":
+            flags |= os.O_TRUNC
+        else:
+            self._repair_tail()
+        self._fd: int | None = os.open(self.path, flags, 0o666)
+        self.n_written = 0
+
+    def _repair_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return
+            data = fh.seek(0) or fh.read()
+            keep = data.rfind(b"\n") + 1
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+        warnings.warn(f"{self.path}: dropped an incomplete last line ({len(data) - keep} bytes) "
+                      "left by an interrupted writer", RuntimeWarning, stacklevel=3)
+
+    def log(self, step: int, monitor: str, atoms: Any, score: float, threshold: float,
+            action: str, /, **extra: Any) -> dict[str, Any]:
+        """Append one event and fsync it. ``atoms``: iterable of atom indices.
+
+        ``extra`` keys (any JSON-able values, numpy converted) must not reuse the core names.
+        Returns the record as written.
+        """
+        if self._fd is None:
+            raise ValueError(f"{self.path}: event log is closed")
+        clash = set(extra) & set(_EVENT_CORE)
+        if clash:
+            raise ValueError(f"extra event fields {sorted(clash)} clash with core fields")
+        record = {
+            "step": int(step),
+            "monitor": str(monitor),
+            "atoms": [int(a) for a in np.atleast_1d(np.asarray(atoms, dtype=np.int64))],
+            "score": float(score),
+            "threshold": float(threshold),
+            "action": str(action),
+            **to_jsonable(extra),
+        }
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        os.write(self._fd, line)  # O_APPEND: one write per record
+        os.fsync(self._fd)
+        self.n_written += 1
+        return record
+
+    def append(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`log` taking one dict (e.g. ``Event.to_dict()``): the core fields plus extras."""
+        missing = [k for k in _EVENT_CORE if k not in event]
+        if missing:
+            raise ValueError(f"event lacks the fields {missing}")
+        extra = {k: v for k, v in event.items() if k not in _EVENT_CORE}
+        return self.log(*(event[k] for k in _EVENT_CORE), **extra)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EventLog({str(self.path)!r}, written={self.n_written})"
+
+
+@dataclass
+class EventLogData:
+    """What :func:`read_events` found: the events, and whether the last line was cut short."""
+
+    path: Path
+    events: list[dict[str, Any]]
+    truncated: bool = False
+    truncated_text: str = ""
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.events)
+
+
+def read_events(path: str | os.PathLike, *, warn: bool = True) -> EventLogData:
+    """Read ``events.jsonl`` (file or its directory).
+
+    An incomplete or unparsable *last* line (a writer killed mid-write) is left out, reported in
+    ``truncated``/``truncated_text`` and, with ``warn``, by a ``RuntimeWarning``. A bad line
+    anywhere else raises :class:`CorruptFileError` naming the file and line.
+    """
+    p = Path(path)
+    p = p / "events.jsonl" if p.is_dir() else p
+    raw = p.read_bytes()
+    lines = raw.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]  # tail is b"" when the file ends with a newline
+    events: list[dict[str, Any]] = []
+    truncated_text = ""
+    for i, line in enumerate(complete):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if i == len(complete) - 1 and not tail:
+                truncated_text = line.decode("utf-8", errors="replace")
+                break
+            raise CorruptFileError(f"{p}: line {i + 1} is not a JSON event ({exc})") from exc
+        events.append(rec)
+    if tail.strip():
+        truncated_text = tail.decode("utf-8", errors="replace")
+    truncated = bool(truncated_text)
+    if truncated and warn:
+        warnings.warn(f"{p}: last line is incomplete (writer interrupted); "
+                      f"{len(events)} complete events kept", RuntimeWarning, stacklevel=2)
+    return EventLogData(p, events, truncated, truncated_text)
+
+
+# --------------------------------------------------------------------------------------------
+# HDF5 frame sidecar
+# --------------------------------------------------------------------------------------------
+
+class _WriterLock:
+    """Exclusive advisory ``flock`` on a hidden ``.<name>.lock`` sibling while a writer lives.
+
+    The kernel drops the lock when the process dies (even by SIGKILL), so a stale lock file
+    never blocks a restart. No-op where ``fcntl`` is missing (Windows).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path.parent / f".{path.name}.lock"
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                raise SidecarLockedError(f"{path}: another process is writing this sidecar "
+                                         f"(lock {self.path} is held)") from exc
+            try:  # the holder before us may have unlinked the file we locked: retry
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    self._fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        raise SidecarLockedError(f"{path}: could not take the writer lock {self.path}")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def _swmr_write_open(path: Path) -> h5py.File:
+    """Open an existing, cleanly closed sidecar straight in SWMR-write mode."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE,
+                        fapl=fapl)
+    return h5py.File(fid)
+
+
+def _open_read(path: Path) -> tuple[h5py.File, bool]:
+    """Open read-only; fall back to SWMR-read for a file a writer has open or left killed.
+
+    Returns (file, closed_cleanly).
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"no such sidecar file: {path}")
+    try:
+        return h5py.File(path, "r"), True
+    except OSError as first:
+        try:
+            return h5py.File(path, "r", swmr=True, libver="latest"), False
+        except OSError as exc:
+            raise CorruptFileError(
+                f"{path}: not a readable HDF5 file ({first}; SWMR read: {exc})") from exc
+
+
+def _check_format(f: h5py.File, path: Path) -> None:
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt != SIDECAR_FORMAT:
+        raise CorruptFileError(f"{path}: not a platoscope frame sidecar (format={fmt!r})")
+    version = int(f.attrs.get("format_version", -1))
+    if version > SIDECAR_FORMAT_VERSION:
+        raise CorruptFileError(f"{path}: sidecar format version {version} is newer than this "
+                               f"platoscope reads ({SIDECAR_FORMAT_VERSION})")
+    for name in ("n_frames_committed", "frames/step", "frames/offsets", "atoms/numbers"):
+        if name not in f:
+            raise CorruptFileError(f"{path}: sidecar lacks /{name}")
+
+
+def _load_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(f.attrs.get("attrs_json", "{}"))
+    except ValueError as exc:
+        raise CorruptFileError(f"{path}: root attribute attrs_json is not JSON ({exc})") from exc
+
+
+def _optional_groups(f: h5py.File) -> dict[str, h5py.Group]:
+    """{"platonic": grp, ..., "scores/<name>": grp} for every optional field present."""
+    out = {name: f["fields"][name] for name in _FIELDS if "fields" in f and name in f["fields"]}
+    if "scores" in f:
+        out.update({f"scores/{k}": g for k, g in f["scores"].items()})
+    return out
+
+
+def _committed_lengths(f: h5py.File, path: Path) -> tuple[int, int, dict[str, int]]:
+    """(n_frames, n_atoms over them, {field: rows of its data over them}), checked for sense."""
+    n = int(f["n_frames_committed"][()])
+    fr = f["frames"]
+    if n < 0 or any(fr[k].shape[0] < n for k in ("step", "cell", "pbc", "energy")) \
+            or fr["offsets"].shape[0] < n + 1:
+        raise CorruptFileError(f"{path}: {n} frames committed but frame datasets are shorter")
+    offsets = fr["offsets"][: n + 1]
+    counts = np.diff(offsets)
+    if offsets[0] != 0 or np.any(counts < 0):
+        raise CorruptFileError(f"{path}: frame offsets are not increasing from 0")
+    n_atoms = int(offsets[-1])
+    if f["atoms/numbers"].shape[0] < n_atoms or f["atoms/positions"].shape[0] < n_atoms:
+        raise CorruptFileError(f"{path}: atom datasets are shorter than the committed frames")
+    lengths: dict[str, int] = {}
+    for name, g in _optional_groups(f).items():
+        if g["start"].shape[0] < n:
+            raise CorruptFileError(f"{path}: /{g.name} has fewer frames than committed")
+        start = g["start"][:n]
+        have = start >= 0
+        end = int(np.max(start[have] + counts[have])) if have.any() else 0
+        if end > g["data"].shape[0]:
+            raise CorruptFileError(f"{path}: {g.name}/data is shorter than its frames need")
+        lengths[name] = end
+    return n, n_atoms, lengths
+
+
+def _rows_per_chunk(row_bytes: int, chunk_bytes: int) -> int:
+    return int(min(65536, max(64, chunk_bytes // max(row_bytes, 1))))
+
+
+def _make_growable(g: h5py.Group, name: str, row_shape: tuple[int, ...], dtype: Any,
+                   chunk_bytes: int, length: int = 0, fill: Any = None) -> h5py.Dataset:
+    rows = _rows_per_chunk(int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize,
+                           chunk_bytes)
+    kw = {} if fill is None else {"fillvalue": fill}
+    ds = g.create_dataset(name, shape=(length, *row_shape), maxshape=(None, *row_shape),
+                          chunks=(rows, *row_shape), dtype=dtype, **kw)
+    if length and fill is not None:
+        ds[...] = fill
+    return ds
+
+
+def _make_frame_ds(g: h5py.Group, name: str, row_shape: tuple[int, ...], dtype: Any,
+                   length: int = 0) -> h5py.Dataset:
+    return g.create_dataset(name, shape=(length, *row_shape), maxshape=(None, *row_shape),
+                            chunks=(_FRAME_CHUNK, *row_shape), dtype=dtype)
+
+
+def _field_row_shape(name: str, n_anchors: int | None, embedding_dim: int | None
+                     ) -> tuple[int, ...]:
+    if name == "platonic":
+        assert n_anchors is not None
+        return (n_anchors,)
+    if name == "embeddings":
+        assert embedding_dim is not None
+        return (embedding_dim,)
+    if name == "forces":
+        return (3,)
+    return ()  # scores
+
+
+def _add_field(f: h5py.File, name: str, n_frames: int, n_anchors: int | None,
+               embedding_dim: int | None, chunk_bytes: int) -> None:
+    parent = f.require_group("scores" if name.startswith("scores/") else "fields")
+    g = parent.create_group(name.split("/", 1)[1] if name.startswith("scores/") else name)
+    _make_growable(g, "data", _field_row_shape(name, n_anchors, embedding_dim), "f8",
+                   chunk_bytes)
+    start = _make_frame_ds(g, "start", (), "i8", n_frames)
+    if n_frames:
+        start[...] = -1
+
+
+def _build_file(tmp: Path, *, src: h5py.File | None, path: Path, attrs_json: str,
+                n_anchors: int | None, embedding_dim: int | None, new_fields: list[str],
+                chunk_bytes: int) -> None:
+    """Write a clean sidecar to ``tmp``: the committed frames of ``src`` (if any) + new fields."""
+    with h5py.File(tmp, "w", libver="latest") as f:
+        f.attrs["format"] = SIDECAR_FORMAT
+        f.attrs["format_version"] = SIDECAR_FORMAT_VERSION
+        f.attrs["attrs_json"] = attrs_json
+        f.attrs["n_anchors"] = -1 if n_anchors is None else int(n_anchors)
+        f.attrs["embedding_dim"] = -1 if embedding_dim is None else int(embedding_dim)
+        if src is None:
+            n = 0
+            fr = f.create_group("frames")
+            _make_frame_ds(fr, "step", (), "i8")
+            off = _make_frame_ds(fr, "offsets", (), "i8", 1)
+            off[0] = 0
+            _make_frame_ds(fr, "cell", (3, 3), "f8")
+            _make_frame_ds(fr, "pbc", (3,), "bool")
+            _make_frame_ds(fr, "energy", (), "f8")
+            at = f.create_group("atoms")
+            _make_growable(at, "numbers", (), "i4", chunk_bytes)
+            _make_growable(at, "positions", (3,), "f8", chunk_bytes)
+        else:
+            n, n_atoms, lengths = _committed_lengths(src, path)
+            for grp in ("frames", "atoms", "fields", "scores"):
+                if grp in src:
+                    src.copy(src[grp], f, name=grp)
+            for k, ds in f["frames"].items():
+                ds.resize(n + 1 if k == "offsets" else n, axis=0)
+            for ds in f["atoms"].values():
+                ds.resize(n_atoms, axis=0)
+            for name, g in _optional_groups(f).items():
+                g["start"].resize(n, axis=0)
+                g["data"].resize(lengths[name], axis=0)
+        f.create_dataset("n_frames_committed", data=np.int64(n))
+        for name in new_fields:
+            _add_field(f, name, n, n_anchors, embedding_dim, chunk_bytes)
+
+
+def _as_array(x: Any, name: str, shape: tuple[int | None, ...], dtype: Any) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape,
+                                                                              strict=True)):
+        want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
+    if np.issubdtype(np.dtype(dtype), np.integer) and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+class FrameSidecar:
+    """Append-only HDF5 file of MD frames, readable up to the last completed frame after a kill.
+
+    Parameters
+    ----------
+    path: the ``.h5`` file.
+    mode: ``"w"`` creates (replacing any file there); ``"a"`` continues an existing sidecar (a
+        restart; created if missing), after rewriting it cleanly if its writer was killed.
+    attrs: provenance (model, weight hash, layer, anchor-set hash, versions, ...) stored as JSON
+        in the root attribute ``attrs_json``. In ``"a"`` mode the stored attrs are kept; the
+        given ones must agree on :data:`IDENTITY_KEYS` they share (top level, or inside a nested
+        ``attrs["provenance"]`` dict), else :class:`SidecarMismatchError`.
+    n_anchors, embedding_dim: expected K and D (default: ``n_anchors`` and ``feature_dim`` of
+        the attrs when given, else the first frame's). Checked against the file
+        in ``"a"`` mode and against every frame.
+    score_names: score arrays to expect; declaring them avoids a one-off rewrite of the file
+        when a score name first appears (new datasets cannot be created in SWMR mode).
+    fsync: also ``fsync`` after each frame (survives power loss, not only a killed process).
+    chunk_bytes: target HDF5 chunk size of per-atom datasets.
+
+    Frame ``i`` of a run is what the ``i``-th successful :meth:`append` wrote; the MD step is
+    stored alongside and need not be contiguous.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, mode: Literal["w", "a"] = "w",
+                 attrs: Mapping[str, Any] | None = None, n_anchors: int | None = None,
+                 embedding_dim: int | None = None, score_names: tuple[str, ...] | list[str] = (),
+                 fsync: bool = False, chunk_bytes: int = 1 << 18):
+        if mode not in ("w", "a"):
+            raise ValueError(f"mode must be 'w' or 'a', not {mode!r}")
+        self.path = Path(path)
+        self.fsync = fsync
+        self.chunk_bytes = int(chunk_bytes)
+        attrs = dict(to_jsonable(dict(attrs or {})))
+        ident = _identity(attrs)
+        if n_anchors is None and ident.get("n_anchors"):
+            n_anchors = int(ident["n_anchors"])
+        if embedding_dim is None and ident.get("feature_dim"):
+            embedding_dim = int(ident["feature_dim"])
+        for name in score_names:
+            self._check_score_name(name)
+        self._file: h5py.File | None = None
+        self._ds: dict[str, h5py.Dataset] = {}
+        self._lock = _WriterLock(self.path)
+        try:
+            _remove_stale_temps(self.path)
+            self._setup(mode, attrs, n_anchors, embedding_dim, score_names)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _setup(self, mode: str, attrs: dict[str, Any], n_anchors: int | None,
+               embedding_dim: int | None, score_names: Any) -> None:
+        if mode == "a" and self.path.exists():
+            src, clean = _open_read(self.path)
+            try:
+                _check_format(src, self.path)
+                stored = _load_attrs(src, self.path)
+                file_k = int(src.attrs.get("n_anchors", -1))
+                file_d = int(src.attrs.get("embedding_dim", -1))
+                n, n_atoms, lengths = _committed_lengths(src, self.path)
+                groups = _optional_groups(src)
+                fields = set(groups)
+                fr = src["frames"]
+                extents_ok = (all(fr[k].shape[0] == n for k in fr if k != "offsets")
+                              and fr["offsets"].shape[0] == n + 1
+                              and all(ds.shape[0] == n_atoms for ds in src["atoms"].values())
+                              and all(g["start"].shape[0] == n
+                                      and g["data"].shape[0] == lengths[k]
+                                      for k, g in groups.items()))
+            finally:
+                src.close()
+            self._check_identity(stored, attrs, file_k, file_d, n_anchors, embedding_dim)
+            self.attrs = stored
+            self.n_anchors = file_k if file_k > 0 else n_anchors
+            self.embedding_dim = file_d if file_d > 0 else embedding_dim
+            wanted = self._declared_fields(score_names) - fields
+            if not clean or not extents_ok or wanted:
+                self._rebuild(sorted(wanted))  # drops uncommitted tails, clears SWMR flags
+            else:
+                self._open()
+        else:
+            self.attrs = attrs
+            self.n_anchors, self.embedding_dim = n_anchors, embedding_dim
+            self._rebuild(sorted(self._declared_fields(score_names)), fresh=True)
+
+    # ---------------------------------------------------------------- internals
+    def _declared_fields(self, score_names: Any) -> set[str]:
+        out = {f"scores/{s}" for s in score_names}
+        if self.n_anchors:
+            out.add("platonic")
+        if self.embedding_dim:
+            out.add("embeddings")
+        return out
+
+    @staticmethod
+    def _check_score_name(name: str) -> None:
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"score name {name!r} must be a non-empty string without '/'")
+
+    def _check_identity(self, stored: dict[str, Any], given: dict[str, Any], file_k: int,
+                        file_d: int, k: int | None, d: int | None) -> None:
+        stored, given = _identity(stored), _identity(given)
+        bad = [key for key in IDENTITY_KEYS
+               if key in stored and key in given and stored[key] != given[key]]
+        if bad:
+            detail = "; ".join(f"{key}: file {stored[key]!r} vs run {given[key]!r}" for key in bad)
+            raise SidecarMismatchError(f"{self.path}: cannot continue a sidecar made by another "
+                                       f"model/anchor set ({detail})")
+        if file_k > 0 and k is not None and k != file_k:
+            raise SidecarMismatchError(f"{self.path}: file holds K={file_k} anchors, run has {k}")
+        if file_d > 0 and d is not None and d != file_d:
+            raise SidecarMismatchError(f"{self.path}: file holds embedding dim D={file_d}, "
+                                       f"run has {d}")
+
+    def _rebuild(self, new_fields: list[str], fresh: bool = False) -> None:
+        """Rewrite the file (committed frames + new fields) via a temp file and os.replace."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        fd, tmp = _new_sibling(self.path)
+        os.close(fd)
+        try:
+            src = None if fresh else _open_read(self.path)[0]
+            try:
+                _build_file(tmp, src=src, path=self.path,
+                            attrs_json=json.dumps(self.attrs, sort_keys=True),
+                            n_anchors=self.n_anchors, embedding_dim=self.embedding_dim,
+                            new_fields=new_fields, chunk_bytes=self.chunk_bytes)
+            finally:
+                if src is not None:
+                    src.close()
+            if self.fsync:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        if self.fsync:
+            _fsync_dir(self.path.parent)
+        self._open()
+
+    def _open(self) -> None:
+        f = _swmr_write_open(self.path)
+        self._file = f
+        ds = {f"frames/{k}": v for k, v in f["frames"].items()}
+        ds.update({f"atoms/{k}": v for k, v in f["atoms"].items()})
+        for name, g in _optional_groups(f).items():
+            ds[f"{name}/data"], ds[f"{name}/start"] = g["data"], g["start"]
+        ds["n_frames_committed"] = f["n_frames_committed"]
+        self._ds = ds
+        self._n = int(ds["n_frames_committed"][()])
+        self._n_atoms = int(ds["frames/offsets"][self._n])
+        self._lengths = {name: ds[f"{name}/data"].shape[0] for name in _optional_groups(f)}
+
+    def _sync(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.id.get_vfd_handle())
+
+    # ---------------------------------------------------------------- public API
+    @property
+    def n_frames(self) -> int:
+        """Frames committed so far (including those of earlier runs in ``"a"`` mode)."""
+        return self._n
+
+    @property
+    def fields(self) -> list[str]:
+        """Optional per-atom fields the file has datasets for (``scores/<name>`` for scores)."""
+        return sorted(self._lengths)
+
+    def append(self, step: int, *, numbers: Any, positions: Any, cell: Any, pbc: Any = None,
+               platonic: Any = None, embeddings: Any = None,
+               scores: Mapping[str, Any] | None = None, energy: float | None = None,
+               forces: Any = None) -> int:
+        """Write one frame and commit it; returns its frame index.
+
+        numbers (N,) int; positions (N, 3) Å; cell (3, 3) Å; pbc (3,) bool (default all True);
+        platonic (N, K); embeddings (N, D); scores {name: (N,)}; energy eV; forces (N, 3) eV/Å.
+        Everything is validated before anything is written. When this returns the frame is
+        committed: a kill from then on cannot lose it.
+        """
+        if self._file is None:
+            raise ValueError(f"{self.path}: sidecar is closed")
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"step must be an int, got {type(step).__name__}")
+        numbers = _as_array(numbers, "numbers", (None,), np.int32)
+        n_at = numbers.shape[0]
+        positions = _as_array(positions, "positions", (n_at, 3), np.float64)
+        cell = _as_array(cell, "cell", (3, 3), np.float64)
+        pbc = np.asarray(True if pbc is None else pbc, dtype=bool)
+        if pbc.shape not in ((), (3,)):
+            raise ValueError(f"pbc must be a bool or have shape (3,), got {pbc.shape}")
+        pbc = np.broadcast_to(pbc, (3,))
+        opt: dict[str, np.ndarray] = {}
+        if platonic is not None:
+            arr = _as_array(platonic, "platonic", (n_at, None), np.float64)
+            if self.n_anchors is not None and arr.shape[1] != self.n_anchors:
+                raise SidecarMismatchError(f"{self.path}: platonic has K={arr.shape[1]} anchors, "
+                                           f"the sidecar holds K={self.n_anchors}")
+            opt["platonic"] = arr
+        if embeddings is not None:
+            arr = _as_array(embeddings, "embeddings", (n_at, None), np.float64)
+            if self.embedding_dim is not None and arr.shape[1] != self.embedding_dim:
+                raise SidecarMismatchError(f"{self.path}: embeddings have D={arr.shape[1]}, "
+                                           f"the sidecar holds D={self.embedding_dim}")
+            opt["embeddings"] = arr
+        if forces is not None:
+            opt["forces"] = _as_array(forces, "forces", (n_at, 3), np.float64)
+        for name, val in (scores or {}).items():
+            self._check_score_name(name)
+            opt[f"scores/{name}"] = _as_array(val, f"scores[{name!r}]", (n_at,), np.float64)
+        e = math.nan if energy is None else float(energy)
+
+        missing = sorted(set(opt) - set(self._lengths))
+        if missing:
+            if "platonic" in opt:
+                self.n_anchors = opt["platonic"].shape[1]
+            if "embeddings" in opt:
+                self.embedding_dim = opt["embeddings"].shape[1]
+            self._rebuild(missing)
+
+        ds, i, a0 = self._ds, self._n, self._n_atoms
+        a1 = a0 + n_at
+        # 1. per-atom data, then per-frame data; nothing here is visible to readers yet
+        for name, arr in (("atoms/numbers", numbers), ("atoms/positions", positions)):
+            ds[name].resize(a1, axis=0)
+            ds[name][a0:a1] = arr
+        new_lengths = {}
+        for name in self._lengths:
+            start = ds[f"{name}/start"]
+            start.resize(i + 1, axis=0)
+            if name in opt:
+                s0 = self._lengths[name]
+                data = ds[f"{name}/data"]
+                data.resize(s0 + n_at, axis=0)
+                data[s0:] = opt[name]
+                start[i] = s0
+                new_lengths[name] = s0 + n_at
+            else:
+                start[i] = -1
+        for name, val in (("step", int(step)), ("cell", cell), ("pbc", pbc), ("energy", e)):
+            ds[f"frames/{name}"].resize(i + 1, axis=0)
+            ds[f"frames/{name}"][i] = val
+        ds["frames/offsets"].resize(i + 2, axis=0)
+        ds["frames/offsets"][i + 1] = a1
+        self._sync()
+        # 2. commit: one 8-byte write, flushed only after the frame's data is in the file
+        ds["n_frames_committed"][()] = i + 1
+        self._sync()
+        self._n, self._n_atoms = i + 1, a1
+        self._lengths.update(new_lengths)
+        return i
+
+    def append_atoms(self, step: int, atoms: Any, **kw: Any) -> int:
+        """:meth:`append` taking numbers, positions, cell and pbc from an ASE ``Atoms``."""
+        return self.append(step, numbers=atoms.numbers, positions=atoms.positions,
+                           cell=np.asarray(atoms.cell), pbc=atoms.pbc, **kw)
+
+    def close(self) -> None:
+        """Close the file (clears HDF5's open-for-write flag) and drop the lock. Idempotent."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._lock.release()
+
+    def __enter__(self) -> FrameSidecar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "open" if self._file is not None else "closed"
+        return (f"FrameSidecar({str(self.path)!r}, frames={self._n}, K={self.n_anchors}, "
+                f"D={self.embedding_dim}, {state})")
+
+
+@dataclass
+class SidecarReader:
+    """Read access to a sidecar's committed frames. Use :func:`read_sidecar` to make one.
+
+    ``closed_cleanly`` is False while a writer still has the file open, or after its writer
+    was killed; only frames the writer committed are ever returned either way.
+    """
+
+    path: Path
+    _file: h5py.File = field(repr=False)
+    closed_cleanly: bool
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._load()
+
+    def _load(self) -> None:
+        f = self._file
+        self._n, _, _ = _committed_lengths(f, self.path)
+        self._offsets = f["frames/offsets"][: self._n + 1]
+        self._groups = _optional_groups(f)
+        self._starts = {k: g["start"][: self._n] for k, g in self._groups.items()}
+        k, d = int(f.attrs.get("n_anchors", -1)), int(f.attrs.get("embedding_dim", -1))
+        self.n_anchors: int | None = k if k > 0 else None
+        self.embedding_dim: int | None = d if d > 0 else None
+
+    def refresh(self) -> int:
+        """Pick up frames a live (SWMR) writer committed since opening; returns n_frames."""
+        if not self.closed_cleanly:
+            for obj in self._iter_datasets():
+                obj.refresh()
+        self._load()
+        return self._n
+
+    def _iter_datasets(self) -> Iterator[h5py.Dataset]:
+        found: list[h5py.Dataset] = []
+        self._file.visititems(lambda _, o: found.append(o) if isinstance(o, h5py.Dataset)
+                              else None)
+        return iter(found)
+
+    @property
+    def n_frames(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def steps(self) -> np.ndarray:
+        """(F,) int64 MD step of each committed frame."""
+        return self._file["frames/step"][: self._n]
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """(F,) int64 atom count of each committed frame."""
+        return np.diff(self._offsets)
+
+    @property
+    def score_names(self) -> list[str]:
+        return sorted(k.split("/", 1)[1] for k in self._groups if k.startswith("scores/"))
+
+    @property
+    def fields(self) -> list[str]:
+        return sorted(self._groups)
+
+    def _field(self, name: str, i: int, n_at: int) -> np.ndarray | None:
+        s = int(self._starts[name][i]) if name in self._starts else -1
+        return None if s < 0 else self._groups[name]["data"][s: s + n_at]
+
+    def frame(self, i: int) -> dict[str, Any]:
+        """Frame ``i`` (negative counts from the end) as a dict of arrays.
+
+        Keys: index, step, numbers (N,), positions (N,3), cell (3,3), pbc (3,), energy (float or
+        None), forces (N,3) | None, platonic (N,K) | None, embeddings (N,D) | None,
+        scores {name: (N,)} (only the scores this frame has).
+        """
+        if not -self._n <= i < self._n:
+            raise IndexError(f"{self.path}: frame {i} out of range ({self._n} frames)")
+        i %= self._n
+        a0, a1 = int(self._offsets[i]), int(self._offsets[i + 1])
+        f = self._file
+        energy = float(f["frames/energy"][i])
+        scores = {}
+        for name in self.score_names:
+            val = self._field(f"scores/{name}", i, a1 - a0)
+            if val is not None:
+                scores[name] = val
+        return {
+            "index": i,
+            "step": int(f["frames/step"][i]),
+            "numbers": f["atoms/numbers"][a0:a1].astype(np.int64),
+            "positions": f["atoms/positions"][a0:a1],
+            "cell": f["frames/cell"][i],
+            "pbc": f["frames/pbc"][i],
+            "energy": None if math.isnan(energy) else energy,
+            "forces": self._field("forces", i, a1 - a0),
+            "platonic": self._field("platonic", i, a1 - a0),
+            "embeddings": self._field("embeddings", i, a1 - a0),
+            "scores": scores,
+        }
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(self._n):
+            yield self.frame(i)
+
+    def to_atoms(self, i: int) -> Any:
+        """Frame ``i`` as ``ase.Atoms``; per-atom fields in ``atoms.arrays`` (``score_<name>``)."""
+        from ase import Atoms
+
+        fr = self.frame(i)
+        atoms = Atoms(numbers=fr["numbers"], positions=fr["positions"], cell=fr["cell"],
+                      pbc=fr["pbc"])
+        for key in ("platonic", "embeddings", "forces"):
+            if fr[key] is not None:
+                atoms.arrays[key] = fr[key]
+        for name, val in fr["scores"].items():
+            atoms.arrays[f"score_{name}"] = val
+        atoms.info["step"] = fr["step"]
+        if fr["energy"] is not None:
+            atoms.info["energy"] = fr["energy"]
+        return atoms
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SidecarReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_sidecar(path: str | os.PathLike) -> SidecarReader:
+    """Open a frame sidecar for reading (also one still being written, or left by a kill).
+
+    Raises ``FileNotFoundError`` if absent and :class:`CorruptFileError` (naming the file) if it
+    is not HDF5, not a platoscope sidecar, or its committed frames are inconsistent.
+    """
+    p = Path(path)
+    f, clean = _open_read(p)
+    try:
+        _check_format(f, p)
+        attrs = _load_attrs(f, p)
+        return SidecarReader(p, f, clean, attrs)
+    except CorruptFileError:
+        f.close()
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        f.close()
+        raise CorruptFileError(f"{p}: unreadable sidecar ({exc})") from exc
