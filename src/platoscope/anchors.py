@@ -41,12 +41,12 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "platoscope"
 
 
-def _savez_atomic(path: Path, **arrays: Any) -> None:
+def _savez_atomic(path: Path, *, compressed: bool = False, **arrays: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -26,7 +26,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (PlatoscopeError, FileNotFoundError) as err:
+        except (PlatoscopeError, FileNotFoundError, ValueError) as err:
             raise click.ClickException(f"{type(err).__name__}: {err}") from err
 
 
@@ -190,6 +190,183 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
     coords.save(out, embeddings=not no_embeddings)
     click.echo(f"wrote {out}: {len(coords)} atoms x K={coords.platonic.shape[1]} "
                f"({backend.spec}, anchors {anchors_set.hash[:12]})")
+
+
+# --------------------------------------------------------------------------- monitored runs
+monitor_option = click.option(
+    "--monitor", "monitor_spec", default="atypical", show_default=True,
+    help="Comma-separated monitors: atypical, symmetry, bias:<model spec> (e.g. "
+         "bias:sevenn:7net-0), switch:<model spec>; 'none' for no monitor")
+action_option = click.option("--action", type=click.Choice(["record", "warn", "stop", "dump"]),
+                             default="record", show_default=True,
+                             help="What a monitor does when a threshold is crossed")
+
+
+def _setup(structure: str, model: str, layer: str | None, device: str, anchors_path: str,
+           reference_path: str | None, monitor_spec: str, action: str, out: str,
+           bias_interval: int, strict: bool):
+    """Structure, PlatonicCalculator and monitors for md/relax/monitor."""
+    from platoscope.backends import load_backend
+    from platoscope.calculator import PlatonicCalculator
+    from platoscope.monitors import build_monitors
+    from platoscope.reference import ReferenceBank, default_bank
+
+    backend = load_backend(model, layer=layer, device=device)
+    anchor_set = _anchors(anchors_path)
+    if reference_path:
+        bank = ReferenceBank.load(reference_path)
+        bank.check_backend(backend)
+        if bank.anchor_set_hash != anchor_set.hash:
+            raise click.ClickException(
+                f"reference bank {reference_path} was built on anchor set "
+                f"{bank.anchor_set_hash[:12]}, not {anchor_set.hash[:12]}")
+    else:
+        bank = default_bank(backend, anchor_set, progress=True)
+    calc = PlatonicCalculator(backend, anchors=anchor_set, projection=bank.projector)
+    monitors = build_monitors(monitor_spec, calc=calc, bank=bank, action=action,
+                              dump_dir=Path(out) / "dumps", bias_interval=bias_interval)
+    return calc, monitors
+
+
+def _read_structure(path: str):
+    from ase.io import read
+
+    try:
+        return read(path)
+    except Exception as err:
+        raise click.ClickException(f"cannot read a structure from {path}: {err}") from err
+
+
+common_run_options = [
+    model_option, layer_option, device_option,
+    click.option("--anchors", "anchors_path", default="default", show_default=True),
+    click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
+                 help="Reference bank (default: shipped or built once and cached)"),
+    monitor_option, action_option,
+    click.option("--bias-interval", default=10, show_default=True,
+                 help="Evaluate the second model every N steps"),
+    click.option("--strict", is_flag=True, help="A failing monitor stops the run"),
+    click.option("--out", "-o", required=True, type=click.Path(), help="Output folder"),
+    click.option("--no-embeddings", is_flag=True, help="Keep raw embeddings out of frames.h5"),
+    click.option("--report/--no-report", default=True, show_default=True,
+                 help="Write plots and report.txt when the run ends"),
+]
+
+
+def _with(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return deco
+
+
+def _end(result: dict, out: str, report: bool) -> None:
+    if report:
+        from platoscope.report import make_report
+
+        paths = make_report(out)
+        click.echo(f"report: {', '.join(str(p) for p in paths)}")
+    click.echo(f"status: {result['status']}; {result['monitoring']['n_events']} events; "
+               f"outputs in {out}")
+    if result["status"] == "stopped":
+        click.echo(f"stopped by: {result['stopped_by']}")
+
+
+@main.command()
+@click.argument("structure", type=click.Path(exists=True))
+@_with(common_run_options)
+@click.option("--ensemble", type=click.Choice(["nvt", "npt", "nve"]), default="nvt",
+              show_default=True)
+@click.option("--temperature", default=300.0, show_default=True, help="K")
+@click.option("--pressure", default=0.0, show_default=True, help="GPa (npt)")
+@click.option("--steps", default=1000, show_default=True)
+@click.option("--timestep", default=1.0, show_default=True, help="fs")
+@click.option("--friction", default=0.01, show_default=True, help="Langevin friction, 1/fs")
+@click.option("--interval", default=1, show_default=True, help="Record every N steps")
+@click.option("--repeat", default="1,1,1", show_default=True, help="Supercell, e.g. 2,2,2")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--restart", is_flag=True, help="Continue from the last frame in --out")
+def md(structure, model, layer, device, anchors_path, reference_path, monitor_spec, action,
+       bias_interval, strict, out, no_embeddings, report, ensemble, temperature, pressure,
+       steps, timestep, friction, interval, repeat, seed, restart):
+    """Monitored molecular dynamics of STRUCTURE (any file ASE reads)."""
+    from platoscope.runner import run_md
+
+    atoms = _read_structure(structure).repeat([int(x) for x in repeat.split(",")])
+    calc, monitors = _setup(structure, model, layer, device, anchors_path, reference_path,
+                            monitor_spec, action, out, bias_interval, strict)
+    atoms.calc = calc
+    try:
+        result = run_md(atoms, monitors, out, steps=steps, ensemble=ensemble,
+                        timestep_fs=timestep, temperature_K=temperature, friction=friction,
+                        pressure_GPa=pressure, interval=interval, seed=seed, restart=restart,
+                        strict=strict, embeddings=not no_embeddings)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: every completed frame is in {out}; continue with --restart",
+                   err=True)
+        sys.exit(130)
+    _end(result, out, report)
+
+
+@main.command()
+@click.argument("structure", type=click.Path(exists=True))
+@_with(common_run_options)
+@click.option("--fmax", default=0.05, show_default=True, help="eV/Å")
+@click.option("--steps", default=500, show_default=True)
+@click.option("--cell/--no-cell", default=False, help="Relax the cell too (FrechetCellFilter)")
+@click.option("--optimizer", default="BFGS", show_default=True)
+def relax(structure, model, layer, device, anchors_path, reference_path, monitor_spec, action,
+          bias_interval, strict, out, no_embeddings, report, fmax, steps, cell, optimizer):
+    """Monitored relaxation of STRUCTURE."""
+    from platoscope.runner import run_relax
+
+    atoms = _read_structure(structure)
+    calc, monitors = _setup(structure, model, layer, device, anchors_path, reference_path,
+                            monitor_spec, action, out, bias_interval, strict)
+    atoms.calc = calc
+    try:
+        result = run_relax(atoms, monitors, out, fmax=fmax, steps=steps, cell=cell,
+                           optimizer=optimizer, strict=strict, embeddings=not no_embeddings)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: every completed frame is in {out}", err=True)
+        sys.exit(130)
+    _end(result, out, report)
+
+
+@main.command()
+@click.argument("trajectory", type=click.Path(exists=True))
+@_with(common_run_options)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--index", default=":", show_default=True, help="Frames to read (ASE syntax)")
+def monitor(trajectory, model, layer, device, anchors_path, reference_path, monitor_spec, action,
+            bias_interval, strict, out, no_embeddings, report, batch_size, index):
+    """Run monitors over an existing TRAJECTORY (any format ASE reads); step = frame index."""
+    from platoscope.readers import read_frames
+    from platoscope.runner import monitor_frames
+
+    frames, error = read_frames(trajectory, index=index)
+    if error:
+        click.echo(f"warning: {error}; monitoring the {len(frames)} frames before it", err=True)
+    if not frames:
+        raise click.ClickException(f"no readable frame in {trajectory}")
+    calc, monitors = _setup(trajectory, model, layer, device, anchors_path, reference_path,
+                            monitor_spec, action, out, bias_interval, strict)
+    result = monitor_frames(frames, calc, monitors, out, batch_size=batch_size, strict=strict,
+                            embeddings=not no_embeddings, source=str(trajectory))
+    if error:
+        result["read_error"] = error
+    _end(result, out, report)
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report_cmd(run_dir):
+    """Plots and a text summary of a run folder (md, relax or monitor output)."""
+    from platoscope.report import make_report
+
+    for p in make_report(run_dir):
+        click.echo(str(p))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "standardized": {"normalize": "standardize"},
     "whitened": {"normalize": "whiten"},
 }
+DEFAULT_PROJECTION = "paper"
+"""The projection PlatonicCalculator and reference banks use unless told otherwise."""
 _CHUNK = 1 << 16
 
 

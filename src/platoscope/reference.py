@@ -105,7 +105,7 @@ class ReferenceBank:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         state = {f"projector_{k}": v for k, v in self.projector.get_state().items()}
-        _savez_atomic(path, format=np.array(FORMAT), embeddings=self.embeddings,
+        _savez_atomic(path, compressed=True, format=np.array(FORMAT), embeddings=self.embeddings,
                       numbers=self.numbers.astype(np.int16),
                       structure_index=self.structure_index.astype(np.int32),
                       anchor_set_hash=np.array(self.anchor_set_hash),
@@ -133,3 +133,47 @@ class ReferenceBank:
         except Exception as err:
             raise CorruptFileError(f"{path}: not a readable platoscope reference bank ({err})"
                                    ) from err
+
+
+REFERENCE_STRUCTURES = "reference_structures.extxyz.gz"
+
+
+def reference_structures() -> list[Atoms]:
+    """The reference structures shipped with platoscope (MP-20 train subset, CC-BY-4.0)."""
+    from ase.io import read
+
+    from platoscope.anchors import default_data_path
+
+    path = default_data_path(REFERENCE_STRUCTURES)
+    if not path.is_file():
+        raise FileNotFoundError(f"shipped reference structures missing ({path}); rebuild with "
+                                "scripts/build_default_data.py")
+    return read(path, index=":")
+
+
+def _bank_name(spec: str, anchor_hash: str, normalize: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-." else "_" for c in spec)
+    return f"reference_{safe}_{anchor_hash[:12]}_{normalize}.npz"
+
+
+def default_bank(backend: Any, anchors: AnchorSet, *, normalize: str | None = None,
+                 progress: bool = False) -> ReferenceBank:
+    """The reference bank of ``backend`` on ``anchors`` over the shipped reference structures.
+
+    Looks for a bank shipped in the package, then in the cache; otherwise builds it once
+    (a few seconds to minutes, with a progress bar) and caches it.
+    """
+    from platoscope.anchors import cache_dir, default_data_path
+    from platoscope.projection import DEFAULT_PROJECTION, Projector
+
+    norm = Projector(normalize or DEFAULT_PROJECTION).normalize
+    name = _bank_name(backend.spec, anchors.hash, norm)
+    for path in (default_data_path(name), cache_dir() / "reference" / f"{backend.fingerprint[:16]}-{name}"):
+        if path.is_file():
+            bank = ReferenceBank.load(path)
+            bank.check_backend(backend)
+            return bank
+    bank = ReferenceBank.build(backend, reference_structures(), anchors, normalize=norm,
+                               progress=progress)
+    bank.save(cache_dir() / "reference" / f"{backend.fingerprint[:16]}-{name}")
+    return bank

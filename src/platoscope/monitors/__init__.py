@@ -1,5 +1,70 @@
 """On-the-fly monitors: one module per monitor, one protocol (:mod:`.base`)."""
 
-from platoscope.monitors.base import Event, Frame, Monitor, MonitorWarning, RunStopped, Watcher
+from __future__ import annotations
 
-__all__ = ["Event", "Frame", "Monitor", "MonitorWarning", "RunStopped", "Watcher"]
+from pathlib import Path
+from typing import Any
+
+from platoscope.monitors.base import (
+    ACTIONS,
+    Event,
+    Frame,
+    Monitor,
+    MonitorWarning,
+    RunStopped,
+    Watcher,
+)
+
+__all__ = [
+    "ACTIONS",
+    "MONITORS",
+    "Event",
+    "Frame",
+    "Monitor",
+    "MonitorWarning",
+    "RunStopped",
+    "Watcher",
+    "build_monitors",
+]
+
+MONITORS = ("atypical", "symmetry", "bias", "switch")
+
+
+def build_monitors(spec: str, *, calc: Any, bank: Any = None, action: str = "record",
+                   dump_dir: str | Path | None = None, bias_interval: int = 10
+                   ) -> list[Monitor]:
+    """Monitors from a CLI string such as ``"atypical,symmetry,bias:sevenn:7net-0"``.
+
+    Each item is ``name`` or ``name:argument`` (for ``bias`` and ``switch``, the second
+    model's spec). ``none`` or an empty string gives no monitor.
+    """
+    out: list[Monitor] = []
+    items = [s.strip() for s in spec.split(",") if s.strip() and s.strip() != "none"]
+    for item in items:
+        name, _, arg = item.partition(":")
+        common = {"action": action, "dump_dir": dump_dir}
+        if name == "atypical":
+            from platoscope.monitors.atypical import AtypicalMonitor
+
+            if bank is None:
+                raise ValueError("the atypical monitor needs a reference bank")
+            out.append(AtypicalMonitor(bank, **common))
+        elif name == "symmetry":
+            from platoscope.monitors.symmetry import SymmetryMonitor
+
+            out.append(SymmetryMonitor(**common))
+        elif name == "bias":
+            from platoscope.monitors.bias import BiasMonitor
+
+            if not arg:
+                raise ValueError("bias needs a second model: bias:<spec>, e.g. bias:sevenn:7net-0")
+            out.append(BiasMonitor.from_spec(arg, calc=calc, interval=bias_interval, **common))
+        elif name == "switch":
+            from platoscope.monitors.switch import SwitchMonitor
+
+            if not arg:
+                raise ValueError("switch needs a second model: switch:<spec>")
+            out.append(SwitchMonitor.from_spec(arg, calc=calc, **common))
+        else:
+            raise ValueError(f"unknown monitor {name!r}; valid: {', '.join(MONITORS)}")
+    return out

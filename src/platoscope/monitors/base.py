@@ -112,6 +112,11 @@ class Monitor(ABC):
     def score(self, frame: Frame) -> np.ndarray:
         """Per-atom score (N,) float64; larger is more alarming."""
 
+    def extra_scores(self, frame: Frame) -> dict[str, np.ndarray]:
+        """Other per-atom (N,) arrays worth keeping for this frame (stored as
+        ``score_<name>_<key>``, e.g. the force disagreement beside a representation one)."""
+        return {}
+
     def thresholds_for(self, frame: Frame) -> np.ndarray:
         """Per-atom threshold (N,); the default broadcasts the scalar ``threshold``."""
         if self.threshold is None:
@@ -199,6 +204,8 @@ class Watcher:
                 if s.shape != (len(frame.atoms),):
                     raise ValueError(f"score has shape {s.shape}, expected ({len(frame.atoms)},)")
                 scores[m.name] = s
+                for key, extra in m.extra_scores(frame).items():
+                    scores[f"{m.name}_{key}"] = np.asarray(extra, dtype=np.float64)
                 events.extend(m.events(frame, s))
             except Exception as err:
                 if self.strict:

@@ -1,0 +1,203 @@
+"""Reports of a run folder (``platoscope md``, ``relax`` or ``monitor`` output): PNGs + text.
+
+Reads only the run's files (sidecar, events, summary), so it also works on a folder left by a
+killed run. Plots: worst score per step relative to its threshold, score distributions per
+element, symmetry spread per class, two-model disagreement, energy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from platoscope.writers import read_events, read_sidecar
+
+
+def _thresholds(mon: dict[str, Any], symbols: list[str]) -> np.ndarray | None:
+    """Per-atom thresholds from a monitor's summary entry (scalar or per element)."""
+    per_el = mon.get("element_thresholds")
+    if per_el:
+        fallback = min(per_el.values())
+        return np.array([per_el.get(s, fallback) for s in symbols], dtype=float)
+    if mon.get("threshold") is not None:
+        return np.full(len(symbols), float(mon["threshold"]))
+    return None
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """Everything a report needs, as plain Python: per-frame scores, events, summary."""
+    from ase.data import chemical_symbols
+
+    run = Path(run_dir)
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    events = read_events(run / "events.jsonl", warn=False).events if (
+        run / "events.jsonl").is_file() else []
+    side = read_sidecar(run / "frames.h5")
+    frames = [side.frame(i) for i in range(side.n_frames)]
+    side.close()
+    mons = {m["name"]: m for m in summary.get("monitoring", {}).get("monitors", [])}
+    return {"summary": summary, "events": events, "frames": frames, "monitors": mons,
+            "symbols": [[chemical_symbols[z] for z in f["numbers"]] for f in frames]}
+
+
+def make_report(run_dir: str | Path) -> list[Path]:
+    """Write ``report.txt`` and PNG plots into ``run_dir``; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run_dir)
+    data = load_run(run)
+    frames, mons, syms = data["frames"], data["monitors"], data["symbols"]
+    steps = np.array([f["step"] for f in frames])
+    paths: list[Path] = []
+    score_names = sorted({k for f in frames for k in f["scores"]})
+    main_scores = [n for n in score_names if n in mons]
+
+    if main_scores:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for name in main_scores:
+            xs, ys = [], []
+            for f, sy in zip(frames, syms, strict=True):
+                if name not in f["scores"]:
+                    continue
+                thr = _thresholds(mons[name], sy)
+                s = f["scores"][name]
+                ys.append(np.nanmax(s / thr) if thr is not None else np.nanmax(s))
+                xs.append(f["step"])
+            ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=name)
+        ax.axhline(1.0, color="k", ls="--", lw=1, label="threshold")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("worst atom: score / threshold")
+        ax.set_title("Worst atom per step")
+        ax.legend()
+        fig.tight_layout()
+        paths.append(run / "worst_score.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
+        fig, axes = plt.subplots(1, len(main_scores), figsize=(4.5 * len(main_scores), 4),
+                                 squeeze=False)
+        for ax, name in zip(axes[0], main_scores, strict=True):
+            by_el: dict[str, list[float]] = defaultdict(list)
+            thr_el: dict[str, float] = {}
+            for f, sy in zip(frames, syms, strict=True):
+                if name not in f["scores"]:
+                    continue
+                thr = _thresholds(mons[name], sy)
+                for i, (el, v) in enumerate(zip(sy, f["scores"][name], strict=True)):
+                    by_el[el].append(v)
+                    if thr is not None:
+                        thr_el[el] = thr[i]
+            els = sorted(by_el)
+            ax.boxplot([by_el[e] for e in els], tick_labels=els, showfliers=True)
+            for j, e in enumerate(els, start=1):
+                if e in thr_el:
+                    ax.plot([j - 0.4, j + 0.4], [thr_el[e]] * 2, color="r", lw=1.5)
+            ax.set_yscale("log")
+            ax.set_title(f"{name} score per element (red: threshold)")
+        fig.tight_layout()
+        paths.append(run / "scores_by_element.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
+    sym = mons.get("symmetry")
+    if sym and sym.get("classes") is not None and "symmetry" in score_names:
+        classes = np.asarray(sym["classes"])
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for c in np.unique(classes):
+            xs, ys = [], []
+            for f in frames:
+                if "symmetry" in f["scores"] and len(f["numbers"]) == len(classes):
+                    xs.append(f["step"])
+                    ys.append(np.nanmax(f["scores"]["symmetry"][classes == c]))
+            el = syms[0][int(np.flatnonzero(classes == c)[0])] if syms else ""
+            ax.plot(xs, np.maximum(ys, 1e-12), label=f"class {c} ({el})")
+        if sym.get("threshold") is not None:
+            ax.axhline(sym["threshold"], color="k", ls="--", lw=1, label="threshold")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("max distance from class mean")
+        ax.set_title("Symmetry spread per class of equivalent atoms")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        paths.append(run / "symmetry_spread.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
+    bias_names = [n for n in score_names if n.startswith("bias")]
+    if bias_names:
+        fig, axes = plt.subplots(1, len(bias_names), figsize=(5 * len(bias_names), 4),
+                                 squeeze=False)
+        for ax, name in zip(axes[0], bias_names, strict=True):
+            xs = [f["step"] for f in frames if name in f["scores"]]
+            vals = [f["scores"][name] for f in frames if name in f["scores"]]
+            ax.plot(xs, [np.nanmean(v) for v in vals], label="mean over atoms")
+            ax.plot(xs, [np.nanmax(v) for v in vals], label="worst atom")
+            ax.set_xlabel("step")
+            ax.set_title(name.replace("_", " "))
+            ax.legend()
+        fig.suptitle("Disagreement between the two models")
+        fig.tight_layout()
+        paths.append(run / "model_disagreement.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
+    energies = [(f["step"], f["energy"]) for f in frames if f["energy"] is not None]
+    if energies:
+        fig, ax = plt.subplots(figsize=(8, 3))
+        e = np.array(energies)
+        ax.plot(e[:, 0], e[:, 1] / len(frames[0]["numbers"]))
+        ax.set_xlabel("step")
+        ax.set_ylabel("potential energy (eV/atom)")
+        fig.tight_layout()
+        paths.append(run / "energy.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
+    paths.append(run / "report.txt")
+    paths[-1].write_text(_text(data, steps))
+    return paths
+
+
+def _text(data: dict[str, Any], steps: np.ndarray) -> str:
+    s, events, frames = data["summary"], data["events"], data["frames"]
+    prov = s.get("provenance", {})
+    lines = [
+        f"status: {s.get('status', 'unknown (no summary.json: killed?)')}",
+        f"model: {prov.get('model')} layer {prov.get('layer')} weights "
+        f"{str(prov.get('weights_sha256'))[:16]}",
+        f"anchors: {str(prov.get('anchor_set_hash'))[:16]} (K={prov.get('n_anchors')}), "
+        f"projection {prov.get('projection')}",
+        f"frames: {len(frames)}"
+        + (f" (steps {int(steps.min())}..{int(steps.max())})" if len(steps) else ""),
+        f"events: {len(events)}",
+    ]
+    by_mon = Counter(e["monitor"] for e in events)
+    for name, mon in data["monitors"].items():
+        fa = mon.get("expected_false_alarm_rate")
+        lines.append(f"  {name}: {by_mon.get(name, 0)} events; action {mon.get('action')}; "
+                     f"expected false-alarm rate per atom-frame "
+                     f"{'n/a' if fa is None else f'{fa:.2g}'}")
+        first = next((e for e in events if e["monitor"] == name), None)
+        if first:
+            lines.append(f"    first at step {first['step']}: atoms {first['atoms'][:8]} "
+                         f"{first.get('elements', [])[:8]} score {first['score']:.4g} > "
+                         f"{first['threshold']:.4g}")
+        atom_counts = Counter(a for e in events if e["monitor"] == name for a in e["atoms"][:3])
+        if atom_counts:
+            lines.append("    most flagged atoms: " + ", ".join(
+                f"{a} ({n}x)" for a, n in atom_counts.most_common(5)))
+    if s.get("stopped_by"):
+        lines.append(f"stopped by: {s['stopped_by']}")
+    errs = s.get("monitoring", {}).get("monitor_errors") or []
+    if errs:
+        lines.append(f"monitor errors: {len(errs)} (first: {errs[0]})")
+    return "\n".join(lines) + "\n"
