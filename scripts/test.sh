@@ -11,6 +11,8 @@ echo "=== ruff ==="
 .venv-sevenn/bin/ruff check src tests scripts benchmarks examples || status=1
 for env in sevenn mace; do
   echo "=== tests in .venv-$env (requires chgnet,$env) ==="
-  PLATOSCOPE_REQUIRE_BACKENDS="chgnet,$env" .venv-$env/bin/python -m pytest "$@" || status=1
+  other=$([ $env = sevenn ] && echo mace || echo sevenn)
+  PLATOSCOPE_REQUIRE_BACKENDS="chgnet,$env" PLATOSCOPE_OTHER_PYTHON="$PWD/.venv-$other/bin/python" \
+    .venv-$env/bin/python -m pytest "$@" || status=1
 done
 exit $status

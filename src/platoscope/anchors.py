@@ -47,6 +47,7 @@ def _savez_atomic(path: Path, *, compressed: bool = False, **arrays: Any) -> Non
     os.close(fd)
     try:
         (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

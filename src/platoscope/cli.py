@@ -369,5 +369,24 @@ def report_cmd(run_dir):
         click.echo(str(p))
 
 
+@main.command("compare")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output folder")
+@click.option("--k", default=10, show_default=True, help="k of mutual k-NN")
+@click.option("--max-atoms", default=5000, show_default=True,
+              help="Subsample for the O(N^2) metrics")
+def compare_cmd(files, out, k, max_atoms):
+    """Compare coordinate files of the same atoms from different models (``embed`` output)."""
+    from platoscope.compare import compare
+    from platoscope.coords import AtomCoordinates
+
+    if len(files) < 2:
+        raise click.ClickException("compare needs at least two coordinate files")
+    res = compare([AtomCoordinates.load(f) for f in files], out, k=k, max_atoms=max_atoms)
+    click.echo((Path(out) / "compare.txt").read_text())
+    click.echo(f"wrote {out}/compare.json, alignment.png, bias_per_element.png, "
+               f"{len(res['periodicity'])} periodicity heat maps")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

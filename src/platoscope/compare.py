@@ -1,0 +1,172 @@
+"""Cross-model comparison of coordinate files (what ``platoscope compare`` runs).
+
+Given two or more :class:`~platoscope.coords.AtomCoordinates` of the same atoms on the same
+anchors (possibly written in different environments), it computes the alignment matrix
+(same-atom retrieval, mutual k-NN in projected and raw space, CKA), optimal transport between
+each pair, the periodicity score of each model and the per-element bias table, and writes
+``compare.json``, ``compare.txt`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from platoscope.coords import AtomCoordinates, check_comparable
+from platoscope.writers import write_json_atomic
+
+
+def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
+            max_atoms: int = 5000, seed: int = 0) -> dict[str, Any]:
+    """Compare models; subsample to ``max_atoms`` atoms for the O(N^2) metrics."""
+    from ase.data import chemical_symbols
+
+    from platoscope import analysis as an
+
+    if len(coords) < 2:
+        raise ValueError("compare needs at least two coordinate files")
+    for c in coords[1:]:
+        check_comparable(coords[0], c)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _unique_names(coords)
+    n = len(coords[0])
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, max_atoms, replace=False)) if n > max_atoms else np.arange(n)
+    Z = coords[0].numbers[idx]
+    proj = {nm: c.platonic[idx] for nm, c in zip(names, coords, strict=True)}
+    raw = {nm: c.embeddings[idx] for nm, c in zip(names, coords, strict=True)
+           if c.embeddings is not None}
+    m = len(names)
+    res: dict[str, Any] = {"models": names, "n_atoms": int(n), "n_scored": int(len(idx)),
+                           "anchor_set_hash": coords[0].anchor_set_hash,
+                           "data_hash": coords[0].data_hash,
+                           "provenance": {nm: c.provenance for nm, c in
+                                          zip(names, coords, strict=True)}}
+    top1 = np.eye(m)
+    top5 = np.eye(m)
+    knn_p = np.eye(m)
+    knn_r = np.full((m, m), np.nan)
+    cka = np.eye(m)
+    ot_rows = []
+    for i, j in itertools.permutations(range(m), 2):
+        a, b = names[i], names[j]
+        top1[i, j] = an.retrieval_accuracy(proj[a], proj[b], k=1)
+        top5[i, j] = an.retrieval_accuracy(proj[a], proj[b], k=5)
+    for i, j in itertools.combinations(range(m), 2):
+        a, b = names[i], names[j]
+        knn_p[i, j] = knn_p[j, i] = an.mutual_knn(proj[a], proj[b], k=k)
+        cka[i, j] = cka[j, i] = an.linear_cka(proj[a], proj[b])
+        if a in raw and b in raw:
+            knn_r[i, j] = knn_r[j, i] = an.mutual_knn(raw[a], raw[b], k=k)
+        t = an.transport(proj[a], proj[b], elements=Z)
+        ot_rows.append({"source": a, "target": b, "cost": t.cost, "method": t.method,
+                        "same_atom_mass": t.same_atom_mass,
+                        "same_element_mass": t.same_element_mass})
+    res["alignment"] = {"retrieval_top1": top1.tolist(), "retrieval_top5": top5.tolist(),
+                        "retrieval_chance_top5": 5 / len(idx),
+                        f"mutual_knn{k}_projected": knn_p.tolist(),
+                        f"mutual_knn{k}_raw": knn_r.tolist(), "linear_cka": cka.tolist()}
+    res["transport"] = ot_rows
+    period = {}
+    for nm, c in zip(names, coords, strict=True):
+        els, means = an.element_means(c.numbers, c.platonic)
+        if len(els) >= 3:
+            s = an.periodicity_score(els, means)
+            period[nm] = {k2: s[k2] for k2 in ("group", "period", "group_chance",
+                                               "period_chance", "n_elements")}
+            an.plot_periodicity_heatmap(els, means, out / f"periodicity_{_safe(nm)}.png",
+                                        title=f"{nm}: element-element similarity")
+    res["periodicity"] = period
+    full = {nm: c.platonic for nm, c in zip(names, coords, strict=True)}
+    table = an.bias_table(full, coords[0].numbers, leave_one_out=m > 2)
+    res["bias"] = {"elements": [chemical_symbols[z] for z in table.elements],
+                   "counts": table.counts.tolist(), "models": table.models,
+                   "deviation": table.deviation.tolist(), "excess": table.excess.tolist(),
+                   "most_deviant": {chemical_symbols[z]: mdl for z, mdl in
+                                    an.most_deviant_model(table, by="excess").items()}}
+    _plots(res, out, k)
+    write_json_atomic(out / "compare.json", res)
+    (out / "compare.txt").write_text(_text(res, k))
+    return res
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+
+
+def _unique_names(coords: list[AtomCoordinates]) -> list[str]:
+    names: list[str] = []
+    for c in coords:
+        nm = c.model
+        if nm in names:
+            nm = f"{nm} ({Path(c.path).name if c.path else len(names)})"
+        names.append(nm)
+    return names
+
+
+def _plots(res: dict[str, Any], out: Path, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = res["models"]
+    panels = [("retrieval_top5", "same-atom retrieval top-5 (row -> column)"),
+              (f"mutual_knn{k}_projected", f"mutual k-NN@{k}, projected"),
+              (f"mutual_knn{k}_raw", f"mutual k-NN@{k}, raw features")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        mat = np.array(res["alignment"][key], dtype=float)
+        im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        for (i, j), v in np.ndenumerate(mat):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="w" if v < 0.5 else "k")
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    fig.savefig(out / "alignment.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    b = res["bias"]
+    ex = np.array(b["excess"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(b["elements"])), 1 + 0.5 * len(names)))
+    im = ax.imshow(ex, aspect="auto", cmap="magma")
+    ax.set_xticks(range(len(b["elements"])), b["elements"], fontsize=7, rotation=90)
+    ax.set_yticks(range(len(b["models"])), b["models"], fontsize=8)
+    ax.set_title("deviation from the other models' consensus, per element "
+                 "(relative to each model's median)", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.savefig(out / "bias_per_element.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _text(res: dict[str, Any], k: int) -> str:
+    names = res["models"]
+    lines = [f"{len(names)} models, {res['n_atoms']} atoms ({res['n_scored']} scored), anchors "
+             f"{res['anchor_set_hash'][:12]}", "", "same-atom retrieval top-1 / top-5 "
+             f"(chance top-5 {res['alignment']['retrieval_chance_top5']:.4f}); mutual "
+             f"k-NN@{k} projected / raw:"]
+    al = res["alignment"]
+    for i, j in itertools.permutations(range(len(names)), 2):
+        raw = al[f"mutual_knn{k}_raw"][i][j]
+        lines.append(f"  {names[i]} -> {names[j]}: {al['retrieval_top1'][i][j]:.3f} / "
+                     f"{al['retrieval_top5'][i][j]:.3f}; {al[f'mutual_knn{k}_projected'][i][j]:.3f}"
+                     f" / {'n/a' if raw is None or raw != raw else f'{raw:.3f}'}")
+    lines.append("\noptimal transport:")
+    for r in res["transport"]:
+        lines.append(f"  {r['source']} -> {r['target']}: cost {r['cost']:.4g}, same atom "
+                     f"{r['same_atom_mass']:.3f}, same element {r['same_element_mass']:.3f} "
+                     f"[{r['method']}]")
+    lines.append("\nperiodicity (nearest other element in the same group / period):")
+    for nm, p in res["periodicity"].items():
+        lines.append(f"  {nm}: group {p['group']:.2f} (chance {p['group_chance']:.2f}), "
+                     f"period {p['period']:.2f} (chance {p['period_chance']:.2f})")
+    lines.append("\nmost deviant model per element: " + ", ".join(
+        f"{el}:{m}" for el, m in list(res["bias"]["most_deviant"].items())[:40]))
+    return "\n".join(lines) + "\n"
