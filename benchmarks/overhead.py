@@ -101,7 +101,8 @@ def bench(spec: str, n: int, rounds: int) -> dict:
     ratio = {k: statistics.median(t / b for t, b in zip(times[k], times["bare"], strict=True))
              for k in ("platonic", "two_pass")}
     return {
-        "backend": backend.spec, "layer": backend.layer, "n_atoms": len(atoms), "K": len(calc.anchors),
+        "backend": backend.spec, "layer": backend.layer, "n_atoms": len(atoms),
+        "K": len(calc.anchors),
         "rounds": rounds, "median_s": {k: statistics.median(v) for k, v in times.items()},
         "ratio_platonic": ratio["platonic"], "ratio_two_pass": ratio["two_pass"],
     }

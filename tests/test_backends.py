@@ -4,6 +4,7 @@ MACE architecture trained here (tests/data/mace_emt_tiny.model)."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,6 @@ from platoscope.errors import (
     UnknownBackendError,
     UnsupportedElementError,
 )
-
-from pathlib import Path
 
 MACE_MODEL = Path(__file__).parent / "data" / "mace_emt_tiny.model"
 
@@ -117,7 +116,8 @@ class TestCHGNet:
     def test_element_outside_model(self, chgnet_backend):
         a = nacl()
         a.numbers[0] = 99
-        with pytest.raises(UnsupportedElementError, match=r"'chgnet:0.3.0' has no parameters for element\(s\) Es \(Z=99\)"):
+        msg = r"'chgnet:0.3.0' has no parameters for element\(s\) Es \(Z=99\)"
+        with pytest.raises(UnsupportedElementError, match=msg):
             chgnet_backend.compute(a)
 
     def test_provenance(self, chgnet_backend):
@@ -181,7 +181,8 @@ class TestSevenNet:
     def test_element_outside_model(self, sevenn_backend):
         a = nacl()
         a.numbers[0] = 95
-        with pytest.raises(UnsupportedElementError, match=r"'sevenn:7net-0' has no parameters for element\(s\) Am \(Z=95\)"):
+        msg = r"'sevenn:7net-0' has no parameters for element\(s\) Am \(Z=95\)"
+        with pytest.raises(UnsupportedElementError, match=msg):
             sevenn_backend.compute(a)
 
     def test_unknown_and_download_only_models(self):

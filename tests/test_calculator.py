@@ -46,7 +46,8 @@ def anchors_for(name: str) -> AnchorSet:
                                      (bulk("Ni", "fcc", a=3.5), 0)])
     nacl = bulk("NaCl", "rocksalt", a=5.64)
     return AnchorSet.from_atoms([(nacl, 0), (nacl, 1), (bulk("Si", "diamond", a=5.43), 0),
-                                 (bulk("NaCl", "rocksalt", a=6.0), 1), (bulk("Cu", "fcc", a=3.6), 0)])
+                                 (bulk("NaCl", "rocksalt", a=6.0), 1),
+                                 (bulk("Cu", "fcc", a=3.6), 0)])
 
 
 @pytest.fixture
@@ -101,7 +102,8 @@ def test_md_run_keeps_coordinates_in_extxyz(backend, name, tmp_path):
     atoms = system(name)
     atoms.calc = PlatonicCalculator(backend, anchors=anchors_for(name))
     frames = []
-    dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=600, friction=0.01, rng=np.random.default_rng(0))
+    dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=600, friction=0.01,
+                   rng=np.random.default_rng(0))
 
     def keep():
         frames.append(atoms.arrays["platonic"].copy())
@@ -216,7 +218,8 @@ def test_cache_from_another_model_is_refused(chgnet_backend, sevenn_backend, tmp
     anchors = anchors_for("chgnet")
     path = tmp_path / "cache.npz"
     anchors.embed(chgnet_backend, cache_path=path)
-    with pytest.raises(AnchorCacheMismatchError, match="made by chgnet:0.3.0.*not by sevenn:7net-0"):
+    msg = "made by chgnet:0.3.0.*not by sevenn:7net-0"
+    with pytest.raises(AnchorCacheMismatchError, match=msg):
         anchors.embed(sevenn_backend, cache_path=path)
 
 

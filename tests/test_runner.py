@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,7 +169,8 @@ def test_cli_monitor_trajectory_and_report(small_setup, chgnet_backend, tmp_path
     traj = tmp_path / "in.extxyz"
     write(traj, frames)
     with open(traj, "a") as fh:  # a truncated frame at the end, as a killed writer leaves
-        fh.write("8\nLattice=\"5.64 0 0 0 5.64 0 0 0 5.64\" Properties=species:S:1:pos:R:3\nNa 0 0\n")
+        fh.write('8\nLattice="5.64 0 0 0 5.64 0 0 0 5.64" Properties=species:S:1:pos:R:3\n'
+                 "Na 0 0\n")
     out = tmp_path / "mon"
     res = CliRunner().invoke(main, [
         "monitor", str(traj), "--model", "chgnet", "--anchors", str(anchors_path),

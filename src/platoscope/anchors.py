@@ -9,6 +9,7 @@ or anchor set is refused.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -169,7 +170,7 @@ class AnchorSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AnchorSet:
-        """Read a file written by :meth:`save`; a damaged or foreign file raises CorruptFileError."""
+        """Read a file written by :meth:`save`; a damaged or foreign file: CorruptFileError."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"anchor set file not found: {path}")
@@ -186,7 +187,7 @@ class AnchorSet:
             structures = [
                 Atoms(numbers=data["numbers"][a:b], positions=data["positions"][a:b],
                       cell=data["cells"][s], pbc=data["pbc"][s])
-                for s, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True))
+                for s, (a, b) in enumerate(itertools.pairwise(offsets))
             ]
             out = cls(structures, data["pairs"], json.loads(str(data["meta"])))
         except Exception as err:
@@ -212,8 +213,8 @@ class AnchorSet:
         write(path, frames, format="extxyz")
 
     # -- per-model anchor matrices -------------------------------------------------------------
-    def embed(self, backend: Any, *, cache: bool = True, cache_path: str | os.PathLike | None = None,
-              progress: bool = False) -> np.ndarray:
+    def embed(self, backend: Any, *, cache: bool = True,
+              cache_path: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
         """The backend's embeddings of the anchor atoms, (K, D) float64, cached on disk.
 
         ``cache_path`` names a cache file explicitly (default: under :func:`cache_dir`). A file

@@ -41,7 +41,7 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     raw = {nm: c.embeddings[idx] for nm, c in zip(names, coords, strict=True)
            if c.embeddings is not None}
     m = len(names)
-    res: dict[str, Any] = {"models": names, "n_atoms": int(n), "n_scored": int(len(idx)),
+    res: dict[str, Any] = {"models": names, "n_atoms": int(n), "n_scored": len(idx),
                            "anchor_set_hash": coords[0].anchor_set_hash,
                            "data_hash": coords[0].data_hash,
                            "provenance": {nm: c.provenance for nm, c in

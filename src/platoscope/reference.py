@@ -63,7 +63,8 @@ class ReferenceBank:
             data_hash = sha256_bytes(*(a.numbers.tobytes() + a.positions.round(6).tobytes()
                                        for a in structures))
         prov = backend.provenance().to_dict()
-        prov.update(fingerprint=backend.fingerprint, anchor_set_hash=anchors.hash, n_anchors=len(anchors),
+        prov.update(fingerprint=backend.fingerprint, anchor_set_hash=anchors.hash,
+                    n_anchors=len(anchors),
                     projection=proj.normalize, versions=package_versions(),
                     n_structures=len(structures))
         return cls(emb, np.concatenate([a.numbers for a in structures]),
@@ -168,12 +169,13 @@ def default_bank(backend: Any, anchors: AnchorSet, *, normalize: str | None = No
 
     norm = Projector(normalize or DEFAULT_PROJECTION).normalize
     name = _bank_name(backend.spec, anchors.hash, norm)
-    for path in (default_data_path(name), cache_dir() / "reference" / f"{backend.fingerprint[:16]}-{name}"):
+    cached = cache_dir() / "reference" / f"{backend.fingerprint[:16]}-{name}"
+    for path in (default_data_path(name), cached):
         if path.is_file():
             bank = ReferenceBank.load(path)
             bank.check_backend(backend)
             return bank
     bank = ReferenceBank.build(backend, reference_structures(), anchors, normalize=norm,
                                progress=progress)
-    bank.save(cache_dir() / "reference" / f"{backend.fingerprint[:16]}-{name}")
+    bank.save(cached)
     return bank

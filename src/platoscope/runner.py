@@ -230,7 +230,8 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     bar = _progress(steps, f"relax {optimizer}", progress)
     status, converged = "completed", False
     try:
-        for converged in opt.irun(fmax=fmax, steps=steps):
+        for conv in opt.irun(fmax=fmax, steps=steps):
+            converged = conv
             watcher(atoms)
             bar.update(1)
             _postfix(bar, watcher, atoms)

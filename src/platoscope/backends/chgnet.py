@@ -127,7 +127,8 @@ def _isolated_message(backend: CHGNetBackend, atoms: Atoms) -> str:
     i = neighbor_list("i", atoms, cutoff)
     lonely = sorted(set(range(len(atoms))) - set(i.tolist()))
     symbols = ", ".join(atoms[lonely[:10]].get_chemical_symbols())
-    return (f"{backend.spec}: atom(s) {lonely[:10]} ({symbols}) have no neighbour within CHGNet's {cutoff:g} Å cutoff, which CHGNet cannot embed; "
+    return (f"{backend.spec}: atom(s) {lonely[:10]} ({symbols}) have no neighbour "
+            f"within CHGNet's {cutoff:g} Å cutoff, which CHGNet cannot embed; "
             "check the cell (too dilute or a unit mix-up?)")
 
 

@@ -1,0 +1,66 @@
+"""Cross-model analysis of per-atom coordinates: plain arrays in, arrays and dataclasses out.
+
+* :mod:`~platoscope.analysis.alignment`: agreement of two coordinate arrays of the same atoms
+  (mutual k-NN, linear CKA, Procrustes, per-atom cosine, retrieval with symmetry classes).
+* :mod:`~platoscope.analysis.transport`: optimal transport between atom clouds (POT) and an
+  out-of-sample transport map.
+* :mod:`~platoscope.analysis.periodicity`: element mean vectors and periodic-table structure.
+* :mod:`~platoscope.analysis.arithmetic`: element substitution vectors and their retrieval.
+* :mod:`~platoscope.analysis.bias`: per-model, per-element deviation from the model consensus.
+"""
+
+from __future__ import annotations
+
+from platoscope.analysis.alignment import (
+    alignment_matrix,
+    cosine_agreement,
+    linear_cka,
+    mutual_knn,
+    procrustes,
+    retrieval_accuracy,
+)
+from platoscope.analysis.arithmetic import (
+    ArithmeticResult,
+    arithmetic_retrieval,
+    substitution_vector,
+)
+from platoscope.analysis.bias import (
+    BiasTable,
+    bias_table,
+    consensus,
+    deviations,
+    most_deviant_model,
+)
+from platoscope.analysis.periodicity import (
+    element_means,
+    group_period,
+    nearest_element_table,
+    periodicity_score,
+    plot_periodicity_heatmap,
+)
+from platoscope.analysis.transport import TransportMap, TransportResult, transport
+
+__all__ = [
+    "ArithmeticResult",
+    "BiasTable",
+    "TransportMap",
+    "TransportResult",
+    "alignment_matrix",
+    "arithmetic_retrieval",
+    "bias_table",
+    "consensus",
+    "cosine_agreement",
+    "deviations",
+    "element_means",
+    "group_period",
+    "linear_cka",
+    "most_deviant_model",
+    "mutual_knn",
+    "nearest_element_table",
+    "periodicity_score",
+    "plot_periodicity_heatmap",
+    "procrustes",
+    "retrieval_accuracy",
+    "substitution_vector",
+    "transport",
+]
