@@ -3,12 +3,19 @@
 #   .venv-sevenn : platoscope[sevenn,dev]  (SevenNet + CHGNet)
 #   .venv-mace   : platoscope[mace,dev]    (MACE + CHGNet)
 # Usage: scripts/setup_envs.sh [sevenn|mace|all]   (default: all). Re-running is cheap: an
-# environment is rebuilt only when pyproject.toml changed since it was made.
+# environment is rebuilt only when its declared dependencies changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 which=${1:-all}
-stamp=$(sha256sum pyproject.toml | cut -c1-16)
+# Rebuild only when the declared dependencies change (not for lint or test settings).
+stamp=$("$PY" - <<'PYEOF'
+import hashlib, json, tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = {"deps": p["dependencies"], "extras": p["optional-dependencies"]}
+print(hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16])
+PYEOF
+)
 
 build() {
   local name=$1 extras=$2 venv=.venv-$1
@@ -19,10 +26,13 @@ build() {
   echo "[setup] building $venv (platoscope[$extras]) ..."
   rm -rf "$venv"
   "$PY" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q --upgrade pip > "$venv/pip.log" 2>&1
   # CPU build of torch first: a bare 'torch' requirement would pull a multi-GB CUDA build.
-  "$venv/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-  if ! "$venv/bin/python" -m pip install -e ".[$extras]" > "$venv/pip.log" 2>&1; then
+  if ! "$venv/bin/python" -m pip install "torch==${TORCH_VERSION:-2.13.0}" >> "$venv/pip.log" 2>&1
+  then
+    tail -n 40 "$venv/pip.log"; echo "[setup] torch install failed for $venv" >&2; exit 1
+  fi
+  if ! "$venv/bin/python" -m pip install -e ".[$extras]" >> "$venv/pip.log" 2>&1; then
     tail -n 40 "$venv/pip.log"; echo "[setup] pip failed for $venv (log: $venv/pip.log)" >&2
     exit 1
   fi

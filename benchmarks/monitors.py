@@ -1,0 +1,154 @@
+"""Cost of on-the-fly monitors per MD step, and of trajectory post-processing per frame.
+
+1. Per step, alternating in one run: the bare CHGNet calculator; PlatonicCalculator alone; and
+   PlatonicCalculator plus the atypical and symmetry monitors (Watcher, no file output) scoring
+   against a reference bank of >= 20k atoms. Reported as median ratios to the bare step.
+   The shipped bank holds 9,047 MP-20 atoms; to time a larger bank it is tiled 3x with 1e-3
+   jitter (27,141 atoms, same element mix): the kNN cost depends on the bank's size, not on
+   where its atoms came from.
+2. Per frame, for an existing trajectory: ``monitor_frames`` (batched embedding, no forces)
+   against calling the PlatonicCalculator frame by frame.
+
+    python benchmarks/monitors.py [--sizes 64,512] [--rounds 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from ase.build import bulk
+
+from platoscope import AnchorSet, PlatonicCalculator, load_backend
+from platoscope.monitors.atypical import AtypicalMonitor
+from platoscope.monitors.base import Watcher
+from platoscope.provenance import package_versions
+from platoscope.reference import ReferenceBank, default_bank
+from platoscope.runner import monitor_frames
+
+
+def tiled(bank: ReferenceBank, times: int = 3, jitter: float = 1e-3) -> ReferenceBank:
+    rng = np.random.default_rng(0)
+    emb = np.concatenate([bank.embeddings + (jitter * rng.standard_normal(bank.embeddings.shape)
+                                             if t else 0.0) for t in range(times)])
+    n_struct = int(bank.structure_index.max()) + 1
+    return ReferenceBank(emb, np.tile(bank.numbers, times),
+                         np.concatenate([bank.structure_index + t * n_struct
+                                         for t in range(times)]),
+                         projector=bank.projector, anchor_set_hash=bank.anchor_set_hash,
+                         data_hash=bank.data_hash + f"-tiled{times}", provenance=bank.provenance)
+
+
+def monitors_for(bank: ReferenceBank) -> list:
+    mons = [AtypicalMonitor(bank)]
+    try:
+        from platoscope.monitors.symmetry import SymmetryMonitor
+
+        mons.append(SymmetryMonitor())
+    except ImportError:
+        pass
+    return mons
+
+
+def per_step(backend, anchors, bank, n: int, rounds: int) -> dict:
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat({64: 2, 512: 4}[n])
+    calc = PlatonicCalculator(backend, anchors=anchors, projection=bank.projector)
+    mons = monitors_for(bank)
+    watcher = Watcher(mons)
+    props = ["energy", "forces", "stress"]
+
+    def bare(a):
+        backend.calc.calculate(a, props)
+
+    def platonic(a):
+        calc.calculate(a, props)
+
+    def monitored(a):
+        a.calc = calc
+        calc.calculate(a, props)
+        watcher(a)
+
+    fns = {"bare": bare, "platonic": platonic, "monitored": monitored}
+    watcher(_first(atoms, calc))  # start(): symmetry classes of the perfect crystal
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for r in range(rounds):
+        a = atoms.copy()
+        a.rattle(0.01, seed=r)
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name](a)
+            times[name].append(time.perf_counter() - t0)
+        order = order[1:] + order[:1]
+    ratio = {k: statistics.median(t / b for t, b in zip(times[k], times["bare"], strict=True))
+             for k in ("platonic", "monitored")}
+    return {"n_atoms": n, "bank_atoms": len(bank), "monitors": [m.name for m in mons],
+            "bare_s": statistics.median(times["bare"]), "ratio_platonic": ratio["platonic"],
+            "ratio_monitored": ratio["monitored"]}
+
+
+def _first(atoms, calc):
+    a = atoms.copy()
+    a.calc = calc
+    calc.calculate(a, ["energy", "forces"])
+    return a
+
+
+def per_frame(backend, anchors, bank, n_frames: int = 32) -> dict:
+    base = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(2)
+    frames = []
+    for s in range(n_frames):
+        a = base.copy()
+        a.rattle(0.05, seed=s)
+        frames.append(a)
+    calc = PlatonicCalculator(backend, anchors=anchors, projection=bank.projector)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        monitor_frames(frames, calc, [AtypicalMonitor(bank)], Path(d) / "m", batch_size=16,
+                       progress=False)
+        batched = (time.perf_counter() - t0) / n_frames
+    watcher = Watcher([AtypicalMonitor(bank)])
+    t0 = time.perf_counter()
+    for a in frames:
+        a = a.copy()
+        a.calc = calc
+        a.get_forces()
+        watcher(a)
+    single = (time.perf_counter() - t0) / n_frames
+    return {"n_frames": n_frames, "n_atoms": len(base), "batched_s_per_frame": batched,
+            "calculator_s_per_frame": single, "speedup": single / batched}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="64,512")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    warnings.simplefilter("ignore")
+    backend = load_backend("chgnet")
+    anchors = AnchorSet.default()
+    bank = tiled(default_bank(backend, anchors))
+    rows = []
+    print(f"{'N':>5s} {'bank':>7s} {'platonic/bare':>14s} {'monitored/bare':>15s}")
+    for n in (int(x) for x in args.sizes.split(",")):
+        r = per_step(backend, anchors, bank, n, args.rounds)
+        rows.append(r)
+        print(f"{n:5d} {r['bank_atoms']:7d} {r['ratio_platonic']:14.3f} "
+              f"{r['ratio_monitored']:15.3f}   ({', '.join(r['monitors'])})", flush=True)
+    pf = per_frame(backend, anchors, bank)
+    print(f"trajectory: batched {pf['batched_s_per_frame']:.3f} s/frame vs calculator "
+          f"{pf['calculator_s_per_frame']:.3f} s/frame: {pf['speedup']:.2f}x faster")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"per_step": rows, "per_frame": pf,
+                                              "versions": package_versions()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
