@@ -171,7 +171,8 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
     s, events, frames = data["summary"], data["events"], data["frames"]
     prov = s.get("provenance", {})
     lines = [
-        f"status: {s.get('status', 'unknown (no summary.json: killed?)')}",
+        "status: " + {"running": "running, or killed (no final summary)"}.get(
+            s.get("status", ""), s.get("status", "unknown (no summary.json)")),
         f"model: {prov.get('model')} layer {prov.get('layer')} weights "
         f"{str(prov.get('weights_sha256'))[:16]}",
         f"anchors: {str(prov.get('anchor_set_hash'))[:16]} (K={prov.get('n_anchors')}), "

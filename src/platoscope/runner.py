@@ -181,6 +181,7 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config, interval=interval,
                            embeddings=embeddings, append=restart)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict, start_step=first_step)
+    recorder.write_summary("running", {"monitoring": watcher.summary()})
     dyn = make_dynamics(atoms, ensemble=ensemble, timestep_fs=timestep_fs,
                         temperature_K=temperature_K, friction=friction,
                         pressure_GPa=pressure_GPa, seed=seed + first_step)
@@ -225,6 +226,7 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            embeddings=embeddings)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
+    recorder.write_summary("running", {"monitoring": watcher.summary()})
     target = FrechetCellFilter(atoms) if cell else atoms
     opt = opt_cls(target, logfile=None)
     bar = _progress(steps, f"relax {optimizer}", progress)
@@ -264,6 +266,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            embeddings=embeddings)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict, raise_on_stop=False)
+    recorder.write_summary("running", {"monitoring": watcher.summary()})
     bar = _progress(len(frames), "monitor", progress)
     status = "completed"
     try:
