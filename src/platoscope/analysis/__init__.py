@@ -7,6 +7,10 @@
 * :mod:`~platoscope.analysis.periodicity`: element mean vectors and periodic-table structure.
 * :mod:`~platoscope.analysis.arithmetic`: element substitution vectors and their retrieval.
 * :mod:`~platoscope.analysis.bias`: per-model, per-element deviation from the model consensus.
+
+Note: the package attribute ``transport`` is the *function* :func:`transport`, which shadows the
+submodule of the same name, so ``import platoscope.analysis.transport as m`` gives the function;
+use ``from platoscope.analysis.transport import TransportMap`` (or ``sys.modules``) instead.
 """
 
 from __future__ import annotations

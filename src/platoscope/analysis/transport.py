@@ -12,29 +12,29 @@ per unit mass.
 
 Method selection (``method="auto"``; ``method`` of the result says what ran and why):
 
-1. ``N * M <= max_exact`` (default 4000 x 4000: a 128 MB cost matrix, 2-5 s): exact EMD. With
-   uniform masses and N == M the optimal plan is a permutation (Birkhoff), found exactly and
-   about twice as fast as ``ot.emd`` by ``scipy.optimize.linear_sum_assignment``; otherwise
-   ``ot.emd`` (network simplex).
-2. larger, ``elements`` given: ``blocks``, exact EMD within each element (atoms only move to
-   atoms of their own element; each source block keeps its mass and the target block is
-   rescaled to it, so the target marginal holds only when both sides have the same composition).
-   Blocks above ``max_exact`` are solved as in 3. ``same_element_mass`` is then 1 by
-   construction: to measure it, use ``knn``, ``multiscale`` or ``emd``.
-3. larger, no elements, uniform masses and N == M (one model's atoms against another's):
-   ``knn``, the exact minimum-cost perfect matching restricted to the symmetric k-nearest-
-   neighbour graph (each atom's ``knn`` nearest atoms on the other side, default 30), solved by
-   scipy's sparse LAPJV (``min_weight_full_bipartite_matching``). Its cost is an upper bound on
-   the exact one and equal to it whenever the optimal matching uses only graph edges; on
-   synthetic 3000-atom 100-d pairs it equalled exact EMD at k = 30 (within 0.1 % at k = 10),
-   also for two independent clouds. If the graph has no perfect matching: ``multiscale``.
-4. otherwise: ``multiscale``, a two-scale EMD (after Gerber & Maggioni 2017): k-means on X and Y
-   pooled into clusters of about ``block_size`` atoms per side, exact EMD between the clusters
-   (centroid costs, cluster masses), then each target cluster's atoms are split among the source
-   clusters that the coarse plan feeds from it (a small exact EMD to their centroids), and exact
-   EMD couples each source cluster's atoms with the target atoms routed to it. A valid coupling
-   (both marginals exact); equal to exact EMD on clustered data, but up to 1.5-3x the exact
-   cost on one structureless Gaussian cloud, where clusters cut through matched pairs.
+1. ``elements`` given and ``N * M > max_exact``: ``blocks``, transport within each element only
+   (each source block keeps its mass and the target block is rescaled to it, so the target
+   marginal holds only when both sides have the same composition), every block solved as in 2.
+   ``same_element_mass`` is then 1 by construction: to measure it, call with ``knn``, ``emd`` or
+   ``multiscale``, or leave out ``elements`` and score the plan yourself.
+2. otherwise, uniform masses and N == M (one model's atoms against another's): the optimal plan is
+   a permutation (Birkhoff). Up to ``max_assignment`` (default 2000 x 2000) exact, by
+   ``scipy.optimize.linear_sum_assignment`` (about twice as fast as ``ot.emd``); above, ``knn``:
+   the exact minimum-cost perfect matching restricted to the symmetric k-nearest-neighbour graph
+   (each atom's ``knn`` = 30 nearest atoms on the other side), solved by scipy's sparse LAPJV
+   (``min_weight_full_bipartite_matching``). Its cost is an upper bound on the exact one and
+   equal to it whenever the optimal matching uses only graph edges: on 3000-4000-atom 100-d
+   pairs it equalled exact EMD at k = 30 (within 0.1 % at k = 10), also for two independent
+   clouds, in a tenth of the time. Without a perfect matching in the graph: as in 3.
+3. otherwise: exact ``ot.emd`` (network simplex) up to ``max_exact`` (default 4000 x 4000, a
+   128 MB cost matrix, 2-9 s), above it ``multiscale``, a two-scale EMD (after Gerber & Maggioni
+   2017): k-means on X and Y pooled into clusters of about ``block_size`` atoms per side, exact
+   EMD between the clusters (centroid costs, cluster masses), then each target cluster's atoms
+   are split among the source clusters that the coarse plan feeds from it (a small exact EMD to
+   their centroids), and exact EMD couples each source cluster's atoms with the target atoms
+   routed to it. A valid coupling (both marginals exact); within 0-3 % of exact EMD on clustered
+   data, but 1.5-3x the exact cost on one structureless Gaussian cloud, where clusters cut
+   through matched pairs.
 
 Independent random subsamples were tried and rejected: in 100-d the partners of a subsample are
 mostly absent from the other subsample (20x the true cost on the benchmark clouds).
@@ -58,11 +58,19 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 
-from platoscope.analysis._checks import as_labels, as_matrix, as_weights, check_metric, same_cols
+from platoscope.analysis._checks import (
+    as_labels,
+    as_matrix,
+    as_weights,
+    check_metric,
+    knn_search,
+    same_cols,
+)
 
 METHODS = ("auto", "emd", "sinkhorn", "sliced", "blocks", "knn", "multiscale")
 COSTS = ("sqeuclidean", "euclidean")
 MAX_EXACT = 4000 * 4000
+MAX_ASSIGNMENT = 2000 * 2000
 _SINKHORN_ITER = 5000
 
 
@@ -122,8 +130,7 @@ def _exact(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, metric: s
 
 
 def _nearest(query: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    nn = NearestNeighbors(n_neighbors=1, algorithm="brute").fit(pool)
-    return nn.kneighbors(query, return_distance=False)[:, 0]
+    return knn_search(query, pool, 1)[1][:, 0]
 
 
 def _knn_matching(x: np.ndarray, y: np.ndarray, metric: str, k: int) -> _Solution | None:
@@ -137,7 +144,7 @@ def _knn_matching(x: np.ndarray, y: np.ndarray, metric: str, k: int) -> _Solutio
     k = min(k, n)
     graphs = []
     for q, p, swap in ((x, y, False), (y, x, True)):
-        dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(p).kneighbors(q)
+        dist, idx = knn_search(q, p, k)
         w = (dist**2 if metric == "sqeuclidean" else dist).ravel()
         r, c = np.repeat(np.arange(n), k), idx.ravel()
         graphs.append((w, (c, r) if swap else (r, c)))
@@ -162,17 +169,39 @@ def _knn_matching(x: np.ndarray, y: np.ndarray, metric: str, k: int) -> _Solutio
     return _Solution(plan, cost, note)
 
 
-def _large(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str, k: int,
-           block_size: int, seed: int) -> tuple[str, _Solution]:
-    """Above max_exact: ``knn`` matching when masses are uniform and N == M, else multiscale."""
+@dataclass(frozen=True)
+class _Limits:
+    max_exact: int
+    max_assignment: int
+    knn: int
+    block_size: int
+    seed: int
+
+
+def _solve(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str,
+           lim: _Limits) -> tuple[str, _Solution]:
+    """The ``auto`` choice without element constraint; returns (method name, solution).
+
+    Uniform masses, N == M: exact assignment up to ``max_assignment``, above it the k-NN
+    matching (if its graph has no perfect matching: exact up to ``max_exact``, else multiscale).
+    Otherwise: exact ``ot.emd`` up to ``max_exact``, above it multiscale.
+    """
+    size = x.shape[0] * y.shape[0]
     if x.shape[0] == y.shape[0] and _is_uniform(a) and _is_uniform(b):
-        sol = _knn_matching(x, y, metric, k)
+        if size <= lim.max_assignment:
+            return "emd", _exact(x, y, a, b, metric, dense=False)
+        sol = _knn_matching(x, y, metric, lim.knn)
         if sol is not None:
             return "knn", sol
-        sol = _multiscale(x, y, a, b, metric, block_size, seed)
-        sol.note += f"; (the {k}-NN graph had no perfect matching)"
-        return "multiscale", sol
-    return "multiscale", _multiscale(x, y, a, b, metric, block_size, seed)
+        why = f"; (the {lim.knn}-NN graph had no perfect matching)"
+    else:
+        why = ""
+    if size <= lim.max_exact:
+        name, sol = "emd", _exact(x, y, a, b, metric, dense=False)
+    else:
+        name, sol = "multiscale", _multiscale(x, y, a, b, metric, lim.block_size, lim.seed)
+    sol.note += why
+    return name, sol
 
 
 def _multiscale(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str,
@@ -241,14 +270,13 @@ def _row_images(plan: np.ndarray | sp.csr_array, y: np.ndarray) -> np.ndarray:
 
 
 def _blocks(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, ex: np.ndarray,
-            ey: np.ndarray, metric: str, max_exact: int, k: int, block_size: int, seed: int
-            ) -> _Solution:
+            ey: np.ndarray, metric: str, lim: _Limits) -> _Solution:
     """EMD within each element; atoms of elements found on one side only form one more block."""
     n, m = x.shape[0], y.shape[0]
     common = np.intersect1d(np.unique(ex), np.unique(ey))
     blocks = [(np.flatnonzero(ex == e), np.flatnonzero(ey == e)) for e in common]
     lx, ly = np.flatnonzero(~np.isin(ex, common)), np.flatnonzero(~np.isin(ey, common))
-    notes = [f"exact EMD within each of {common.size} shared elements"]
+    notes = [f"EMD within each of {common.size} shared elements"]
     if lx.size and ly.size:
         blocks.append((lx, ly))
         notes.append(f"{lx.size} x {ly.size} atoms of unshared elements solved as one block")
@@ -256,7 +284,7 @@ def _blocks(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, ex: np.n
         notes.append(f"{ly.size} target atoms of elements absent from X receive no mass")
     rows_l, cols_l, vals_l = [], [], []
     cost, largest = 0.0, (0, 0)
-    large: list[str] = []
+    used: list[str] = []
     for ix, iy in blocks:
         mass = a[ix].sum()
         if mass == 0:
@@ -265,11 +293,8 @@ def _blocks(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, ex: np.n
         if ix.size * iy.size > largest[0] * largest[1]:
             largest = (ix.size, iy.size)
         ab, bb = a[ix] / mass, bb / bb.sum()
-        if ix.size * iy.size <= max_exact:
-            sol = _exact(x[ix], y[iy], ab, bb, metric, dense=False)
-        else:
-            used, sol = _large(x[ix], y[iy], ab, bb, metric, k, block_size, seed)
-            large.append(used)
+        name, sol = _solve(x[ix], y[iy], ab, bb, metric, lim)
+        used.append(name)
         coo = sp.coo_array(sol.plan)
         rows_l.append(ix[coo.row])
         cols_l.append(iy[coo.col])
@@ -284,8 +309,8 @@ def _blocks(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, ex: np.n
         notes.append(f"{lx.size} source atoms of elements absent from Y sent to their nearest "
                      "target (target marginal not kept)")
     notes.append(f"largest block {largest[0]} x {largest[1]}")
-    for used in sorted(set(large)):
-        notes.append(f"{large.count(used)} block(s) above max_exact solved by {used}")
+    notes.append("blocks solved by " + ", ".join(f"{name} ({used.count(name)})"
+                                                 for name in sorted(set(used))))
     notes.append("same_element_mass is 1 by construction")
     plan = sp.csr_array((np.concatenate(vals_l), (np.concatenate(rows_l),
                                                    np.concatenate(cols_l))), shape=(n, m))
@@ -335,18 +360,20 @@ def _parse_elements(elements: Any, n: int, m: int) -> tuple[np.ndarray, np.ndarr
 
 def transport(X: Any, Y: Any, a: Any = None, b: Any = None, method: str = "auto",
               elements: Any = None, reg: float = 0.01, *, metric: str = "sqeuclidean",
-              max_exact: int = MAX_EXACT, knn: int = 30, block_size: int = 500,
-              n_projections: int = 50, seed: int = 0) -> TransportResult:
+              max_exact: int = MAX_EXACT, max_assignment: int = MAX_ASSIGNMENT, knn: int = 30,
+              block_size: int = 500, n_projections: int = 50, seed: int = 0
+              ) -> TransportResult:
     """Optimal transport coupling between source atoms X (N, D) and target atoms Y (M, D).
 
-    a, b: masses (N,), (M,), default uniform, normalised to sum 1. method: ``auto`` (exact
-    ``emd`` while N*M <= ``max_exact``; above, ``blocks`` when ``elements`` are given, else
-    ``knn`` for uniform masses and N == M, else ``multiscale``; see the module docstring),
-    ``emd``, ``sinkhorn`` (entropic, epsilon = ``reg`` times the mean cost), ``sliced``,
-    ``blocks``, ``knn`` (``knn`` neighbours per atom), ``multiscale`` (k-means clusters of about
-    ``block_size`` atoms). elements: ``(eX (N,), eY (M,))`` integer labels (atomic numbers), or
-    one (N,) array when N == M. metric: cost ``sqeuclidean`` (default) or ``euclidean``.
-    Returns a :class:`TransportResult` whose ``method`` says what was used, how and why.
+    a, b: masses (N,), (M,), default uniform, normalised to sum 1. method: ``auto`` (see the
+    module docstring: ``blocks`` when ``elements`` are given and N*M > ``max_exact``; else exact
+    assignment up to ``max_assignment`` then ``knn`` for uniform masses and N == M; else exact
+    ``ot.emd`` up to ``max_exact`` then ``multiscale``), ``emd`` (exact at any size), ``sinkhorn``
+    (entropic, epsilon = ``reg`` times the mean cost), ``sliced``, ``blocks``, ``knn``
+    (``knn`` neighbours per atom), ``multiscale`` (k-means clusters of about ``block_size``
+    atoms). elements: ``(eX (N,), eY (M,))`` integer labels (atomic numbers), or one (N,) array
+    when N == M. metric: cost ``sqeuclidean`` (default) or ``euclidean``. Returns a
+    :class:`TransportResult` whose ``method`` says what was used, how and why.
     """
     check_metric(method, METHODS, "method")
     check_metric(metric, COSTS)
@@ -363,26 +390,28 @@ def transport(X: Any, Y: Any, a: Any = None, b: Any = None, method: str = "auto"
     if int(knn) != knn or knn < 1:
         raise ValueError(f"knn must be a positive integer, got {knn!r}")
     knn = int(knn)
+    lim = _Limits(int(max_exact), int(max_assignment), knn, int(block_size), seed)
 
-    why = ""
-    chosen = method
+    why, chosen, sol = "", method, None
     if method == "auto":
-        if n * m <= max_exact:
-            chosen, why = "emd", f"auto: N*M = {n * m:.3g} <= max_exact = {max_exact:.3g}"
-        elif el is not None:
+        if el is not None and n * m > max_exact:
             chosen, why = "blocks", f"auto: N*M = {n * m:.3g} > max_exact, elements given"
         else:
-            chosen, why = "large", f"auto: N*M = {n * m:.3g} > max_exact, no elements"
-    if chosen == "blocks" and el is None:
-        raise ValueError("method='blocks' needs elements=(eX (N,), eY (M,))")
-    if chosen == "emd":
+            chosen, sol = _solve(x, y, wa, wb, metric, lim)
+            why = f"auto: N*M = {n * m:.3g}" + (", elements only scored" if el is not None
+                                                  else ", no elements")
+    if sol is not None:
+        pass  # auto already solved it
+    elif chosen == "emd":
         sol = _exact(x, y, wa, wb, metric, dense=True)
     elif chosen == "sinkhorn":
         sol = _sinkhorn(x, y, wa, wb, metric, reg)
     elif chosen == "sliced":
         sol = _sliced(x, y, wa, wb, metric, n_projections, seed)
     elif chosen == "blocks":
-        sol = _blocks(x, y, wa, wb, el[0], el[1], metric, max_exact, knn, int(block_size), seed)
+        if el is None:
+            raise ValueError("method='blocks' needs elements=(eX (N,), eY (M,))")
+        sol = _blocks(x, y, wa, wb, el[0], el[1], metric, lim)
     elif chosen == "knn":
         if n != m or not (_is_uniform(wa) and _is_uniform(wb)):
             raise ValueError(f"method='knn' needs N == M and uniform masses; got X {x.shape}, "
@@ -391,10 +420,10 @@ def transport(X: Any, Y: Any, a: Any = None, b: Any = None, method: str = "auto"
         if sol is None:
             raise ValueError(f"the symmetric {knn}-NN graph of X {x.shape} and Y {y.shape} has "
                              "no perfect matching: raise knn or use method='multiscale'")
-    elif chosen == "large":
-        chosen, sol = _large(x, y, wa, wb, metric, knn, int(block_size), seed)
     else:
-        sol = _multiscale(x, y, wa, wb, metric, int(block_size), seed)
+        sol = _multiscale(x, y, wa, wb, metric, lim.block_size, seed)
+    if chosen == "emd" and sp.issparse(sol.plan):
+        sol.plan = sol.plan.toarray()  # exact plans are returned dense
 
     plan = sol.plan
     matching = np.asarray(plan.argmax(axis=1)).ravel().astype(np.int64)
@@ -433,13 +462,15 @@ class TransportMap:
     """
 
     def __init__(self, method: str = "auto", *, metric: str = "sqeuclidean", reg: float = 0.01,
-                 n_neighbors: int = 5, max_exact: int = MAX_EXACT, knn: int = 30,
-                 block_size: int = 500, seed: int = 0):
+                 n_neighbors: int = 5, max_exact: int = MAX_EXACT,
+                 max_assignment: int = MAX_ASSIGNMENT, knn: int = 30, block_size: int = 500,
+                 seed: int = 0):
         self.method = method
         self.metric = metric
         self.reg = reg
         self.n_neighbors = n_neighbors
         self.max_exact = max_exact
+        self.max_assignment = max_assignment
         self.knn = knn
         self.block_size = block_size
         self.seed = seed
@@ -452,7 +483,8 @@ class TransportMap:
         x = as_matrix(X, "X")
         res = transport(x, Y, a, b, method=self.method, elements=elements, reg=self.reg,
                         metric=self.metric, max_exact=self.max_exact,
-                        knn=self.knn, block_size=self.block_size, seed=self.seed)
+                        max_assignment=self.max_assignment, knn=self.knn,
+                        block_size=self.block_size, seed=self.seed)
         el = _parse_elements(elements, x.shape[0], np.asarray(Y).shape[0])
         self.result_ = res
         self.X_fit_ = x
