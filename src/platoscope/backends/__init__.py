@@ -29,7 +29,7 @@ sevenn:7net-mf-0@PBE | sevenn:7net-mf-0@R2SCAN                 (modal after @)
 sevenn:/path/to/checkpoint.pth
 mace:/path/to/file.model
 mace-mp:small|medium|large | mace-omat                         (need internet, or a cached file)
-orb:/path/to/checkpoint.ckpt                   (needs orb-models; untested offline)"""
+orb:<arch>@/path/to/checkpoint.ckpt            (needs orb-models; untested offline)"""
 
 _PACKAGES = {"chgnet": "chgnet", "sevenn": "sevenn", "mace": "mace", "orb": "orb_models"}
 _EXTRAS = {"chgnet": "chgnet", "sevenn": "sevenn", "mace": "mace", "orb": "orb"}
