@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,37 @@ def _postfix(bar: Any, watcher: Watcher, atoms: Atoms) -> None:
                         f"{ratio:.2f}x thr, events {watcher.n_events}", refresh=False)
 
 
+def _observe(watcher: Watcher, atoms: Atoms, bar: Any) -> None:
+    watcher(atoms)
+    bar.update(1)
+    _postfix(bar, watcher, atoms)
+
+
+@contextmanager
+def _lifecycle(recorder: RunRecorder, watcher: Watcher, bar: Any):
+    """Run a loop; whatever ends it (done, a stop event, Ctrl-C, an error) the summary says so.
+
+    Yields a dict the loop may add end-of-run facts to; ``state["result"]`` holds the final
+    summary afterwards. A monitor's stop ends the loop cleanly; Ctrl-C and errors propagate.
+    """
+    state: dict[str, Any] = {"status": "completed"}
+    try:
+        yield state
+    except RunStopped:
+        state["status"] = "stopped"
+    except KeyboardInterrupt:
+        state["status"] = "interrupted"
+        raise
+    except Exception:
+        state["status"] = "failed"
+        raise
+    finally:
+        bar.close()
+        extra = {k: v for k, v in state.items() if k not in ("status", "result")}
+        state["result"] = _finish(recorder, watcher, state["status"], steps_done=watcher.step,
+                                  **extra)
+
+
 def _finish(recorder: RunRecorder, watcher: Watcher, status: str, **extra: Any) -> dict[str, Any]:
     summary = {"monitoring": watcher.summary(), **extra}
     if watcher.stop_requested is not None:
@@ -186,26 +218,12 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
                         temperature_K=temperature_K, friction=friction,
                         pressure_GPa=pressure_GPa, seed=seed + first_step)
     bar = _progress(max(n_steps, 0) + (0 if restart else 1), f"md {ensemble}", progress)
-    status = "completed"
-    try:
+    with _lifecycle(recorder, watcher, bar) as state:
         for i, _ in enumerate(dyn.irun(steps=max(n_steps, 0))):
             if restart and i == 0:
                 continue  # the restored frame is already on disk
-            watcher(atoms)
-            bar.update(1)
-            _postfix(bar, watcher, atoms)
-    except RunStopped:
-        status = "stopped"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except Exception:
-        status = "failed"
-        raise
-    finally:
-        bar.close()
-        result = _finish(recorder, watcher, status, steps_done=watcher.step)
-    return result
+            _observe(watcher, atoms, bar)
+    return state["result"]
 
 
 def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fmax: float = 0.05,
@@ -230,26 +248,12 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     target = FrechetCellFilter(atoms) if cell else atoms
     opt = opt_cls(target, logfile=None)
     bar = _progress(steps, f"relax {optimizer}", progress)
-    status, converged = "completed", False
-    try:
+    with _lifecycle(recorder, watcher, bar) as state:
+        state["converged"] = False
         for conv in opt.irun(fmax=fmax, steps=steps):
-            converged = conv
-            watcher(atoms)
-            bar.update(1)
-            _postfix(bar, watcher, atoms)
-    except RunStopped:
-        status = "stopped"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except Exception:
-        status = "failed"
-        raise
-    finally:
-        bar.close()
-        result = _finish(recorder, watcher, status, converged=bool(converged),
-                         steps_done=watcher.step)
-    return result
+            state["converged"] = bool(conv)
+            _observe(watcher, atoms, bar)
+    return state["result"]
 
 
 def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monitor],
@@ -265,35 +269,23 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
               "batch_size": batch_size}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            embeddings=embeddings)
-    watcher = Watcher(monitors, sinks=[recorder], strict=strict, raise_on_stop=False)
+    watcher = Watcher(monitors, sinks=[recorder], strict=strict)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     bar = _progress(len(frames), "monitor", progress)
-    status = "completed"
-    try:
+    with _lifecycle(recorder, watcher, bar) as state:
         for s in range(0, len(frames), batch_size):
             chunk = [a.copy() for a in frames[s:s + batch_size]]
             feats = calc.backend.embed(chunk, batch_size=batch_size)
             for j, (a, e) in enumerate(zip(chunk, feats, strict=True)):
+                src = frames[s + j]
+                res = src.calc.results if src.calc is not None else {}
                 a.calc = None
                 z = calc.projector.transform(e)
                 a.arrays["platonic"] = z
-                src = frames[s + j]
-                forces = src.calc.results.get("forces") if src.calc is not None else None
-                energy = src.calc.results.get("energy") if src.calc is not None else None
-                watcher.process(Frame(step=s + j, atoms=a, platonic=z, embeddings=e,
-                                      forces=forces, energy=energy, calc=calc))
                 watcher.step = s + j + 1
+                watcher.process(Frame(step=s + j, atoms=a, platonic=z, embeddings=e,
+                                      forces=res.get("forces"), energy=res.get("energy"),
+                                      calc=calc))
                 bar.update(1)
                 _postfix(bar, watcher, a)
-                if watcher.stop_requested is not None:
-                    status = "stopped"
-                    break
-            if status == "stopped":
-                break
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        bar.close()
-        result = _finish(recorder, watcher, status, frames_done=watcher.step)
-    return result
+    return state["result"]
