@@ -124,9 +124,10 @@ def model_outputs(spec: str, structures: list, data_hash: str, tag: str) -> dict
     return out
 
 
-def bank_extras(spec: str, anchors: Any) -> dict[str, Any]:
+def bank_extras(spec: str, anchors: Any, light: bool = False) -> dict[str, Any]:
     """The model's default reference bank plus, cached: the model's forces on the (relaxed)
-    MP-20 reference atoms, and embeddings of rattled copies of the Li/Si reference structures."""
+    MP-20 reference atoms, embeddings of rattled copies of the Li/Si reference structures, and
+    of elemental Li/Si crystals. ``light`` (--quick) skips the first two unless cached."""
     from platoscope.backends import load_backend
     from platoscope.reference import default_bank, reference_structures
 
@@ -137,6 +138,8 @@ def bank_extras(spec: str, anchors: Any) -> dict[str, Any]:
     if path.is_file():
         with np.load(path) as z:
             extra = {k: z[k] for k in z.files}
+    elif light:
+        extra = {}
     else:
         log(f"{spec}: forces on {len(refs)} reference structures, rattled copies")
         forces = []
@@ -162,10 +165,57 @@ def bank_extras(spec: str, anchors: Any) -> dict[str, Any]:
                  "rat_Z": np.concatenate([a.numbers for a in rattled]),
                  "rat_sid": np.repeat(np.array(r_sid), [len(a) for a in rattled]),
                  "rat_sigma": np.repeat(np.repeat(RATTLE, len(sel)), [len(a) for a in rattled])}
+        CACHE.mkdir(parents=True, exist_ok=True)
         np.savez(path, **extra)
+    extra.update(elemental_extras(be))
     extra["bank"] = bank
     extra["backend"] = be
     return extra
+
+
+ELEMENTAL_RATTLE = (0.0, 0.05, 0.1, 0.2, 0.3)  # Å
+
+
+def elemental_structures() -> list:
+    """Elemental Li and Si crystals (ASE's builders and ase.collections.dcdft), supercells of
+    27-64 atoms, each perfect and rattled (Gaussian, ELEMENTAL_RATTLE, two seeds). Only Li and
+    Si are built because only they are scored here; a shipped bank would do every element."""
+    from ase.build import bulk
+    from ase.collections import dcdft
+
+    bases = [bulk("Li", "bcc", a=3.44, cubic=True) * (3, 3, 3),
+             bulk("Li", "fcc", a=4.33, cubic=True) * (2, 2, 2),
+             dcdft["Li"] * (3, 3, 1),
+             bulk("Si", "diamond", a=5.47, cubic=True) * (2, 2, 2)]
+    rng = np.random.default_rng(1)
+    out = []
+    for i, b in enumerate(bases):
+        for sigma in ELEMENTAL_RATTLE:
+            for _ in range(1 if sigma == 0 else 2):
+                a = b.copy()
+                a.positions += rng.normal(scale=sigma, size=a.positions.shape)
+                a.info["base"] = i
+                a.info["copy"] = len(out)
+                out.append(a)
+    return out
+
+
+def elemental_extras(be: Any) -> dict[str, np.ndarray]:
+    structs = elemental_structures()
+    path = CACHE / f"elemental_{be.spec.replace(':', '-')}_{_key(be.spec, 'elem-v3')}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feats = be.embed(structs, batch_size=8)
+    out = {"elem_X": np.concatenate(feats).astype(np.float32),
+           "elem_Z": np.concatenate([a.numbers for a in structs]),
+           "elem_sid": np.concatenate([np.full(len(a), a.info["base"]) for a in structs]),
+           "elem_copy": np.concatenate([np.full(len(a), a.info["copy"]) for a in structs])}
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +253,15 @@ def knn_mean_value(q, qZ, pool, pZ, values, k):
     return out
 
 
+class _Identity:
+    """A projector that keeps the raw features (prototype of ``AtypicalMonitor(space="raw")``)."""
+
+    normalize = "identity"
+
+    def transform(self, embeddings: Any) -> np.ndarray:
+        return np.asarray(embeddings, dtype=np.float64)
+
+
 class Scorers:
     """All single-model scores of one target model, fitted on its reference bank.
 
@@ -211,7 +270,7 @@ class Scorers:
     used for evaluation (all atoms at once) and for per-frame timing.
     """
 
-    def __init__(self, ex: dict[str, Any], *, with_rattle: bool = True):
+    def __init__(self, ex: dict[str, Any]):
         from sklearn.covariance import LedoitWolf
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
@@ -239,7 +298,7 @@ class Scorers:
         self.pca = PCA(n_components=min(32, bX.shape[1]), random_state=0).fit(bXs)
         self.gmm = GaussianMixture(n_components=16, covariance_type="full", reg_covar=1e-3,
                                    random_state=0).fit(self.pca.transform(bXs))
-        bF = np.linalg.norm(ex["bank_F"], axis=1)
+        with_rattle = "rat_X" in ex
         # per-element scale of the shipped score: median leave-one-structure-out bank score
         self.med = {z: float(np.median(s)) for z, s in self.monitor.calibration_scores_.items()}
         thr = self.monitor.element_thresholds_
@@ -291,12 +350,52 @@ class Scorers:
             "raw_cos_k5": lambda X, P, Z, F: knn_by_element(X, Z, bX, bZ, 5, "cosine"),
             "maha_element": maha,
             "gmm_nll": gmm,
-            "bank_error_knn": lambda X, P, Z, F: knn_mean_value(X, Z, bX, bZ, bF, 5),
             "own_force": fmag,
             "own_force_x_atyp": lambda X, P, Z, F: fmag(X, P, Z, F) * dnorm(X, P, Z, F),
             "own_force_plus_atyp": lambda X, P, Z, F: (fmag(X, P, Z, F) + EPS)
             * dnorm(X, P, Z, F),
         }
+        eX = np.concatenate([bX, ex["elem_X"].astype(np.float64)])
+        eZ = np.concatenate([bZ, ex["elem_Z"]])
+        eP = bank.projector.transform(eX)
+        self.fns["proj_k5_elemental_bank"] = lambda X, P, Z, F: knn_by_element(P, Z, eP, eZ, 5)
+        self.fns["raw_k5_elemental_bank"] = lambda X, P, Z, F: knn_by_element(X, Z, eX, eZ, 5)
+        # the same, through the library's own monitor (calibrated thresholds): a bank whose
+        # reference set is MP-20 plus the elemental crystals, in projected and in raw space
+        from platoscope.reference import ReferenceBank
+
+        esid = np.concatenate([bank.structure_index,
+                               bank.structure_index.max() + 1 + ex["elem_sid"]])
+
+        # calibration groups: every copy of one crystal together (strict), or each rattled copy
+        # on its own (its siblings stay in the pool: thresholds for thermal noise)
+        esid_copy = np.concatenate([bank.structure_index,
+                                    bank.structure_index.max() + 1 + ex["elem_copy"]])
+
+        def aug_bank(projector: Any, groups: np.ndarray = esid) -> ReferenceBank:
+            return ReferenceBank(eX, eZ, groups, projector=projector,
+                                 anchor_set_hash=bank.anchor_set_hash, data_hash="augmented",
+                                 provenance=bank.provenance)
+
+        self.monitor_elem = AtypicalMonitor(aug_bank(bank.projector), k=5, quantile=0.999)
+        self.monitor_elem_raw = AtypicalMonitor(aug_bank(_Identity()), k=5, quantile=0.999)
+        self.monitor_elem_raw_copy = AtypicalMonitor(aug_bank(_Identity(), esid_copy), k=5,
+                                                     quantile=0.999)
+
+        def mon_score(mon: AtypicalMonitor, raw: bool) -> Callable:
+            def f(X, P, Z, F):
+                from ase import Atoms
+
+                from platoscope.monitors.base import Frame
+
+                return mon.score(Frame(0, Atoms(numbers=Z), platonic=X if raw else P))
+            return f
+
+        self.fns["monitor_elemental_bank"] = mon_score(self.monitor_elem, False)
+        self.fns["monitor_elemental_bank_raw"] = mon_score(self.monitor_elem_raw, True)
+        if "bank_F" in ex:
+            bF = np.linalg.norm(ex["bank_F"], axis=1)
+            self.fns["bank_error_knn"] = lambda X, P, Z, F: knn_mean_value(X, Z, bX, bZ, bF, 5)
         if with_rattle:
             self.fns["proj_k5_rattled_bank"] = lambda X, P, Z, F: knn_by_element(
                 P, Z, rP, rZ, 5)
@@ -307,6 +406,30 @@ class Scorers:
     def all(self, X, P, Z, F) -> dict[str, np.ndarray]:
         return {name: np.asarray(fn(X, P, Z, F), dtype=np.float64)
                 for name, fn in self.fns.items()}
+
+
+def fitted_scores(scores: dict[str, np.ndarray], errs: dict[str, np.ndarray], Z: np.ndarray,
+                  split: np.ndarray) -> dict[str, np.ndarray]:
+    """Supervised upper bounds (NOT a monitor: they use DFT labels). Per element, a linear
+    regression of log(error) on log(own |F|) and log(atypicality scores), fitted on the mlearn
+    *train* split, evaluated on the *test* split (NaN on train atoms). Answers: does atypicality
+    add information beyond the model's own force magnitude, if its weight were known?"""
+    from sklearn.linear_model import LinearRegression
+
+    atyp = ["atyp_shipped", "raw_k5", "proj_k1"] + (
+        ["raw_k5_rattled_bank"] if "raw_k5_rattled_bank" in scores else [])
+    sets = {"fit_force": ["own_force"], "fit_atyp": atyp, "fit_force_atyp": ["own_force", *atyp]}
+    out = {}
+    for ename in ("abs", "rel"):
+        y = np.log(errs[ename] + 1e-3)
+        for sname, cols in sets.items():
+            x = np.column_stack([np.log(scores[c] + 1e-3) for c in cols])
+            pred = np.full(len(y), np.nan)
+            for z in np.unique(Z):
+                tr, te = (Z == z) & (split == "train"), (Z == z) & (split == "test")
+                pred[te] = LinearRegression().fit(x[tr], y[tr]).predict(x[te])
+            out[f"{sname}_{ename}"] = pred
+    return out
 
 
 def committee(forces: list[np.ndarray]) -> np.ndarray:
@@ -349,11 +472,14 @@ def main() -> None:
                          "chgnet:0.2.0, no rattled bank")
     ap.add_argument("--out", default=None, help="JSON output (default results/detection.json)")
     ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="also print the docs' tables")
     ap.add_argument("--timing-frames", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (timings are CPU "
                     "seconds of this process, so they do not depend on other load)")
     args = ap.parse_args()
     t_start = time.perf_counter()
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # nanmean of empty slices
+    warnings.filterwarnings("ignore", message="An input array is constant")
 
     import torch
 
@@ -413,24 +539,28 @@ def main() -> None:
     for tname, tspec in TARGETS.items():
         o = outs[tname]
         log(f"{tname}: reference bank and scores")
-        ex = bank_extras(tspec, anchors)
+        ex = bank_extras(tspec, anchors, light=args.quick)
         bank = ex["bank"]
         X = o["X"].astype(np.float64)
         P = bank.projector.transform(X)
         # check: projecting the cached features equals what PlatonicCalculator would store
         t0 = time.perf_counter()
-        sc = Scorers(ex, with_rattle=not args.quick)
+        sc = Scorers(ex)
         t_fit = time.perf_counter() - t0
         scores = sc.all(X, P, Z, o["F"])
         scores.update(comm)
         dF = np.linalg.norm(o["F"] - meta["F_dft"], axis=1)
         errs = {"abs": dF, "rel": dF / (fd + EPS), "rel_eps0.5": dF / (fd + EPS_ALT)}
+        if not args.quick:
+            scores.update(fitted_scores(scores, errs, Z, meta["split"]))
         # structure-level targets
         rmse = np.sqrt(np.bincount(sid, weights=dF ** 2, minlength=S) / n_at)
         dE = (o["E"] - meta["E_dft"]) / n_at
         offs = {int(z): float(np.median(dE[meta["s_Z"] == z])) for z in (3, 14)}
         dEc = np.abs(dE - np.array([offs[int(z)] for z in meta["s_Z"]]))
+        test = meta["split"] == "test"
         subsets = {"all": np.ones(N, bool), "Li": Z == 3, "Si": Z == 14,
+                   "test": test, "test/Li": test & (Z == 3), "test/Si": test & (Z == 14),
                    **{c: meta["config"] == c for c in CONFIG_TYPES},
                    **{f"{el}/{c}": (Z == zz) & (meta["config"] == c)
                       for el, zz in (("Li", 3), ("Si", 14)) for c in CONFIG_TYPES}}
@@ -438,7 +568,9 @@ def main() -> None:
         for sname, s in scores.items():
             atom_tab[sname] = {ename: {sub: metrics(s[m], e[m]) for sub, m in subsets.items()}
                                for ename, e in errs.items()}
+        s_test = np.array([a.info["split"] == "test" for a in structures])
         s_subsets = {"all": np.ones(S, bool), "Li": meta["s_Z"] == 3, "Si": meta["s_Z"] == 14,
+                     "test": s_test,
                      "Li+Si, no Elastic": meta["s_config"] != "Elastic"}
         struct_tab: dict[str, Any] = {}
         for sname, s in scores.items():
@@ -452,19 +584,44 @@ def main() -> None:
             struct_tab[f"{cname}_energy"] = {"value": {
                 "force_rmse": {k: metrics(v[m], rmse[m]) for k, m in s_subsets.items()},
                 "energy_error": {k: metrics(v[m], dEc[m]) for k, m in s_subsets.items()}}}
-        # the shipped monitor's alarms at its calibrated thresholds (quantile 0.999)
-        thr = np.array([sc.monitor.element_thresholds_[int(z)] for z in Z])
-        flag = scores["atyp_shipped"] > thr
+        # the monitors' alarms at their calibrated thresholds (quantile 0.999)
         top = dF >= np.quantile(dF, 1 - TOP)
-        alarms = {
-            "thresholds": {"Li": sc.monitor.element_thresholds_[3],
-                           "Si": sc.monitor.element_thresholds_[14]},
-            "flagged_fraction": float(flag.mean()),
-            "flagged_fraction_per_config": {c: float(flag[meta["config"] == c].mean())
-                                            for c in CONFIG_TYPES},
-            "precision_top10_abs": float(top[flag].mean()) if flag.any() else None,
-            "recall_top10_abs": float(flag[top].mean()),
-        }
+        topr = errs["rel"] >= np.quantile(errs["rel"], 1 - TOP)
+        alarms = {}
+        for mname, mon, key in (("shipped", sc.monitor, "atyp_shipped"),
+                                ("elemental_bank", sc.monitor_elem, "monitor_elemental_bank"),
+                                ("elemental_bank_raw", sc.monitor_elem_raw,
+                                 "monitor_elemental_bank_raw"),
+                                ("elemental_bank_raw_per_copy_calibration",
+                                 sc.monitor_elem_raw_copy, "monitor_elemental_bank_raw")):
+            thr_m = np.array([mon.element_thresholds_[int(z)] for z in Z])
+            flag = scores[key] > thr_m
+            if mname == "shipped":
+                thr = thr_m
+            alarms[mname] = {
+                "thresholds": {"Li": mon.element_thresholds_[3],
+                               "Si": mon.element_thresholds_[14]},
+                "flagged_fraction": float(flag.mean()),
+                "flagged_fraction_per_config": {c: float(flag[meta["config"] == c].mean())
+                                                for c in CONFIG_TYPES},
+                "flagged_structures": len(np.unique(sid[flag])),
+                "precision_top10_abs": float(top[flag].mean()) if flag.any() else None,
+                "recall_top10_abs": float(flag[top].mean()),
+                "precision_top10_rel": float(topr[flag].mean()) if flag.any() else None,
+                "recall_top10_rel": float(flag[topr].mean()),
+                "mean_abs_error_flagged": float(dF[flag].mean()) if flag.any() else None,
+                "mean_abs_error_unflagged": float(dF[~flag].mean()),
+                "by_quantile": {},
+            }
+            for q in (0.5, 0.9, 0.99):
+                tq = np.array([np.quantile(mon.calibration_scores_[int(z)], q) for z in Z])
+                fq = scores[key] > tq
+                alarms[mname]["by_quantile"][str(q)] = {
+                    "flagged_fraction": float(fq.mean()),
+                    "precision_top10_abs": float(top[fq].mean()) if fq.any() else None,
+                    "precision_top10_rel": float(topr[fq].mean()) if fq.any() else None,
+                    "recall_top10_abs": float(fq[top].mean()),
+                    "recall_top10_rel": float(fq[topr].mean())}
         # costs per frame, in CPU seconds of this process (robust to other load on the
         # machine): one model call (cached timing) vs each score on the same frames
         rng = np.random.default_rng(0)
@@ -484,7 +641,7 @@ def main() -> None:
             bank.projector.transform(X[sid == i])
         t_proj = (time.process_time() - c0) / len(frames)
 
-        def model_cost(name: str) -> float:
+        def model_cost(name: str, frames: np.ndarray = frames) -> float:
             return float(np.mean(outs[name]["TC"][frames]))
 
         rel = {k: (t_model + t_proj + v) / t_model for k, v in cost.items()}
@@ -508,7 +665,8 @@ def main() -> None:
         results["models"][tname] = {
             "spec": tspec, "bank": {"atoms": len(bank), "Li": int((bank.numbers == 3).sum()),
                                     "Si": int((bank.numbers == 14).sum()),
-                                    "rattled_extra_atoms": len(ex["rat_Z"])},
+                                    "rattled_extra_atoms": len(ex.get("rat_Z", [])),
+                                    "elemental_extra_atoms": len(ex["elem_Z"])},
             "force_mae": float(dF.mean()), "force_rmse": float(np.sqrt((dF ** 2).mean())),
             "force_mae_per_config": {c: float(dF[meta["config"] == c].mean())
                                      for c in CONFIG_TYPES},
@@ -516,6 +674,8 @@ def main() -> None:
             "energy_mae_per_atom_offset_removed": float(dEc.mean()),
             "atom": atom_tab, "structure": struct_tab, "alarms": alarms, "costs": costs}
         per_target[tname] = {"scores": scores, "errs": errs, "rmse": rmse, "dEc": dEc}
+        np.savez(CACHE / f"scores_{tag}_{tname}.npz", **scores, dF=dF, F_dft_norm=fd,
+                 rmse=rmse, dEc=dEc, thr=thr)
         log(f"{tname}: done")
 
     results["runtime_s"] = time.perf_counter() - t_start
@@ -525,6 +685,8 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=1, default=float))
     log(f"wrote {out}")
     print_tables(results)
+    if args.markdown:
+        print(markdown_tables(results))
     if not args.no_figures and not args.quick:
         figures(results, per_target, meta)
     log(f"total {time.perf_counter() - t_start:.0f} s")
@@ -532,9 +694,12 @@ def main() -> None:
 
 SHOW = ["atyp_shipped", "atyp_ratio_to_threshold", "proj_k1", "proj_k20", "proj_whiten_k5",
         "raw_k5", "raw_std_k5", "raw_cos_k5", "maha_element", "gmm_nll", "bank_error_knn",
-        "proj_k5_rattled_bank", "raw_k5_rattled_bank", "own_force", "own_force_x_atyp",
+        "proj_k5_rattled_bank", "raw_k5_rattled_bank", "proj_k5_elemental_bank",
+        "raw_k5_elemental_bank", "monitor_elemental_bank", "monitor_elemental_bank_raw",
+        "own_force", "own_force_x_atyp",
         "own_force_plus_atyp", "own_force_x_raw_rattled", "committee2", "committee3",
-        "committee4"]
+        "committee4", "fit_force_abs", "fit_atyp_abs", "fit_force_atyp_abs", "fit_force_rel",
+        "fit_atyp_rel", "fit_force_atyp_rel"]
 
 
 def print_tables(res: dict[str, Any]) -> None:
@@ -547,11 +712,77 @@ def print_tables(res: dict[str, Any]) -> None:
         for name in SHOW:
             if name not in r["atom"]:
                 continue
-            row = "".join(f"{r['atom'][name][e][s]['auroc']:8.3f} ({r['atom'][name][e][s]['spearman']:+.2f})"
+            a = r["atom"][name]
+            row = "".join(f"{a[e][s]['auroc']:8.3f} ({a[e][s]['spearman']:+.2f})"
                           for e, s in cols)
             st = r["structure"][name]["max"]["force_rmse"]["all"]
             c = r["costs"]["relative"].get(name, float("nan"))
             print(f"{name:28s}{row}{st['auroc']:10.3f} ({st['spearman']:+.2f}){c:7.2f}")
+
+
+MD_ROWS = ["atyp_shipped", "proj_k1", "proj_k20", "proj_whiten_k5", "raw_k5", "raw_std_k5",
+           "maha_element", "gmm_nll", "bank_error_knn", "proj_k5_rattled_bank",
+           "raw_k5_rattled_bank", "proj_k5_elemental_bank", "raw_k5_elemental_bank",
+           "own_force", "own_force_x_atyp", "own_force_x_raw_rattled", "committee2",
+           "committee3", "committee4"]
+
+
+def markdown_tables(res: dict[str, Any]) -> str:
+    """The tables of docs/detection.md, from results/detection.json."""
+    out = []
+    for tname, r in res["models"].items():
+        rel = r["costs"]["relative"]
+        out.append(f"\n#### {tname} (force MAE {r['force_mae']:.3f} eV/Å per atom |ΔF|)\n")
+        out.append("| score | abs all | abs Li | abs Si | rel all | rel Li | rel Si "
+                   "| str. F-RMSE Li | str. F-RMSE Si | str. ΔE Li | str. ΔE Si | cost |")
+        out.append("|---" * 12 + "|")
+        for n in MD_ROWS:
+            if n not in r["atom"]:
+                continue
+            a, st = r["atom"][n], r["structure"][n]["max"]
+            cells = [a[e][sub]["auroc"] for e in ("abs", "rel") for sub in ("all", "Li", "Si")]
+            cells += [st[t][sub]["auroc"] for t in ("force_rmse", "energy_error")
+                      for sub in ("Li", "Si")]
+            cost = rel.get(n)
+            out.append(f"| {n} | " + " | ".join(f"{c:.2f}" for c in cells)
+                       + f" | {cost:.3f}x |" if cost else " | ")
+        out.append("")
+        out.append(f"Spearman ρ, {tname} (atoms, all / Li / Si; abs then rel):\n")
+        out.append("| score | abs all | abs Li | abs Si | rel all | rel Li | rel Si |")
+        out.append("|---" * 7 + "|")
+        for n in ("atyp_shipped", "proj_k1", "raw_k5", "raw_k5_elemental_bank", "own_force",
+                  "own_force_x_atyp", "committee2", "committee3", "committee4"):
+            if n in r["atom"]:
+                a = r["atom"][n]
+                out.append(f"| {n} | " + " | ".join(
+                    f"{a[e][sub]['spearman']:+.2f}" for e in ("abs", "rel")
+                    for sub in ("all", "Li", "Si")) + " |")
+        out.append("")
+        out.append(f"Per config type, {tname} (AUROC, abs / rel):\n")
+        out.append("| score | " + " | ".join(CONFIG_TYPES) + " |")
+        out.append("|---" * 5 + "|")
+        for n in ("atyp_shipped", "raw_k5_elemental_bank", "own_force", "committee2",
+                  "committee4"):
+            if n in r["atom"]:
+                a = r["atom"][n]
+                out.append(f"| {n} | " + " | ".join(
+                    f"{a['abs'][c]['auroc']:.2f} / {a['rel'][c]['auroc']:.2f}"
+                    for c in CONFIG_TYPES) + " |")
+        if "fit_force_atyp_abs" in r["atom"]:
+            out.append("")
+            out.append(f"Test split only, {tname}: supervised fits (trained on the train "
+                       "split's DFT errors) against the unsupervised scores (AUROC):\n")
+            out.append("| score | abs test | abs test Li | abs test Si | rel test | rel test Li "
+                       "| rel test Si |")
+            out.append("|---" * 7 + "|")
+            for n in ("atyp_shipped", "raw_k5_elemental_bank", "own_force", "committee2",
+                      "committee3", "committee4", "fit_force_abs", "fit_atyp_abs",
+                      "fit_force_atyp_abs", "fit_atyp_rel", "fit_force_atyp_rel"):
+                a = r["atom"][n]
+                out.append(f"| {n} | " + " | ".join(
+                    f"{a[e][sub]['auroc']:.2f}" for e in ("abs", "rel")
+                    for sub in ("test", "test/Li", "test/Si")) + " |")
+    return "\n".join(out)
 
 
 def figures(res: dict[str, Any], per_target: dict[str, Any], meta: dict[str, np.ndarray]) -> None:
@@ -562,8 +793,8 @@ def figures(res: dict[str, Any], per_target: dict[str, Any], meta: dict[str, np.
 
     figdir = REPO / "docs" / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    names = ["atyp_shipped", "raw_k5", "maha_element", "raw_k5_rattled_bank", "own_force",
-             "own_force_x_raw_rattled", "committee2", "committee3", "committee4"]
+    names = ["atyp_shipped", "proj_k1", "raw_k5", "raw_k5_elemental_bank", "own_force",
+             "own_force_x_atyp", "committee2", "committee3", "committee4"]
     subsets = ["all", "Li", "Si", "AIMD-NVT", "Elastic", "Surface", "Vacancy"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharey=True)
     for j, tname in enumerate(res["models"]):
@@ -594,10 +825,11 @@ def figures(res: dict[str, Any], per_target: dict[str, Any], meta: dict[str, np.
                                       ("own_force", "own |F|"),
                                       ("committee2", "committee (2 models)"))):
             ax = axes[j, i]
-            for c, col in zip(CONFIG_TYPES, ("C0", "C1", "C2", "C3")):
+            for c, col in zip(CONFIG_TYPES, ("C0", "C1", "C2", "C3"), strict=True):
                 m = meta["config"] == c
                 ax.scatter(d["scores"][n][m], e[m], s=2, alpha=0.3, color=col, label=c)
-            ax.set_xscale("log")
+            if n != "atyp_shipped":
+                ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel(lab)
             ax.set_ylabel(f"|ΔF| {tname} (eV/Å)")

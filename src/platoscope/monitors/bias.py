@@ -1,0 +1,250 @@
+"""Cross-model (representational bias) monitor: where does a second model see the atom differently?
+
+Every ``interval`` steps a second model B evaluates the same structure, projected on the *same*
+anchor atoms (its own PlatonicCalculator on the same AnchorSet, with the projector of its own
+reference bank). Per atom the score is the Euclidean distance between A's and B's projected
+coordinates (one K-dimensional space, so the distance is defined without any fitted map); the
+force disagreement ``|F_A - F_B|`` (eV/Å) is kept beside it (``score_bias_force``) as the
+committee baseline (DP-GEN style).
+
+Thresholds are calibrated per element on the two models' reference banks, which hold the same
+reference atoms in the same order (:func:`calibrate_thresholds`): each element's median
+distance times the ``quantile`` of the distances divided by their element's median, pooled over
+all elements (elements with fewer than ``MIN_ATOMS_PER_ELEMENT`` reference atoms, or none, use
+the pooled median). Plain per-element quantiles do not hold out of sample: fitted on half of the
+shipped reference structures (CHGNet 0.3.0 vs SevenNet-0), they flagged 3.6-5.1 % of the other
+half's atoms at a 0.1 % target; the median-scaled pooled quantile flagged 0-0.24 % (target
+0.1 %) and 1.1-1.2 % (target 1 %) (docs/symmetry_switch.md). So on reference-like atoms an atom
+crosses its threshold with probability about ``1 - quantile`` per evaluation (the stated
+false-alarm rate). With two models the score is
+symmetric: it says *where* they disagree, not which one is wrong (use three or more models and
+:mod:`platoscope.analysis.bias` for that); the summary ranks elements by how far their
+disagreement sits above their threshold.
+
+A second model that lacks an element of the structure is refused at construction (when the
+structure is given) or at ``start``, with the element and model named.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import all_changes
+from ase.data import chemical_symbols
+
+from platoscope.errors import AnchorSetMismatchError, UnsupportedElementError
+from platoscope.monitors.base import Frame, Monitor
+from platoscope.reference import ReferenceBank
+
+MIN_ATOMS_PER_ELEMENT = 5
+DEFAULT_INTERVAL = 10
+
+
+def calibrate_thresholds(d: np.ndarray, numbers: np.ndarray, quantile: float
+                         ) -> tuple[dict[int, float], float]:
+    """Per-element thresholds on reference distances d (M,) of atoms with ``numbers`` (M,).
+
+    threshold_e = median_e * q-quantile(d_i / median_e(i)), pooled over all atoms; elements
+    with fewer than MIN_ATOMS_PER_ELEMENT atoms use the pooled median. Returns
+    ({Z: threshold}, threshold for elements not in the reference).
+    """
+    d, numbers = np.asarray(d, np.float64), np.asarray(numbers)
+    pooled = float(np.median(d))
+    med = {}
+    for z in np.unique(numbers):
+        dz = d[numbers == z]
+        med[int(z)] = float(np.median(dz)) if dz.size >= MIN_ATOMS_PER_ELEMENT else pooled
+    scale = np.array([med[int(z)] for z in numbers])
+    rq = float(np.quantile(d / np.maximum(scale, 1e-300), quantile))
+    return {z: m * rq for z, m in med.items()}, pooled * rq
+
+
+def paired_distances(bank_a: ReferenceBank, bank_b: ReferenceBank) -> np.ndarray:
+    """(M,) distance between two models' coordinates of the same M reference atoms."""
+    if len(bank_a) != len(bank_b) or (bank_a.numbers != bank_b.numbers).any() or (
+            bank_a.structure_index != bank_b.structure_index).any():
+        raise ValueError(f"the reference banks of {bank_a.model} ({len(bank_a)} atoms) and "
+                         f"{bank_b.model} ({len(bank_b)} atoms) do not hold the same reference "
+                         "atoms in the same order")
+    if bank_a.anchor_set_hash != bank_b.anchor_set_hash:
+        raise AnchorSetMismatchError(
+            f"reference banks on different anchor sets ({bank_a.anchor_set_hash[:12]} vs "
+            f"{bank_b.anchor_set_hash[:12]}): their coordinates share no axes")
+    return np.linalg.norm(bank_a.coords - bank_b.coords, axis=1)
+
+
+class BiasMonitor(Monitor):
+    """Per-atom disagreement between the running model A and a second model B.
+
+    calc_b: B's PlatonicCalculator (same AnchorSet as A's, B's own projector); bank_a, bank_b:
+    the two models' reference banks on the same reference atoms, for per-element thresholds
+    (or give a fixed ``threshold=``); quantile: calibration quantile (false-alarm rate
+    ``1 - quantile``); atoms: check B's element coverage now; interval: evaluate B every
+    ``interval`` frames (default 10: B costs a full forward pass).
+    """
+
+    name = "bias"
+
+    def __init__(self, calc_b: Any, *, bank_a: ReferenceBank | None = None,
+                 bank_b: ReferenceBank | None = None, quantile: float = 0.999,
+                 atoms: Atoms | None = None, interval: int = DEFAULT_INTERVAL, **kwargs: Any):
+        super().__init__(interval=interval, **kwargs)
+        if not 0 < quantile < 1:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        if getattr(calc_b, "projector", None) is None:
+            raise ValueError("calc_b must be a PlatonicCalculator with anchors (the same "
+                             "AnchorSet as the running model's)")
+        self.calc_b = calc_b
+        self.quantile = quantile
+        self.element_thresholds_: dict[int, float] = {}
+        self.global_threshold_: float | None = None
+        self.bank_models_: tuple[str, str] | None = None
+        if bank_a is not None and bank_b is not None:
+            self.calibrate(bank_a, bank_b)
+        elif self.threshold is None:
+            raise ValueError("BiasMonitor needs both models' reference banks (bank_a, bank_b) "
+                             "to calibrate its thresholds, or a fixed threshold=")
+        self.expected_false_alarm_rate = 1.0 - quantile if self.threshold is None else None
+        self._stats: dict[int, np.ndarray] = {}  # Z -> [n, sum s, max s, n over, sum f, max f]
+        self._force: np.ndarray | None = None
+        self._checked = False
+        if atoms is not None:
+            self.check(atoms)
+
+    @classmethod
+    def from_spec(cls, spec: str, *, calc: Any, interval: int = DEFAULT_INTERVAL,
+                  atoms: Atoms | None = None, progress: bool = True, **kwargs: Any
+                  ) -> BiasMonitor:
+        """B from a backend spec (``"sevenn:7net-0"``), on ``calc``'s anchors and projection;
+        both reference banks from :func:`~platoscope.reference.default_bank` (B's is built
+        once and cached: about a minute for SevenNet-0 on 2 cores)."""
+        from platoscope.backends import load_backend
+        from platoscope.calculator import PlatonicCalculator
+        from platoscope.reference import default_bank
+
+        if getattr(calc, "anchors", None) is None or getattr(calc, "projector", None) is None:
+            raise ValueError("the bias monitor needs the running PlatonicCalculator's anchors")
+        backend_b = load_backend(spec)
+        if atoms is not None:
+            _check_elements(backend_b, atoms)
+        norm = calc.projector.normalize
+        bank_a = default_bank(calc.backend, calc.anchors, normalize=norm, progress=progress)
+        bank_b = default_bank(backend_b, calc.anchors, normalize=norm, progress=progress)
+        calc_b = PlatonicCalculator(backend_b, calc.anchors, projection=bank_b.projector)
+        return cls(calc_b, bank_a=bank_a, bank_b=bank_b, interval=interval, atoms=atoms,
+                   **kwargs)
+
+    # -- calibration -----------------------------------------------------------------------
+    def calibrate(self, bank_a: ReferenceBank, bank_b: ReferenceBank) -> BiasMonitor:
+        """Per-element thresholds from the A-B distances of the reference atoms
+        (:func:`calibrate_thresholds`)."""
+        d = paired_distances(bank_a, bank_b)
+        self.element_thresholds_, self.global_threshold_ = calibrate_thresholds(
+            d, bank_a.numbers, self.quantile)
+        self.bank_models_ = (bank_a.model, bank_b.model)
+        self.calibration_median_ = float(np.median(d))
+        return self
+
+    # -- checks ----------------------------------------------------------------------------
+    @property
+    def model_b(self) -> str:
+        return self.calc_b.backend.spec
+
+    def check(self, atoms: Atoms) -> None:
+        """Raise UnsupportedElementError if B has no parameters for an element of ``atoms``."""
+        _check_elements(self.calc_b.backend, atoms)
+        self._checked = True
+
+    def start(self, frame: Frame) -> None:
+        self.check(frame.atoms)
+        k_b = len(self.calc_b.anchors)
+        if np.shape(frame.platonic)[1] != k_b:
+            raise AnchorSetMismatchError(f"frames have K={np.shape(frame.platonic)[1]} "
+                                         f"coordinates, the second model's anchors K={k_b}")
+
+    # -- scoring ---------------------------------------------------------------------------
+    def score(self, frame: Frame) -> np.ndarray:
+        """(N,) |z_A - z_B| per atom; B is evaluated on a copy of the frame's atoms."""
+        if not self._checked:
+            self.check(frame.atoms)
+        atoms = frame.atoms.copy()
+        atoms.calc = None
+        self.calc_b.calculate(atoms, ["energy", "forces"], list(all_changes))
+        res = self.calc_b.results
+        z_a = np.asarray(frame.platonic, dtype=np.float64)
+        z_b = np.asarray(res["platonic"], dtype=np.float64)
+        if z_a.shape != z_b.shape:
+            raise AnchorSetMismatchError(f"A gives coordinates {z_a.shape}, B {z_b.shape}")
+        s = np.linalg.norm(z_a - z_b, axis=1)
+        f_b = res.get("forces")
+        self._force = (np.linalg.norm(np.asarray(frame.forces) - f_b, axis=1)
+                       if frame.forces is not None and f_b is not None
+                       else np.full(len(s), np.nan))
+        self._accumulate(frame.atoms.numbers, s, self.thresholds_for(frame), self._force)
+        return s
+
+    def extra_scores(self, frame: Frame) -> dict[str, np.ndarray]:
+        """``force``: (N,) |F_A - F_B| in eV/Å (NaN when the frame carries no forces)."""
+        return {} if self._force is None else {"force": self._force}
+
+    def thresholds_for(self, frame: Frame) -> np.ndarray:
+        if self.threshold is not None:
+            return np.full(len(frame.atoms), float(self.threshold))
+        return np.array([self.element_thresholds_.get(int(z), self.global_threshold_)
+                         for z in frame.atoms.numbers])
+
+    def _accumulate(self, numbers: np.ndarray, s: np.ndarray, thr: np.ndarray,
+                    f: np.ndarray) -> None:
+        for z in np.unique(numbers):
+            m = numbers == z
+            st = self._stats.setdefault(int(z), np.zeros(6))
+            st += [m.sum(), s[m].sum(), 0, (s[m] > thr[m]).sum(), np.nansum(f[m]), 0]
+            st[2] = max(st[2], s[m].max())
+            st[5] = max(st[5], np.nanmax(f[m]) if np.isfinite(f[m]).any() else 0.0)
+
+    def describe(self, frame: Frame, atoms: np.ndarray) -> dict[str, Any]:
+        d = super().describe(frame, atoms)
+        d["model_b"] = self.model_b
+        if self._force is not None:
+            d["force_disagreement"] = [round(float(self._force[i]), 4) for i in atoms[:20]]
+        return d
+
+    def element_summary(self) -> dict[str, dict[str, float]]:
+        """Per element: atoms scored, mean and max disagreement, its threshold, mean/threshold,
+        atoms over threshold, mean and max force disagreement (eV/Å); worst (mean/thr) first."""
+        out = {}
+        for z, (n, ss, smax, over, fs, fmax) in self._stats.items():
+            thr = (self.threshold if self.threshold is not None
+                   else self.element_thresholds_.get(z, self.global_threshold_))
+            out[chemical_symbols[z]] = {
+                "atoms_scored": int(n), "mean": ss / n, "max": smax, "threshold": thr,
+                "mean_over_threshold": ss / n / thr, "n_over_threshold": int(over),
+                "mean_force_disagreement": fs / n, "max_force_disagreement": fmax}
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]["mean_over_threshold"]))
+
+    def summary(self) -> dict[str, Any]:
+        s = super().summary()
+        per = self.element_summary()
+        s.update(model_b=self.model_b, quantile=self.quantile,
+                 calibrated_on=list(self.bank_models_) if self.bank_models_ else None,
+                 element_thresholds={chemical_symbols[z]: round(t, 6)
+                                     for z, t in sorted(self.element_thresholds_.items())},
+                 global_threshold=self.global_threshold_, elements=per,
+                 most_disagreeing=list(per)[:5],
+                 note="two models: the score is symmetric; it locates disagreement, not blame")
+        return s
+
+
+def _check_elements(backend: Any, atoms: Atoms) -> None:
+    supported = backend.supported_numbers
+    if supported is None:
+        return
+    missing = sorted(set(np.asarray(atoms.numbers).tolist()) - set(supported))
+    if missing:
+        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+        raise UnsupportedElementError(
+            f"bias monitor: the second model {backend.spec!r} has no parameters for "
+            f"element(s) {names} of {atoms.get_chemical_formula()}; choose a second model "
+            "that covers every element of the structure")

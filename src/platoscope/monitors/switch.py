@@ -1,0 +1,468 @@
+"""Model switch: hand a running simulation from model A to model B, and check the hand-over.
+
+:class:`SwitchingCalculator` is an ASE calculator (in the style of ASE's ``mixing.py``) that
+delegates to ``calc_a`` until its ``rule`` says switch, then to ``calc_b`` for good. The rule is
+a calculation index (``int``: with ASE's integrators and optimizers, calculation k is step k,
+the initial force call being step 0), a callable ``rule(k, atoms) -> bool``, or ``None`` with
+:meth:`SwitchingCalculator.request_switch` as a monitor's callback (switch on a trigger). At the
+switch it evaluates *both* models on the same frame (one extra A call) and hands the record to
+its ``on_switch`` listeners before any monitor sees the frame.
+
+:class:`SwitchMonitor` checks the hand-over with optimal transport (POT, via
+:func:`platoscope.analysis.transport.transport`, exact EMD for up to 4000 atoms) between A's
+and B's projected clouds of that frame: the transport cost, the fraction of atoms sent to
+themselves (``matched_self``), to themselves or a symmetry-equivalent atom of the starting
+structure (``matched_equivalent``, spglib classes at ``symprec``) and to an atom of the same
+element. A switch whose ``matched_equivalent`` falls below ``min_matched`` is flagged: the two
+models do not see the frame the same way. ``chance_equivalent``, the fraction a random
+within-element assignment would reach, is reported beside it (1.0 when each element forms one
+class: then only ``matched_self`` says anything).
+
+Every switch gives one event (action ``record`` unless flagged). Given the running atypical
+monitor, its reference thresholds are carried into B's space: A's reference-bank coordinates
+are moved by a :class:`~platoscope.analysis.transport.TransportMap` fitted A -> B (on the two
+banks when B's bank is given, ``bank_b="default"`` loads or builds it at ``start``; else on the
+frame's own paired clouds) and the monitor is recalibrated on the carried bank, in place
+(``retarget=True``), so it keeps scoring B's frames. Measured CHGNet -> SevenNet-0
+(docs/symmetry_switch.md): the bank map reproduces B's own calibrated thresholds within 0-20 %
+per element; a map fitted on one frame of 16-64 atoms barely moves them (it is close to a
+rigid shift per element), leaving A's thresholds, 1.4-3.4x below B's own: pass B's bank.
+Without a SwitchingCalculator (``from_spec``, e.g. ``--monitor switch:sevenn:7net-0``), the
+monitor evaluates B itself every ``interval`` frames and reports only flagged frames: "would a
+hand-over here be safe?".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import BaseCalculator, all_changes
+
+from platoscope.analysis.transport import TransportMap, transport
+from platoscope.errors import InvalidStructureError
+from platoscope.monitors.base import Event, Frame, Monitor
+
+log = logging.getLogger("platoscope.monitors")
+
+MIN_MATCHED = 0.9
+"""Flag a hand-over when fewer than this fraction of atoms go to themselves or an equivalent
+atom. The same model gives 1.0; CHGNet 0.3.0 -> 0.2.0 gave 1.0 on 13 of 16 MP-20 structures;
+CHGNet -> SevenNet-0 gave 0.3-0.6 on low-symmetry ones (docs/symmetry_switch.md)."""
+DEFAULT_INTERVAL = 10
+Rule = int | Callable[[int, Atoms], bool] | None
+
+
+@dataclass
+class SwitchRecord:
+    """Both models on the frame where B took over. call: index of that calculation."""
+
+    call: int
+    atoms: Atoms
+    platonic_a: np.ndarray  # (N, K)
+    platonic_b: np.ndarray  # (N, K)
+    forces_a: np.ndarray | None = None  # (N, 3) eV/Å
+    forces_b: np.ndarray | None = None
+    energy_a: float | None = None  # eV
+    energy_b: float | None = None
+
+
+class SwitchingCalculator(BaseCalculator):
+    """Delegates to ``calc_a`` until ``rule`` says switch, then to ``calc_b`` (one way).
+
+    calc_a, calc_b: PlatonicCalculators on the same AnchorSet; rule: see the module docstring.
+    ``results`` hold the active model's properties, ``platonic`` and ``embeddings`` included.
+    """
+
+    def __init__(self, calc_a: Any, calc_b: Any, rule: Rule = None):
+        super().__init__()
+        if rule is not None and not callable(rule) and (not isinstance(rule, int) or rule < 0):
+            raise ValueError(f"rule must be a step number >= 0, a callable or None, got {rule!r}")
+        ka = len(calc_a.anchors) if getattr(calc_a, "anchors", None) is not None else None
+        kb = len(calc_b.anchors) if getattr(calc_b, "anchors", None) is not None else None
+        if ka is None or ka != kb or calc_a.anchors.hash != calc_b.anchors.hash:
+            raise ValueError("calc_a and calc_b must be PlatonicCalculators on the same AnchorSet")
+        self.calcs = (calc_a, calc_b)
+        self.implemented_properties = [p for p in calc_a.implemented_properties
+                                       if p in calc_b.implemented_properties]
+        self.rule = rule
+        self.active = 0
+        self.n_calls = 0
+        self.switch_requested = False
+        self.record: SwitchRecord | None = None
+        self.on_switch: list[Callable[[SwitchRecord], Any]] = []
+
+    @property
+    def calc(self) -> Any:
+        """The active calculator (A before the switch, B after)."""
+        return self.calcs[self.active]
+
+    @property
+    def switched(self) -> bool:
+        return self.active == 1
+
+    backend = property(lambda self: self.calc.backend)
+    anchors = property(lambda self: self.calc.anchors)
+    projector = property(lambda self: self.calc.projector)
+
+    def request_switch(self, *_: Any) -> None:
+        """Switch at the next property request (cached results are dropped, so it happens
+        even if the atoms do not move); usable as a monitor ``callback(event, atoms)``."""
+        if not self.switched:
+            self.switch_requested = True
+            self.results = {}
+
+    def _due(self, atoms: Atoms) -> bool:
+        if self.switched:
+            return False
+        if self.switch_requested:
+            return True
+        if self.rule is None:
+            return False
+        if callable(self.rule):
+            return bool(self.rule(self.n_calls, atoms))
+        return self.n_calls >= self.rule
+
+    def calculate(self, atoms: Atoms | None = None, properties: Any = ("energy",),
+                  system_changes: Any = tuple(all_changes)) -> None:
+        if atoms is None:
+            atoms = self.atoms
+        self.atoms = atoms.copy()
+        props = list(properties)
+        if self._due(atoms):
+            a = self._evaluate(self.calcs[0], props, atoms)
+            self.active = 1
+            b = self._evaluate(self.calcs[1], props, atoms)
+            self.record = SwitchRecord(
+                call=self.n_calls, atoms=atoms.copy(), platonic_a=a["platonic"],
+                platonic_b=b["platonic"], forces_a=a.get("forces"), forces_b=b.get("forces"),
+                energy_a=a.get("energy"), energy_b=b.get("energy"))
+            log.info("switched from %s to %s at calculation %d", self.calcs[0].backend.spec,
+                     self.calcs[1].backend.spec, self.n_calls)
+            for listener in self.on_switch:
+                listener(self.record)
+            self.results = b
+        else:
+            self.results = self._evaluate(self.calc, props, atoms)
+        self.n_calls += 1
+
+    @staticmethod
+    def _evaluate(calc: Any, properties: list[str], atoms: Atoms) -> dict[str, Any]:
+        for p in properties:
+            calc.get_property(p, atoms)
+        if "platonic" not in calc.results:
+            calc.get_property("platonic", atoms)
+        return dict(calc.results)
+
+    def get_platonic(self, atoms: Atoms | None = None) -> np.ndarray:
+        return self.get_property("platonic", atoms)
+
+    def get_embeddings(self, atoms: Atoms | None = None) -> np.ndarray:
+        return self.get_property("embeddings", atoms)
+
+    def provenance(self) -> dict[str, Any]:
+        """A's provenance, plus both models' under ``switching``."""
+        a, b = (c.provenance() for c in self.calcs)
+        return {**a, "switching": {"a": a, "b": b, "rule": repr(self.rule),
+                                   "switched_at_call": self.record.call if self.record else None}}
+
+    def __str__(self) -> str:
+        a, b = (c.backend.spec for c in self.calcs)
+        return f"SwitchingCalculator({a} -> {b}, rule={self.rule!r})"
+
+
+@dataclass
+class HandOver:
+    """Optimal transport between A's and B's coordinates of the same N atoms.
+
+    cost: mean squared distance per atom under the optimal matching; identity_cost: the same
+    with every atom kept on itself (>= cost); offset: squared distance between the two clouds'
+    means (part of both costs, no influence on the matching: ``cost - offset`` is the cost of
+    the centred clouds); matched_*: fractions of atoms (see module doc); matching: (N,) the B
+    atom each A atom is sent to.
+    """
+
+    cost: float
+    identity_cost: float
+    offset: float
+    matched_self: float
+    matched_equivalent: float
+    same_element: float
+    chance_equivalent: float
+    matching: np.ndarray = field(repr=False)
+    method: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cost": self.cost, "identity_cost": self.identity_cost, "offset": self.offset,
+                "matched_self": self.matched_self, "matched_equivalent": self.matched_equivalent,
+                "same_element": self.same_element, "chance_equivalent": self.chance_equivalent,
+                "transport_method": self.method}
+
+
+def hand_over(z_a: np.ndarray, z_b: np.ndarray, numbers: np.ndarray,
+              classes: np.ndarray | None = None, **kwargs: Any) -> HandOver:
+    """Match A's coordinates (N, K) to B's (N, K) of the same atoms by optimal transport.
+
+    numbers: (N,) atomic numbers; classes: (N,) symmetry classes (None: every atom its own);
+    kwargs go to :func:`~platoscope.analysis.transport.transport`.
+    """
+    z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
+    if z_a.shape != z_b.shape:
+        raise ValueError(f"A's coordinates {z_a.shape} and B's {z_b.shape} differ in shape")
+    numbers = np.asarray(numbers)
+    classes = np.arange(len(numbers)) if classes is None else np.asarray(classes)
+    res = transport(z_a, z_b, elements=numbers, **kwargs)
+    m = res.matching
+    n = len(numbers)
+    _, cls_n = np.unique(classes, return_counts=True)
+    el_of_class = {c: numbers[classes == c][0] for c in np.unique(classes)}
+    n_el = {z: int((numbers == z).sum()) for z in np.unique(numbers)}
+    chance = sum(k * k / n_el[el_of_class[c]] for c, k in zip(np.unique(classes), cls_n,
+                                                                strict=True)) / n
+    return HandOver(
+        cost=float(res.cost),
+        identity_cost=float(np.mean(np.sum((z_a - z_b) ** 2, axis=1))),
+        offset=float(np.sum((z_a.mean(axis=0) - z_b.mean(axis=0)) ** 2)),
+        matched_self=float(np.mean(m == np.arange(n))),
+        matched_equivalent=float(np.mean(classes[m] == classes)),
+        same_element=float(np.mean(numbers[m] == numbers)),
+        chance_equivalent=float(chance), matching=m, method=res.method)
+
+
+class _CarriedBank:
+    """A reference bank whose coordinates were carried into another model's space."""
+
+    def __init__(self, coords: np.ndarray, source: Any, target: str):
+        self.coords = coords
+        self.numbers = source.numbers
+        self.structure_index = source.structure_index
+        self.model = f"{source.model} carried to {target}"
+        self.data_hash = source.data_hash
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+
+class SwitchMonitor(Monitor):
+    """Checks a model hand-over (A -> B) by optimal transport of the frame's two clouds.
+
+    calc_b: B's PlatonicCalculator, needed only without a SwitchingCalculator (check mode);
+    min_matched: flag below this ``matched_equivalent``; symprec: spglib tolerance for the
+    classes of the first frame; atypical: the running AtypicalMonitor (A's space) whose
+    thresholds are carried into B's space at the switch; bank_b: B's reference bank (same
+    reference atoms as the atypical monitor's) to fit the carrying map on, or ``"default"``
+    for :func:`~platoscope.reference.default_bank` of B (built once and cached); retarget: update
+    ``atypical`` in place so it scores B's frames after the switch.
+
+    Per-atom score: 1 for an atom sent to neither itself nor an equivalent atom, else 0 (0 on
+    frames without a check); per-atom threshold 1, so events are per frame (see ``events``).
+    """
+
+    name = "switch"
+
+    def __init__(self, calc_b: Any = None, *, min_matched: float = MIN_MATCHED,
+                 symprec: float = 1e-3, atypical: Any = None, bank_b: Any = None,
+                 retarget: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not 0 <= min_matched <= 1:
+            raise ValueError(f"min_matched must be in [0, 1], got {min_matched}")
+        self.calc_b = calc_b
+        self.min_matched = float(min_matched)
+        self.symprec = symprec
+        self.atypical = atypical
+        self.bank_b = bank_b
+        self.retarget = retarget
+        self.classes_: np.ndarray | None = None
+        self.checks_: list[dict[str, Any]] = []
+        self.carried_: Any = None
+        self.carried_thresholds_: dict[str, float] | None = None
+        self._pending: tuple[SwitchRecord, HandOver] | None = None
+        self._last: dict[str, Any] | None = None
+        self._listening: set[int] = set()
+
+    @classmethod
+    def from_spec(cls, spec: str, *, calc: Any, interval: int = DEFAULT_INTERVAL,
+                  **kwargs: Any) -> SwitchMonitor:
+        """Check mode: B from a backend spec on ``calc``'s anchors and projection, evaluated
+        every ``interval`` frames."""
+        from platoscope.backends import load_backend
+        from platoscope.calculator import PlatonicCalculator
+        from platoscope.projection import Projector
+        from platoscope.reference import default_bank
+
+        if getattr(calc, "anchors", None) is None or getattr(calc, "projector", None) is None:
+            raise ValueError("the switch monitor needs the running PlatonicCalculator's anchors")
+        backend_b = load_backend(spec)
+        norm = calc.projector.normalize
+        proj = (default_bank(backend_b, calc.anchors, normalize=norm).projector
+                if Projector(norm).needs_reference else norm)
+        calc_b = PlatonicCalculator(backend_b, calc.anchors, projection=proj)
+        return cls(calc_b, interval=interval, **kwargs)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, frame: Frame) -> None:
+        try:
+            from platoscope.symmetry import analyse_symmetry
+
+            self.classes_ = analyse_symmetry(frame.atoms, self.symprec).classes
+        except InvalidStructureError:
+            self.classes_ = np.arange(len(frame.atoms))
+        if isinstance(self.bank_b, str):
+            self.bank_b = self._default_bank_b(frame.calc)
+        self.attach(frame.calc)
+
+    def _default_bank_b(self, calc: Any) -> Any:
+        from platoscope.reference import default_bank
+
+        if self.bank_b != "default":
+            raise ValueError(f"bank_b must be a ReferenceBank, 'default' or None, not "
+                             f"{self.bank_b!r}")
+        calc_b = calc.calcs[1] if isinstance(calc, SwitchingCalculator) else self.calc_b
+        if calc_b is None:
+            raise ValueError("bank_b='default' needs model B: a SwitchingCalculator or calc_b")
+        return default_bank(calc_b.backend, calc_b.anchors, normalize=calc_b.projector.normalize,
+                            progress=True)
+
+    def attach(self, calc: Any) -> None:
+        """Listen to a SwitchingCalculator's switch (done by ``start`` for the frame's calc)."""
+        if isinstance(calc, SwitchingCalculator) and id(calc) not in self._listening:
+            calc.on_switch.append(self._on_switch)
+            self._listening.add(id(calc))
+            if calc.record is not None:  # switched before the first frame: check it now
+                self._on_switch(calc.record)
+
+    def _classes(self, n: int) -> np.ndarray | None:
+        return self.classes_ if self.classes_ is not None and len(self.classes_) == n else None
+
+    def _on_switch(self, rec: SwitchRecord) -> None:
+        h = hand_over(rec.platonic_a, rec.platonic_b, rec.atoms.numbers,
+                      self._classes(len(rec.atoms)))
+        self._pending = (rec, h)
+        if self.atypical is not None:
+            self.carry(self.atypical, rec.platonic_a, rec.platonic_b, rec.atoms.numbers)
+
+    # -- carrying thresholds ---------------------------------------------------------------
+    def carry(self, atypical: Any, z_a: np.ndarray, z_b: np.ndarray, numbers: np.ndarray
+              ) -> Any:
+        """An AtypicalMonitor for B's space: A's reference coordinates moved by a TransportMap
+        (fitted on the two banks, else on the frame's pair z_a (N, K) -> z_b (N, K)) and the
+        per-element thresholds recalibrated on them. Updates ``atypical`` in place when
+        ``retarget``; returns the carried monitor."""
+        from platoscope.monitors.atypical import AtypicalMonitor
+
+        bank_a = atypical.bank
+        if self.bank_b is not None:
+            if len(self.bank_b) != len(bank_a) or (self.bank_b.numbers != bank_a.numbers).any():
+                raise ValueError("bank_b must hold the same reference atoms as the atypical "
+                                 "monitor's bank")
+            tmap = TransportMap().fit(bank_a.coords, self.bank_b.coords,
+                                      elements=bank_a.numbers)
+            fitted_on = f"reference banks ({len(bank_a)} atoms)"
+        else:
+            tmap = TransportMap().fit(z_a, z_b, elements=np.asarray(numbers))
+            fitted_on = f"the switch frame ({len(numbers)} atoms)"
+        target = self._model_b()
+        carried = AtypicalMonitor(
+            _CarriedBank(tmap.transform(bank_a.coords, elements=bank_a.numbers), bank_a, target),
+            k=atypical.k, quantile=atypical.quantile, same_element=atypical.same_element,
+            threshold=atypical.threshold, action=atypical.action, callback=atypical.callback,
+            interval=atypical.interval, dump_dir=atypical.dump_dir)
+        carried.carried_map_fitted_on = fitted_on
+        from ase.data import chemical_symbols
+
+        self.carried_ = carried
+        self.carried_thresholds_ = {chemical_symbols[z]: round(t, 6)
+                                    for z, t in sorted(carried.element_thresholds_.items())}
+        if self.retarget:
+            atypical.__dict__.update(carried.__dict__)
+        return carried
+
+    # -- scoring ---------------------------------------------------------------------------
+    def _model_b(self) -> str:
+        return self.calc_b.backend.spec if self.calc_b is not None else "B"
+
+    def score(self, frame: Frame) -> np.ndarray:
+        n = len(frame.atoms)
+        if self.classes_ is None:  # not started (e.g. not due on the Watcher's first frame)
+            self.start(frame)
+        self._last = None
+        if self._pending is not None:
+            rec, h = self._pending
+            self._pending = None
+            calc = frame.calc
+            a, b = ((c.backend.spec for c in calc.calcs) if isinstance(calc, SwitchingCalculator)
+                    else ("A", self._model_b()))
+            self._last = {"kind": "switch", "hand_over": h, "model_a": a, "model_b": b,
+                          **_forces_energies(rec)}
+        elif self.calc_b is not None:
+            atoms = frame.atoms.copy()
+            atoms.calc = None
+            z_b = self.calc_b.get_platonic(atoms)
+            h = hand_over(frame.platonic, z_b, frame.atoms.numbers, self._classes(n))
+            a = frame.calc.backend.spec if getattr(frame.calc, "backend", None) else "A"
+            self._last = {"kind": "check", "hand_over": h, "model_a": a,
+                          "model_b": self._model_b()}
+        if self._last is None:
+            return np.zeros(n)
+        classes = self._classes(n)
+        m = self._last["hand_over"].matching
+        keep = (m == np.arange(n)) if classes is None else (classes[m] == classes)
+        return (~keep).astype(np.float64)
+
+    def thresholds_for(self, frame: Frame) -> np.ndarray:
+        return np.ones(len(frame.atoms))
+
+    def events(self, frame: Frame, scores: np.ndarray) -> list[Event]:
+        """One event per switch (flagged or not), and per flagged check in check mode."""
+        if self._last is None:
+            return []
+        last = dict(self._last)
+        kind, h = last.pop("kind"), last.pop("hand_over")
+        flagged = h.matched_equivalent < self.min_matched
+        self.checks_.append({"step": frame.step, "kind": kind, "flagged": flagged,
+                             **{k: round(v, 6) if isinstance(v, float) else v
+                                for k, v in h.to_dict().items()}})
+        if kind == "check" and not flagged:
+            return []
+        bad = np.flatnonzero(scores > 0)
+        details = {"kind": kind, **last, "flagged": flagged, "min_matched": self.min_matched,
+                   **h.to_dict()}
+        if kind == "switch" and self.carried_thresholds_ is not None:
+            details["carried_thresholds"] = self.carried_thresholds_
+            details["carried_map_fitted_on"] = self.carried_.carried_map_fitted_on
+        if flagged:
+            details["elements"] = [frame.atoms.get_chemical_symbols()[i] for i in bad[:20]]
+        return [Event(step=frame.step, monitor=self.name, atoms=bad.tolist(),
+                      score=1.0 - h.matched_equivalent, threshold=1.0 - self.min_matched,
+                      action=self.action if flagged else "record", details=details)]
+
+    def summary(self) -> dict[str, Any]:
+        s = super().summary()
+        s.update(threshold=None, min_matched=self.min_matched, symprec=self.symprec,
+                 model_b=self.calc_b.backend.spec if self.calc_b is not None else None,
+                 switches=[c for c in self.checks_ if c["kind"] == "switch"],
+                 n_checks=sum(c["kind"] == "check" for c in self.checks_),
+                 n_flagged=sum(c["flagged"] for c in self.checks_),
+                 carried_thresholds=self.carried_thresholds_)
+        checks = [c for c in self.checks_ if c["kind"] == "check"]
+        if checks:
+            s["lowest_matched_equivalent"] = min(c["matched_equivalent"] for c in checks)
+        return s
+
+
+def _forces_energies(rec: SwitchRecord) -> dict[str, float]:
+    """Energy (eV/atom) and force (eV/Å) differences of A and B on the switch frame."""
+    out: dict[str, float] = {}
+    n = len(rec.atoms)
+    if rec.energy_a is not None and rec.energy_b is not None:
+        out["energy_a_per_atom"] = float(rec.energy_a) / n
+        out["energy_b_per_atom"] = float(rec.energy_b) / n
+    if rec.forces_a is not None and rec.forces_b is not None:
+        df = np.linalg.norm(np.asarray(rec.forces_a) - np.asarray(rec.forces_b), axis=1)
+        out["force_disagreement_mean"] = float(df.mean())
+        out["force_disagreement_max"] = float(df.max())
+    return out

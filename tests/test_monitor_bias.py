@@ -1,0 +1,160 @@
+"""Cross-model (bias) monitor with real models: CHGNet 0.3.0 running, SevenNet-0 alongside."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.build import bulk
+
+from platoscope.anchors import AnchorSet
+from platoscope.errors import UnsupportedElementError
+from platoscope.monitors import Frame, Watcher
+from platoscope.monitors.bias import MIN_ATOMS_PER_ELEMENT, BiasMonitor, paired_distances
+from platoscope.reference import ReferenceBank, reference_structures
+
+pytestmark = [pytest.mark.backend("chgnet"), pytest.mark.backend("sevenn")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One thread: much faster than two on a loaded 2-core machine, and deterministic."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def anchors() -> AnchorSet:
+    """The 24 default anchors that live in the smallest structures (quick to embed)."""
+    full = AnchorSet.default()
+    sizes = np.array([len(full[k][0]) for k in range(len(full))])
+    return full.subset(sorted(np.argsort(sizes, kind="stable")[:24].tolist()))
+
+
+@pytest.fixture(scope="module")
+def models(chgnet_backend, sevenn_backend, anchors):
+    """Both models' banks on the small Si-bearing reference structures, and their calcs."""
+    from platoscope.calculator import PlatonicCalculator
+
+    refs = [a for a in reference_structures() if 14 in a.numbers and len(a) <= 12]
+    bank_a = ReferenceBank.build(chgnet_backend, refs, anchors)
+    bank_b = ReferenceBank.build(sevenn_backend, refs, anchors)
+    calc_a = PlatonicCalculator(chgnet_backend, anchors, projection=bank_a.projector)
+    calc_b = PlatonicCalculator(sevenn_backend, anchors, projection=bank_b.projector)
+    return calc_a, calc_b, bank_a, bank_b
+
+
+def test_calibration_per_element(models):
+    """threshold_e = median_e x pooled quantile of d / median_e: in sample, 1 - q of the atoms
+    cross their element's threshold."""
+    _, calc_b, bank_a, bank_b = models
+    mon = BiasMonitor(calc_b, bank_a=bank_a, bank_b=bank_b, quantile=0.9)
+    d = paired_distances(bank_a, bank_b)
+    assert np.isfinite(d).all() and (d > 0).all()
+    assert mon.expected_false_alarm_rate == pytest.approx(0.1)
+    thr = mon.thresholds_for(Frame(step=0, atoms=Atoms(numbers=bank_a.numbers),
+                                   platonic=np.zeros((len(d), 1))))
+    assert np.mean(d > thr) == pytest.approx(0.1, abs=1 / len(d) + 1e-9)
+    si = bank_a.numbers == 14
+    assert si.sum() >= MIN_ATOMS_PER_ELEMENT
+    ratio = mon.element_thresholds_[14] / np.median(d[si])
+    assert ratio == pytest.approx(mon.global_threshold_ / np.median(d))
+    rare = [z for z in np.unique(bank_a.numbers)
+            if (bank_a.numbers == z).sum() < MIN_ATOMS_PER_ELEMENT]
+    assert rare and all(mon.element_thresholds_[int(z)] == mon.global_threshold_ for z in rare)
+    assert mon.thresholds_for(Frame(step=0, atoms=Atoms("Po"), platonic=np.zeros((1, 1))))[0] \
+        == mon.global_threshold_
+
+
+def test_md_scores_every_interval(models):
+    """Langevin MD of Si with the bias monitor every 4 steps: finite scores on steps 0, 4, 8,
+    12 only; force disagreement beside them; per-element summary."""
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    calc_a, calc_b, bank_a, bank_b = models
+    mon = BiasMonitor(calc_b, bank_a=bank_a, bank_b=bank_b, interval=4)
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.calc = calc_a
+    seen: dict[int, dict[str, np.ndarray]] = {}
+
+    class Sink:
+        def frame(self, f, scores):
+            seen[f.step] = {k: v.copy() for k, v in scores.items()}
+
+        def event(self, ev):
+            pass
+
+    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(0))
+    dyn = Langevin(atoms, 1 * units.fs, temperature_K=600, friction=0.01,
+                   rng=np.random.default_rng(0))
+    dyn.attach(Watcher([mon], sinks=[Sink()], strict=True), interval=1, atoms=atoms)
+    dyn.run(12)
+    scored = [k for k, v in seen.items() if "bias" in v]
+    assert scored == [0, 4, 8, 12] and len(seen) == 13
+    for k in scored:
+        s, f = seen[k]["bias"], seen[k]["bias_force"]
+        assert s.shape == f.shape == (8,)
+        assert np.isfinite(s).all() and (s > 0).all()
+        assert np.isfinite(f).all() and (f >= 0).all()
+    # the last frame's score is the distance between the two models' coordinates
+    z_b = calc_b.get_platonic(atoms.copy())
+    np.testing.assert_allclose(seen[12]["bias"],
+                               np.linalg.norm(atoms.calc.results["platonic"] - z_b, axis=1),
+                               rtol=1e-4, atol=1e-6)
+    summ = mon.summary()
+    si = summ["elements"]["Si"]
+    assert si["atoms_scored"] == 32 and si["threshold"] == mon.element_thresholds_[14]
+    assert si["max"] >= si["mean"] > 0 and si["mean_force_disagreement"] > 0
+    assert summ["most_disagreeing"] == ["Si"] and summ["model_b"] == "sevenn:7net-0"
+    assert summ["expected_false_alarm_rate"] == pytest.approx(1e-3)
+
+
+def test_events_per_element_threshold(models):
+    """With a tiny fixed threshold every scored atom is flagged, with its force disagreement."""
+    calc_a, calc_b, _, _ = models
+    atoms = bulk("GaAs", "zincblende", a=5.65, cubic=True)
+    z = calc_a.get_platonic(atoms)
+    frame = Frame(step=0, atoms=atoms, platonic=z, forces=calc_a.results["forces"], calc=calc_a)
+    mon = BiasMonitor(calc_b, threshold=1e-9)
+    mon.start(frame)
+    s = mon.score(frame)
+    (ev,) = mon.events(frame, s)
+    assert sorted(ev.atoms) == list(range(8)) and ev.details["model_b"] == "sevenn:7net-0"
+    assert len(ev.details["force_disagreement"]) == 8
+    assert set(mon.element_summary()) == {"Ga", "As"}
+
+
+def test_second_model_lacking_an_element(models):
+    """alpha-Po: CHGNet covers Po, SevenNet-0 does not; refused before any step is run."""
+    calc_a, calc_b, bank_a, bank_b = models
+    po = Atoms("Po", cell=[3.35] * 3, pbc=True)
+    with pytest.raises(UnsupportedElementError, match=r"sevenn:7net-0.*Po \(Z=84\)"):
+        BiasMonitor(calc_b, bank_a=bank_a, bank_b=bank_b, atoms=po)
+    # without atoms= at construction, the first frame (start) refuses it
+    mon = BiasMonitor(calc_b, bank_a=bank_a, bank_b=bank_b)
+    po.calc = calc_a
+    watcher = Watcher([mon], strict=True)
+    with pytest.raises(UnsupportedElementError, match="Po"):
+        watcher(po)
+    # from_spec checks before it builds any reference bank
+    with pytest.raises(UnsupportedElementError, match="second model 'sevenn:7net-0'"):
+        BiasMonitor.from_spec("sevenn:7net-0", calc=calc_a, atoms=po)
+
+
+def test_bad_configuration(models):
+    _, calc_b, bank_a, bank_b = models
+    with pytest.raises(ValueError, match="reference banks"):
+        BiasMonitor(calc_b)
+    with pytest.raises(ValueError, match="quantile"):
+        BiasMonitor(calc_b, threshold=0.1, quantile=1.5)
+    other = ReferenceBank(bank_b.embeddings[:-1], bank_b.numbers[:-1],
+                          bank_b.structure_index[:-1], projector=bank_b.projector,
+                          anchor_set_hash=bank_b.anchor_set_hash, data_hash="x",
+                          provenance=bank_b.provenance)
+    with pytest.raises(ValueError, match="same reference atoms"):
+        BiasMonitor(calc_b, bank_a=bank_a, bank_b=other)

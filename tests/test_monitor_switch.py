@@ -1,0 +1,221 @@
+"""Model switch: SwitchingCalculator hand-overs in real MD, checked by optimal transport."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.build import bulk
+
+from platoscope.anchors import AnchorSet
+from platoscope.monitors import Frame, Watcher
+from platoscope.monitors.atypical import AtypicalMonitor
+from platoscope.monitors.switch import (
+    MIN_MATCHED,
+    SwitchingCalculator,
+    SwitchMonitor,
+    hand_over,
+)
+from platoscope.monitors.symmetry import SymmetryMonitor
+from platoscope.reference import ReferenceBank, reference_structures
+
+DIRECTION = np.array([1.0, 0.6, 0.3]) / np.linalg.norm([1.0, 0.6, 0.3])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One thread: much faster than two on a loaded 2-core machine, and deterministic."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def anchors() -> AnchorSet:
+    """The 24 default anchors that live in the smallest structures (quick to embed)."""
+    full = AnchorSet.default()
+    sizes = np.array([len(full[k][0]) for k in range(len(full))])
+    return full.subset(sorted(np.argsort(sizes, kind="stable")[:24].tolist()))
+
+
+@pytest.fixture(scope="module")
+def chgnet_pair(chgnet_backend, anchors):
+    """Two PlatonicCalculators of the same model (CHGNet 0.3.0)."""
+    from platoscope.calculator import PlatonicCalculator
+
+    return (PlatonicCalculator(chgnet_backend, anchors),
+            PlatonicCalculator(chgnet_backend, anchors))
+
+
+@pytest.fixture(scope="module")
+def chgnet_bank(chgnet_backend, anchors) -> ReferenceBank:
+    refs = [a for a in reference_structures() if 14 in a.numbers and len(a) <= 12]
+    return ReferenceBank.build(chgnet_backend, refs, anchors)
+
+
+class Recorder:
+    def __init__(self):
+        self.events, self.steps = [], []
+
+    def frame(self, f, scores):
+        self.steps.append(f.step)
+
+    def event(self, ev):
+        self.events.append(ev)
+
+
+def run_md(atoms: Atoms, calc, monitors, steps: int, seed: int = 0) -> Recorder:
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms.calc = calc
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
+    rec = Recorder()
+    dyn = Langevin(atoms, 1 * units.fs, temperature_K=300, friction=0.01,
+                   rng=np.random.default_rng(seed))
+    dyn.attach(Watcher(monitors, sinks=[rec], strict=True), interval=1, atoms=atoms)
+    dyn.run(steps)
+    return rec
+
+
+def test_hand_over_counts_equivalent_atoms():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(6, 5))
+    z[1] = z[0] + 1e-9  # atoms 0 and 1 equivalent, almost identical coordinates
+    numbers = np.array([8, 8, 8, 22, 22, 22])
+    classes = np.array([0, 0, 1, 2, 2, 3])
+    swapped = z[[1, 0, 2, 3, 4, 5]]
+    h = hand_over(z, swapped, numbers, classes)
+    assert h.matched_self == pytest.approx(4 / 6) and h.matched_equivalent == 1.0
+    assert h.same_element == 1.0 and h.cost == pytest.approx(0.0, abs=1e-12)
+    assert h.chance_equivalent == pytest.approx((2 * 2 / 3 + 1 / 3 + 2 * 2 / 3 + 1 / 3) / 6)
+    assert h.identity_cost >= h.cost - 1e-12
+    shifted = hand_over(z, z + 3.0, numbers, classes)
+    assert shifted.matched_self == 1.0 and shifted.offset == pytest.approx(9.0 * 5)
+    assert shifted.cost - shifted.offset == pytest.approx(0.0, abs=1e-9)
+
+
+def test_switching_calculator_rule_and_results(chgnet_pair):
+    a, b = chgnet_pair
+    calc = SwitchingCalculator(a, b, rule=2)
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.calc = calc
+    for k in range(4):
+        atoms.positions[0] += 0.01 * DIRECTION
+        f = atoms.get_forces()
+        assert calc.switched == (k >= 2) and calc.calc is (b if k >= 2 else a)
+        np.testing.assert_array_equal(f, calc.calc.results["forces"])
+        assert atoms.arrays["platonic"].shape == (8, len(a.anchors))
+    assert calc.record.call == 2 and calc.n_calls == 4
+    assert calc.provenance()["switching"]["switched_at_call"] == 2
+    with pytest.raises(ValueError, match="rule"):
+        SwitchingCalculator(a, b, rule=-1)
+
+
+def test_same_model_hand_over_matches_every_atom_to_itself(chgnet_pair, chgnet_bank):
+    """CHGNet -> CHGNet at step 3 of a 300 K MD: every atom goes to itself, zero cost, one
+    unflagged event; the atypical monitor's thresholds are carried unchanged."""
+    a, b = chgnet_pair
+    atypical = AtypicalMonitor(chgnet_bank, quantile=0.99)
+    before = dict(atypical.element_thresholds_)
+    switch = SwitchMonitor(atypical=atypical)
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 1, 1))
+    rec = run_md(atoms, SwitchingCalculator(a, b, rule=3), [switch, atypical], steps=5)
+    (ev,) = [e for e in rec.events if e.monitor == "switch"]
+    assert ev.step == 3 and ev.action == "record" and not ev.details["flagged"]
+    assert ev.details["matched_self"] == 1.0 and ev.details["matched_equivalent"] == 1.0
+    assert ev.details["cost"] == pytest.approx(0.0, abs=1e-12)
+    assert ev.details["force_disagreement_max"] == pytest.approx(0.0, abs=1e-5)
+    assert ev.atoms == [] and ev.details["model_a"] == ev.details["model_b"] == "chgnet:0.3.0"
+    assert "carried to" in atypical.bank.model
+    for z, t in before.items():
+        assert atypical.element_thresholds_[z] == pytest.approx(t, rel=1e-6)
+    assert switch.summary()["switches"][0]["step"] == 3
+
+
+@pytest.mark.backend("sevenn")
+def test_chgnet_to_sevenn_hand_over_in_md(chgnet_pair, chgnet_bank, sevenn_backend, anchors):
+    """CHGNet -> SevenNet-0 at step 3: one transport summary event at the switch, the atypical
+    monitor carried into SevenNet's space (map fitted on the two banks) keeps scoring, frames
+    after it carry B's results."""
+    from platoscope.calculator import PlatonicCalculator
+
+    a, _ = chgnet_pair
+    b = PlatonicCalculator(sevenn_backend, anchors)
+    refs = [x for x in reference_structures() if 14 in x.numbers and len(x) <= 12]
+    bank_b = ReferenceBank.build(sevenn_backend, refs, anchors)
+    own_b = AtypicalMonitor(bank_b, quantile=0.99).element_thresholds_
+    atypical = AtypicalMonitor(chgnet_bank, quantile=0.99)
+    switch = SwitchMonitor(atypical=atypical, bank_b=bank_b)
+    calc = SwitchingCalculator(a, b, rule=3)
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    rec = run_md(atoms, calc, [switch, atypical], steps=5)
+    (ev,) = [e for e in rec.events if e.monitor == "switch"]
+    d = ev.details
+    assert ev.step == 3 and d["kind"] == "switch"
+    assert (d["model_a"], d["model_b"]) == ("chgnet:0.3.0", "sevenn:7net-0")
+    assert d["cost"] > 0 and d["identity_cost"] >= d["cost"] - 1e-12
+    for key in ("matched_self", "matched_equivalent", "same_element", "chance_equivalent"):
+        assert 0 <= d[key] <= 1
+    assert d["same_element"] == 1.0 and d["chance_equivalent"] == 1.0  # one class: Si
+    assert d["flagged"] == (d["matched_equivalent"] < MIN_MATCHED)
+    assert d["force_disagreement_mean"] > 0 and "Si" in d["carried_thresholds"]
+    assert d["carried_map_fitted_on"].startswith("reference banks")
+    # carried by the bank-to-bank map, A's thresholds land near B's own calibration
+    assert atypical.element_thresholds_[14] == pytest.approx(own_b[14], rel=0.3)
+    assert calc.switched and calc.results["embeddings"].shape[1] == 128  # SevenNet's features
+    assert np.isfinite(atoms.arrays["score_atypical"]).all()
+    assert rec.steps == list(range(6))
+
+
+@pytest.mark.backend("sevenn")
+def test_low_symmetry_hand_over_is_flagged(chgnet_pair, sevenn_backend, anchors):
+    """A 20-atom, 9-class MP-20 structure: the check mode (no switch) compares CHGNet and
+    SevenNet every 2 frames; at min_matched=1 any atom sent to an inequivalent one flags."""
+    from platoscope.calculator import PlatonicCalculator
+
+    a, _ = chgnet_pair
+    b = PlatonicCalculator(sevenn_backend, anchors)
+    mon = SwitchMonitor(b, min_matched=1.0, interval=2, action="warn")
+    atoms = reference_structures()[100]
+    assert len(atoms) == 20
+    frames = []
+    for k in range(3):
+        x = atoms.copy()
+        x.positions[0] += 0.01 * k * DIRECTION
+        frames.append(Frame(step=k, atoms=x, platonic=a.get_platonic(x), calc=a))
+    rec = Recorder()
+    w = Watcher([mon], sinks=[rec], strict=True)
+    with pytest.warns(UserWarning, match="switch"):
+        for f in frames:
+            w.process(f)
+    assert rec.events and {e.step for e in rec.events} <= {0, 2}
+    ev = rec.events[0]
+    assert ev.details["kind"] == "check" and ev.details["flagged"]
+    assert ev.score == pytest.approx(1 - ev.details["matched_equivalent"]) and ev.atoms
+    summ = mon.summary()
+    assert summ["n_checks"] == 2 and summ["n_flagged"] == len(rec.events)
+
+
+def test_switch_on_a_monitor_trigger(chgnet_pair):
+    """A symmetry monitor's callback requests the switch: B takes over at the next call."""
+    a, b = chgnet_pair
+    calc = SwitchingCalculator(a, b)  # rule None: only on request
+    sym = SymmetryMonitor(action="callback", callback=calc.request_switch)
+    switch = SwitchMonitor()
+    perfect = bulk("Si", "diamond", a=5.43, cubic=True)
+    rec = Recorder()
+    w = Watcher([sym, switch], sinks=[rec], strict=True)
+    atoms = perfect.copy()
+    atoms.calc = calc
+    for k in range(4):
+        if k == 1:
+            atoms.positions[0] += 0.02 * DIRECTION
+        atoms.get_forces()
+        w(atoms)
+        assert calc.switched == (k >= 2)
+    assert [(e.monitor, e.step) for e in rec.events] == [("symmetry", 1), ("switch", 2)]
+    assert rec.events[1].details["matched_equivalent"] == 1.0
