@@ -89,12 +89,16 @@ class Config:
     select_layer: str = "atom_fea"
     per_element: bool = False      # at least one anchor per element of the train set
     tau: float | None = None       # softmax kernel temperature; None: raw cosines (paper)
+    perplexity: float | None = None  # instead of tau: per-atom temperature with this perplexity
     chgnet_layer: str = "atom_fea"
     sevenn_layer: str = "pre_readout"
 
     def label(self) -> str:
-        kern = "cos" if self.tau is None else f"softmax tau={self.tau:g}"
-        sel = self.select + ("" if self.select_on == "chgnet:0.3.0" else f"@{SHORT[self.select_on]}")
+        kern = ("cos" if self.tau is None and self.perplexity is None
+                else f"softmax perplexity={self.perplexity:g}" if self.perplexity
+                else f"softmax tau={self.tau:g}")
+        sel = self.select + ("" if self.select_on == "chgnet:0.3.0" else
+                             f"@{SHORT[self.select_on]}/{self.select_layer.replace('_equivariant', '')}")
         sel += "+elem" if self.per_element else ""
         return (f"{self.normalize}, K={self.k}, {sel}, {kern}, "
                 f"layers {self.chgnet_layer}/{self.sevenn_layer}")
@@ -105,7 +109,7 @@ class Config:
 
 PAPER = Config()
 # The configuration this study recommends (chosen on MP-20 val; perov5/carbon24 confirm it).
-BEST = Config(normalize="standardize", k=3000, tau=0.02, sevenn_layer="1_equivariant_gate")
+BEST = Config(normalize="center", k=3000, tau=0.015, sevenn_layer="1_equivariant_gate")
 BEST_PAPER_LAYERS = replace(BEST, sevenn_layer="pre_readout")
 
 
@@ -209,8 +213,23 @@ def retrieval_chance(groups: np.ndarray, k: int) -> float:
 
 # ----------------------------------------------------------------------------- projection
 
-def kernel(z: np.ndarray, tau: float | None) -> np.ndarray:
-    """sqrt(softmax(z / tau)) row-wise (unit rows: Euclidean distance = Hellinger), or z."""
+def kernel(z: np.ndarray, tau: float | None, perplexity: float | None = None) -> np.ndarray:
+    """sqrt(softmax(z / tau)) row-wise (unit rows: Euclidean distance = Hellinger), or z.
+
+    perplexity: per-row tau found by bisection so that exp(entropy) of the softmax equals it
+    (as in t-SNE): scale-free, and wider where the anchors are sparse around an atom.
+    """
+    if perplexity is not None:
+        lo, hi = np.full(len(z), 1e-5), np.full(len(z), 10.0)
+        zc = z - z.max(axis=1, keepdims=True)
+        for _ in range(40):
+            t = np.sqrt(lo * hi)
+            p = np.exp(zc / t[:, None])
+            p /= p.sum(axis=1, keepdims=True)
+            h = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
+            wide = h > math.log(perplexity)
+            hi, lo = np.where(wide, t, hi), np.where(wide, lo, t)
+        return np.sqrt(p)
     if tau is None:
         return z
     x = (z - z.max(axis=1, keepdims=True)) / tau
@@ -226,7 +245,7 @@ def project_corpus(data: Data, cfg: Config, corpus: str, models: list[str] | Non
     for m in models or data.models:
         layer = cfg.layer(m)
         proj = data.stats(m, layer, cfg.normalize, rows)
-        out[m] = kernel(proj.transform(data.emb(corpus, m, layer)), cfg.tau)
+        out[m] = kernel(proj.transform(data.emb(corpus, m, layer)), cfg.tau, cfg.perplexity)
     return out
 
 
@@ -378,7 +397,7 @@ def arithmetic_table(data: Data, cfg: Config, structures, pairs) -> dict:
     perov5 atoms. The offset comes from MP-20 train element means (no perov5 data) and is added
     in the linear cosine coordinates; with a kernel, query and pool then go through it."""
     offsets = np.concatenate([[0], np.cumsum([len(a) for a in structures])])
-    lin = replace(cfg, tau=None)
+    lin = replace(cfg, tau=None, perplexity=None)
     z_pv = project_corpus(data, lin, "perov5")
     num_tr = data.numbers("mp20_train")
     present = set(np.unique(num_tr).tolist())
@@ -402,12 +421,12 @@ def arithmetic_table(data: Data, cfg: Config, structures, pairs) -> dict:
             assert np.allclose(vec[m][0], substitution_vector(num_tr, z_tr, ea[0], eb[0]))
 
     def score(a: str, b: str) -> dict:
-        pool = kernel(z_pv[b], cfg.tau)
+        pool = kernel(z_pv[b], cfg.tau, cfg.perplexity)
         zero = np.zeros(pool.shape[1])
-        r = arithmetic_retrieval(kernel(z_pv[a][src] + vec[b], cfg.tau), None, pool, tgt,
-                                 vector=zero, ks=(1, 5))
-        r0 = arithmetic_retrieval(kernel(z_pv[a][src], cfg.tau), None, pool, tgt, vector=zero,
-                                  ks=(1, 5))
+        r = arithmetic_retrieval(kernel(z_pv[a][src] + vec[b], cfg.tau, cfg.perplexity), None,
+                                 pool, tgt, vector=zero, ks=(1, 5))
+        r0 = arithmetic_retrieval(kernel(z_pv[a][src], cfg.tau, cfg.perplexity), None, pool,
+                                  tgt, vector=zero, ks=(1, 5))
         return {"top1": r.accuracy[1], "top5": r.accuracy[5], "baseline_top1": r0.accuracy[1],
                 "baseline_top5": r0.accuracy[5], "chance_top5": r.chance[5]}
 
@@ -464,7 +483,7 @@ def plot_matrices(results: dict[str, dict], path: Path, key: str = "top5") -> No
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlabel("retrieved in model B")
         ax.set_ylabel("query from model A")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title.replace(": ", ":\n", 1).replace(", layers", ",\nlayers"), fontsize=8)
     fig.colorbar(im, ax=fig.axes, fraction=0.02, label=f"same-environment {key}")
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
@@ -581,6 +600,8 @@ def main(argv=None) -> int:
     sels = ["direct"] if a.quick else ["direct", "fps", "random"]
     grid = []
     for sel, k, norm in itertools.product(sels, ks, ["none", "center", "standardize", "whiten"]):
+        if sel != "direct" and k == 300:
+            continue
         grid.append(evaluate(data, Config(normalize=norm, k=k, select=sel), groups,
                              raw_cache=raw_cache))
     out["grid_cosine"] = grid
@@ -592,9 +613,11 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     taus = [0.02] if a.quick else [0.01, 0.02, 0.05]
     kgrid = []
-    for k, norm, tau in itertools.product([1000] if a.quick else [1000, 3000],
-                                          ["none", "standardize"] if a.quick
-                                          else ["none", "standardize", "whiten"], taus):
+    norms = ["none", "center", "standardize"] + ([] if a.quick else ["whiten"])
+    combos = [(1000, n, 0.02) for n in norms]
+    if not a.quick:
+        combos += [(3000, n, t) for n in norms for t in taus]
+    for k, norm, tau in combos:
         kgrid.append(evaluate(data, Config(normalize=norm, k=k, tau=tau), groups,
                               raw_cache=raw_cache))
     out["grid_kernel"] = kgrid
@@ -604,7 +627,7 @@ def main(argv=None) -> int:
 
     # 3. layers: every CHGNet layer x every SevenNet layer at the recommended projection
     t0 = time.perf_counter()
-    base = replace(BEST, k=1000)  # K=1000 keeps the 20-combination scan affordable
+    base = replace(BEST, k=1000) if a.quick else BEST
     scan = []
     for cl, sl in itertools.product(CHGNET_LAYERS, SEVENN_LAYERS):
         if a.quick and cl not in ("atom_fea",):
@@ -621,8 +644,10 @@ def main(argv=None) -> int:
     # 4. anchor selection and K at the recommended projection
     t0 = time.perf_counter()
     sel_rows = []
-    variants = [replace(BEST, k=k) for k in ([100, 300, 1000] if not a.quick else [100])]
+    variants = [replace(BEST, k=k) for k in ([100, 300, 1000, 3000] if not a.quick else [100])]
     variants += [replace(BEST, select="fps"), replace(BEST, select="random"),
+                 replace(BEST, normalize="none"), replace(BEST, normalize="standardize", tau=0.02),
+                 replace(BEST, tau=None, perplexity=30.0),
                  replace(BEST, per_element=True),
                  replace(BEST, select_on="sevenn:7net-0", select_layer="pre_readout"),
                  replace(BEST, select_on="sevenn:7net-0", select_layer="1_equivariant_gate")]
@@ -634,7 +659,8 @@ def main(argv=None) -> int:
                                                   v.per_element)][1], 2)
         sel_rows.append(r)
     out["selection"] = sel_rows
-    md.append(table("Anchor selection and K at the recommended projection", sel_rows))
+    md.append(table("Anchor selection, K and other variants at the recommended projection",
+                    sel_rows))
     tick("selection", t0)
 
     # 5. full matrices: the paper, the recommended projection at the paper's layers, and at
@@ -663,9 +689,11 @@ def main(argv=None) -> int:
                 g2, _ = symmetry_classes(a.data / Path(CORPORA[corpus]).relative_to("data"))
             except FileNotFoundError:
                 continue
+            extra = {"best_perplexity30": replace(best, tau=None, perplexity=30.0),
+                     "best_linear (no kernel)": replace(best, tau=None)}
             try:
                 other[corpus] = {name: evaluate(data, cfg, g2, corpus=corpus, raw_cache=raw_cache)
-                                 for name, cfg in finals.items()}
+                                 for name, cfg in {**finals, **extra}.items()}
             except FileNotFoundError as err:
                 print(f"skipping {corpus}: {err}", file=sys.stderr)
                 continue
@@ -685,17 +713,21 @@ def main(argv=None) -> int:
     for name, cfg in finals.items():
         per[name] = {"train": periodicity_table(train_projections(data, cfg), num_tr),
                      "val": periodicity_table(z_val[name].items(), numbers)}
+    lin = replace(best, tau=None)  # the same coordinates before the kernel
+    per["best_linear"] = {"train": periodicity_table(train_projections(data, lin), num_tr)}
     per["raw"] = {"train": periodicity_table(
         ((m, data.emb("mp20_train", m, PAPER.layer(m))) for m in MODELS), num_tr)}
     per["raw_best_layers"] = {"train": periodicity_table(
         ((m, data.emb("mp20_train", m, best.layer(m))) for m in MODELS), num_tr)}
     out["periodicity"] = per
-    for m, z_tr in train_projections(data, best, ["chgnet:0.3.0", "sevenn:7net-0"]):
+    # heat maps in the linear coordinates: the kernel is local (different elements share
+    # almost no anchors), so its element-mean cosines are ~0 off the diagonal
+    for m, z_tr in train_projections(data, lin, ["chgnet:0.3.0", "sevenn:7net-0"]):
         if not write_figures:
             break
         el, means = element_means(num_tr, z_tr)
         plot_periodicity_heatmap(el, means, a.figures / f"shared_space_periodicity_{slug(m)}.png",
-                                 title=f"{m}: element means, {best.label()}")
+                                 title=f"{m}: element means, {lin.label()}")
     tick("periodicity", t0)
     t0 = time.perf_counter()
     arith = {}
@@ -733,7 +765,7 @@ def main(argv=None) -> int:
         md.append("\n#### Other held-out sets\n")
         md.append("| set | config | same top-5 | cross top-5 | mkNN cross proj / raw |\n|---|---|---|---|---|")
         for corpus, d in other.items():
-            for name in finals:
+            for name in [x for x in d if x != "info"]:
                 r = d[name]
                 md.append(f"| {corpus} ({d['info']['atoms']} atoms, {d['info']['classes']} env., "
                           f"chance top-5 {d['info']['chance_top5']:.4f}) | {name} | "
