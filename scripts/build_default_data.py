@@ -1,14 +1,22 @@
 """Rebuild the data shipped inside the package (src/platoscope/data/).
 
-    python scripts/build_default_data.py [--k 100] [--method direct] [--projection paper]
+    python scripts/build_default_data.py [--k 3000] [--method direct] [--projection shared]
 
-1. ``reference_structures.extxyz.gz``: the MP-20 train subset in data/mp20_partial/train.csv
-   (CC-BY-4.0, see data/PROVENANCE.md), the reference set of every default bank.
+1. ``reference_structures.extxyz.gz``: the reference set of every default bank:
+   a. the MP-20 train subset in data/mp20_partial/train.csv (CC-BY-4.0, see
+      data/PROVENANCE.md), less structures with an atom that has no neighbour within 5 Å
+      (CHGNet 0.2.0 cannot embed them, SevenNet warns);
+   b. the 71 elemental solids of ASE's ``dcdft`` collection (Delta-test set), each as a
+      supercell of at least 27 atoms, perfect and rattled with Gaussian sigma = 0.05, 0.1,
+      0.2, 0.3 Å: every element's pool then holds its own bulk and its thermal noise, not only
+      its compounds (docs/detection.md: this is what makes the atypical score track errors).
 2. ``anchors_default.npz``: K anchors chosen by DIRECT on CHGNet 0.3.0's per-atom embeddings of
-   those structures, at least one anchor per element present.
-3. ``reference_chgnet-0.3.0_<anchors>_<projection>.npz``: CHGNet 0.3.0's reference bank (the
-   default model's), so the main job needs no build step. Banks of other models are built once
-   on first use and cached (``platoscope.reference.default_bank``).
+   the MP-20 structures only (as measured in docs/shared_space.md), at least one anchor per
+   element present.
+3. ``anchors/<set>-<model>.npz``: CHGNet 0.3.0's anchor matrix, and
+   ``reference_chgnet_0.3.0_<anchors>_<projection>.npz``: its reference bank, so the main job
+   needs no build step. Banks of other models are built once on first use and cached
+   (``platoscope.reference.default_bank``).
 
 Deterministic: the same inputs give the same anchor-set hash.
 """
@@ -16,23 +24,64 @@ Deterministic: the same inputs give the same anchor-set hash.
 from __future__ import annotations
 
 import argparse
+import math
+import shutil
 from pathlib import Path
 
+import numpy as np
+from ase import Atoms
 from ase.io import write
+from ase.neighborlist import neighbor_list
 
-from platoscope.anchors import DEFAULT_ANCHORS, default_data_path, select_anchor_set
+from platoscope.anchors import DEFAULT_ANCHORS, cache_dir, default_data_path, select_anchor_set
 from platoscope.backends import load_backend
 from platoscope.projection import DEFAULT_PROJECTION, Projector
 from platoscope.readers import read_structures, structures_hash
 from platoscope.reference import REFERENCE_STRUCTURES, ReferenceBank, _bank_name
 
 REPO = Path(__file__).resolve().parents[1]
+CUTOFF = 5.0
+SIGMAS = (0.05, 0.1, 0.2, 0.3)
+MIN_ATOMS = 27
+
+
+def isolated(atoms: Atoms, cutoff: float = CUTOFF) -> bool:
+    """True if some atom has no neighbour within ``cutoff`` Å."""
+    i = neighbor_list("i", atoms, cutoff)
+    return len(np.unique(i)) < len(atoms)
+
+
+def supercell(atoms: Atoms, min_atoms: int = MIN_ATOMS) -> Atoms:
+    """The most nearly cubic repetition of ``atoms`` with at least ``min_atoms`` atoms."""
+    lengths = atoms.cell.lengths()
+    side = lengths.min()
+    while True:
+        reps = [max(1, round(side / x)) for x in lengths]
+        if len(atoms) * math.prod(reps) >= min_atoms:
+            return atoms.repeat(reps)
+        side += 0.25
+
+
+def elemental_crystals() -> list[Atoms]:
+    """dcdft elemental solids: perfect and rattled supercells (seeded, deterministic)."""
+    from ase.collections import dcdft
+
+    out = []
+    for z, name in enumerate(dcdft.names):
+        base = supercell(dcdft[name])
+        for k, sigma in enumerate((0.0, *SIGMAS)):
+            a = base.copy()
+            if sigma:
+                a.rattle(sigma, seed=1000 * z + k)
+            a.info = {"source": f"ase.collections.dcdft:{name}", "rattle_sigma": sigma}
+            out.append(a)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(REPO / "data" / "mp20_partial" / "train.csv"))
-    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--k", type=int, default=3000)
     p.add_argument("--method", default="direct")
     p.add_argument("--model", default="chgnet")
     p.add_argument("--projection", default=DEFAULT_PROJECTION)
@@ -40,27 +89,40 @@ def main() -> None:
 
     out = default_data_path("x").parent
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("reference_chgnet*.npz"):
-        old.unlink()
-    structures = read_structures(args.data)
-    for a in structures:
+    for old in [*out.glob("reference_chgnet*.npz"), out / "anchors"]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+    mp20 = read_structures(args.data)
+    kept = []
+    for a in mp20:
+        if isolated(a):
+            print(f"dropped {a.info.get('material_id')} ({a.get_chemical_formula()}): an atom "
+                  f"has no neighbour within {CUTOFF} Å")
+            continue
         a.info = {k: v for k, v in a.info.items() if k in ("material_id", "source_index")}
+        kept.append(a)
+    elemental = elemental_crystals()
+    structures = kept + elemental
     data_hash = structures_hash(structures)
     write(out / REFERENCE_STRUCTURES, structures, format="extxyz")
-    print(f"{len(structures)} reference structures, {sum(map(len, structures))} atoms")
+    print(f"{len(structures)} reference structures ({len(kept)} MP-20, {len(elemental)} "
+          f"elemental), {sum(map(len, structures))} atoms")
 
     backend = load_backend(args.model)
-    anchors = select_anchor_set(backend, structures, k=args.k, method=args.method,
-                                per_element=True, data_hash=data_hash, progress=True)
+    anchors = select_anchor_set(backend, kept, k=args.k, method=args.method,
+                                per_element=True, data_hash=structures_hash(kept), progress=True)
     anchors.meta["source"] = "data/mp20_partial/train.csv (MP-20, CC-BY-4.0)"
     anchors.save(out / DEFAULT_ANCHORS)
     print(f"anchors: K={len(anchors)}, {len(set(anchors.symbols))} elements, {anchors.hash[:12]}")
 
-    norm = Projector(args.projection).normalize
-    bank = ReferenceBank.build(backend, structures, anchors, normalize=norm,
+    proj = Projector(args.projection)
+    bank = ReferenceBank.build(backend, structures, anchors, projection=proj,
                                data_hash=data_hash, progress=True)
-    path = bank.save(out / _bank_name(backend.spec, anchors.hash, norm))
+    path = bank.save(out / _bank_name(backend.spec, anchors.hash, proj.name))
     print(f"bank: {bank!r} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    name = f"{anchors.hash[:16]}-{backend.fingerprint[:16]}.npz"
+    (out / "anchors").mkdir(exist_ok=True)
+    shutil.copy(cache_dir() / "anchors" / name, out / "anchors" / name)
+    print(f"anchor matrix of {backend.spec} -> data/anchors/{name}")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,49 @@ def test_extxyz_export(tmp_path):
     frames = read(tmp_path / "a.xyz", ":")
     ids = np.concatenate([f.arrays["anchor_id"] for f in frames])
     assert sorted(ids[ids >= 0].tolist()) == [0, 1, 2, 3]
+
+
+class _CountingBackend:
+    """Wraps a real backend and counts the structures it is asked to embed."""
+
+    def __init__(self, backend):
+        self.inner, self.seen = backend, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def embed(self, structures, **kw):
+        self.seen += len(structures)
+        return self.inner.embed(structures, **kw)
+
+
+@pytest.mark.backend("chgnet")
+def test_known_features_are_reused_not_recomputed(chgnet_backend, tmp_path):
+    anchors = AnchorSet.from_atoms(_pairs())
+    counting = _CountingBackend(chgnet_backend)
+    structures = [a.copy() for a in anchors.structures[:2]]
+    known = (structures, chgnet_backend.embed(structures))
+    mat = anchors.embed(counting, cache_path=tmp_path / "m.npz", known=known)
+    assert counting.seen == len(anchors.structures) - 2  # only the unknown ones
+    fresh = anchors.embed(chgnet_backend, cache=False)
+    np.testing.assert_allclose(mat, fresh, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.backend("chgnet")
+def test_default_anchor_matrix_ships_for_chgnet(chgnet_backend):
+    """The default set's CHGNet matrix comes from the package, with no model call."""
+    anchors = AnchorSet.default()
+    counting = _CountingBackend(chgnet_backend)
+    mat = anchors.embed(counting)
+    assert counting.seen == 0 and mat.shape == (len(anchors), 64)
+    s, i = anchors[7]
+    np.testing.assert_allclose(chgnet_backend.embed([s])[0][i], mat[7], rtol=1e-4, atol=1e-5)
+
+
+def test_default_anchor_set_covers_every_reference_element():
+    from platoscope.reference import reference_structures
+
+    anchors = AnchorSet.default()
+    mp20 = [a for a in reference_structures() if "material_id" in a.info]
+    assert len(anchors) == anchors.meta["k"] == 3000 and anchors.meta["method"] == "direct"
+    assert set(anchors.numbers) == set(np.concatenate([a.numbers for a in mp20]))

@@ -37,8 +37,9 @@ def test_chunked_equals_direct(monkeypatch):
     rng = np.random.default_rng(2)
     e, a = rng.normal(size=(1000, 16)), rng.normal(size=(7, 16))
     full = project(e, a)
-    monkeypatch.setattr(pj, "_CHUNK", 97)
+    monkeypatch.setattr(pj, "_CHUNK_ELEMENTS", 97 * 7)
     np.testing.assert_array_equal(project(e, a), full)
+    np.testing.assert_array_equal(Projector("paper").fit(a).transform(e), full)
 
 
 def test_centered_subtracts_anchor_mean():
@@ -64,9 +65,35 @@ def test_whiten_makes_reference_covariance_identity():
 def test_projector_state_roundtrip():
     rng = np.random.default_rng(5)
     ref = rng.normal(size=(100, 4))
-    p = Projector("standardize").fit(ref[:3], ref)
-    q = Projector.from_state(p.get_state())
-    np.testing.assert_array_equal(p.transform(ref), q.transform(ref))
+    for p in (Projector("standardize").fit(ref[:3], ref), Projector().fit(ref[:9]),
+              Projector("whiten", kernel="softmax", tau=0.1).fit(ref[:5], ref)):
+        q = Projector.from_state(p.get_state())
+        assert q.get_params() == p.get_params() and q.name == p.name
+        np.testing.assert_array_equal(p.transform(ref), q.transform(ref))
+
+
+def test_softmax_kernel_is_sqrt_softmax_of_cosines():
+    rng = np.random.default_rng(6)
+    e, a = rng.normal(size=(40, 8)), rng.normal(size=(12, 8))
+    z = project(e, a, tau=0.05)
+    w = np.exp(_cos(e, a) / 0.05)
+    np.testing.assert_allclose(z, np.sqrt(w / w.sum(1, keepdims=True)), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-12)
+    # monotone in the cosine: the nearest anchor keeps the largest coordinate
+    np.testing.assert_array_equal(z.argmax(1), _cos(e, a).argmax(1))
+    # a tiny temperature does not overflow
+    assert np.isfinite(project(e, a, tau=1e-6)).all()
+
+
+def test_presets_and_names():
+    assert Projector().get_params() == {"normalize": "center", "kernel": "softmax",
+                                        "tau": 0.015, "eps": 1e-6}
+    assert Projector().name == "shared" and Projector("paper").name == "paper"
+    assert Projector("none").name == "paper" and Projector("center").name == "centered"
+    assert Projector("center", kernel="softmax", tau=0.02).name == "center-softmax0.02"
+    assert Projector.coerce(Projector("whitened")).get_params() == Projector("whiten").get_params()
+    # the shared default centres on the anchor mean, so it needs no reference statistics
+    assert not Projector().needs_reference
 
 
 @pytest.mark.parametrize(
@@ -85,6 +112,14 @@ def test_bad_input_is_named(e, a, msg):
 def test_projector_errors():
     with pytest.raises(ValueError, match="unknown normalize"):
         Projector("zca")
+    with pytest.raises(ValueError, match="unknown kernel"):
+        Projector("center", kernel="rbf")
+    with pytest.raises(ValueError, match="tau must be a positive"):
+        Projector("center", kernel="softmax", tau=-1)
+    with pytest.raises(ValueError, match="tau applies to kernel='softmax' only"):
+        Projector("center", tau=0.1)
+    with pytest.raises(ValueError, match="tau must be a positive"):
+        project(np.ones((1, 2)), np.ones((1, 2)), tau=0.0)
     with pytest.raises(ValueError, match="needs reference_embeddings"):
         Projector("whiten").fit(np.ones((2, 2)))
     with pytest.raises(RuntimeError, match="not fitted"):

@@ -214,20 +214,35 @@ class AnchorSet:
 
     # -- per-model anchor matrices -------------------------------------------------------------
     def embed(self, backend: Any, *, cache: bool = True,
-              cache_path: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
+              cache_path: str | os.PathLike | None = None, progress: bool = False,
+              known: tuple[Sequence[Atoms], Sequence[np.ndarray]] | None = None) -> np.ndarray:
         """The backend's embeddings of the anchor atoms, (K, D) float64, cached on disk.
 
-        ``cache_path`` names a cache file explicitly (default: under :func:`cache_dir`). A file
-        whose recorded anchor-set hash or model fingerprint differs raises
-        AnchorCacheMismatchError rather than being silently used or overwritten.
+        Looks for the matrix in ``cache_path`` (if given), then among the matrices shipped in
+        the package, then under :func:`cache_dir`. A file whose recorded anchor-set hash or
+        model fingerprint differs raises AnchorCacheMismatchError rather than being silently
+        used or overwritten. known: (structures, per-structure (n_i, D) features) the backend
+        already computed, e.g. for a reference bank; anchor structures found there (same
+        numbers, positions, cell, pbc) are not embedded again.
         """
         fp = backend.fingerprint
-        path = Path(cache_path) if cache_path else (
-            cache_dir() / "anchors" / f"{self.hash[:16]}-{fp[:16]}.npz")
-        if cache and path.is_file():
-            return self._read_cache(path, backend, fp)
-        feats = backend.embed(self.structures, progress=progress)
-        mat = np.stack([feats[s][i] for s, i in self.pairs]).astype(np.float64)
+        name = f"{self.hash[:16]}-{fp[:16]}.npz"
+        path = Path(cache_path) if cache_path else cache_dir() / "anchors" / name
+        if cache:
+            shipped = default_data_path("anchors") / name
+            for p in ([path] if cache_path else [shipped, path]):
+                if p.is_file():
+                    return self._read_cache(p, backend, fp)
+        have: dict[bytes, np.ndarray] = {}
+        if known is not None:
+            have = {_structure_bytes(self._canonical(a)): np.asarray(f)
+                    for a, f in zip(*known, strict=True)}
+        keys = [_structure_bytes(a) for a in self.structures]
+        todo = [s for s, key in enumerate(keys) if key not in have]
+        fresh = dict(zip(todo, backend.embed([self.structures[s] for s in todo],
+                                             progress=progress), strict=True)) if todo else {}
+        mat = np.stack([(fresh[s] if s in fresh else have[keys[s]])[i]
+                        for s, i in self.pairs]).astype(np.float64)
         if cache:
             _savez_atomic(path, format=np.array(CACHE_FORMAT), matrix=mat,
                           anchor_hash=np.array(self.hash), fingerprint=np.array(fp),

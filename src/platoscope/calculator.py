@@ -17,7 +17,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from platoscope.anchors import AnchorSet
 from platoscope.backends import Backend, load_backend
 from platoscope.errors import InvalidStructureError
-from platoscope.projection import Projector
+from platoscope.projection import DEFAULT_PROJECTION, Projector
 from platoscope.provenance import package_versions
 
 EXTRA_PROPERTIES = ["platonic", "embeddings"]
@@ -29,14 +29,15 @@ class PlatonicCalculator(Calculator):
     backend: a spec string (``"chgnet"``, ``"sevenn:7net-0"``, ``"mace:/path.model"`` ...), a
         built :class:`~platoscope.backends.Backend`, or a supported ASE calculator.
     anchors: an :class:`AnchorSet` or a path to one; ``None`` computes embeddings only.
-    projection: a preset name (``"paper"``, ``"centered"``) or a fitted/unfitted
-        :class:`Projector`. Presets that need reference statistics take a fitted Projector.
+    projection: a preset name (``"shared"``, the default; ``"paper"`` for Li & Walsh's plain
+        cosines; ``"centered"`` ...) or a fitted/unfitted :class:`Projector`. Presets that need
+        reference statistics take a fitted Projector.
     layer, device: passed to :func:`load_backend` when ``backend`` is a spec or calculator.
     array_name: key of ``atoms.arrays`` that receives the coordinates (``None``: do not write).
     """
 
     def __init__(self, backend: Any, anchors: AnchorSet | str | None = None, *,
-                 projection: str | Projector = "paper", layer: str | None = None,
+                 projection: str | Projector = DEFAULT_PROJECTION, layer: str | None = None,
                  device: str = "cpu", array_name: str | None = "platonic",
                  anchor_cache: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
@@ -58,7 +59,7 @@ class PlatonicCalculator(Calculator):
                                  f"anchor set {len(self.anchors)}")
             return proj
         if proj.needs_reference:
-            raise ValueError(f"projection {proj.normalize!r} needs reference statistics: pass a "
+            raise ValueError(f"projection {proj.name!r} needs reference statistics: pass a "
                              "Projector fitted with reference_embeddings")
         return proj.fit(self.anchors.embed(self.backend, cache=use_cache))
 
@@ -78,7 +79,7 @@ class PlatonicCalculator(Calculator):
         self.results = results
 
     def get_platonic(self, atoms: Atoms | None = None) -> np.ndarray:
-        """(N, K) float64: cosine of each atom's (normalised) embedding to each anchor's."""
+        """(N, K) float64 Platonic coordinates (see :func:`platoscope.projection.project`)."""
         if self.projector is None:
             raise PropertyNotImplementedError(
                 "no anchors: construct PlatonicCalculator(backend, anchors=...) to get coordinates")
@@ -95,7 +96,9 @@ class PlatonicCalculator(Calculator):
             **prov,
             "anchor_set_hash": self.anchors.hash if self.anchors is not None else None,
             "n_anchors": len(self.anchors) if self.anchors is not None else 0,
-            "projection": self.projector.normalize if self.projector is not None else None,
+            "projection": self.projector.name if self.projector is not None else None,
+            "projection_params": (self.projector.get_params() if self.projector is not None
+                                  else None),
             "versions": package_versions(),
         }
 

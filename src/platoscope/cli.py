@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from platoscope.errors import PlatoscopeError
+from platoscope.projection import DEFAULT_PROJECTION, PRESETS
 
 
 class _Group(click.Group):
@@ -139,8 +140,8 @@ def reference() -> None:
 @layer_option
 @device_option
 @click.option("--anchors", "anchors_path", default="default", show_default=True)
-@click.option("--projection", default="paper", show_default=True,
-              help="paper | centered | standardized | whitened")
+@click.option("--projection", default=DEFAULT_PROJECTION, show_default=True,
+              help=f"Projection preset: {', '.join(PRESETS)}")
 @click.option("--limit", type=int, default=None)
 @click.option("--out", "-o", required=True, type=click.Path())
 def reference_build(data, model, layer, device, anchors_path, projection, limit, out):
@@ -150,7 +151,7 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
 
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
-    bank = ReferenceBank.build(backend, structures, _anchors(anchors_path), normalize=projection,
+    bank = ReferenceBank.build(backend, structures, _anchors(anchors_path), projection=projection,
                                data_hash=data_hash, progress=True)
     bank.save(out)
     click.echo(f"wrote {out}: {len(bank)} atoms, {bank!r}")
@@ -164,7 +165,8 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
 @click.option("--anchors", "anchors_path", default="default", show_default=True)
 @click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
               help="Use this bank's projector (needed for standardized/whitened projections)")
-@click.option("--projection", default="paper", show_default=True)
+@click.option("--projection", default=DEFAULT_PROJECTION, show_default=True,
+              help=f"Projection preset: {', '.join(PRESETS)}")
 @click.option("--limit", type=int, default=None)
 @click.option("--no-embeddings", is_flag=True, help="Do not store raw embeddings")
 @click.option("--out", "-o", required=True, type=click.Path())
@@ -204,8 +206,9 @@ action_option = click.option("--action", type=click.Choice(["record", "warn", "s
 
 def _setup(structure: str, model: str, layer: str | None, device: str, anchors_path: str,
            reference_path: str | None, monitor_spec: str, action: str, out: str,
-           bias_interval: int, strict: bool):
-    """Structure, PlatonicCalculator and monitors for md/relax/monitor."""
+           bias_interval: int, strict: bool, atoms: Any = None):
+    """PlatonicCalculator and monitors for md/relax/monitor; ``atoms``, the starting
+    structure, lets a second model that lacks one of its elements be refused up front."""
     from platoscope.backends import load_backend
     from platoscope.calculator import PlatonicCalculator
     from platoscope.monitors import build_monitors
@@ -224,7 +227,8 @@ def _setup(structure: str, model: str, layer: str | None, device: str, anchors_p
         bank = default_bank(backend, anchor_set, progress=True)
     calc = PlatonicCalculator(backend, anchors=anchor_set, projection=bank.projector)
     monitors = build_monitors(monitor_spec, calc=calc, bank=bank, action=action,
-                              dump_dir=Path(out) / "dumps", bias_interval=bias_interval)
+                              dump_dir=Path(out) / "dumps", bias_interval=bias_interval,
+                              atoms=atoms)
     return calc, monitors
 
 
@@ -248,6 +252,10 @@ common_run_options = [
     click.option("--strict", is_flag=True, help="A failing monitor stops the run"),
     click.option("--out", "-o", required=True, type=click.Path(), help="Output folder"),
     click.option("--no-embeddings", is_flag=True, help="Keep raw embeddings out of frames.h5"),
+    click.option("--store-coords", type=click.Choice(["auto", "always", "never"]),
+                 default="auto", show_default=True,
+                 help="Write Platonic coordinates with every frame (auto: while K <= 256); "
+                      "otherwise frames.h5 derives them from the embeddings, losslessly"),
     click.option("--report/--no-report", default=True, show_default=True,
                  help="Write plots and report.txt when the run ends"),
 ]
@@ -288,20 +296,21 @@ def _end(result: dict, out: str, report: bool) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--restart", is_flag=True, help="Continue from the last frame in --out")
 def md(structure, model, layer, device, anchors_path, reference_path, monitor_spec, action,
-       bias_interval, strict, out, no_embeddings, report, ensemble, temperature, pressure,
-       steps, timestep, friction, interval, repeat, seed, restart):
+       bias_interval, strict, out, no_embeddings, store_coords, report, ensemble, temperature,
+       pressure, steps, timestep, friction, interval, repeat, seed, restart):
     """Monitored molecular dynamics of STRUCTURE (any file ASE reads)."""
     from platoscope.runner import run_md
 
     atoms = _read_structure(structure).repeat([int(x) for x in repeat.split(",")])
     calc, monitors = _setup(structure, model, layer, device, anchors_path, reference_path,
-                            monitor_spec, action, out, bias_interval, strict)
+                            monitor_spec, action, out, bias_interval, strict, atoms=atoms)
     atoms.calc = calc
     try:
         result = run_md(atoms, monitors, out, steps=steps, ensemble=ensemble,
                         timestep_fs=timestep, temperature_K=temperature, friction=friction,
                         pressure_GPa=pressure, interval=interval, seed=seed, restart=restart,
-                        strict=strict, embeddings=not no_embeddings)
+                        strict=strict, embeddings=not no_embeddings,
+                        store_coords=store_coords)
     except KeyboardInterrupt:
         click.echo(f"interrupted: every completed frame is in {out}; continue with --restart",
                    err=True)
@@ -317,17 +326,19 @@ def md(structure, model, layer, device, anchors_path, reference_path, monitor_sp
 @click.option("--cell/--no-cell", default=False, help="Relax the cell too (FrechetCellFilter)")
 @click.option("--optimizer", default="BFGS", show_default=True)
 def relax(structure, model, layer, device, anchors_path, reference_path, monitor_spec, action,
-          bias_interval, strict, out, no_embeddings, report, fmax, steps, cell, optimizer):
+          bias_interval, strict, out, no_embeddings, store_coords, report, fmax, steps, cell,
+          optimizer):
     """Monitored relaxation of STRUCTURE."""
     from platoscope.runner import run_relax
 
     atoms = _read_structure(structure)
     calc, monitors = _setup(structure, model, layer, device, anchors_path, reference_path,
-                            monitor_spec, action, out, bias_interval, strict)
+                            monitor_spec, action, out, bias_interval, strict, atoms=atoms)
     atoms.calc = calc
     try:
         result = run_relax(atoms, monitors, out, fmax=fmax, steps=steps, cell=cell,
-                           optimizer=optimizer, strict=strict, embeddings=not no_embeddings)
+                           optimizer=optimizer, strict=strict, embeddings=not no_embeddings,
+                           store_coords=store_coords)
     except KeyboardInterrupt:
         click.echo(f"interrupted: every completed frame is in {out}", err=True)
         sys.exit(130)
@@ -340,7 +351,7 @@ def relax(structure, model, layer, device, anchors_path, reference_path, monitor
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--index", default=":", show_default=True, help="Frames to read (ASE syntax)")
 def monitor(trajectory, model, layer, device, anchors_path, reference_path, monitor_spec, action,
-            bias_interval, strict, out, no_embeddings, report, batch_size, index):
+            bias_interval, strict, out, no_embeddings, store_coords, report, batch_size, index):
     """Run monitors over an existing TRAJECTORY (any format ASE reads); step = frame index."""
     from platoscope.readers import read_frames
     from platoscope.runner import monitor_frames
@@ -351,9 +362,10 @@ def monitor(trajectory, model, layer, device, anchors_path, reference_path, moni
     if not frames:
         raise click.ClickException(f"no readable frame in {trajectory}")
     calc, monitors = _setup(trajectory, model, layer, device, anchors_path, reference_path,
-                            monitor_spec, action, out, bias_interval, strict)
+                            monitor_spec, action, out, bias_interval, strict, atoms=frames[0])
     result = monitor_frames(frames, calc, monitors, out, batch_size=batch_size, strict=strict,
-                            embeddings=not no_embeddings, source=str(trajectory))
+                            embeddings=not no_embeddings, source=str(trajectory),
+                            store_coords=store_coords)
     if error:
         result["read_error"] = error
     _end(result, out, report)

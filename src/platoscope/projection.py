@@ -1,9 +1,12 @@
 """The projection onto anchors: one function, and one estimator that learns its parameters.
 
 ``project`` is the single place where embeddings become Platonic coordinates:
-``z_ik = cos((e_i - m) W, (a_k - m) W)`` in float64. The paper's recipe is ``m = 0, W = I``.
-:class:`Projector` learns ``m`` and ``W`` (scikit-learn style: parameters in ``__init__``,
-learned attributes end in ``_``, ``transform`` is pure).
+``c_ik = cos((e_i - m) W, (a_k - m) W)`` in float64, then either ``z_i = c_i`` (linear, the
+paper's recipe with ``m = 0, W = I``) or the local kernel ``z_i = sqrt(softmax(c_i / tau))``.
+The kernel turns each atom into a distribution over anchors with unit norm, so Euclidean
+distance between coordinates is the Hellinger distance; it is what makes two models' spaces
+agree (docs/shared_space.md). :class:`Projector` learns ``m`` and ``W`` (scikit-learn style:
+parameters in ``__init__``, learned attributes end in ``_``, ``transform`` is pure).
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ import numpy as np
 import torch
 
 NORMALIZATIONS = ("none", "center", "standardize", "whiten")
+KERNELS = ("linear", "softmax")
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"normalize": "none"},
-    "centered": {"normalize": "center"},
-    "standardized": {"normalize": "standardize"},
-    "whitened": {"normalize": "whiten"},
+    "shared": {"normalize": "center", "kernel": "softmax", "tau": 0.015},
+    "paper": {"normalize": "none", "kernel": "linear"},
+    "centered": {"normalize": "center", "kernel": "linear"},
+    "standardized": {"normalize": "standardize", "kernel": "linear"},
+    "whitened": {"normalize": "whiten", "kernel": "linear"},
 }
-DEFAULT_PROJECTION = "paper"
+"""Named projections. ``shared`` is the best measured cross-model configuration (centering on
+the anchor mean, softmax kernel at tau = 0.015; docs/shared_space.md); ``paper`` is Li & Walsh's
+recipe as written (plain cosines)."""
+DEFAULT_PROJECTION = "shared"
 """The projection PlatonicCalculator and reference banks use unless told otherwise."""
-_CHUNK = 1 << 16
+_CHUNK_ELEMENTS = 1 << 22  # coordinates computed per block (32 MiB of float64)
 
 
 def _as_2d(x: Any, name: str) -> torch.Tensor:
@@ -35,53 +43,110 @@ def _as_2d(x: Any, name: str) -> torch.Tensor:
     return t
 
 
-def project(embeddings: Any, anchors: Any, *, mean: Any = None, transform: Any = None
-            ) -> np.ndarray:
+def project(embeddings: Any, anchors: Any, *, mean: Any = None, transform: Any = None,
+            tau: float | None = None) -> np.ndarray:
     """Cosine of each embedding to each anchor after optional affine normalisation.
 
     embeddings: (N, D); anchors: (K, D) (the *same model's* embeddings of the anchor atoms);
-    mean: (D,) subtracted from both; transform: (D, D') applied after centering.
-    Returns (N, K) float64 in [-1, 1]. Zero vectors give 0, not NaN.
+    mean: (D,) subtracted from both; transform: (D, D') applied after centering;
+    tau: None for the cosines themselves, in [-1, 1] (zero vectors give 0, not NaN), or the
+    temperature of the kernel ``sqrt(softmax(cos / tau))`` per row, in [0, 1] with unit rows.
+    Returns (N, K) float64.
     """
-    e = _as_2d(embeddings, "embeddings")
-    a = _as_2d(anchors, "anchors")
-    if e.shape[1] != a.shape[1]:
-        raise ValueError(
-            f"embeddings have {e.shape[1]} features but anchors have {a.shape[1]}: were they "
-            "made by the same model and layer?")
+    _check_tau(tau)
     m = None if mean is None else torch.as_tensor(np.asarray(mean), dtype=torch.float64)
     w = None if transform is None else torch.as_tensor(np.asarray(transform), dtype=torch.float64)
+    return _apply(_as_2d(embeddings, "embeddings"), _unit_rows(_as_2d(anchors, "anchors"), m, w),
+                  m, w, tau)
 
-    def prep(x: torch.Tensor) -> torch.Tensor:
-        if m is not None:
-            x = x - m
-        if w is not None:
-            x = x @ w
-        return torch.nn.functional.normalize(x, dim=1)
 
-    an = prep(a)
-    out = torch.empty((e.shape[0], a.shape[0]), dtype=torch.float64)
-    for s in range(0, e.shape[0], _CHUNK):
-        out[s:s + _CHUNK] = prep(e[s:s + _CHUNK]) @ an.T
+def _check_tau(tau: float | None) -> None:
+    if tau is not None and not (np.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+
+
+def _unit_rows(x: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None) -> torch.Tensor:
+    if m is not None:
+        x = x - m
+    if w is not None:
+        x = x @ w
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None,
+           tau: float | None) -> np.ndarray:
+    """The projection of validated embeddings ``e`` onto prepared unit anchor rows ``an``."""
+    if e.shape[1] != (an.shape[1] if w is None else w.shape[0]):
+        raise ValueError(
+            f"embeddings have {e.shape[1]} features but anchors have "
+            f"{an.shape[1] if w is None else w.shape[0]}: were they made by the same model and "
+            "layer?")
+    out = torch.empty((e.shape[0], an.shape[0]), dtype=torch.float64)
+    rows = max(1, _CHUNK_ELEMENTS // max(an.shape[0], 1))
+    for s in range(0, e.shape[0], rows):
+        c = _unit_rows(e[s:s + rows], m, w) @ an.T
+        out[s:s + rows] = c if tau is None else torch.softmax(c / tau, dim=1).sqrt_()
     return out.numpy()
 
 
 class Projector:
     """Learns the normalisation of :func:`project` for one model.
 
-    normalize: ``none`` (the paper), ``center`` (subtract the anchor mean), ``standardize``
-    (per-feature mean/std of the model's reference embeddings), ``whiten`` (ZCA whitening with
-    the reference covariance, eigenvalues floored at ``eps`` times the largest).
+    normalize: a preset name (``shared``, ``paper``, ``centered``, ``standardized``,
+    ``whitened``; sets all three parameters) or ``none`` (the paper), ``center`` (subtract the
+    anchor mean), ``standardize`` (per-feature mean/std of the model's reference embeddings),
+    ``whiten`` (ZCA whitening with the reference covariance, eigenvalues floored at ``eps``
+    times the largest); kernel: ``linear`` (cosines) or ``softmax`` (``sqrt(softmax(cos/tau))``);
+    tau: the softmax temperature. A bare normalisation name defaults to the linear kernel.
     """
 
-    def __init__(self, normalize: str = "none", *, eps: float = 1e-6):
-        if normalize in PRESETS:
-            normalize = PRESETS[normalize]["normalize"]
+    def __init__(self, normalize: str = DEFAULT_PROJECTION, *, kernel: str | None = None,
+                 tau: float | None = None, eps: float = 1e-6):
+        preset = PRESETS.get(normalize)
+        if preset is not None:
+            normalize = preset["normalize"]
+            kernel = kernel or preset["kernel"]
+            tau = tau if tau is not None else preset.get("tau")
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"unknown normalize={normalize!r}; valid: {', '.join(NORMALIZATIONS)}"
                              f" or a preset: {', '.join(PRESETS)}")
+        kernel = kernel or "linear"
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel={kernel!r}; valid: {', '.join(KERNELS)}")
+        if kernel == "softmax":
+            tau = 0.015 if tau is None else float(tau)
+            _check_tau(tau)
+        elif tau is not None:
+            raise ValueError("tau applies to kernel='softmax' only")
         self.normalize = normalize
+        self.kernel = kernel
+        self.tau = tau
         self.eps = eps
+
+    @property
+    def name(self) -> str:
+        """The preset this projector matches (``shared``, ``paper`` ...) or a descriptive
+        ``<normalize>-<kernel>[<tau>]`` label; used in provenance and file names."""
+        for key, p in PRESETS.items():
+            if (p["normalize"], p["kernel"], p.get("tau")) == (self.normalize, self.kernel,
+                                                                 self.tau):
+                return key
+        return f"{self.normalize}-{self.kernel}" + (f"{self.tau:g}" if self.tau else "")
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters: ``Projector(**p.get_params())`` is an unfitted copy."""
+        return {"normalize": self.normalize, "kernel": self.kernel, "tau": self.tau,
+                "eps": self.eps}
+
+    @classmethod
+    def coerce(cls, projection: str | Projector | None) -> Projector:
+        """An unfitted Projector from a preset/normalisation name, a Projector or None (the
+        default projection)."""
+        if projection is None:
+            return cls()
+        if isinstance(projection, Projector):
+            return cls(**projection.get_params())
+        return cls(projection)
 
     @property
     def needs_reference(self) -> bool:
@@ -112,18 +177,27 @@ class Projector:
                 vals = np.maximum(vals, self.eps * vals.max())
                 self.transform_ = (vecs / np.sqrt(vals)) @ vecs.T
         self.anchors_ = a
+        self._prepared = None
         return self
 
     def transform(self, embeddings: Any) -> np.ndarray:
         """(N, D) embeddings -> (N, K) Platonic coordinates."""
         if not hasattr(self, "anchors_"):
             raise RuntimeError("Projector is not fitted: call fit(anchor_embeddings) first")
-        return project(embeddings, self.anchors_, mean=self.mean_, transform=self.transform_)
+        if getattr(self, "_prepared", None) is None:
+            m = None if self.mean_ is None else torch.as_tensor(self.mean_, dtype=torch.float64)
+            w = (None if self.transform_ is None
+                 else torch.as_tensor(self.transform_, dtype=torch.float64))
+            self._prepared = (_unit_rows(_as_2d(self.anchors_, "anchors"), m, w), m, w)
+        an, m, w = self._prepared
+        return _apply(_as_2d(embeddings, "embeddings"), an, m, w, self.tau)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Plain arrays (for npz files) that ``from_state`` turns back into this projector."""
-        state = {"normalize": np.array(self.normalize), "eps": np.array(self.eps),
-                 "anchors": self.anchors_}
+        state = {"normalize": np.array(self.normalize), "kernel": np.array(self.kernel),
+                 "eps": np.array(self.eps), "anchors": self.anchors_}
+        if self.tau is not None:
+            state["tau"] = np.array(self.tau)
         if self.mean_ is not None:
             state["mean"] = self.mean_
         if self.transform_ is not None:
@@ -132,11 +206,14 @@ class Projector:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Projector:
-        p = cls(str(state["normalize"]), eps=float(state["eps"]))
+        p = cls(str(state["normalize"]), kernel=str(state.get("kernel", "linear")),
+                tau=float(state["tau"]) if "tau" in state else None, eps=float(state["eps"]))
         p.anchors_ = np.asarray(state["anchors"], dtype=np.float64)
         p.mean_ = np.asarray(state["mean"]) if "mean" in state else None
         p.transform_ = np.asarray(state["transform"]) if "transform" in state else None
+        p._prepared = None
         return p
 
     def __repr__(self) -> str:
-        return f"Projector(normalize={self.normalize!r})"
+        tau = f", tau={self.tau:g}" if self.tau is not None else ""
+        return f"Projector(normalize={self.normalize!r}, kernel={self.kernel!r}{tau})"

@@ -47,17 +47,21 @@ class ReferenceBank:
 
     @classmethod
     def build(cls, backend: Any, structures: Sequence[Atoms], anchors: AnchorSet, *,
-              normalize: str = "paper", data_hash: str | None = None, batch_size: int = 16,
-              progress: bool = False) -> ReferenceBank:
-        """Embed ``structures`` with ``backend`` and fit the projector on them."""
+              projection: str | Projector | None = None, data_hash: str | None = None,
+              batch_size: int = 16, progress: bool = False) -> ReferenceBank:
+        """Embed ``structures`` with ``backend`` and fit the projector on them.
+
+        projection: a preset name (default ``shared``) or a Projector whose parameters to use.
+        Anchor atoms that lie in ``structures`` reuse these embeddings (no second pass).
+        """
         from platoscope.provenance import package_versions, sha256_bytes
 
         if not structures:
             raise ValueError("no reference structures given")
         feats = backend.embed(list(structures), batch_size=batch_size, progress=progress)
         emb = np.concatenate(feats)
-        proj = Projector(normalize)
-        proj.fit(anchors.embed(backend, progress=progress),
+        proj = Projector.coerce(projection)
+        proj.fit(anchors.embed(backend, progress=progress, known=(list(structures), feats)),
                  emb if proj.needs_reference else None)
         if data_hash is None:
             data_hash = sha256_bytes(*(a.numbers.tobytes() + a.positions.round(6).tobytes()
@@ -65,7 +69,7 @@ class ReferenceBank:
         prov = backend.provenance().to_dict()
         prov.update(fingerprint=backend.fingerprint, anchor_set_hash=anchors.hash,
                     n_anchors=len(anchors),
-                    projection=proj.normalize, versions=package_versions(),
+                    projection=proj.name, versions=package_versions(),
                     n_structures=len(structures))
         return cls(emb, np.concatenate([a.numbers for a in structures]),
                    np.repeat(np.arange(len(structures)), [len(f) for f in feats]),
@@ -77,7 +81,7 @@ class ReferenceBank:
 
     def __repr__(self) -> str:
         return (f"ReferenceBank(model={self.model!r}, atoms={len(self)}, "
-                f"K={self.projector.anchors_.shape[0]}, projection={self.projector.normalize!r})")
+                f"K={self.projector.anchors_.shape[0]}, projection={self.projector.name!r})")
 
     @property
     def model(self) -> str:
@@ -152,30 +156,30 @@ def reference_structures() -> list[Atoms]:
     return read(path, index=":")
 
 
-def _bank_name(spec: str, anchor_hash: str, normalize: str) -> str:
+def _bank_name(spec: str, anchor_hash: str, projection: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-." else "_" for c in spec)
-    return f"reference_{safe}_{anchor_hash[:12]}_{normalize}.npz"
+    return f"reference_{safe}_{anchor_hash[:12]}_{projection}.npz"
 
 
-def default_bank(backend: Any, anchors: AnchorSet, *, normalize: str | None = None,
+def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projector | None = None,
                  progress: bool = False) -> ReferenceBank:
     """The reference bank of ``backend`` on ``anchors`` over the shipped reference structures.
 
-    Looks for a bank shipped in the package, then in the cache; otherwise builds it once
-    (a few seconds to minutes, with a progress bar) and caches it.
+    projection: preset name or Projector (its parameters; default ``shared``). Looks for a bank
+    shipped in the package, then in the cache; otherwise builds it once (a minute or two on a
+    CPU, with a progress bar) and caches it.
     """
     from platoscope.anchors import cache_dir, default_data_path
-    from platoscope.projection import DEFAULT_PROJECTION, Projector
 
-    norm = Projector(normalize or DEFAULT_PROJECTION).normalize
-    name = _bank_name(backend.spec, anchors.hash, norm)
+    proj = Projector.coerce(projection)
+    name = _bank_name(backend.spec, anchors.hash, proj.name)
     cached = cache_dir() / "reference" / f"{backend.fingerprint[:16]}-{name}"
     for path in (default_data_path(name), cached):
         if path.is_file():
             bank = ReferenceBank.load(path)
             bank.check_backend(backend)
             return bank
-    bank = ReferenceBank.build(backend, reference_structures(), anchors, normalize=norm,
+    bank = ReferenceBank.build(backend, reference_structures(), anchors, projection=proj,
                                progress=progress)
     bank.save(cached)
     return bank

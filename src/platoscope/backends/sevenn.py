@@ -1,8 +1,9 @@
 """SevenNet backend (sevenn 0.13): 7net-0 (two releases), 7net-l3i5 and 7net-mf-0 ship offline.
 
-Layers: ``pre_readout`` (default, the paper's choice: node features entering
-``reduce_input_to_hidden``) and ``<i>_equivariant_gate``, the invariant (0e) part of interaction
-block ``i``'s output, sliced by the irreps the block declares.
+Layers: ``<i>_equivariant_gate``, the invariant (0e) part of interaction block ``i``'s output,
+sliced by the irreps the block declares, and ``pre_readout`` (the paper's choice: node features
+entering ``reduce_input_to_hidden``). The default, ``1_equivariant_gate`` (second block), is the
+layer whose coordinates agree best with CHGNet's in the shared space (docs/shared_space.md).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class IsolatedAtomWarning(UserWarning):
 
 class SevenNetBackend(Backend):
     family = "sevenn"
-    default_layer = "pre_readout"
+    default_layer = "1_equivariant_gate"
 
     def __init__(self, model: str = "7net-0", *, layer: str | None = None, device: str = "cpu",
                  calc: Any = None, modal: str | None = None):
