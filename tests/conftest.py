@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
 MACE_MODEL = TEST_DATA / "mace_emt_tiny.model"
 AVAILABLE = available_backends()
+ANCHORS_PER_ELEMENT = 2
 REQUIRED = {b for b in os.environ.get("PLATOSCOPE_REQUIRE_BACKENDS", "").split(",") if b}
 
 
@@ -81,13 +82,45 @@ def mace_backend():
     return load_backend(f"mace:{MACE_MODEL}")
 
 
+def _torch_threads(n: int):
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def single_thread():
     """One torch thread: float32 reductions then run in a fixed order, so two evaluations of
     the same model agree bit for bit (with several threads SevenNet's forces vary by ~1e-7)."""
-    import torch
+    yield from _torch_threads(1)
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a whole module (``pytestmark = pytest.mark.usefixtures(...)``):
+    much faster than two on a loaded 2-core machine, and deterministic."""
+    yield from _torch_threads(1)
+
+
+@pytest.fixture(scope="session")
+def small_anchors():
+    """Each element's first ``ANCHORS_PER_ELEMENT`` default anchors, those in its smallest
+    structures (quick to embed: K = 170 in 125 structures of the K = 3000 default). Picked per
+    element, so it works whatever K the default has; more than one per element because with
+    one the shared (softmax) projection loses the resolution that the symmetry tests need
+    (diamond Si displaced by 0.005 Å: 0.001x the threshold with one, 250x with two)."""
+    import numpy as np
+
+    from platoscope.anchors import AnchorSet
+
+    full = AnchorSet.default()
+    sizes = np.array([len(full[k][0]) for k in range(len(full))])
+    per_element: dict[int, list[int]] = {}
+    for k in np.argsort(sizes, kind="stable"):
+        picked = per_element.setdefault(int(full.numbers[k]), [])
+        if len(picked) < ANCHORS_PER_ELEMENT:
+            picked.append(int(k))
+    return full.subset(sorted(k for ks in per_element.values() for k in ks))

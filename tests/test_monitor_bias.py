@@ -7,44 +7,25 @@ import pytest
 from ase import Atoms, units
 from ase.build import bulk
 
-from platoscope.anchors import AnchorSet
 from platoscope.errors import UnsupportedElementError
-from platoscope.monitors import Frame, Watcher
+from platoscope.monitors import Frame, Watcher, build_monitors
 from platoscope.monitors.bias import MIN_ATOMS_PER_ELEMENT, BiasMonitor, paired_distances
 from platoscope.reference import ReferenceBank, reference_structures
 
-pytestmark = [pytest.mark.backend("chgnet"), pytest.mark.backend("sevenn")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One thread: much faster than two on a loaded 2-core machine, and deterministic."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.backend("chgnet"), pytest.mark.backend("sevenn"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
-def anchors() -> AnchorSet:
-    """The 24 default anchors that live in the smallest structures (quick to embed)."""
-    full = AnchorSet.default()
-    sizes = np.array([len(full[k][0]) for k in range(len(full))])
-    return full.subset(sorted(np.argsort(sizes, kind="stable")[:24].tolist()))
-
-
-@pytest.fixture(scope="module")
-def models(chgnet_backend, sevenn_backend, anchors):
+def models(chgnet_backend, sevenn_backend, small_anchors):
     """Both models' banks on the small Si-bearing reference structures, and their calcs."""
     from platoscope.calculator import PlatonicCalculator
 
     refs = [a for a in reference_structures() if 14 in a.numbers and len(a) <= 12]
-    bank_a = ReferenceBank.build(chgnet_backend, refs, anchors)
-    bank_b = ReferenceBank.build(sevenn_backend, refs, anchors)
-    calc_a = PlatonicCalculator(chgnet_backend, anchors, projection=bank_a.projector)
-    calc_b = PlatonicCalculator(sevenn_backend, anchors, projection=bank_b.projector)
+    bank_a = ReferenceBank.build(chgnet_backend, refs, small_anchors)
+    bank_b = ReferenceBank.build(sevenn_backend, refs, small_anchors)
+    calc_a = PlatonicCalculator(chgnet_backend, small_anchors, projection=bank_a.projector)
+    calc_b = PlatonicCalculator(sevenn_backend, small_anchors, projection=bank_b.projector)
     return calc_a, calc_b, bank_a, bank_b
 
 
@@ -144,6 +125,23 @@ def test_second_model_lacking_an_element(models):
     # from_spec checks before it builds any reference bank
     with pytest.raises(UnsupportedElementError, match="second model 'sevenn:7net-0'"):
         BiasMonitor.from_spec("sevenn:7net-0", calc=calc_a, atoms=po)
+
+
+def test_build_monitors_refuses_a_second_model_lacking_an_element(models):
+    """Given the starting structure (the CLI passes it), bias: and switch: with SevenNet-0 refuse
+    alpha-Po before any reference bank is built or step run; without it, the switch check
+    refuses it at its first frame."""
+    from platoscope.monitors.switch import SwitchMonitor
+
+    calc_a, calc_b, bank_a, _ = models
+    po = Atoms("Po", cell=[3.35] * 3, pbc=True)
+    for name in ("bias", "switch"):
+        with pytest.raises(UnsupportedElementError, match=rf"{name} monitor: the second model "
+                           r"'sevenn:7net-0' has no parameters for element\(s\) Po \(Z=84\)"):
+            build_monitors(f"atypical,{name}:sevenn:7net-0", calc=calc_a, bank=bank_a, atoms=po)
+    po.calc = calc_a
+    with pytest.raises(UnsupportedElementError, match="switch monitor.*Po"):
+        Watcher([SwitchMonitor(calc_b)], strict=True)(po)
 
 
 def test_bad_configuration(models):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase import Atoms, units
 from ase.build import bulk
 
-from platoscope.anchors import AnchorSet
-from platoscope.monitors import Frame, Watcher
+from platoscope.errors import UnsupportedElementError
+from platoscope.monitors import Frame, Watcher, build_monitors
 from platoscope.monitors.atypical import AtypicalMonitor
 from platoscope.monitors.switch import (
     MIN_MATCHED,
@@ -19,41 +21,23 @@ from platoscope.monitors.switch import (
 from platoscope.monitors.symmetry import SymmetryMonitor
 from platoscope.reference import ReferenceBank, reference_structures
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 DIRECTION = np.array([1.0, 0.6, 0.3]) / np.linalg.norm([1.0, 0.6, 0.3])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One thread: much faster than two on a loaded 2-core machine, and deterministic."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def anchors() -> AnchorSet:
-    """The 24 default anchors that live in the smallest structures (quick to embed)."""
-    full = AnchorSet.default()
-    sizes = np.array([len(full[k][0]) for k in range(len(full))])
-    return full.subset(sorted(np.argsort(sizes, kind="stable")[:24].tolist()))
-
-
-@pytest.fixture(scope="module")
-def chgnet_pair(chgnet_backend, anchors):
+def chgnet_pair(chgnet_backend, small_anchors):
     """Two PlatonicCalculators of the same model (CHGNet 0.3.0)."""
     from platoscope.calculator import PlatonicCalculator
 
-    return (PlatonicCalculator(chgnet_backend, anchors),
-            PlatonicCalculator(chgnet_backend, anchors))
+    return (PlatonicCalculator(chgnet_backend, small_anchors),
+            PlatonicCalculator(chgnet_backend, small_anchors))
 
 
 @pytest.fixture(scope="module")
-def chgnet_bank(chgnet_backend, anchors) -> ReferenceBank:
+def chgnet_bank(chgnet_backend, small_anchors) -> ReferenceBank:
     refs = [a for a in reference_structures() if 14 in a.numbers and len(a) <= 12]
-    return ReferenceBank.build(chgnet_backend, refs, anchors)
+    return ReferenceBank.build(chgnet_backend, refs, small_anchors)
 
 
 class Recorder:
@@ -117,10 +101,11 @@ def test_switching_calculator_rule_and_results(chgnet_pair):
 
 def test_same_model_hand_over_matches_every_atom_to_itself(chgnet_pair, chgnet_bank):
     """CHGNet -> CHGNet at step 3 of a 300 K MD: every atom goes to itself, zero cost, one
-    unflagged event; the atypical monitor's thresholds are carried unchanged."""
+    unflagged event; the atypical monitor's thresholds are carried unchanged (a raw-space
+    monitor becomes a projected-space one: raw spaces of two models share no axes)."""
     a, b = chgnet_pair
     atypical = AtypicalMonitor(chgnet_bank, quantile=0.99)
-    before = dict(atypical.element_thresholds_)
+    before = AtypicalMonitor(chgnet_bank, quantile=0.99, space="projected").element_thresholds_
     switch = SwitchMonitor(atypical=atypical)
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 1, 1))
     rec = run_md(atoms, SwitchingCalculator(a, b, rule=3), [switch, atypical], steps=5)
@@ -130,25 +115,26 @@ def test_same_model_hand_over_matches_every_atom_to_itself(chgnet_pair, chgnet_b
     assert ev.details["cost"] == pytest.approx(0.0, abs=1e-12)
     assert ev.details["force_disagreement_max"] == pytest.approx(0.0, abs=1e-5)
     assert ev.atoms == [] and ev.details["model_a"] == ev.details["model_b"] == "chgnet:0.3.0"
-    assert "carried to" in atypical.bank.model
+    assert "carried to" in atypical.bank.model and atypical.space == "projected"
     for z, t in before.items():
         assert atypical.element_thresholds_[z] == pytest.approx(t, rel=1e-6)
     assert switch.summary()["switches"][0]["step"] == 3
 
 
 @pytest.mark.backend("sevenn")
-def test_chgnet_to_sevenn_hand_over_in_md(chgnet_pair, chgnet_bank, sevenn_backend, anchors):
+def test_chgnet_to_sevenn_hand_over_in_md(chgnet_pair, chgnet_bank, sevenn_backend,
+                                          small_anchors):
     """CHGNet -> SevenNet-0 at step 3: one transport summary event at the switch, the atypical
     monitor carried into SevenNet's space (map fitted on the two banks) keeps scoring, frames
     after it carry B's results."""
     from platoscope.calculator import PlatonicCalculator
 
     a, _ = chgnet_pair
-    b = PlatonicCalculator(sevenn_backend, anchors)
+    b = PlatonicCalculator(sevenn_backend, small_anchors)
     refs = [x for x in reference_structures() if 14 in x.numbers and len(x) <= 12]
-    bank_b = ReferenceBank.build(sevenn_backend, refs, anchors)
-    own_b = AtypicalMonitor(bank_b, quantile=0.99).element_thresholds_
-    atypical = AtypicalMonitor(chgnet_bank, quantile=0.99)
+    bank_b = ReferenceBank.build(sevenn_backend, refs, small_anchors)
+    own_b = AtypicalMonitor(bank_b, quantile=0.99, space="projected").element_thresholds_
+    atypical = AtypicalMonitor(chgnet_bank, quantile=0.99, space="projected")
     switch = SwitchMonitor(atypical=atypical, bank_b=bank_b)
     calc = SwitchingCalculator(a, b, rule=3)
     atoms = bulk("Si", "diamond", a=5.43, cubic=True)
@@ -172,13 +158,13 @@ def test_chgnet_to_sevenn_hand_over_in_md(chgnet_pair, chgnet_bank, sevenn_backe
 
 
 @pytest.mark.backend("sevenn")
-def test_low_symmetry_hand_over_is_flagged(chgnet_pair, sevenn_backend, anchors):
+def test_low_symmetry_hand_over_is_flagged(chgnet_pair, sevenn_backend, small_anchors):
     """A 20-atom, 9-class MP-20 structure: the check mode (no switch) compares CHGNet and
     SevenNet every 2 frames; at min_matched=1 any atom sent to an inequivalent one flags."""
     from platoscope.calculator import PlatonicCalculator
 
     a, _ = chgnet_pair
-    b = PlatonicCalculator(sevenn_backend, anchors)
+    b = PlatonicCalculator(sevenn_backend, small_anchors)
     mon = SwitchMonitor(b, min_matched=1.0, interval=2, action="warn")
     atoms = reference_structures()[100]
     assert len(atoms) == 20
@@ -219,3 +205,17 @@ def test_switch_on_a_monitor_trigger(chgnet_pair):
         assert calc.switched == (k >= 2)
     assert [(e.monitor, e.step) for e in rec.events] == [("symmetry", 1), ("switch", 2)]
     assert rec.events[1].details["matched_equivalent"] == 1.0
+
+
+@pytest.mark.backend("mace")
+def test_second_model_lacking_an_element_is_refused_before_the_run(chgnet_pair):
+    """The tiny MACE test model knows Al, Ni, Cu, Pd, Ag, Pt and Au only: with the starting
+    structure given, a switch (or bias) from CHGNet to it on Si is refused up front, element and
+    model named."""
+    a, _ = chgnet_pair
+    model = Path(__file__).parent / "data" / "mace_emt_tiny.model"
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    for name in ("switch", "bias"):
+        with pytest.raises(UnsupportedElementError, match=rf"{name} monitor: the second model "
+                           r"'mace:mace_emt_tiny.model' has no parameters for element\(s\) Si"):
+            build_monitors(f"{name}:mace:{model}", calc=a, atoms=si)

@@ -8,38 +8,18 @@ from ase import Atoms, units
 from ase.build import bulk
 from ase.spacegroup import crystal
 
-from platoscope.anchors import AnchorSet
 from platoscope.monitors import Frame, Watcher
 from platoscope.monitors.symmetry import FLOOR, SymmetryMonitor
 
-pytestmark = pytest.mark.backend("chgnet")
+pytestmark = [pytest.mark.backend("chgnet"), pytest.mark.usefixtures("one_torch_thread")]
 DIRECTION = np.array([1.0, 0.6, 0.3]) / np.linalg.norm([1.0, 0.6, 0.3])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One thread: much faster than two on a loaded 2-core machine, and deterministic."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def anchors() -> AnchorSet:
-    """The 24 default anchors that live in the smallest structures (quick to embed)."""
-    full = AnchorSet.default()
-    sizes = np.array([len(full[k][0]) for k in range(len(full))])
-    return full.subset(sorted(np.argsort(sizes, kind="stable")[:24].tolist()))
-
-
-@pytest.fixture(scope="module")
-def calc(chgnet_backend, anchors):
+def calc(chgnet_backend, small_anchors):
     from platoscope.calculator import PlatonicCalculator
 
-    return PlatonicCalculator(chgnet_backend, anchors)
+    return PlatonicCalculator(chgnet_backend, small_anchors)
 
 
 def rutile() -> Atoms:
@@ -230,13 +210,15 @@ def test_reference_without_symmetry_is_inert(calc, caplog):
 
 
 @pytest.mark.backend("sevenn")
-def test_classes_the_model_does_not_respect_are_split(sevenn_backend, anchors):
-    """SevenNet-0 is not inversion invariant: in corundum (R-3c) it sees the two halves of the
-    Al and O sites (related only by improper operations) as different. The monitor splits those
-    classes at start, so the threshold stays at float-noise level and 0.005 Å is still seen."""
+def test_classes_the_model_does_not_respect_are_split(small_anchors):
+    """SevenNet-0's pre-readout features are not inversion invariant (its default layer, the
+    0e part of a gate, is): in corundum (R-3c) they see the two halves of the Al and O sites
+    (related only by improper operations) as different. The monitor splits those classes at
+    start, so the threshold stays at float-noise level and 0.005 Å is still seen."""
+    from platoscope.backends import load_backend
     from platoscope.calculator import PlatonicCalculator
 
-    calc = PlatonicCalculator(sevenn_backend, anchors)
+    calc = PlatonicCalculator(load_backend("sevenn:7net-0", layer="pre_readout"), small_anchors)
     corundum = crystal(["Al", "O"], basis=[(0, 0, 0.352), (0.306, 0, 0.25)], spacegroup=167,
                        cellpar=[4.759, 4.759, 12.99, 90, 90, 120])
     moved = corundum.copy()

@@ -1,12 +1,30 @@
 """Atypical-environment monitor: how far each atom sits from what the model has seen.
 
-Score: mean Euclidean distance, in the projected (Platonic) space, from the atom to its ``k``
-nearest reference-bank atoms of the same element. Thresholds are calibrated per element on
-the bank itself, leaving each reference structure out of its own neighbour search, at the
-``quantile`` of those held-out scores: on data like the reference set an atom crosses the
-threshold with probability about ``1 - quantile`` per frame (the stated false-alarm rate).
-Elements absent from the bank are scored against every bank atom and get the smallest
-per-element threshold, so they stand out; events name them.
+Score: mean Euclidean distance from the atom to its ``k`` nearest reference-bank atoms of the
+same element, in one model's space: ``space="raw"`` (default) compares the model's own
+embeddings of the hooked layer ((N, D), ``frame.embeddings`` against ``bank.embeddings``),
+``space="projected"`` the anchor-projected coordinates ((N, K), ``frame.platonic`` against
+``bank.coords``). Raw is the default because it ranked force errors slightly better with the
+same bank (mlearn Li/Si, CHGNet 0.3.0 and SevenNet-0, paper projection at K = 100: mean
+per-element AUROC 0.730 raw vs 0.715 projected, raw better on 12 of 16 cells, the other 4
+within 0.002; docs/detection.md): the k-NN runs within one model, so the shared space buys
+nothing and the projection loses detail. Raw distances are in the layer's own units, so
+thresholds of different models or layers do not compare; the bank must come from the running
+model and layer.
+
+Thresholds are calibrated per element on the bank itself, leaving each reference structure out
+of its own neighbour search, at the ``quantile`` of those held-out scores: on data like the
+reference set an atom crosses the threshold with probability about ``1 - quantile`` per frame
+(the stated false-alarm rate; it does not transfer to other data: on mlearn the shipped monitor
+flagged either nothing or a random 7 % of atoms, docs/detection.md). Elements absent from the
+bank are scored against every bank atom and get the smallest per-element threshold, so they
+stand out; events name them.
+
+Beside the score, the model's own force magnitude ``|F|`` per atom is stored
+(``score_atypical_force``, eV/Å) when the frame has forces: free, and the best single-model
+per-atom score measured for *absolute* force errors (AUROC 0.86 vs 0.87 for a two-model
+committee), while the atypicality score is the better one for relative force errors and
+structure energy errors (docs/detection.md). Neither replaces a committee.
 """
 
 from __future__ import annotations
@@ -20,6 +38,7 @@ from platoscope.monitors.base import Frame, Monitor
 from platoscope.reference import ReferenceBank
 
 MIN_ATOMS_PER_ELEMENT = 20
+SPACES = ("raw", "projected")
 
 
 def knn_distance(queries: np.ndarray, pool: np.ndarray, k: int, *,
@@ -49,27 +68,36 @@ def knn_distance(queries: np.ndarray, pool: np.ndarray, k: int, *,
 
 
 class AtypicalMonitor(Monitor):
-    """Flags atoms far from the reference bank in the shared space.
+    """Flags atoms far from the reference bank of the running model.
 
-    bank: the ReferenceBank of the *same* model and anchors as the running calculator;
-    k: neighbours averaged; quantile: calibration quantile (false-alarm rate 1 - quantile);
-    same_element: compare only with reference atoms of the same element.
+    bank: the ReferenceBank of the *same* model and layer (and, for ``projected``, anchors) as
+    the running calculator; k: neighbours averaged; quantile: calibration quantile (false-alarm
+    rate 1 - quantile); same_element: compare only with reference atoms of the same element;
+    space: ``raw`` (the model's embeddings, (M, D)) or ``projected`` (coordinates, (M, K)).
     """
 
     name = "atypical"
 
     def __init__(self, bank: ReferenceBank, *, k: int = 5, quantile: float = 0.999,
-                 same_element: bool = True, **kwargs: Any):
+                 same_element: bool = True, space: str = "raw", **kwargs: Any):
         super().__init__(**kwargs)
         if not 0 < quantile < 1:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        if space not in SPACES:
+            raise ValueError(f"space must be 'raw' or 'projected', got {space!r}")
+        if space == "raw" and getattr(bank, "embeddings", None) is None:
+            raise ValueError(f"space='raw' needs the bank's raw embeddings; {bank.model} holds "
+                             "projected coordinates only: use space='projected'")
         self.bank = bank
         self.k = k
         self.quantile = quantile
         self.same_element = same_element
-        coords = bank.coords
-        self._pool = {int(z): coords[bank.numbers == z] for z in np.unique(bank.numbers)}
-        self._all = coords
+        self.space = space
+        ref = (bank.coords if space == "projected"
+               else np.asarray(bank.embeddings, dtype=np.float64))
+        self._ref = ref  # (M, D) raw or (M, K) projected: what calibrate and score compare
+        self._pool = {int(z): ref[bank.numbers == z] for z in np.unique(bank.numbers)}
+        self._all = ref
         self.element_thresholds_: dict[int, float] = {}
         self.calibration_scores_: dict[int, np.ndarray] = {}
         if self.threshold is None:
@@ -78,7 +106,7 @@ class AtypicalMonitor(Monitor):
 
     def calibrate(self) -> AtypicalMonitor:
         """Per-element thresholds from leave-one-structure-out scores of the bank atoms."""
-        bank, coords = self.bank, self.bank.coords
+        bank, coords = self.bank, self._ref
         all_scores = []
         for z in np.unique(bank.numbers):
             mask = bank.numbers == z if self.same_element else np.ones(len(bank), bool)
@@ -101,11 +129,40 @@ class AtypicalMonitor(Monitor):
         self.unknown_threshold_ = min(self.element_thresholds_.values())
         return self
 
-    def score(self, frame: Frame) -> np.ndarray:
-        z = np.asarray(frame.platonic)
-        if z.shape[1] != self._all.shape[1]:
+    def start(self, frame: Frame) -> None:
+        """In raw space, refuse a running model, weight file or layer other than the bank's:
+        raw features of two models or layers share no axes, even when their widths agree."""
+        backend = getattr(frame.calc, "backend", None)
+        if self.space == "raw" and backend is not None and hasattr(self.bank, "check_backend"):
+            self.bank.check_backend(backend)
+
+    def _queries(self, frame: Frame) -> np.ndarray:
+        """The frame's (N, D) embeddings (raw) or (N, K) coordinates (projected), float64."""
+        raw = self.space == "raw"
+        if raw and frame.embeddings is None:
+            raise ValueError("space='raw' needs the frame's raw embeddings (the "
+                             "PlatonicCalculator's results['embeddings']), and this frame has "
+                             "none: pass Frame(embeddings=...) or use space='projected'")
+        z = np.asarray(frame.embeddings if raw else frame.platonic, dtype=np.float64)
+        what = "embeddings" if raw else "coordinates"
+        if z.ndim != 2 or len(z) != len(frame.atoms):
+            raise ValueError(f"frame {what} have shape {z.shape}, expected "
+                             f"({len(frame.atoms)}, width) for {len(frame.atoms)} atoms")
+        width = self._all.shape[1]
+        if z.shape[1] != width and raw:
+            raise ValueError(f"frame embeddings have D={z.shape[1]}, the reference bank of "
+                             f"{self.bank.model} D={width}: raw embeddings of different models "
+                             "or layers have different widths; use the bank of the running "
+                             "model and layer, or space='projected'")
+        if z.shape[1] != width:
             raise ValueError(f"frame has K={z.shape[1]} coordinates, the reference bank "
-                             f"K={self._all.shape[1]}: different anchor sets")
+                             f"K={width}: different anchor sets")
+        return z
+
+    def score(self, frame: Frame) -> np.ndarray:
+        """(N,) mean distance of each atom to its ``k`` nearest bank atoms of its element, in
+        the monitor's space (raw: the layer's feature units; projected: coordinate units)."""
+        z = self._queries(frame)
         out = np.empty(len(z))
         numbers = frame.atoms.numbers
         for el in np.unique(numbers):
@@ -115,6 +172,14 @@ class AtypicalMonitor(Monitor):
                 pool = self._all
             out[idx] = knn_distance(z[idx], pool, self.k)
         return out
+
+    def extra_scores(self, frame: Frame) -> dict[str, np.ndarray]:
+        """``force``: (N,) |F| in eV/Å per atom when the frame has forces (N, 3): the running
+        model's own in MD and relaxations; in trajectory post-processing, the forces stored
+        with the trajectory."""
+        if frame.forces is None:
+            return {}
+        return {"force": np.linalg.norm(np.asarray(frame.forces, dtype=np.float64), axis=1)}
 
     def thresholds_for(self, frame: Frame) -> np.ndarray:
         if self.threshold is not None:
@@ -135,6 +200,7 @@ class AtypicalMonitor(Monitor):
 
         s = super().summary()
         s.update(k=self.k, quantile=self.quantile, same_element=self.same_element,
+                 space=self.space,
                  reference_model=self.bank.model, reference_atoms=len(self.bank),
                  reference_data_hash=self.bank.data_hash,
                  element_thresholds={chemical_symbols[z]: round(t, 6)

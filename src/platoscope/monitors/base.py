@@ -106,7 +106,10 @@ class Monitor(ABC):
         self.expected_false_alarm_rate: float | None = None
 
     def start(self, frame: Frame) -> None:  # noqa: B027 - optional hook
-        """Called with the first frame (e.g. to record the reference symmetry)."""
+        """Called by the Watcher on the first frame this monitor scores: its own first due
+        frame (with ``interval`` > 1 or when added later, not the run's first frame), before
+        ``score``; e.g. to record the reference symmetry. If it raises, the next due frame
+        calls it again."""
 
     @abstractmethod
     def score(self, frame: Frame) -> np.ndarray:
@@ -154,7 +157,9 @@ class Watcher:
     It stores each monitor's scores in ``atoms.arrays['score_<name>']`` (so writers keep them),
     passes frames and events to ``sinks`` (objects with ``frame(frame, scores)`` and
     ``event(event)`` methods: see :mod:`platoscope.runner`), and performs the actions.
-    A monitor that raises is logged and skipped for that frame unless ``strict``.
+    A monitor that raises is logged and skipped for that frame unless ``strict``. Each
+    monitor is started (``Monitor.start``) on the first frame it is due, so one added later
+    (:meth:`add`) or with ``interval`` > 1 takes its own first frame as its start.
     """
 
     def __init__(self, monitors: Sequence[Monitor], *, sinks: Sequence[Any] = (),
@@ -167,13 +172,22 @@ class Watcher:
         self.strict = strict
         self.raise_on_stop = raise_on_stop
         self.step = start_step
-        self.started = False
+        self._started: dict[int, Monitor] = {}  # started monitors by id (refs keep ids unique)
         self.stop_requested: Event | None = None
         self.errors: list[dict[str, Any]] = []
         self.n_events = 0
         self.worst: tuple[str, int, float] | None = None  # (monitor, atom, score/threshold)
 
+    def add(self, monitor: Monitor) -> None:
+        """Watch with one more monitor from the next frame on (started on its first due
+        frame)."""
+        if any(m.name == monitor.name for m in self.monitors):
+            raise ValueError(f"a monitor named {monitor.name!r} is already watching")
+        self.monitors.append(monitor)
+
     def frame_from(self, atoms: Atoms, step: int) -> Frame:
+        """The Frame of ``atoms`` at ``step`` from its calculator's latest results (projects
+        the atoms if the calculator has no ``platonic`` result yet)."""
         calc = atoms.calc
         res = getattr(calc, "results", {})
         if "platonic" not in res:
@@ -198,8 +212,9 @@ class Watcher:
             if frame.step % m.interval:
                 continue
             try:
-                if not self.started:
+                if id(m) not in self._started:  # each monitor's own first frame
                     m.start(frame)
+                    self._started[id(m)] = m
                 s = np.asarray(m.score(frame), dtype=np.float64)
                 if s.shape != (len(frame.atoms),):
                     raise ValueError(f"score has shape {s.shape}, expected ({len(frame.atoms)},)")
@@ -212,7 +227,6 @@ class Watcher:
                     raise
                 self.errors.append({"step": frame.step, "monitor": m.name, "error": repr(err)})
                 log.error("monitor %s failed at step %d: %r", m.name, frame.step, err)
-        self.started = True
         for name, s in scores.items():
             frame.atoms.arrays[f"score_{name}"] = s
         self._track_worst(frame, scores)

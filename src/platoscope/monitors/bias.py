@@ -128,10 +128,11 @@ class BiasMonitor(Monitor):
             raise ValueError("the bias monitor needs the running PlatonicCalculator's anchors")
         backend_b = load_backend(spec)
         if atoms is not None:
-            _check_elements(backend_b, atoms)
-        norm = calc.projector.normalize
-        bank_a = default_bank(calc.backend, calc.anchors, normalize=norm, progress=progress)
-        bank_b = default_bank(backend_b, calc.anchors, normalize=norm, progress=progress)
+            check_elements(backend_b, atoms)
+        bank_a = default_bank(calc.backend, calc.anchors, projection=calc.projector,
+                              progress=progress)
+        bank_b = default_bank(backend_b, calc.anchors, projection=calc.projector,
+                              progress=progress)
         calc_b = PlatonicCalculator(backend_b, calc.anchors, projection=bank_b.projector)
         return cls(calc_b, bank_a=bank_a, bank_b=bank_b, interval=interval, atoms=atoms,
                    **kwargs)
@@ -154,7 +155,7 @@ class BiasMonitor(Monitor):
 
     def check(self, atoms: Atoms) -> None:
         """Raise UnsupportedElementError if B has no parameters for an element of ``atoms``."""
-        _check_elements(self.calc_b.backend, atoms)
+        check_elements(self.calc_b.backend, atoms)
         self._checked = True
 
     def start(self, frame: Frame) -> None:
@@ -237,7 +238,9 @@ class BiasMonitor(Monitor):
         return s
 
 
-def _check_elements(backend: Any, atoms: Atoms) -> None:
+def check_elements(backend: Any, atoms: Atoms, *, monitor: str = "bias") -> None:
+    """Raise UnsupportedElementError naming the element(s) of ``atoms`` that the second
+    model ``backend`` has no parameters for, and the model; ``monitor`` names the caller."""
     supported = backend.supported_numbers
     if supported is None:
         return
@@ -245,6 +248,6 @@ def _check_elements(backend: Any, atoms: Atoms) -> None:
     if missing:
         names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
         raise UnsupportedElementError(
-            f"bias monitor: the second model {backend.spec!r} has no parameters for "
+            f"{monitor} monitor: the second model {backend.spec!r} has no parameters for "
             f"element(s) {names} of {atoms.get_chemical_formula()}; choose a second model "
             "that covers every element of the structure")

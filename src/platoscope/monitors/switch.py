@@ -23,7 +23,8 @@ monitor, its reference thresholds are carried into B's space: A's reference-bank
 are moved by a :class:`~platoscope.analysis.transport.TransportMap` fitted A -> B (on the two
 banks when B's bank is given, ``bank_b="default"`` loads or builds it at ``start``; else on the
 frame's own paired clouds) and the monitor is recalibrated on the carried bank, in place
-(``retarget=True``), so it keeps scoring B's frames. Measured CHGNet -> SevenNet-0
+(``retarget=True``), so it keeps scoring B's frames (in the projected space, also when it
+scored raw embeddings before: those of two models share no axes). Measured CHGNet -> SevenNet-0
 (docs/symmetry_switch.md): the bank map reproduces B's own calibrated thresholds within 0-20 %
 per element; a map fitted on one frame of 16-64 atoms barely moves them (it is close to a
 rigid shift per element), leaving A's thresholds, 1.4-3.4x below B's own: pass B's bank.
@@ -46,6 +47,7 @@ from ase.calculators.calculator import BaseCalculator, all_changes
 from platoscope.analysis.transport import TransportMap, transport
 from platoscope.errors import InvalidStructureError
 from platoscope.monitors.base import Event, Frame, Monitor
+from platoscope.monitors.bias import check_elements
 
 log = logging.getLogger("platoscope.monitors")
 
@@ -286,9 +288,9 @@ class SwitchMonitor(Monitor):
 
     @classmethod
     def from_spec(cls, spec: str, *, calc: Any, interval: int = DEFAULT_INTERVAL,
-                  **kwargs: Any) -> SwitchMonitor:
+                  atoms: Atoms | None = None, **kwargs: Any) -> SwitchMonitor:
         """Check mode: B from a backend spec on ``calc``'s anchors and projection, evaluated
-        every ``interval`` frames."""
+        every ``interval`` frames; with ``atoms``, B's element coverage is checked first."""
         from platoscope.backends import load_backend
         from platoscope.calculator import PlatonicCalculator
         from platoscope.projection import Projector
@@ -297,14 +299,18 @@ class SwitchMonitor(Monitor):
         if getattr(calc, "anchors", None) is None or getattr(calc, "projector", None) is None:
             raise ValueError("the switch monitor needs the running PlatonicCalculator's anchors")
         backend_b = load_backend(spec)
-        norm = calc.projector.normalize
-        proj = (default_bank(backend_b, calc.anchors, normalize=norm).projector
-                if Projector(norm).needs_reference else norm)
+        if atoms is not None:
+            check_elements(backend_b, atoms, monitor="switch")
+        proj = Projector.coerce(calc.projector)
+        if proj.needs_reference:
+            proj = default_bank(backend_b, calc.anchors, projection=proj).projector
         calc_b = PlatonicCalculator(backend_b, calc.anchors, projection=proj)
         return cls(calc_b, interval=interval, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, frame: Frame) -> None:
+        if self.calc_b is not None:
+            check_elements(self.calc_b.backend, frame.atoms, monitor="switch")
         try:
             from platoscope.symmetry import analyse_symmetry
 
@@ -324,7 +330,7 @@ class SwitchMonitor(Monitor):
         calc_b = calc.calcs[1] if isinstance(calc, SwitchingCalculator) else self.calc_b
         if calc_b is None:
             raise ValueError("bank_b='default' needs model B: a SwitchingCalculator or calc_b")
-        return default_bank(calc_b.backend, calc_b.anchors, normalize=calc_b.projector.normalize,
+        return default_bank(calc_b.backend, calc_b.anchors, projection=calc_b.projector,
                             progress=True)
 
     def attach(self, calc: Any) -> None:
@@ -351,7 +357,8 @@ class SwitchMonitor(Monitor):
         """An AtypicalMonitor for B's space: A's reference coordinates moved by a TransportMap
         (fitted on the two banks, else on the frame's pair z_a (N, K) -> z_b (N, K)) and the
         per-element thresholds recalibrated on them. Updates ``atypical`` in place when
-        ``retarget``; returns the carried monitor."""
+        ``retarget``; returns the carried monitor. It scores in the projected space whatever
+        ``atypical.space`` was: two models' raw embeddings share no axes."""
         from platoscope.monitors.atypical import AtypicalMonitor
 
         bank_a = atypical.bank
@@ -369,8 +376,8 @@ class SwitchMonitor(Monitor):
         carried = AtypicalMonitor(
             _CarriedBank(tmap.transform(bank_a.coords, elements=bank_a.numbers), bank_a, target),
             k=atypical.k, quantile=atypical.quantile, same_element=atypical.same_element,
-            threshold=atypical.threshold, action=atypical.action, callback=atypical.callback,
-            interval=atypical.interval, dump_dir=atypical.dump_dir)
+            space="projected", threshold=atypical.threshold, action=atypical.action,
+            callback=atypical.callback, interval=atypical.interval, dump_dir=atypical.dump_dir)
         carried.carried_map_fitted_on = fitted_on
         from ase.data import chemical_symbols
 

@@ -64,7 +64,10 @@ class SymmetryMonitor(Monitor):
     """Flags atoms whose projected coordinates leave those of their symmetry-equivalent atoms.
 
     symprec: spglib tolerance (Å) for the classes of the reference; reference: the symmetric
-    structure (same atoms, same order as the frames; default: the first frame); factor, floor:
+    structure (same atoms, same order as the frames; default: the first frame this monitor
+    scores; a restarted :func:`~platoscope.runner.run_md` passes the run's original first
+    frame); its ``arrays['platonic']`` (N, K), if present, are used as its coordinates, else the
+    frame's calculator evaluates it once; factor, floor:
     threshold ``max(factor * noise, floor * sqrt(K))`` (a fixed ``threshold=`` overrides both);
     repeat: fire an event on every frame a class is broken, not only when it breaks.
 
@@ -143,7 +146,12 @@ class SymmetryMonitor(Monitor):
         if self.reference is None:
             return np.asarray(frame.platonic, dtype=np.float64)
         if "platonic" in ref.arrays:
-            return np.asarray(ref.arrays["platonic"], dtype=np.float64)
+            z = np.asarray(ref.arrays["platonic"], dtype=np.float64)
+            if z.shape != np.shape(frame.platonic):
+                raise ValueError(f"the symmetry reference's 'platonic' array has shape "
+                                 f"{z.shape}, the frames' {np.shape(frame.platonic)}: made with "
+                                 "another anchor set; drop the array to recompute it")
+            return z
         calc = frame.calc
         if calc is None or getattr(calc, "projector", None) is None:
             raise ValueError("the symmetry reference has no 'platonic' array and the frame's "
