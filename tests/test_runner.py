@@ -18,6 +18,8 @@ from click.testing import CliRunner
 from platoscope import AnchorSet, PlatonicCalculator
 from platoscope.cli import main
 from platoscope.monitors.atypical import AtypicalMonitor
+from platoscope.monitors.base import Monitor
+from platoscope.monitors.symmetry import SymmetryMonitor
 from platoscope.reference import ReferenceBank
 from platoscope.report import make_report
 from platoscope.runner import run_md, run_relax
@@ -58,11 +60,16 @@ def test_md_writes_every_output(small_setup, chgnet_backend, tmp_path):
     assert [f.info["step"] for f in frames] == list(range(7))
     assert frames[-1].arrays["platonic"].shape == (8, len(anchors))
     assert frames[-1].arrays["score_atypical"].shape == (8,)
+    # the model's own |F| beside the atypicality score, in both files
+    np.testing.assert_allclose(frames[-1].arrays["score_atypical_force"],
+                               np.linalg.norm(frames[-1].get_forces(), axis=1), rtol=1e-6)
     side = read_sidecar(tmp_path / "frames.h5")
     assert side.n_frames == 7 and side.closed_cleanly
     fr = side.frame(-1)
     np.testing.assert_allclose(fr["platonic"], frames[-1].arrays["platonic"], atol=1e-7)
     assert fr["embeddings"].shape == (8, 64) and fr["forces"].shape == (8, 3)
+    np.testing.assert_allclose(fr["scores"]["atypical_force"],
+                               np.linalg.norm(fr["forces"], axis=1), rtol=1e-12)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed"
     prov = summary["provenance"]
@@ -71,6 +78,7 @@ def test_md_writes_every_output(small_setup, chgnet_backend, tmp_path):
     mon = summary["monitoring"]["monitors"][0]
     assert mon["expected_false_alarm_rate"] == pytest.approx(0.01)
     assert set(mon["element_thresholds"]) == {"Na", "Cl", "K", "Br"}
+    assert mon["space"] == "raw"
 
 
 def test_distorted_frame_raises_event_and_stop(small_setup, chgnet_backend, tmp_path):
@@ -128,7 +136,8 @@ def test_sigkill_mid_run_then_restart(small_setup, tmp_path):
     _, _, anchors_path, bank_path = small_setup
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cli_md(tmp_path, anchors_path, bank_path, out, 400), env=env,
+    mon = ("--monitor", "atypical,symmetry")
+    proc = subprocess.Popen(_cli_md(tmp_path, anchors_path, bank_path, out, 400, *mon), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -150,13 +159,41 @@ def test_sigkill_mid_run_then_restart(small_setup, tmp_path):
         assert np.isfinite(fr["platonic"]).all() and fr["platonic"].shape[0] == 8
     side.close()
     assert json.loads((out / "summary.json").read_text())["status"] == "running"
-    done = subprocess.run(_cli_md(tmp_path, anchors_path, bank_path, out, n + 3, "--restart"),
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_cli_md(tmp_path, anchors_path, bank_path, out, n + 3, "--restart",
+                                  *mon), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     side = read_sidecar(out / "frames.h5")
     last_extxyz = read(out / "frames.extxyz", ":")[-1].info["step"]
     assert side.steps[-1] == n + 3 == last_extxyz
-    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    # the symmetry reference is the original perfect rock salt, not the thermal restart frame
+    sym = next(m for m in summary["monitoring"]["monitors"] if m["name"] == "symmetry")
+    assert sym["spacegroup"] == 225 and len(sym["classes"]) == 2
+
+
+def test_restart_keeps_the_original_symmetry_reference(small_setup, chgnet_backend, tmp_path):
+    """A restarted MD continues from a thermal frame (no symmetry left), but its symmetry
+    monitor takes the run's original first frame as reference: the same classes, noise and
+    threshold as the first run's monitor, bit for bit."""
+    from platoscope.symmetry import analyse_symmetry
+
+    anchors, bank, *_ = small_setup
+    calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    first, again = SymmetryMonitor(), SymmetryMonitor()
+    for mon, steps, restart in ((first, 3, False), (again, 5, True)):
+        atoms = nacl()
+        atoms.calc = calc
+        res = run_md(atoms, [mon], tmp_path, steps=steps, temperature_K=300, restart=restart,
+                     progress=False)
+        assert res["status"] == "completed"
+    thermal = read(tmp_path / "frames.extxyz", index=3)
+    assert analyse_symmetry(thermal).spacegroup != 225
+    assert again.info_.spacegroup == first.info_.spacegroup == 225
+    np.testing.assert_array_equal(again.classes_, first.classes_)
+    assert again.noise_ == first.noise_ and again.threshold == first.threshold
+    np.testing.assert_allclose(again.reference.positions, nacl().positions, atol=1e-9)
+    np.testing.assert_allclose(again.displacements(thermal), first.displacements(thermal))
 
 
 def test_cli_monitor_trajectory_and_report(small_setup, chgnet_backend, tmp_path):
@@ -200,3 +237,143 @@ def test_cli_errors_are_clear(small_setup, tmp_path):
     r = CliRunner().invoke(main, ["md", str(structure), "--anchors", str(bad), "--out",
                                   str(tmp_path / "z")])
     assert r.exit_code != 0 and "bad.npz" in r.output
+
+
+@pytest.mark.backend("sevenn")
+def test_cli_refuses_a_second_model_lacking_an_element(small_setup, tmp_path):
+    """alpha-Po: CHGNet runs it, SevenNet-0 has no Po; bias and switch say so before the run."""
+    from ase import Atoms
+
+    _, _, anchors_path, bank_path = small_setup
+    structure = tmp_path / "po.cif"
+    write(structure, Atoms("Po", cell=[3.35] * 3, pbc=True))
+    for name in ("bias", "switch"):
+        out = tmp_path / name
+        r = CliRunner().invoke(main, ["md", str(structure), "--model", "chgnet", "--anchors",
+                                      str(anchors_path), "--reference", str(bank_path),
+                                      "--monitor", f"{name}:sevenn:7net-0", "--out", str(out)])
+        assert r.exit_code != 0
+        assert (f"UnsupportedElementError: {name} monitor: the second model 'sevenn:7net-0' "
+                "has no parameters for element(s) Po (Z=84)") in r.output
+        assert not (out / "frames.extxyz").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# compact outputs: coordinates derived from the embeddings in frames.h5
+# --------------------------------------------------------------------------------------------
+
+class _Spy(Monitor):
+    """Keeps a copy of the calculator's coordinates of every frame; scores nothing."""
+
+    name = "spy"
+
+    def __init__(self):
+        super().__init__(threshold=1.0)
+        self.coords: list[np.ndarray] = []
+
+    def score(self, frame):
+        self.coords.append(np.array(frame.platonic, copy=True))
+        return np.zeros(len(frame.atoms))
+
+
+def _same_bits(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype == np.float64 and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_md_derived_coords_are_the_calculators_bitwise(small_setup, chgnet_backend, tmp_path):
+    from platoscope.runner import PLATONIC_DERIVED, monitor_frames
+
+    anchors, bank, *_ = small_setup
+    spies = [_Spy(), _Spy()]
+    for spy, steps, restart in ((spies[0], 3, False), (spies[1], 5, True)):
+        atoms = nacl()
+        atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors,
+                                        projection=bank.projector)
+        res = run_md(atoms, [spy], tmp_path, steps=steps, progress=False, restart=restart,
+                     store_coords="never")
+        assert res["status"] == "completed"
+    frames = read(tmp_path / "frames.extxyz", ":")
+    assert [f.info["step"] for f in frames] == list(range(6))
+    assert all("platonic" not in f.arrays and f.info["platonic_source"] == PLATONIC_DERIVED
+               for f in frames)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["platonic_source"] == PLATONIC_DERIVED
+    calc_coords = spies[0].coords + spies[1].coords  # the restart does not redo step 3
+    with read_sidecar(tmp_path / "frames.h5") as side:
+        assert "platonic" not in side.fields and len(side) == len(calc_coords) == 6
+        for i, z in enumerate(calc_coords):
+            assert _same_bits(side.frame(i)["platonic"], z), i
+        assert _same_bits(side.to_atoms(-1).arrays["platonic"], calc_coords[-1])
+    make_report(tmp_path)
+    assert "coordinates: frames.h5 (derived" in (tmp_path / "report.txt").read_text()
+
+    # trajectory post-processing (batched embeddings) writes the same way
+    traj = [f.copy() for f in frames[:3]]
+    spy = _Spy()
+    monitor_frames(traj, atoms.calc, [spy], tmp_path / "mon", progress=False,
+                   store_coords="never")
+    with read_sidecar(tmp_path / "mon" / "frames.h5") as side:
+        assert "platonic" not in side.fields
+        for i, z in enumerate(spy.coords):
+            assert _same_bits(side.frame(i)["platonic"], z), i
+    atoms = nacl()
+    atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    with pytest.raises(ValueError, match="no-embeddings"):
+        run_md(atoms, [], tmp_path / "x", steps=1, embeddings=False, store_coords="never")
+    assert not (tmp_path / "x").exists()
+
+
+def test_large_k_run_is_compact(chgnet_backend, tmp_path):
+    """K > STORE_COORDS_MAX_K: by default no file stores coordinates per frame; they read back
+    from frames.h5 bit for bit, and the files shrink by the N x K floats per frame."""
+    from platoscope import runner
+
+    structs = []
+    for s in range(40):
+        formula, a0 = [("NaCl", 5.64), ("KCl", 6.29)][s % 2]
+        a = bulk(formula, "rocksalt", a=a0 * (0.97 + 0.0015 * s), cubic=True)
+        a.rattle(0.05, seed=100 + s)
+        structs.append(a)
+    big = AnchorSet.from_atoms([(a, j) for a in structs for j in range(8)])
+    k = len(big)
+    assert k > runner.STORE_COORDS_MAX_K
+    calc = PlatonicCalculator(chgnet_backend, anchors=big)  # the default projection
+    sizes, n_frames = {}, 4
+    for mode in ("auto", "always"):
+        atoms = nacl().repeat((2, 1, 1))
+        atoms.calc = calc
+        spy = _Spy()
+        run_md(atoms, [spy], tmp_path / mode, steps=n_frames - 1, progress=False,
+               store_coords=mode)
+        sizes[mode] = {name: (tmp_path / mode / name).stat().st_size
+                       for name in ("frames.extxyz", "frames.h5")}
+        frames = read(tmp_path / mode / "frames.extxyz", ":")
+        assert ("platonic" in frames[-1].arrays) == (mode == "always")
+        with read_sidecar(tmp_path / mode / "frames.h5") as side:
+            assert ("platonic" in side.fields) == (mode == "always")
+            assert len(side) == len(spy.coords) == n_frames
+            for i, z in enumerate(spy.coords):
+                assert z.shape == (16, k) and _same_bits(side.frame(i)["platonic"], z), i
+    assert sizes["auto"]["frames.extxyz"] < 0.05 * sizes["always"]["frames.extxyz"], sizes
+    coord_bytes = n_frames * 16 * k * 8
+    assert sizes["always"]["frames.h5"] - sizes["auto"]["frames.h5"] >= 0.9 * coord_bytes, sizes
+
+
+def test_cli_store_coords_option(small_setup, tmp_path):
+    _, _, anchors_path, bank_path = small_setup
+    structure = tmp_path / "nacl.cif"
+    write(structure, nacl())
+    base = ["relax", str(structure), "--model", "chgnet", "--anchors", str(anchors_path),
+            "--reference", str(bank_path), "--steps", "2", "--no-report"]
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "a"), "--store-coords",
+                                  "never"])
+    assert r.exit_code == 0, r.output
+    assert "platonic" not in read(tmp_path / "a" / "frames.extxyz", 0).arrays
+    with read_sidecar(tmp_path / "a" / "frames.h5") as side:
+        assert "platonic" not in side.fields and side.frame(0)["platonic"].shape == (8, 18)
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "b"), "--store-coords",
+                                  "never", "--no-embeddings"])
+    assert r.exit_code != 0 and "no-embeddings" in r.output
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "c"), "--store-coords", "x"])
+    assert r.exit_code != 0 and "'x' is not one of" in r.output

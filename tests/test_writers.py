@@ -388,3 +388,162 @@ def test_write_json_atomic(tmp_path):
         write_json_atomic(path, {"bad": object()})
     assert json.loads(path.read_text()) == [1, 2]  # old content kept on failure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+# --------------------------------------------------------------------------------------------
+# coordinates derived from embeddings (store_platonic=False)
+# --------------------------------------------------------------------------------------------
+
+def _projector(k: int, d: int, seed: int = 7, preset: str | None = None):
+    from platoscope.projection import Projector
+
+    anchors = np.random.default_rng(seed).standard_normal((k, d))
+    return (Projector() if preset is None else Projector(preset)).fit(anchors)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype == np.float64 and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("preset", [None, "paper"])  # the default projection, plain cosines
+def test_derived_platonic_round_trip(tmp_path, preset):
+    """K = 3000: coordinates are not stored, read back bit for bit, file ~10x smaller."""
+    k, d, n = 3000, 64, 64
+    proj = _projector(k, d, preset=preset)
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(8):
+        e = rng.standard_normal((n - (i % 3), d)).astype(np.float32)  # a backend's float32
+        frames.append(dict(numbers=np.full(len(e), 11), positions=rng.random((len(e), 3)),
+                           cell=np.eye(3) * 9, embeddings=e, platonic=proj.transform(e),
+                           forces=rng.random((len(e), 3)), scores={"a": rng.random(len(e))}))
+    sizes, growth = {}, {}
+    for store in (True, False):
+        path = tmp_path / f"store_{store}.h5"
+        with FrameSidecar(path, attrs={"n_anchors": k}, projector_state=proj.get_state(),
+                          store_platonic=store, score_names=["a"]) as sc:
+            for i, fr in enumerate(frames):
+                sc.append(i, **fr)
+                if i == 0:
+                    first = path.stat().st_size
+            assert ("platonic" in sc.fields) == store
+        sizes[store] = path.stat().st_size
+        growth[store] = sizes[store] - first
+        with read_sidecar(path) as r:
+            assert ("platonic" in r.fields) == store and r.n_anchors == k
+            state = proj.get_state()
+            assert r.projector_state.keys() == state.keys()
+            for key, val in state.items():
+                np.testing.assert_array_equal(r.projector_state[key], val, err_msg=key)
+            for i, fr in enumerate(frames):
+                got = r.frame(i)
+                assert _same_bits(got["platonic"], fr["platonic"]), i
+                np.testing.assert_array_equal(got["embeddings"], fr["embeddings"])
+                assert r.frame(i, platonic=False)["platonic"] is None
+            assert _same_bits(r.to_atoms(2).arrays["platonic"], frames[2]["platonic"])
+    # the anchors (K x D, stored once) and the first chunks are a fixed cost; per frame the
+    # embeddings (N x D) replace the coordinates (N x K)
+    assert sizes[False] < 0.25 * sizes[True], sizes
+    assert growth[False] < 0.05 * growth[True], growth
+
+
+def test_derived_platonic_refusals_and_restart(tmp_path):
+    path = tmp_path / "frames.h5"
+    proj = _projector(5, 3)
+    with pytest.raises(ValueError, match=r"frames\.h5.*projector_state"):
+        FrameSidecar(path, store_platonic=False)
+    assert not path.exists()
+    e = np.random.default_rng(1).random((4, 3))
+    frame = dict(numbers=[1, 1, 8, 8], positions=np.zeros((4, 3)), cell=np.eye(3) * 4,
+                 platonic=proj.transform(e))
+    with FrameSidecar(path, projector_state=proj.get_state(), store_platonic=False) as sc:
+        with pytest.raises(ValueError, match=r"frames\.h5.*no embeddings"):
+            sc.append(0, **frame)
+        assert sc.n_frames == 0  # nothing written
+        sc.append(0, **frame, embeddings=e)
+    other = _projector(5, 3, seed=8)
+    with pytest.raises(SidecarMismatchError, match="projector"):
+        FrameSidecar(path, mode="a", projector_state=other.get_state(), store_platonic=False)
+    # a restart needs no state of its own: the file has it
+    with FrameSidecar(path, mode="a", store_platonic=False) as sc:
+        sc.append(1, **frame, embeddings=e)
+        # coordinates the stored projector does not give (another model) are kept, not lost
+        with pytest.warns(RuntimeWarning, match="differ"):
+            sc.append(2, **{**frame, "platonic": other.transform(e)}, embeddings=e)
+        assert "platonic" in sc.fields
+    with read_sidecar(path) as r:
+        assert len(r) == 3
+        for i, want in enumerate([proj.transform(e)] * 2 + [other.transform(e)]):
+            assert _same_bits(r.frame(i)["platonic"], want), i
+
+
+def test_old_layout_still_readable_and_continued(tmp_path):
+    """A version-1 file (coordinates in every frame, no /projector) reads as before; continuing
+    it with derived coordinates mixes both layouts frame by frame."""
+    path = tmp_path / "frames.h5"
+    want = [_small(i, 3 + i, k=5) for i in range(3)]
+    with FrameSidecar(path, attrs={"model": "m", "n_anchors": 5}) as sc:
+        for i, w in enumerate(want):
+            sc.append(i, **w)
+    with h5py.File(path, "a") as f:
+        assert "projector" not in f
+        f.attrs["format_version"] = 1
+    with read_sidecar(path) as r:
+        assert r.projector_state is None
+        for i, w in enumerate(want):
+            np.testing.assert_array_equal(r.frame(i)["platonic"], w["platonic"])
+    proj = _projector(5, 3)
+    new = _small(3, 4, k=5)
+    new["platonic"] = proj.transform(new["embeddings"])
+    with FrameSidecar(path, mode="a", projector_state=proj.get_state(),
+                      store_platonic=False) as sc:
+        sc.append(3, **new)
+    with read_sidecar(path) as r:
+        assert len(r) == 4 and r.projector_state is not None
+        for i, w in enumerate([*want, new]):
+            assert _same_bits(r.frame(i)["platonic"], w["platonic"]), i
+        assert r.frame(3)["embeddings"].dtype == np.float64
+
+
+CHILD_DERIVED = GEN_SRC + textwrap.dedent("""
+    import sys
+    from platoscope.projection import Projector
+    from platoscope.writers import FrameSidecar
+
+    path, mode = sys.argv[1], sys.argv[2]
+    proj = Projector().fit(np.random.default_rng(7).standard_normal((100, 128)))
+    sc = FrameSidecar(path, mode=mode, attrs={"n_anchors": 100, "feature_dim": 128},
+                      score_names=["knn", "sym"], projector_state=proj.get_state(),
+                      store_platonic=False)
+    i = sc.n_frames
+    print("start", i, flush=True)
+    while i < 5000:
+        fr = gen(i)
+        fr["platonic"] = proj.transform(fr["embeddings"])
+        sc.append(7 * i, **fr)
+        print("committed", i, flush=True)
+        i += 1
+""")
+
+
+def test_sigkill_sidecar_derived(tmp_path):
+    """A writer of derived-coordinate frames killed twice: every committed frame reads back with
+    the coordinates its embeddings give, bit for bit."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD_DERIVED)
+    path = tmp_path / "run.h5"
+    proj = _projector(100, 128)
+    expected_next = 0
+    for round_, (n_min, delay) in enumerate([(3, 0.0), (5, 0.004)]):
+        first, last = _kill_child(script, [str(path), "w" if round_ == 0 else "a"],
+                                  n_min=n_min, delay=delay, tmp=tmp_path)
+        assert first == expected_next
+        with read_sidecar(path) as r:
+            assert not r.closed_cleanly and "platonic" not in r.fields
+            assert last + 1 <= len(r) <= last + 2
+            for i in range(len(r)):
+                fr, want = r.frame(i), gen(i)
+                np.testing.assert_array_equal(fr["embeddings"], want["embeddings"])
+                assert _same_bits(fr["platonic"], proj.transform(want["embeddings"])), i
+            expected_next = len(r)

@@ -29,7 +29,12 @@ def _thresholds(mon: dict[str, Any], symbols: list[str]) -> np.ndarray | None:
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """Everything a report needs, as plain Python: per-frame scores, events, summary."""
+    """Everything a report needs, as plain Python: per-frame scores, events, summary.
+
+    Frames leave out the Platonic coordinates (``platonic`` is None; with K = 3000 they would be
+    the bulk of the memory, and derived ones cost a projection each): use
+    :func:`platoscope.writers.read_sidecar` for them.
+    """
     from ase.data import chemical_symbols
 
     run = Path(run_dir)
@@ -38,7 +43,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     events = read_events(run / "events.jsonl", warn=False).events if (
         run / "events.jsonl").is_file() else []
     side = read_sidecar(run / "frames.h5")
-    frames = [side.frame(i) for i in range(side.n_frames)]
+    frames = [side.frame(i, platonic=False) for i in range(side.n_frames)]
     side.close()
     mons = {m["name"]: m for m in summary.get("monitoring", {}).get("monitors", [])}
     return {"summary": summary, "events": events, "frames": frames, "monitors": mons,
@@ -177,6 +182,7 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         f"{str(prov.get('weights_sha256'))[:16]}",
         f"anchors: {str(prov.get('anchor_set_hash'))[:16]} (K={prov.get('n_anchors')}), "
         f"projection {prov.get('projection')}",
+        f"coordinates: {s.get('platonic_source', 'frames.extxyz, frames.h5')}",
         f"frames: {len(frames)}"
         + (f" (steps {int(steps.min())}..{int(steps.max())})" if len(steps) else ""),
         f"events: {len(events)}",

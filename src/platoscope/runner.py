@@ -6,6 +6,11 @@ Every run writes to one folder:
   ``score_<monitor>`` (N,) per atom, energy and forces;
 - ``frames.h5``: HDF5 sidecar with full embeddings and coordinates, appended and flushed every
   frame (a SIGKILL leaves every completed frame readable);
+
+  with more than :data:`STORE_COORDS_MAX_K` anchors (``store_coords="auto"``) no file stores
+  per-frame coordinates: frames.h5 keeps the projector once and ``read_sidecar`` derives each
+  frame's coordinates from its embeddings, bit for bit; extxyz frames then have no ``platonic``
+  and say so in ``info["platonic_source"]``, as summary.json does;
 - ``events.jsonl``: one JSON object per event (``step``, ``monitor``, ``atoms``, ``score``,
   ``threshold``, ``action`` ...), fsynced;
 - ``summary.json``: provenance (models, weight hashes, anchor-set hash, versions), monitor
@@ -36,13 +41,38 @@ FRAMES = "frames.extxyz"
 SIDECAR = "frames.h5"
 EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
+STORE_COORDS_MAX_K = 256
+"""Largest K whose coordinates ``store_coords="auto"`` writes with every frame; above it they
+are derived from the embeddings in frames.h5 (N x K float64 per frame is large: K = 3000)."""
+STORE_COORDS = ("auto", "always", "never")
+PLATONIC_STORED = "frames.extxyz, frames.h5"
+PLATONIC_DERIVED = "frames.h5 (derived from embeddings)"
+
+
+def store_coords_for(mode: str, n_anchors: int, *, embeddings: bool = True) -> bool:
+    """Whether a run keeps per-frame coordinates: ``always``, ``never`` (derive them from the
+    embeddings) or ``auto`` (keep them while K <= :data:`STORE_COORDS_MAX_K`)."""
+    if mode not in STORE_COORDS:
+        raise ValueError(f"store_coords must be one of {', '.join(STORE_COORDS)}, not {mode!r}")
+    if mode == "never" and not embeddings:
+        raise ValueError("store_coords='never' derives coordinates from the embeddings in "
+                         "frames.h5, which embeddings=False (--no-embeddings) leaves out")
+    return mode == "always" or not embeddings or (
+        mode == "auto" and n_anchors <= STORE_COORDS_MAX_K)
 
 
 class RunRecorder:
-    """A Watcher sink that writes frames, sidecar, events and summary into ``out``."""
+    """A Watcher sink that writes frames, sidecar, events and summary into ``out``.
+
+    projector: the calculator's fitted Projector (stored once in frames.h5); store_coords:
+    see :func:`store_coords_for` (K from ``provenance["n_anchors"]``).
+    """
 
     def __init__(self, out: str | Path, *, provenance: dict[str, Any], config: dict[str, Any],
-                 interval: int = 1, embeddings: bool = True, append: bool = False):
+                 interval: int = 1, embeddings: bool = True, append: bool = False,
+                 projector: Any = None, store_coords: str = "auto"):
+        self.store_platonic = store_coords_for(store_coords, int(provenance.get("n_anchors") or 0),
+                                               embeddings=embeddings)
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.interval = interval
@@ -51,8 +81,11 @@ class RunRecorder:
         self.config = config
         self.started = time.time()
         self.n_frames = 0
-        self.sidecar = FrameSidecar(self.out / SIDECAR, mode="a" if append else "w",
-                                    attrs={"provenance": provenance, "config": config})
+        self.sidecar = FrameSidecar(
+            self.out / SIDECAR, mode="a" if append else "w",
+            attrs={"provenance": provenance, "config": config},
+            projector_state=projector.get_state() if projector is not None else None,
+            store_platonic=self.store_platonic)
         self.events = EventLog(self.out / EVENTS)
         if not append:
             for name in (FRAMES,):
@@ -65,7 +98,10 @@ class RunRecorder:
         atoms = frame.atoms
         snap = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
                      pbc=atoms.pbc, momenta=atoms.get_momenta() if atoms.has("momenta") else None)
-        snap.arrays["platonic"] = np.asarray(frame.platonic)
+        if self.store_platonic:
+            snap.arrays["platonic"] = np.asarray(frame.platonic)
+        else:
+            snap.info["platonic_source"] = PLATONIC_DERIVED
         for name, s in scores.items():
             snap.arrays[f"score_{name}"] = s
         snap.info["step"] = frame.step
@@ -85,7 +121,9 @@ class RunRecorder:
         write_json_atomic(self.out / SUMMARY, {
             "status": status, "provenance": self.provenance, "config": self.config,
             "frames_written": self.n_frames, "wall_time_s": round(time.time() - self.started, 3),
-            "versions": package_versions(), **(extra or {}),
+            "versions": package_versions(),
+            "platonic_source": PLATONIC_STORED if self.store_platonic else PLATONIC_DERIVED,
+            **(extra or {}),
         })
 
     def close(self) -> None:
@@ -101,6 +139,24 @@ def last_frame(out: str | Path) -> tuple[Atoms, int]:
         raise FileNotFoundError(f"cannot restart: {path} does not exist")
     atoms = read(path, index=-1)
     return atoms, int(atoms.info.get("step", 0))
+
+
+def first_frame(out: str | Path) -> Atoms:
+    """The first recorded frame of a run folder (the run's starting structure), with its
+    ``platonic`` (N, K) coordinates at full precision from the sidecar where it holds them
+    (else from frames.extxyz), for the symmetry reference of a restart."""
+    from ase.io import read
+
+    from platoscope.writers import read_sidecar
+
+    try:
+        with read_sidecar(Path(out) / SIDECAR) as side:
+            return side.to_atoms(0)
+    except (OSError, ValueError, IndexError):
+        path = Path(out) / FRAMES
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot restart: {path} does not exist") from None
+        return read(path, index=0)
 
 
 def make_dynamics(atoms: Atoms, *, ensemble: str, timestep_fs: float, temperature_K: float,
@@ -184,13 +240,18 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
            ensemble: str = "nvt", timestep_fs: float = 1.0, temperature_K: float = 300.0,
            friction: float = 0.01, pressure_GPa: float = 0.0, interval: int = 1,
            seed: int = 0, restart: bool = False, strict: bool = False, progress: bool = True,
-           embeddings: bool = True) -> dict[str, Any]:
+           embeddings: bool = True, store_coords: str = "auto") -> dict[str, Any]:
     """Molecular dynamics of ``atoms`` (whose calc is a PlatonicCalculator) with monitors.
 
     steps: MD steps to run (on restart: the total, counting those already done);
-    interval: record every ``interval``-th step. Returns the final summary dict.
+    store_coords: ``auto``, ``always`` or ``never`` (:func:`store_coords_for`);
+    interval: record every ``interval``-th step. On restart, a SymmetryMonitor without a
+    ``reference`` gets the run's original first frame (:func:`first_frame`), not the thermal
+    frame the run continues from. Returns the final summary dict.
     """
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from platoscope.monitors.symmetry import SymmetryMonitor
 
     calc = atoms.calc
     first_step, n_steps = 0, steps
@@ -203,6 +264,11 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
         if prev.has("momenta"):
             atoms.set_momenta(prev.get_momenta())
         first_step, n_steps = last + 1, steps - last
+        sym = [m for m in monitors if isinstance(m, SymmetryMonitor) and m.reference is None]
+        if sym:
+            start = first_frame(out)
+            for m in sym:
+                m.reference = start
     elif ensemble != "nve" or not atoms.has("momenta"):
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K,
                                      rng=np.random.default_rng(seed))
@@ -211,7 +277,8 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
               "interval": interval, "seed": seed, "n_atoms": len(atoms),
               "formula": atoms.get_chemical_formula()}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config, interval=interval,
-                           embeddings=embeddings, append=restart)
+                           embeddings=embeddings, append=restart,
+                           projector=getattr(calc, "projector", None), store_coords=store_coords)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict, start_step=first_step)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     dyn = make_dynamics(atoms, ensemble=ensemble, timestep_fs=timestep_fs,
@@ -228,8 +295,8 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
 
 def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fmax: float = 0.05,
               steps: int = 500, cell: bool = False, optimizer: str = "BFGS",
-              strict: bool = False, progress: bool = True, embeddings: bool = True
-              ) -> dict[str, Any]:
+              strict: bool = False, progress: bool = True, embeddings: bool = True,
+              store_coords: str = "auto") -> dict[str, Any]:
     """Relax ``atoms`` (positions, and the cell with ``cell=True`` via FrechetCellFilter)."""
     from ase import optimize
     from ase.filters import FrechetCellFilter
@@ -242,7 +309,8 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
               "optimizer": optimizer, "n_atoms": len(atoms),
               "formula": atoms.get_chemical_formula()}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
-                           embeddings=embeddings)
+                           embeddings=embeddings, projector=getattr(calc, "projector", None),
+                           store_coords=store_coords)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     target = FrechetCellFilter(atoms) if cell else atoms
@@ -259,7 +327,7 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
 def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monitor],
                    out: str | Path, *, batch_size: int = 16, strict: bool = False,
                    progress: bool = True, embeddings: bool = True,
-                   source: str | None = None) -> dict[str, Any]:
+                   source: str | None = None, store_coords: str = "auto") -> dict[str, Any]:
     """Run monitors over existing frames; ``step`` is the frame index.
 
     Embeddings come from the backend's batched path (no forces are computed) and are
@@ -268,7 +336,8 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     config = {"kind": "monitor", "source": source, "n_frames": len(frames),
               "batch_size": batch_size}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
-                           embeddings=embeddings)
+                           embeddings=embeddings, projector=calc.projector,
+                           store_coords=store_coords)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     bar = _progress(len(frames), "monitor", progress)

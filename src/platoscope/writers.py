@@ -4,7 +4,9 @@ Three writers, each safe to kill at any instant:
 
 * :class:`FrameSidecar` / :func:`read_sidecar`: one HDF5 file with one frame per MD step
   (positions, cell, Platonic coordinates, embeddings, scores, energy, forces; frames may differ
-  in atom count).
+  in atom count). Coordinates may instead be derived on reading from the embeddings and the
+  projector stored once in the file (``store_platonic=False``): they are K/D times the size of
+  the embeddings (25-50x at K = 3000).
 * :class:`EventLog` / :func:`read_events`: ``events.jsonl``, one JSON object per monitor event,
   fsynced line by line.
 * :func:`write_json_atomic`: whole-file JSON (``summary.json``) through a temp file and
@@ -45,6 +47,13 @@ optional field ``f``)::
     /fields/<f>/start      (F,)        int64   first row of frame i in data, -1 if absent
     /scores/<name>/data    (A_s,)      float64
     /scores/<name>/start   (F,)        int64
+    /projector/<key>       any         the fitted projector's ``get_state()``, one dataset per
+                                       key (text as UTF-8 strings); optional, written once
+
+A frame's coordinates are its stored ``platonic`` rows if it has them, else (format version 2)
+``Projector.from_state(/projector).transform(embeddings)`` of its float64 embeddings: bit for bit
+what the calculator computed from the same features (same N, same code path), on the machine
+and library versions that wrote the file. Version 1 files (no ``/projector``) read as before.
 """
 
 from __future__ import annotations
@@ -80,13 +89,14 @@ __all__ = [
 ]
 
 SIDECAR_FORMAT = "platoscope-frame-sidecar"
-SIDECAR_FORMAT_VERSION = 1
+SIDECAR_FORMAT_VERSION = 2  # 2: optional /projector, coordinates derived from embeddings
 
 # Provenance keys that must agree when a run is continued into an existing sidecar.
 IDENTITY_KEYS = ("backend", "model", "weights_sha256", "layer", "feature_dim",
                  "anchor_set_hash", "n_anchors", "projection")
 
 _FIELDS = ("platonic", "embeddings", "forces")
+_PROJECTOR = "projector"
 
 
 def _identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -444,9 +454,13 @@ def _optional_groups(f: h5py.File) -> dict[str, h5py.Group]:
     return out
 
 
-def _committed_lengths(f: h5py.File, path: Path) -> tuple[int, int, dict[str, int]]:
-    """(n_frames, n_atoms over them, {field: rows of its data over them}), checked for sense."""
-    n = int(f["n_frames_committed"][()])
+def _committed_lengths(f: h5py.File, path: Path, n: int | None = None
+                       ) -> tuple[int, int, dict[str, int]]:
+    """(n_frames, n_atoms over them, {field: rows of its data over them}), checked for sense.
+
+    n: the committed count to use (read before the extents were); default: read it now.
+    """
+    n = int(f["n_frames_committed"][()]) if n is None else n
     fr = f["frames"]
     if n < 0 or any(fr[k].shape[0] < n for k in ("step", "cell", "pbc", "energy")) \
             or fr["offsets"].shape[0] < n + 1:
@@ -519,8 +533,9 @@ def _add_field(f: h5py.File, name: str, n_frames: int, n_anchors: int | None,
 
 def _build_file(tmp: Path, *, src: h5py.File | None, path: Path, attrs_json: str,
                 n_anchors: int | None, embedding_dim: int | None, new_fields: list[str],
-                chunk_bytes: int) -> None:
-    """Write a clean sidecar to ``tmp``: the committed frames of ``src`` (if any) + new fields."""
+                chunk_bytes: int, projector_state: Mapping[str, Any] | None = None) -> None:
+    """Write a clean sidecar to ``tmp``: the committed frames of ``src`` (if any) + new fields,
+    and ``/projector`` (copied from ``src``, else written from ``projector_state`` if given)."""
     with h5py.File(tmp, "w", libver="latest") as f:
         f.attrs["format"] = SIDECAR_FORMAT
         f.attrs["format_version"] = SIDECAR_FORMAT_VERSION
@@ -541,7 +556,7 @@ def _build_file(tmp: Path, *, src: h5py.File | None, path: Path, attrs_json: str
             _make_growable(at, "positions", (3,), "f8", chunk_bytes)
         else:
             n, n_atoms, lengths = _committed_lengths(src, path)
-            for grp in ("frames", "atoms", "fields", "scores"):
+            for grp in ("frames", "atoms", "fields", "scores", _PROJECTOR):
                 if grp in src:
                     src.copy(src[grp], f, name=grp)
             for k, ds in f["frames"].items():
@@ -551,6 +566,8 @@ def _build_file(tmp: Path, *, src: h5py.File | None, path: Path, attrs_json: str
             for name, g in _optional_groups(f).items():
                 g["start"].resize(n, axis=0)
                 g["data"].resize(lengths[name], axis=0)
+        if projector_state is not None and _PROJECTOR not in f:
+            _write_state(f, projector_state)
         f.create_dataset("n_frames_committed", data=np.int64(n))
         for name in new_fields:
             _add_field(f, name, n, n_anchors, embedding_dim, chunk_bytes)
@@ -565,6 +582,43 @@ def _as_array(x: Any, name: str, shape: tuple[int | None, ...], dtype: Any) -> n
     if np.issubdtype(np.dtype(dtype), np.integer) and not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _text_array(arr: np.ndarray) -> bool:
+    return arr.dtype.kind in "USO"
+
+
+def _write_state(f: h5py.File, state: Mapping[str, Any]) -> None:
+    """``/projector``: one dataset per key of ``state`` (arrays as they are, text as UTF-8)."""
+    g = f.create_group(_PROJECTOR)
+    for key, val in state.items():
+        if not isinstance(key, str) or not key or "/" in key or key in (".", ".."):
+            raise ValueError(f"projector state key {key!r} must be a non-empty name without '/'")
+        arr = np.asarray(val)
+        if _text_array(arr):
+            g.create_dataset(key, data=arr.astype(str).astype(object), dtype=h5py.string_dtype())
+        else:
+            g.create_dataset(key, data=arr)
+
+
+def _read_state(g: h5py.Group) -> dict[str, np.ndarray]:
+    """The dict :func:`_write_state` stored: numpy arrays, 0-d for scalars and strings."""
+    return {key: np.array(ds.asstr()[()], dtype=str) if h5py.check_string_dtype(ds.dtype)
+            else np.asarray(ds[()]) for key, ds in g.items()}
+
+
+def _states_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = np.asarray(a[key]), np.asarray(b[key])
+        if _text_array(x) != _text_array(y) or x.shape != y.shape:
+            return False
+        if _text_array(x):
+            x, y = x.astype(str), y.astype(str)
+        if not np.array_equal(x, y):
+            return False
+    return True
 
 
 class FrameSidecar:
@@ -586,6 +640,15 @@ class FrameSidecar:
         when a score name first appears (new datasets cannot be created in SWMR mode).
     fsync: also ``fsync`` after each frame (survives power loss, not only a killed process).
     chunk_bytes: target HDF5 chunk size of per-atom datasets.
+    projector_state: ``Projector.get_state()`` of the projector that made the coordinates (a
+        dict of arrays, kept opaque), stored once as ``/projector``. In ``"a"`` mode it must
+        equal the stored one, if any (else :class:`SidecarMismatchError`).
+    store_platonic: False keeps per-frame coordinates out of the file; readers derive them from
+        the frame's embeddings with the stored projector. Needs a projector state (given or in
+        the file) and embeddings in every frame that passes ``platonic``.
+    verify: with ``store_platonic=False``, check per frame that the derived coordinates equal
+        the given ones bit for bit (one extra projection); a frame where they do not (e.g. a
+        model switch changed the projector) keeps its coordinates stored, with a warning.
 
     Frame ``i`` of a run is what the ``i``-th successful :meth:`append` wrote; the MD step is
     stored alongside and need not be contiguous.
@@ -594,12 +657,20 @@ class FrameSidecar:
     def __init__(self, path: str | os.PathLike, *, mode: Literal["w", "a"] = "w",
                  attrs: Mapping[str, Any] | None = None, n_anchors: int | None = None,
                  embedding_dim: int | None = None, score_names: tuple[str, ...] | list[str] = (),
-                 fsync: bool = False, chunk_bytes: int = 1 << 18):
+                 fsync: bool = False, chunk_bytes: int = 1 << 18,
+                 projector_state: Mapping[str, Any] | None = None, store_platonic: bool = True,
+                 verify: bool = True):
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' or 'a', not {mode!r}")
         self.path = Path(path)
         self.fsync = fsync
         self.chunk_bytes = int(chunk_bytes)
+        self.store_platonic = bool(store_platonic)
+        self.verify = verify
+        self._new_state = None if projector_state is None else dict(projector_state)
+        self._state: dict[str, np.ndarray] | None = None  # as stored in the file
+        self._projector: Any = None
+        self._warned = False
         attrs = dict(to_jsonable(dict(attrs or {})))
         ident = _identity(attrs)
         if n_anchors is None and ident.get("n_anchors"):
@@ -630,6 +701,7 @@ class FrameSidecar:
                 n, n_atoms, lengths = _committed_lengths(src, self.path)
                 groups = _optional_groups(src)
                 fields = set(groups)
+                stored_state = _read_state(src[_PROJECTOR]) if _PROJECTOR in src else None
                 fr = src["frames"]
                 extents_ok = (all(fr[k].shape[0] == n for k in fr if k != "offsets")
                               and fr["offsets"].shape[0] == n + 1
@@ -640,23 +712,36 @@ class FrameSidecar:
             finally:
                 src.close()
             self._check_identity(stored, attrs, file_k, file_d, n_anchors, embedding_dim)
+            if stored_state is not None and self._new_state is not None \
+                    and not _states_equal(stored_state, self._new_state):
+                raise SidecarMismatchError(f"{self.path}: the run's projector differs from the "
+                                           "one stored in the file (/projector)")
+            self._check_derivable(stored_state)
             self.attrs = stored
             self.n_anchors = file_k if file_k > 0 else n_anchors
             self.embedding_dim = file_d if file_d > 0 else embedding_dim
             wanted = self._declared_fields(score_names) - fields
-            if not clean or not extents_ok or wanted:
+            add_state = stored_state is None and self._new_state is not None
+            if not clean or not extents_ok or wanted or add_state:
                 self._rebuild(sorted(wanted))  # drops uncommitted tails, clears SWMR flags
             else:
                 self._open()
         else:
+            self._check_derivable(None)
             self.attrs = attrs
             self.n_anchors, self.embedding_dim = n_anchors, embedding_dim
             self._rebuild(sorted(self._declared_fields(score_names)), fresh=True)
 
+    def _check_derivable(self, stored_state: dict[str, Any] | None) -> None:
+        if not self.store_platonic and stored_state is None and self._new_state is None:
+            raise ValueError(f"{self.path}: store_platonic=False derives coordinates from the "
+                             "embeddings and needs the projector: pass projector_state="
+                             "projector.get_state() (or store_platonic=True)")
+
     # ---------------------------------------------------------------- internals
     def _declared_fields(self, score_names: Any) -> set[str]:
         out = {f"scores/{s}" for s in score_names}
-        if self.n_anchors:
+        if self.n_anchors and self.store_platonic:
             out.add("platonic")
         if self.embedding_dim:
             out.add("embeddings")
@@ -695,7 +780,8 @@ class FrameSidecar:
                 _build_file(tmp, src=src, path=self.path,
                             attrs_json=json.dumps(self.attrs, sort_keys=True),
                             n_anchors=self.n_anchors, embedding_dim=self.embedding_dim,
-                            new_fields=new_fields, chunk_bytes=self.chunk_bytes)
+                            new_fields=new_fields, chunk_bytes=self.chunk_bytes,
+                            projector_state=self._new_state)
             finally:
                 if src is not None:
                     src.close()
@@ -723,6 +809,38 @@ class FrameSidecar:
         self._n = int(ds["n_frames_committed"][()])
         self._n_atoms = int(ds["frames/offsets"][self._n])
         self._lengths = {name: ds[f"{name}/data"].shape[0] for name in _optional_groups(f)}
+        self._state = _read_state(f[_PROJECTOR]) if _PROJECTOR in f else None
+        self._projector = None
+
+    @property
+    def projector(self) -> Any:
+        """The :class:`~platoscope.projection.Projector` rebuilt from the file's ``/projector``
+        (exactly what readers use), or None."""
+        if self._projector is None and self._state is not None:
+            from platoscope.projection import Projector
+
+            self._projector = Projector.from_state(self._state)
+        return self._projector
+
+    def _derives(self, z: np.ndarray, e: np.ndarray | None) -> bool:
+        """Whether readers will derive coordinates ``z`` (N, K) from embeddings ``e`` (N, D)
+        exactly, so that they need not be stored."""
+        if e is None:
+            raise ValueError(f"{self.path}: store_platonic=False derives coordinates from the "
+                             "embeddings, but this frame has platonic and no embeddings: pass "
+                             "embeddings= (or store_platonic=True)")
+        if not self.verify:
+            return True
+        derived = self.projector.transform(e)
+        if derived.shape == z.shape and derived.tobytes() == z.tobytes():
+            return True
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"{self.path}: frame {self._n}'s coordinates differ from those its "
+                          "embeddings give with the stored projector (another model or "
+                          "projector?); such frames keep their coordinates stored",
+                          RuntimeWarning, stacklevel=3)
+        return False
 
     def _sync(self) -> None:
         assert self._file is not None
@@ -749,8 +867,10 @@ class FrameSidecar:
 
         numbers (N,) int; positions (N, 3) Å; cell (3, 3) Å; pbc (3,) bool (default all True);
         platonic (N, K); embeddings (N, D); scores {name: (N,)}; energy eV; forces (N, 3) eV/Å.
-        Everything is validated before anything is written. When this returns the frame is
-        committed: a kill from then on cannot lose it.
+        With ``store_platonic=False`` the coordinates are not written (readers derive them from
+        the embeddings, which are stored as float64). Everything is validated before anything
+        is written. When this returns the frame is committed: a kill from then on cannot lose
+        it.
         """
         if self._file is None:
             raise ValueError(f"{self.path}: sidecar is closed")
@@ -765,18 +885,19 @@ class FrameSidecar:
             raise ValueError(f"pbc must be a bool or have shape (3,), got {pbc.shape}")
         pbc = np.broadcast_to(pbc, (3,))
         opt: dict[str, np.ndarray] = {}
-        if platonic is not None:
-            arr = _as_array(platonic, "platonic", (n_at, None), np.float64)
-            if self.n_anchors is not None and arr.shape[1] != self.n_anchors:
-                raise SidecarMismatchError(f"{self.path}: platonic has K={arr.shape[1]} anchors, "
-                                           f"the sidecar holds K={self.n_anchors}")
-            opt["platonic"] = arr
         if embeddings is not None:
             arr = _as_array(embeddings, "embeddings", (n_at, None), np.float64)
             if self.embedding_dim is not None and arr.shape[1] != self.embedding_dim:
                 raise SidecarMismatchError(f"{self.path}: embeddings have D={arr.shape[1]}, "
                                            f"the sidecar holds D={self.embedding_dim}")
             opt["embeddings"] = arr
+        if platonic is not None:
+            arr = _as_array(platonic, "platonic", (n_at, None), np.float64)
+            if self.n_anchors is not None and arr.shape[1] != self.n_anchors:
+                raise SidecarMismatchError(f"{self.path}: platonic has K={arr.shape[1]} anchors, "
+                                           f"the sidecar holds K={self.n_anchors}")
+            if self.store_platonic or not self._derives(arr, opt.get("embeddings")):
+                opt["platonic"] = arr
         if forces is not None:
             opt["forces"] = _as_array(forces, "forces", (n_at, 3), np.float64)
         for name, val in (scores or {}).items():
@@ -844,8 +965,9 @@ class FrameSidecar:
 
     def __repr__(self) -> str:
         state = "open" if self._file is not None else "closed"
+        coords = "" if self.store_platonic else ", platonic derived"
         return (f"FrameSidecar({str(self.path)!r}, frames={self._n}, K={self.n_anchors}, "
-                f"D={self.embedding_dim}, {state})")
+                f"D={self.embedding_dim}{coords}, {state})")
 
 
 @dataclass
@@ -854,6 +976,8 @@ class SidecarReader:
 
     ``closed_cleanly`` is False while a writer still has the file open, or after its writer
     was killed; only frames the writer committed are ever returned either way.
+    ``projector_state`` is the file's ``/projector`` (None if absent); frames without stored
+    coordinates get them derived from their embeddings with it.
     """
 
     path: Path
@@ -862,11 +986,38 @@ class SidecarReader:
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        g = self._file.get(_PROJECTOR)
+        self.projector_state: dict[str, np.ndarray] | None = None if g is None else _read_state(g)
+        self._projector: Any = None
         self._load()
 
-    def _load(self) -> None:
+    @property
+    def projector(self) -> Any:
+        """The :class:`~platoscope.projection.Projector` stored in the file, or None."""
+        if self._projector is None and self.projector_state is not None:
+            from platoscope.projection import Projector
+
+            try:
+                self._projector = Projector.from_state(self.projector_state)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CorruptFileError(f"{self.path}: /projector does not rebuild a Projector "
+                                       f"({exc!r})") from exc
+        return self._projector
+
+    def _platonic(self, i: int, n_at: int, embeddings: np.ndarray | None) -> np.ndarray | None:
+        """Frame ``i``'s stored coordinates, else those derived from its embeddings, else None."""
+        z = self._field("platonic", i, n_at)
+        if z is not None or embeddings is None or self.projector_state is None:
+            return z
+        dtype = self._groups["embeddings"]["data"].dtype
+        if dtype != np.float64:
+            raise CorruptFileError(f"{self.path}: embeddings are stored as {dtype}, not float64: "
+                                   "the coordinates cannot be derived exactly")
+        return self.projector.transform(embeddings)
+
+    def _load(self, n: int | None = None) -> None:
         f = self._file
-        self._n, _, _ = _committed_lengths(f, self.path)
+        self._n, _, _ = _committed_lengths(f, self.path, n)
         self._offsets = f["frames/offsets"][: self._n + 1]
         self._groups = _optional_groups(f)
         self._starts = {k: g["start"][: self._n] for k, g in self._groups.items()}
@@ -876,10 +1027,16 @@ class SidecarReader:
 
     def refresh(self) -> int:
         """Pick up frames a live (SWMR) writer committed since opening; returns n_frames."""
+        n = None
         if not self.closed_cleanly:
+            # read the commit count before refreshing the extents: the writer flushes a frame's
+            # data before its count, so extents refreshed afterwards cover the frames counted
+            count = self._file["n_frames_committed"]
+            count.refresh()
+            n = int(count[()])
             for obj in self._iter_datasets():
                 obj.refresh()
-        self._load()
+        self._load(n)
         return self._n
 
     def _iter_datasets(self) -> Iterator[h5py.Dataset]:
@@ -917,12 +1074,13 @@ class SidecarReader:
         s = int(self._starts[name][i]) if name in self._starts else -1
         return None if s < 0 else self._groups[name]["data"][s: s + n_at]
 
-    def frame(self, i: int) -> dict[str, Any]:
+    def frame(self, i: int, *, platonic: bool = True) -> dict[str, Any]:
         """Frame ``i`` (negative counts from the end) as a dict of arrays.
 
         Keys: index, step, numbers (N,), positions (N,3), cell (3,3), pbc (3,), energy (float or
         None), forces (N,3) | None, platonic (N,K) | None, embeddings (N,D) | None,
-        scores {name: (N,)} (only the scores this frame has).
+        scores {name: (N,)} (only the scores this frame has). ``platonic`` is stored or derived
+        from the embeddings (see the module docstring); ``platonic=False`` skips it (None).
         """
         if not -self._n <= i < self._n:
             raise IndexError(f"{self.path}: frame {i} out of range ({self._n} frames)")
@@ -935,6 +1093,7 @@ class SidecarReader:
             val = self._field(f"scores/{name}", i, a1 - a0)
             if val is not None:
                 scores[name] = val
+        embeddings = self._field("embeddings", i, a1 - a0)
         return {
             "index": i,
             "step": int(f["frames/step"][i]),
@@ -944,8 +1103,8 @@ class SidecarReader:
             "pbc": f["frames/pbc"][i],
             "energy": None if math.isnan(energy) else energy,
             "forces": self._field("forces", i, a1 - a0),
-            "platonic": self._field("platonic", i, a1 - a0),
-            "embeddings": self._field("embeddings", i, a1 - a0),
+            "platonic": self._platonic(i, a1 - a0, embeddings) if platonic else None,
+            "embeddings": embeddings,
             "scores": scores,
         }
 
