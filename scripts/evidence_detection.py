@@ -96,11 +96,11 @@ def model_outputs(spec: str, structures: list, data_hash: str, tag: str) -> dict
     """
     from platoscope.backends import load_backend
 
-    path = CACHE / f"{tag}_{spec.replace(':', '-')}_{_key(spec, data_hash)}.npz"
+    be = load_backend(spec)
+    path = CACHE / f"{tag}_{spec.replace(':', '-')}_{_key(spec, be.fingerprint, data_hash)}.npz"
     if path.is_file():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    be = load_backend(spec)
     log(f"{spec}: computing {len(structures)} structures ({sum(map(len, structures))} atoms)")
     be.compute(structures[0], ["energy", "forces"])  # warm-up (lazy init, JIT)
     E, F, X, T, TC = [], [], [], [], []
@@ -134,7 +134,7 @@ def bank_extras(spec: str, anchors: Any, light: bool = False) -> dict[str, Any]:
     be = load_backend(spec)
     bank = default_bank(be, anchors, progress=False)
     refs = reference_structures()
-    path = CACHE / f"bank_{spec.replace(':', '-')}_{_key(spec, bank.data_hash, 'v2')}.npz"
+    path = CACHE / f"bank_{spec.replace(':', '-')}_{_key(spec, be.fingerprint, bank.data_hash, 'v2')}.npz"
     if path.is_file():
         with np.load(path) as z:
             extra = {k: z[k] for k in z.files}
@@ -202,7 +202,7 @@ def elemental_structures() -> list:
 
 def elemental_extras(be: Any) -> dict[str, np.ndarray]:
     structs = elemental_structures()
-    path = CACHE / f"elemental_{be.spec.replace(':', '-')}_{_key(be.spec, 'elem-v3')}.npz"
+    path = CACHE / f"elemental_{be.spec.replace(':', '-')}_{_key(be.spec, be.fingerprint, 'elem-v3')}.npz"
     if path.is_file():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
@@ -251,15 +251,6 @@ def knn_mean_value(q, qZ, pool, pZ, values, k):
         idx = torch.topk(d, min(k, len(sel)), dim=1, largest=False).indices.numpy()
         out[m] = values[sel][idx].mean(axis=1)
     return out
-
-
-class _Identity:
-    """A projector that keeps the raw features (prototype of ``AtypicalMonitor(space="raw")``)."""
-
-    normalize = "identity"
-
-    def transform(self, embeddings: Any) -> np.ndarray:
-        return np.asarray(embeddings, dtype=np.float64)
 
 
 class Scorers:
@@ -314,7 +305,7 @@ class Scorers:
 
             from platoscope.monitors.base import Frame
 
-            return self.monitor.score(Frame(0, Atoms(numbers=Z), platonic=P))
+            return self.monitor.score(Frame(0, Atoms(numbers=Z), platonic=P, embeddings=X))
 
         def ratio(X, P, Z, F):
             s = shipped(X, P, Z, F)
@@ -377,22 +368,23 @@ class Scorers:
                                  anchor_set_hash=bank.anchor_set_hash, data_hash="augmented",
                                  provenance=bank.provenance)
 
-        self.monitor_elem = AtypicalMonitor(aug_bank(bank.projector), k=5, quantile=0.999)
-        self.monitor_elem_raw = AtypicalMonitor(aug_bank(_Identity()), k=5, quantile=0.999)
-        self.monitor_elem_raw_copy = AtypicalMonitor(aug_bank(_Identity(), esid_copy), k=5,
+        self.monitor_elem = AtypicalMonitor(aug_bank(bank.projector), k=5, quantile=0.999,
+                                            space="projected")
+        self.monitor_elem_raw = AtypicalMonitor(aug_bank(bank.projector), k=5, quantile=0.999)
+        self.monitor_elem_raw_copy = AtypicalMonitor(aug_bank(bank.projector, esid_copy), k=5,
                                                      quantile=0.999)
 
-        def mon_score(mon: AtypicalMonitor, raw: bool) -> Callable:
+        def mon_score(mon: AtypicalMonitor) -> Callable:
             def f(X, P, Z, F):
                 from ase import Atoms
 
                 from platoscope.monitors.base import Frame
 
-                return mon.score(Frame(0, Atoms(numbers=Z), platonic=X if raw else P))
+                return mon.score(Frame(0, Atoms(numbers=Z), platonic=P, embeddings=X))
             return f
 
-        self.fns["monitor_elemental_bank"] = mon_score(self.monitor_elem, False)
-        self.fns["monitor_elemental_bank_raw"] = mon_score(self.monitor_elem_raw, True)
+        self.fns["monitor_elemental_bank"] = mon_score(self.monitor_elem)
+        self.fns["monitor_elemental_bank_raw"] = mon_score(self.monitor_elem_raw)
         if "bank_F" in ex:
             bF = np.linalg.norm(ex["bank_F"], axis=1)
             self.fns["bank_error_knn"] = lambda X, P, Z, F: knn_mean_value(X, Z, bX, bZ, bF, 5)
