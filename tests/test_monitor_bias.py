@@ -36,6 +36,7 @@ def test_calibration_per_element(models):
     mon = BiasMonitor(calc_b, bank_a=bank_a, bank_b=bank_b, quantile=0.9)
     d = paired_distances(bank_a, bank_b)
     assert np.isfinite(d).all() and (d > 0).all()
+    np.testing.assert_array_equal(d, np.linalg.norm(bank_a.coords - bank_b.coords, axis=1))
     assert mon.expected_false_alarm_rate == pytest.approx(0.1)
     thr = mon.thresholds_for(Frame(step=0, atoms=Atoms(numbers=bank_a.numbers),
                                    platonic=np.zeros((len(d), 1))))

@@ -72,7 +72,12 @@ def paired_distances(bank_a: ReferenceBank, bank_b: ReferenceBank) -> np.ndarray
         raise AnchorSetMismatchError(
             f"reference banks on different anchor sets ({bank_a.anchor_set_hash[:12]} vs "
             f"{bank_b.anchor_set_hash[:12]}): their coordinates share no axes")
-    return np.linalg.norm(bank_a.coords - bank_b.coords, axis=1)
+    # in blocks: at K = 3000 one bank's coordinates alone are ~0.6 GB
+    step = 2048
+    return np.concatenate([
+        np.linalg.norm(bank_a.projector.transform(bank_a.embeddings[s:s + step])
+                       - bank_b.projector.transform(bank_b.embeddings[s:s + step]), axis=1)
+        for s in range(0, len(bank_a), step)])
 
 
 class BiasMonitor(Monitor):
