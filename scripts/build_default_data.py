@@ -6,7 +6,9 @@
    a. the MP-20 train subset in data/mp20_partial/train.csv (CC-BY-4.0, see
       data/PROVENANCE.md), less structures with an atom that has no neighbour within 5 Å
       (CHGNet 0.2.0 cannot embed them, SevenNet warns);
-   b. the 71 elemental solids of ASE's ``dcdft`` collection (Delta-test set), each as a
+   b. the elemental solids of ASE's ``dcdft`` collection (Delta-test set; 69 of 71: not Po
+      and Rn, which SevenNet has no parameters for, so every bundled model embeds the whole
+      reference set and the banks of two models hold the same atoms), each as a
       supercell of at least 27 atoms, perfect and rattled with Gaussian sigma = 0.05, 0.1,
       0.2, 0.3 Å: every element's pool then holds its own bulk and its thermal noise, not only
       its compounds (docs/detection.md: this is what makes the atypical score track errors).
@@ -43,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 CUTOFF = 5.0
 SIGMAS = (0.05, 0.1, 0.2, 0.3)
 MIN_ATOMS = 27
+UNCOVERED = ("Po", "Rn")  # dcdft elements without SevenNet parameters (7net-0, l3i5, mf-0)
 
 
 def isolated(atoms: Atoms, cutoff: float = CUTOFF) -> bool:
@@ -68,6 +71,8 @@ def elemental_crystals() -> list[Atoms]:
 
     out = []
     for z, name in enumerate(dcdft.names):
+        if name in UNCOVERED:
+            continue
         base = supercell(dcdft[name])
         for k, sigma in enumerate((0.0, *SIGMAS)):
             a = base.copy()

@@ -167,13 +167,17 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
 
     projection: preset name or Projector (its parameters; default ``shared``). Looks for a bank
     shipped in the package, then in the cache; otherwise builds it once (a minute or two on a
-    CPU, with a progress bar) and caches it.
+    CPU, with a progress bar) and caches it. The cache key includes the model fingerprint and
+    the hash of the shipped reference file, so a new release's reference set is never scored
+    against an old cached bank.
     """
     from platoscope.anchors import cache_dir, default_data_path
+    from platoscope.provenance import sha256_bytes
 
     proj = Projector.coerce(projection)
     name = _bank_name(backend.spec, anchors.hash, proj.name)
-    cached = cache_dir() / "reference" / f"{backend.fingerprint[:16]}-{name}"
+    ref_hash = sha256_bytes(default_data_path(REFERENCE_STRUCTURES).read_bytes())
+    cached = cache_dir() / "reference" / f"{backend.fingerprint[:16]}-{ref_hash[:8]}-{name}"
     for path in (default_data_path(name), cached):
         if path.is_file():
             bank = ReferenceBank.load(path)
