@@ -157,3 +157,26 @@ def test_bad_configuration(models):
                           provenance=bank_b.provenance)
     with pytest.raises(ValueError, match="same reference atoms"):
         BiasMonitor(calc_b, bank_a=bank_a, bank_b=other)
+
+
+def test_bank_skips_structures_a_model_cannot_embed(sevenn_backend, small_anchors, models):
+    """SevenNet-0 has no parameters for Po: with skip_unsupported its bank leaves that structure
+    out (warning, provenance), keeps the original structure numbering, and the bias monitor
+    calibrates on the atoms both banks hold."""
+    po = bulk("Po", "sc", a=3.35) * (2, 2, 2)
+    refs = [a for a in reference_structures() if 14 in a.numbers and len(a) <= 12][:3]
+    with pytest.raises(UnsupportedElementError, match="Po"):
+        ReferenceBank.build(sevenn_backend, [refs[0], po], small_anchors)
+    with pytest.warns(UserWarning, match="no parameters for Po: 1 of 4"):
+        bank_b = ReferenceBank.build(sevenn_backend, [refs[0], po, refs[1], refs[2]],
+                                     small_anchors, skip_unsupported=True)
+    assert bank_b.provenance["skipped_structures"] == [1]
+    assert set(bank_b.structure_index) == {0, 2, 3} and 84 not in bank_b.numbers
+    chg = models[0].backend
+    bank_a = ReferenceBank.build(chg, [refs[0], po, refs[1], refs[2]], small_anchors)
+    assert 84 in bank_a.numbers
+    d = paired_distances(bank_a, bank_b)
+    assert len(d) == len(bank_b) < len(bank_a)
+    keep = bank_a.structure_index != 1
+    np.testing.assert_array_equal(
+        d, np.linalg.norm(bank_a.coords[keep] - bank_b.coords, axis=1))

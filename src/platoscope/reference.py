@@ -48,16 +48,41 @@ class ReferenceBank:
     @classmethod
     def build(cls, backend: Any, structures: Sequence[Atoms], anchors: AnchorSet, *,
               projection: str | Projector | None = None, data_hash: str | None = None,
-              batch_size: int = 16, progress: bool = False) -> ReferenceBank:
+              batch_size: int = 16, skip_unsupported: bool = False,
+              progress: bool = False) -> ReferenceBank:
         """Embed ``structures`` with ``backend`` and fit the projector on them.
 
         projection: a preset name (default ``shared``) or a Projector whose parameters to use.
         Anchor atoms that lie in ``structures`` reuse these embeddings (no second pass).
+        skip_unsupported: leave out, with a warning, structures holding an element the model has
+        no parameters for (else: UnsupportedElementError naming the structure and element);
+        ``structure_index`` keeps the original numbering and provenance lists what was skipped.
         """
+        import warnings
+
+        from ase.data import chemical_symbols
+
         from platoscope.provenance import package_versions, sha256_bytes
 
         if not structures:
             raise ValueError("no reference structures given")
+        index = np.arange(len(structures))
+        supported = backend.supported_numbers
+        skipped: list[int] = []
+        if skip_unsupported and supported is not None:
+            skipped = [i for i, a in enumerate(structures) if not set(a.numbers) <= supported]
+            if skipped:
+                lacking = sorted({int(z) for i in skipped for z in structures[i].numbers
+                                  if z not in supported})
+                warnings.warn(f"{backend.spec} has no parameters for "
+                              f"{', '.join(chemical_symbols[z] for z in lacking)}: "
+                              f"{len(skipped)} of {len(structures)} reference structures left "
+                              "out of its bank", stacklevel=2)
+                index = np.setdiff1d(index, skipped)
+                if not len(index):
+                    raise ValueError(f"{backend.spec} supports no element of any reference "
+                                     "structure")
+        structures = [structures[i] for i in index]
         feats = backend.embed(list(structures), batch_size=batch_size, progress=progress)
         emb = np.concatenate(feats)
         proj = Projector.coerce(projection)
@@ -70,9 +95,9 @@ class ReferenceBank:
         prov.update(fingerprint=backend.fingerprint, anchor_set_hash=anchors.hash,
                     n_anchors=len(anchors),
                     projection=proj.name, versions=package_versions(),
-                    n_structures=len(structures))
+                    n_structures=len(structures), skipped_structures=skipped)
         return cls(emb, np.concatenate([a.numbers for a in structures]),
-                   np.repeat(np.arange(len(structures)), [len(f) for f in feats]),
+                   np.repeat(index, [len(f) for f in feats]),
                    projector=proj, anchor_set_hash=anchors.hash, data_hash=data_hash,
                    provenance=prov)
 
@@ -140,6 +165,27 @@ class ReferenceBank:
                                    ) from err
 
 
+def shared_rows(bank_a: ReferenceBank, bank_b: ReferenceBank) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (ia, ib) of the reference atoms both banks hold, in the same order.
+
+    Banks of one reference set differ only by whole structures a model could not embed
+    (``ReferenceBank.build(skip_unsupported=True)``); anything else is refused.
+    """
+    if bank_a.anchor_set_hash != bank_b.anchor_set_hash:
+        raise AnchorSetMismatchError(
+            f"reference banks on different anchor sets ({bank_a.anchor_set_hash[:12]} vs "
+            f"{bank_b.anchor_set_hash[:12]}): their coordinates share no axes")
+    common = np.intersect1d(bank_a.structure_index, bank_b.structure_index)
+    ia = np.flatnonzero(np.isin(bank_a.structure_index, common))
+    ib = np.flatnonzero(np.isin(bank_b.structure_index, common))
+    if len(ia) != len(ib) or not len(ia) or (bank_a.numbers[ia] != bank_b.numbers[ib]).any() or (
+            bank_a.structure_index[ia] != bank_b.structure_index[ib]).any():
+        raise ValueError(f"the reference banks of {bank_a.model} ({len(bank_a)} atoms) and "
+                         f"{bank_b.model} ({len(bank_b)} atoms) do not hold the same reference "
+                         "atoms in the same order")
+    return ia, ib
+
+
 REFERENCE_STRUCTURES = "reference_structures.extxyz.gz"
 
 
@@ -184,6 +230,6 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
             bank.check_backend(backend)
             return bank
     bank = ReferenceBank.build(backend, reference_structures(), anchors, projection=proj,
-                               progress=progress)
+                               skip_unsupported=True, progress=progress)
     bank.save(cached)
     return bank

@@ -36,7 +36,7 @@ from ase.data import chemical_symbols
 
 from platoscope.errors import AnchorSetMismatchError, UnsupportedElementError
 from platoscope.monitors.base import Frame, Monitor
-from platoscope.reference import ReferenceBank
+from platoscope.reference import ReferenceBank, shared_rows
 
 MIN_ATOMS_PER_ELEMENT = 5
 DEFAULT_INTERVAL = 10
@@ -62,22 +62,15 @@ def calibrate_thresholds(d: np.ndarray, numbers: np.ndarray, quantile: float
 
 
 def paired_distances(bank_a: ReferenceBank, bank_b: ReferenceBank) -> np.ndarray:
-    """(M,) distance between two models' coordinates of the same M reference atoms."""
-    if len(bank_a) != len(bank_b) or (bank_a.numbers != bank_b.numbers).any() or (
-            bank_a.structure_index != bank_b.structure_index).any():
-        raise ValueError(f"the reference banks of {bank_a.model} ({len(bank_a)} atoms) and "
-                         f"{bank_b.model} ({len(bank_b)} atoms) do not hold the same reference "
-                         "atoms in the same order")
-    if bank_a.anchor_set_hash != bank_b.anchor_set_hash:
-        raise AnchorSetMismatchError(
-            f"reference banks on different anchor sets ({bank_a.anchor_set_hash[:12]} vs "
-            f"{bank_b.anchor_set_hash[:12]}): their coordinates share no axes")
+    """(M,) distance between two models' coordinates of the M reference atoms both banks
+    hold (rows :func:`shared_rows`)."""
+    ia, ib = shared_rows(bank_a, bank_b)
     # in blocks: at K = 3000 one bank's coordinates alone are ~0.6 GB
     step = 2048
     return np.concatenate([
-        np.linalg.norm(bank_a.projector.transform(bank_a.embeddings[s:s + step])
-                       - bank_b.projector.transform(bank_b.embeddings[s:s + step]), axis=1)
-        for s in range(0, len(bank_a), step)])
+        np.linalg.norm(bank_a.projector.transform(bank_a.embeddings[ia[s:s + step]])
+                       - bank_b.projector.transform(bank_b.embeddings[ib[s:s + step]]), axis=1)
+        for s in range(0, len(ia), step)])
 
 
 class BiasMonitor(Monitor):
@@ -148,7 +141,7 @@ class BiasMonitor(Monitor):
         (:func:`calibrate_thresholds`)."""
         d = paired_distances(bank_a, bank_b)
         self.element_thresholds_, self.global_threshold_ = calibrate_thresholds(
-            d, bank_a.numbers, self.quantile)
+            d, bank_a.numbers[shared_rows(bank_a, bank_b)[0]], self.quantile)
         self.bank_models_ = (bank_a.model, bank_b.model)
         self.calibration_median_ = float(np.median(d))
         return self

@@ -363,12 +363,12 @@ class SwitchMonitor(Monitor):
 
         bank_a = atypical.bank
         if self.bank_b is not None:
-            if len(self.bank_b) != len(bank_a) or (self.bank_b.numbers != bank_a.numbers).any():
-                raise ValueError("bank_b must hold the same reference atoms as the atypical "
-                                 "monitor's bank")
-            tmap = TransportMap().fit(bank_a.coords, self.bank_b.coords,
-                                      elements=bank_a.numbers)
-            fitted_on = f"reference banks ({len(bank_a)} atoms)"
+            from platoscope.reference import shared_rows
+
+            ia, ib = shared_rows(bank_a, self.bank_b)
+            tmap = TransportMap().fit(bank_a.coords[ia], self.bank_b.coords[ib],
+                                      elements=bank_a.numbers[ia])
+            fitted_on = f"reference banks ({len(ia)} atoms)"
         else:
             tmap = TransportMap().fit(z_a, z_b, elements=np.asarray(numbers))
             fitted_on = f"the switch frame ({len(numbers)} atoms)"
