@@ -5,14 +5,15 @@ of symmetry-equivalent atoms (spglib, ``symprec`` in Å) and the *numerical nois
 on it: the largest distance of an atom's projected coordinates from its class mean in the
 reference frame (float32 models give 1e-7 to 4e-6 on perfect crystals). Every later frame is
 scored per atom by the distance of its coordinates from its class mean (classes fixed from the
-reference, so atom order must not change). The threshold is
-``max(factor * noise, floor * sqrt(K))``; the floor is per projected coordinate (RMS), so it
-holds for any number K of anchors.
+reference, so atom order must not change). The threshold is ``max(factor * noise, floor)``,
+with the floor a distance in coordinate space. (It used to be ``floor * sqrt(K)``, per
+coordinate; the default softmax kernel moves only the few coordinates of an atom's nearest
+anchors, so the spread of a broken class does not grow with K.)
 
 Classes the model itself does not respect: SevenNet-0 is invariant under rotations but not
 under inversion (a mirror image gets another energy), so atoms related only by improper
 operations (the two halves of the Al and O sites of corundum, R-3c) differ by ~2e-3 in the
-perfect crystal. Such a class (reference spread above ``SPLIT * floor * sqrt(K)``) is split at
+perfect crystal. Such a class (reference spread above ``SPLIT * floor``) is split at
 ``start`` into the groups of atoms the model does see as identical (connected within that
 distance); the split is logged and listed in the summary (``model_split_classes``), and the
 noise and threshold come from the groups, so the run is still watched at float-noise level.
@@ -52,12 +53,11 @@ log = logging.getLogger("platoscope.monitors")
 
 FACTOR = 10.0
 """Threshold = FACTOR x the reference frame's noise (later symmetric frames reached <= 2.9x)."""
-FLOOR = 5e-7
-"""Smallest threshold per coordinate: ``FLOOR * sqrt(K)`` = 5e-6 at K = 100 (perfect-crystal
-frames reached 3.4e-6; the weakest 0.005 Å response was 8.7e-6, NaCl 8-atom cell, CHGNet)."""
+FLOOR = 5e-6
+"""Smallest threshold (a coordinate-space distance; docs/symmetry_switch.md for the margins)."""
 SPLIT = 10.0
-"""A reference class spreading over more than ``SPLIT * FLOOR * sqrt(K)`` is one the model
-does not respect: it is split (module docstring)."""
+"""A reference class spreading over more than ``SPLIT * FLOOR`` is one the model does not
+respect: it is split (module docstring)."""
 
 
 class SymmetryMonitor(Monitor):
@@ -68,7 +68,7 @@ class SymmetryMonitor(Monitor):
     scores; a restarted :func:`~platoscope.runner.run_md` passes the run's original first
     frame); its ``arrays['platonic']`` (N, K), if present, are used as its coordinates, else the
     frame's calculator evaluates it once; factor, floor:
-    threshold ``max(factor * noise, floor * sqrt(K))`` (a fixed ``threshold=`` overrides both);
+    threshold ``max(factor * noise, floor)`` (a fixed ``threshold=`` overrides both);
     repeat: fire an event on every frame a class is broken, not only when it breaks.
 
     After ``start``: ``info_`` (spglib's :class:`~platoscope.symmetry.SymmetryInfo`),
@@ -116,7 +116,7 @@ class SymmetryMonitor(Monitor):
                 "atoms in the same order needed")
         info = analyse_symmetry(ref, self.symprec)
         z = self._reference_coords(ref, frame)
-        floor = self.floor * np.sqrt(z.shape[1])
+        floor = self.floor
         classes, self.model_split_classes_ = _split_classes(z, info.classes, SPLIT * floor)
         for s in self.model_split_classes_:
             s["element"] = ref.get_chemical_symbols()[s["atoms"][0]]
