@@ -197,7 +197,7 @@ def switch_run(calc_a: PlatonicCalculator, calc_b: PlatonicCalculator, atoms: At
 
     atoms = atoms.copy()
     atoms.calc = SwitchingCalculator(calc_a, calc_b, rule=switch_at)
-    atypical = AtypicalMonitor(bank_a)
+    atypical = AtypicalMonitor(bank_a, space="projected")  # carried thresholds live there
     thr_a = {k: round(v, 4) for k, v in atypical.summary()["element_thresholds"].items()
              if k in set(atoms.get_chemical_symbols())}
     switch = SwitchMonitor(atypical=atypical)
@@ -288,7 +288,8 @@ def carry_study(anchors: AnchorSet, a: str = "chgnet", b: str = "sevenn:7net-0"
     ca, cb = PlatonicCalculator(a, anchors), PlatonicCalculator(b, anchors)
     bank_a = default_bank(ca.backend, anchors)
     bank_b = default_bank(cb.backend, anchors, progress=True)
-    own_a, own_b = AtypicalMonitor(bank_a), AtypicalMonitor(bank_b)
+    own_a = AtypicalMonitor(bank_a, space="projected")
+    own_b = AtypicalMonitor(bank_b, space="projected")
     t0 = time.time()
     by_bank = SwitchMonitor(bank_b=bank_b, retarget=False)
     carried_bank = by_bank.carry(own_a, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1))
