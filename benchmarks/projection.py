@@ -6,7 +6,7 @@ kernel). Coordinates are consumed chunk by chunk (as a trajectory post-processor
 N = 1M at K = 3000 does not need 24 GB; the table gives atoms/s and the peak resident memory
 the process reached (RSS, MiB). Target (issue 3): 1M atoms against 100 anchors.
 
-    python benchmarks/projection.py [--n 1000000] [--d 64] [--ks 100 3000] [--chunk 65536]
+    python benchmarks/projection.py [--n 1000000] [--d 64] [--ks 100 3000] [--chunk 8192]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--d", type=int, default=64)
     p.add_argument("--ks", type=int, nargs="+", default=[100, 3000])
-    p.add_argument("--chunk", type=int, default=65536)
+    p.add_argument("--chunk", type=int, default=8192)
     a = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; N={a.n:,} D={a.d}, "
           f"chunks of {a.chunk:,}")
