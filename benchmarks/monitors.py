@@ -2,7 +2,7 @@
 
 1. Per step, alternating in one run: the bare CHGNet calculator; PlatonicCalculator alone; and
    PlatonicCalculator plus the atypical and symmetry monitors (Watcher, no file output) scoring
-   against the shipped CHGNet reference bank (23,853 atoms; K = 3000 anchors, default
+   against the shipped CHGNet reference bank (23,288 atoms; K = 3000 anchors, default
    projection). Reported as median ratios to the bare step.
 2. Per frame, for an existing trajectory: ``monitor_frames`` (batched embedding, no forces)
    against calling the PlatonicCalculator frame by frame.
