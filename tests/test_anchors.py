@@ -122,3 +122,24 @@ def test_default_anchor_set_covers_every_reference_element():
     mp20 = [a for a in reference_structures() if "material_id" in a.info]
     assert len(anchors) == anchors.meta["k"] == 3000 and anchors.meta["method"] == "direct"
     assert set(anchors.numbers) == set(np.concatenate([a.numbers for a in mp20]))
+
+
+def test_damaged_reference_bank_and_anchor_cache_are_named(tmp_path):
+    from platoscope.reference import ReferenceBank
+
+    junk = tmp_path / "bank.npz"
+    junk.write_bytes(b"not an npz at all")
+    with pytest.raises(CorruptFileError, match=r"bank\.npz: not a readable reference bank"):
+        ReferenceBank.load(junk)
+    anchors = AnchorSet.from_atoms(_pairs())
+    other = anchors.save(tmp_path / "anchors.npz")  # a valid file of another kind
+    with pytest.raises(CorruptFileError, match=r"anchors\.npz: not a platoscope reference bank"):
+        ReferenceBank.load(other)
+
+
+@pytest.mark.backend("chgnet")
+def test_foreign_anchor_cache_is_refused(chgnet_backend, tmp_path):
+    anchors = AnchorSet.from_atoms(_pairs())
+    other = anchors.save(tmp_path / "anchors.npz")  # an anchor set, not a matrix cache
+    with pytest.raises(CorruptFileError, match="anchor-matrix cache.*delete it to recompute"):
+        anchors.embed(chgnet_backend, cache_path=other)

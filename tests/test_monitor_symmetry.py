@@ -32,18 +32,20 @@ def frame(calc, atoms: Atoms, step: int) -> Frame:
     return Frame(step=step, atoms=atoms, platonic=calc.get_platonic(atoms), calc=calc)
 
 
+class EventList(list):
+    """A Watcher sink that keeps the events."""
+
+    def frame(self, f, scores):
+        pass
+
+    def event(self, ev):
+        self.append(ev)
+
+
 def watch(calc, frames: list[Atoms], **kwargs):
     mon = SymmetryMonitor(**kwargs)
-    events = []
-
-    class Sink:
-        def frame(self, f, scores):
-            pass
-
-        def event(self, ev):
-            events.append(ev)
-
-    w = Watcher([mon], sinks=[Sink()], strict=True)
+    events = EventList()
+    w = Watcher([mon], sinks=[events], strict=True)
     for k, a in enumerate(frames):
         w.process(frame(calc, a, k))
     return mon, events
@@ -147,16 +149,8 @@ def test_md_breaks_at_first_step_and_reports_once(calc):
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     mon = SymmetryMonitor(action="record")
-    events = []
-
-    class Sink:
-        def frame(self, f, scores):
-            pass
-
-        def event(self, ev):
-            events.append(ev)
-
-    watcher = Watcher([mon], sinks=[Sink()], strict=True)
+    events = EventList()
+    watcher = Watcher([mon], sinks=[events], strict=True)
     dyn = Langevin(atoms, 1 * units.fs, temperature_K=300, friction=0.01,
                    rng=np.random.default_rng(0))
     dyn.attach(watcher, interval=1, atoms=atoms)

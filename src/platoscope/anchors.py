@@ -55,6 +55,20 @@ def _savez_atomic(path: Path, *, compressed: bool = False, **arrays: Any) -> Non
             os.unlink(tmp)
 
 
+def _load_npz(path: Path, fmt: str, what: str, hint: str = "") -> dict[str, np.ndarray]:
+    """Every array of a platoscope ``.npz`` file (no pickle); CorruptFileError naming the file
+    when it cannot be read or holds another format than ``fmt``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as err:
+        raise CorruptFileError(f"{path}: not a readable {what} ({err}){hint}") from err
+    if str(data.get("format", "")) != fmt:
+        raise CorruptFileError(f"{path}: not a platoscope {what} (format "
+                               f"{str(data.get('format', 'missing'))!r}){hint}")
+    return data
+
+
 class AnchorSet:
     """K anchor atomic environments: ``anchors[k] = (structure, atom index)``.
 
@@ -174,14 +188,7 @@ class AnchorSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"anchor set file not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except Exception as err:
-            raise CorruptFileError(f"{path}: not a readable anchor-set file ({err})") from err
-        if str(data.get("format", "")) != FORMAT:
-            raise CorruptFileError(f"{path}: not a platoscope anchor-set file (format "
-                                   f"{str(data.get('format', 'missing'))!r})")
+        data = _load_npz(path, FORMAT, "anchor-set file")
         try:
             offsets = np.concatenate([[0], np.cumsum(data["sizes"])])
             structures = [
@@ -250,14 +257,7 @@ class AnchorSet:
         return mat
 
     def _read_cache(self, path: Path, backend: Any, fp: str) -> np.ndarray:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-            if str(data["format"]) != CACHE_FORMAT:
-                raise ValueError(f"format {str(data['format'])!r}")
-        except Exception as err:
-            raise CorruptFileError(f"{path}: not a readable anchor-matrix cache ({err}); "
-                                   "delete it to recompute") from err
+        data = _load_npz(path, CACHE_FORMAT, "anchor-matrix cache", "; delete it to recompute")
         if str(data["anchor_hash"]) != self.hash:
             raise AnchorCacheMismatchError(
                 f"{path} holds anchors of set {str(data['anchor_hash'])[:12]}, not of this set "

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from platoscope.anchors import AnchorSet, _savez_atomic
+from platoscope.anchors import AnchorSet, _load_npz, _savez_atomic
 from platoscope.errors import AnchorSetMismatchError, CorruptFileError
 from platoscope.projection import Projector
 
@@ -148,11 +148,8 @@ class ReferenceBank:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"reference bank not found: {path}")
+        data = _load_npz(path, FORMAT, "reference bank")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-            if str(data["format"]) != FORMAT:
-                raise ValueError(f"format {str(data['format'])!r}")
             state = {k.removeprefix("projector_"): v for k, v in data.items()
                      if k.startswith("projector_")}
             return cls(data["embeddings"], data["numbers"], data["structure_index"],
@@ -161,7 +158,7 @@ class ReferenceBank:
                        data_hash=str(data["data_hash"]),
                        provenance=json.loads(str(data["provenance"])))
         except Exception as err:
-            raise CorruptFileError(f"{path}: not a readable platoscope reference bank ({err})"
+            raise CorruptFileError(f"{path}: inconsistent reference-bank arrays ({err})"
                                    ) from err
 
 
