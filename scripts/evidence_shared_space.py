@@ -57,6 +57,7 @@ from platoscope.analysis import (  # noqa: E402
     periodicity_score,
     plot_periodicity_heatmap,
     retrieval_accuracy,
+    retrieval_chance,
     substitution_vector,
     transport,
 )
@@ -64,7 +65,7 @@ from platoscope.analysis.alignment import _knn_sets  # noqa: E402
 from platoscope.projection import Projector  # noqa: E402
 from platoscope.readers import read_structures  # noqa: E402
 from platoscope.selection import select_anchors  # noqa: E402
-from platoscope.symmetry import analyse_symmetry  # noqa: E402
+from platoscope.symmetry import symmetry_groups  # noqa: E402
 
 CHGNET = ["chgnet:0.3.0", "chgnet:0.2.0", "chgnet:r2scan"]
 SEVENN = ["sevenn:7net-0", "sevenn:7net-l3i5", "sevenn:7net-mf-0@PBE"]
@@ -188,27 +189,12 @@ class Data:
 def symmetry_classes(path: Path) -> tuple[np.ndarray, list]:
     """Global class id per atom (unique across structures) and the structures."""
     structures = read_structures(path)
-    out, off = [], 0
-    for a in structures:
-        c = analyse_symmetry(a, symprec=SYMPREC).classes
-        out.append(c + off)
-        off += int(c.max()) + 1
-    return np.concatenate(out), structures
+    return symmetry_groups(structures, SYMPREC), structures
 
 
 def representatives(groups: np.ndarray) -> np.ndarray:
     _, first = np.unique(groups, return_index=True)
     return np.sort(first)
-
-
-def retrieval_chance(groups: np.ndarray, k: int) -> float:
-    """Exact expected top-k hit rate of a random ranking, one query per class."""
-    _, counts = np.unique(groups, return_counts=True)
-    m = len(groups)
-    p = [1.0 - math.exp(math.lgamma(m - n + 1) - math.lgamma(m - n - k + 1)
-                        - math.lgamma(m + 1) + math.lgamma(m - k + 1)) if m - n >= k else 1.0
-         for n in counts]
-    return float(np.mean(p))
 
 
 # ----------------------------------------------------------------------------- projection
@@ -578,7 +564,7 @@ def main(argv=None) -> int:
     n_val, n_cls = len(groups), len(np.unique(groups))
     info = {"val_atoms": n_val, "val_classes": n_cls, "train_atoms": int(data.valid_train().sum()),
             "train_atoms_dropped": int((~data.valid_train()).sum()), "symprec": SYMPREC,
-            "chance_top1": retrieval_chance(groups, 1), "chance_top5": retrieval_chance(groups, 5),
+            "chance_top1": retrieval_chance(len(groups), 1, groups), "chance_top5": retrieval_chance(len(groups), 5, groups),
             "chance_mknn": KNN / (n_cls - 1)}
     print(f"val: {n_val} atoms, {n_cls} distinct environments; chance top-1 "
           f"{info['chance_top1']:.4f}, top-5 {info['chance_top5']:.4f}, mkNN@10 "
@@ -698,7 +684,7 @@ def main(argv=None) -> int:
                 print(f"skipping {corpus}: {err}", file=sys.stderr)
                 continue
             other[corpus]["info"] = {"atoms": len(g2), "classes": len(np.unique(g2)),
-                                     "chance_top5": retrieval_chance(g2, 5)}
+                                     "chance_top5": retrieval_chance(len(g2), 5, g2)}
     out["other_heldout"] = other
     tick("other_heldout", t0)
 

@@ -12,6 +12,7 @@ from platoscope.analysis import (
     mutual_knn,
     procrustes,
     retrieval_accuracy,
+    retrieval_chance,
 )
 
 
@@ -143,3 +144,19 @@ def test_bad_parameters_raise():
         mutual_knn(x, x, k=30)
     with pytest.raises(ValueError, match="zero variance"):
         linear_cka(np.ones((10, 3)), x[:10])
+
+
+def test_retrieval_chance_matches_random_rankings():
+    groups = np.repeat(np.arange(12), [1, 1, 2, 2, 3, 3, 4, 4, 6, 6, 8, 8])  # 48 atoms
+    n = len(groups)
+    assert retrieval_chance(n, 5) == pytest.approx(5 / n)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4))
+    hits = [retrieval_accuracy(x, rng.normal(size=(n, 4)), k=5, groups=groups)
+            for _ in range(3000)]  # unrelated clouds: a random ranking
+    exact = retrieval_chance(n, 5, groups)
+    assert exact > 5 / n  # larger classes are easier to hit
+    assert np.mean(hits) == pytest.approx(exact, abs=0.01)
+    assert retrieval_chance(n, n, groups) == 1.0
+    with pytest.raises(ValueError, match="k must be"):
+        retrieval_chance(n, 0)

@@ -13,10 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from platoscope import AnchorSet
+from platoscope.analysis import retrieval_accuracy, retrieval_chance
 from platoscope.cli import main
 from platoscope.coords import AtomCoordinates, check_comparable
 from platoscope.errors import AnchorSetMismatchError, CorruptFileError
 from platoscope.readers import read_structures
+from platoscope.symmetry import symmetry_groups
 
 REPO = Path(__file__).resolve().parents[1]
 VAL = REPO / "data" / "mp20_partial" / "val.csv"
@@ -56,6 +58,23 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     assert 0 <= res["transport"][0]["same_element_mass"] <= 1
     for f in ("alignment.png", "bias_per_element.png", "compare.txt"):
         assert (out / f).is_file()
+    assert not res["alignment"]["symmetry_aware"]
+
+    # with the structures: one query per environment, a hit on any equivalent atom
+    sym = tmp_path / "sym"
+    r = CliRunner().invoke(main, ["compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
+                                  "--structures", str(VAL), "--limit", "12", "--out", str(sym)])
+    assert r.exit_code == 0, r.output
+    al = json.loads((sym / "compare.json").read_text())["alignment"]
+    groups = symmetry_groups(read_structures(VAL, limit=12))
+    assert al["symmetry_aware"] and al["n_environments"] == len(np.unique(groups)) < len(a)
+    assert al["retrieval_chance_top5"] == pytest.approx(retrieval_chance(len(a), 5, groups))
+    assert np.array(al["retrieval_top5"])[0, 1] == pytest.approx(
+        retrieval_accuracy(a.platonic, b.platonic, k=5, groups=groups))
+    assert "same-environment retrieval" in (sym / "compare.txt").read_text()
+    r = CliRunner().invoke(main, ["compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
+                                  "--structures", str(VAL), "--out", str(tmp_path / "no")])
+    assert r.exit_code != 0 and "not the structures" in r.output and "val.csv" in r.output
 
 
 @pytest.mark.backend("chgnet")

@@ -13,6 +13,7 @@ from platoscope.symmetry import (
     class_spread,
     distance_from_class_mean,
     equivalence_classes,
+    symmetry_groups,
 )
 
 
@@ -112,3 +113,18 @@ def test_molecule_raises():
     boxed.center(vacuum=5.0)
     boxed.pbc = True
     assert analyse_symmetry(boxed, symprec=1e-2).n_classes == 2  # C, and the four H
+
+
+def test_symmetry_groups_span_structures():
+    nacl = bulk("NaCl", "rocksalt", a=5.64, cubic=True)  # 8 atoms, 2 environments
+    rattled = nacl.copy()
+    rattled.rattle(0.05, seed=1)  # P1: every atom its own environment
+    groups = symmetry_groups([nacl, molecule("H2O"), rattled])
+    assert groups.shape == (8 + 3 + 8,) and groups.dtype == np.int64
+    assert len(np.unique(groups[:8])) == 2
+    assert np.array_equal(groups[:8], equivalence_classes(nacl))
+    assert len(np.unique(groups[8:11])) == 3  # the molecule: no spglib classes, one id per atom
+    assert len(np.unique(groups[11:])) == 8
+    assert len(np.unique(groups)) == 2 + 3 + 8  # ids never shared across structures
+    with pytest.raises(ValueError, match="no structures"):
+        symmetry_groups([])

@@ -387,14 +387,30 @@ def report_cmd(run_dir):
 @click.option("--k", default=10, show_default=True, help="k of mutual k-NN")
 @click.option("--max-atoms", default=5000, show_default=True,
               help="Subsample for the O(N^2) metrics")
-def compare_cmd(files, out, k, max_atoms):
+@click.option("--structures", "structure_files", multiple=True, type=click.Path(exists=True),
+              help="The structures the files were made from (as given to embed): retrieval "
+                   "then counts symmetry-equivalent atoms as hits, one query per environment")
+@click.option("--limit", type=int, default=None, help="The --limit given to embed")
+@click.option("--symprec", default=1e-3, show_default=True, help="spglib tolerance (Å)")
+def compare_cmd(files, out, k, max_atoms, structure_files, limit, symprec):
     """Compare coordinate files of the same atoms from different models (``embed`` output)."""
     from platoscope.compare import compare
     from platoscope.coords import AtomCoordinates
+    from platoscope.symmetry import symmetry_groups
 
     if len(files) < 2:
         raise click.ClickException("compare needs at least two coordinate files")
-    res = compare([AtomCoordinates.load(f) for f in files], out, k=k, max_atoms=max_atoms)
+    coords = [AtomCoordinates.load(f) for f in files]
+    groups = None
+    if structure_files:
+        structures, data_hash = _read(structure_files, limit)
+        if data_hash != coords[0].data_hash:
+            raise click.ClickException(
+                f"{', '.join(structure_files)} are not the structures {files[0]} was made from "
+                f"(data hash {data_hash[:12]} != {coords[0].data_hash[:12]}): pass the same "
+                "files, in the same order and with the same --limit, as to embed")
+        groups = symmetry_groups(structures, symprec)
+    res = compare(coords, out, k=k, max_atoms=max_atoms, groups=groups)
     click.echo((Path(out) / "compare.txt").read_text())
     click.echo(f"wrote {out}/compare.json, alignment.png, bias_per_element.png, "
                f"{len(res['periodicity'])} periodicity heat maps")

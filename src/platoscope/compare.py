@@ -20,8 +20,14 @@ from platoscope.writers import write_json_atomic
 
 
 def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
-            max_atoms: int = 5000, seed: int = 0) -> dict[str, Any]:
-    """Compare models; subsample to ``max_atoms`` atoms for the O(N^2) metrics."""
+            max_atoms: int = 5000, seed: int = 0, groups: Any = None) -> dict[str, Any]:
+    """Compare models; subsample to ``max_atoms`` atoms for the O(N^2) metrics.
+
+    groups: optional (N,) int ids of equivalent atoms (e.g. from
+    :func:`platoscope.symmetry.symmetry_groups`): retrieval then counts a hit on any equivalent
+    atom and queries each distinct environment once, and mutual k-NN uses one atom per
+    environment (equivalent copies would otherwise tie).
+    """
     from ase.data import chemical_symbols
 
     from platoscope import analysis as an
@@ -37,6 +43,13 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(n, max_atoms, replace=False)) if n > max_atoms else np.arange(n)
     Z = coords[0].numbers[idx]
+    g = None
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(f"groups has shape {groups.shape}, the coordinates {n} atoms")
+        g = groups[idx]
+    rep = np.arange(len(idx)) if g is None else np.unique(g, return_index=True)[1]
     proj = {nm: c.platonic[idx] for nm, c in zip(names, coords, strict=True)}
     raw = {nm: c.embeddings[idx] for nm, c in zip(names, coords, strict=True)
            if c.embeddings is not None}
@@ -50,24 +63,27 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     top5 = np.eye(m)
     knn_p = np.eye(m)
     knn_r = np.full((m, m), np.nan)
+    for i, nm in enumerate(names):
+        knn_r[i, i] = 1.0 if nm in raw else np.nan
     cka = np.eye(m)
     ot_rows = []
     for i, j in itertools.permutations(range(m), 2):
         a, b = names[i], names[j]
-        top1[i, j] = an.retrieval_accuracy(proj[a], proj[b], k=1)
-        top5[i, j] = an.retrieval_accuracy(proj[a], proj[b], k=5)
+        top1[i, j] = an.retrieval_accuracy(proj[a], proj[b], k=1, groups=g)
+        top5[i, j] = an.retrieval_accuracy(proj[a], proj[b], k=5, groups=g)
     for i, j in itertools.combinations(range(m), 2):
         a, b = names[i], names[j]
-        knn_p[i, j] = knn_p[j, i] = an.mutual_knn(proj[a], proj[b], k=k)
+        knn_p[i, j] = knn_p[j, i] = an.mutual_knn(proj[a][rep], proj[b][rep], k=k)
         cka[i, j] = cka[j, i] = an.linear_cka(proj[a], proj[b])
         if a in raw and b in raw:
-            knn_r[i, j] = knn_r[j, i] = an.mutual_knn(raw[a], raw[b], k=k)
+            knn_r[i, j] = knn_r[j, i] = an.mutual_knn(raw[a][rep], raw[b][rep], k=k)
         t = an.transport(proj[a], proj[b], elements=Z)
         ot_rows.append({"source": a, "target": b, "cost": t.cost, "method": t.method,
                         "same_atom_mass": t.same_atom_mass,
                         "same_element_mass": t.same_element_mass})
     res["alignment"] = {"retrieval_top1": top1.tolist(), "retrieval_top5": top5.tolist(),
-                        "retrieval_chance_top5": 5 / len(idx),
+                        "retrieval_chance_top5": an.retrieval_chance(len(idx), 5, g),
+                        "symmetry_aware": g is not None, "n_environments": len(rep),
                         f"mutual_knn{k}_projected": knn_p.tolist(),
                         f"mutual_knn{k}_raw": knn_r.tolist(), "linear_cka": cka.tolist()}
     res["transport"] = ot_rows
@@ -115,15 +131,16 @@ def _plots(res: dict[str, Any], out: Path, k: int) -> None:
     import matplotlib.pyplot as plt
 
     names = res["models"]
-    panels = [("retrieval_top5", "same-atom retrieval top-5 (row -> column)"),
+    what = ("same-environment" if res["alignment"]["symmetry_aware"] else "same-atom")
+    panels = [("retrieval_top5", f"{what} retrieval top-5 (row -> column)"),
               (f"mutual_knn{k}_projected", f"mutual k-NN@{k}, projected"),
               (f"mutual_knn{k}_raw", f"mutual k-NN@{k}, raw features")]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    for ax, (key, title) in zip(axes, panels, strict=True):
+    for n_ax, (ax, (key, title)) in enumerate(zip(axes, panels, strict=True)):
         mat = np.array(res["alignment"][key], dtype=float)
         im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_yticks(range(len(names)), names if n_ax == 0 else [], fontsize=8)
         for (i, j), v in np.ndenumerate(mat):
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
@@ -148,8 +165,11 @@ def _plots(res: dict[str, Any], out: Path, k: int) -> None:
 
 def _text(res: dict[str, Any], k: int) -> str:
     names = res["models"]
+    al = res["alignment"]
+    what = (f"same-environment retrieval ({al['n_environments']} environments, a hit on any "
+            "symmetry-equivalent atom)" if al["symmetry_aware"] else "same-atom retrieval")
     lines = [f"{len(names)} models, {res['n_atoms']} atoms ({res['n_scored']} scored), anchors "
-             f"{res['anchor_set_hash'][:12]}", "", "same-atom retrieval top-1 / top-5 "
+             f"{res['anchor_set_hash'][:12]}", "", f"{what} top-1 / top-5 "
              f"(chance top-5 {res['alignment']['retrieval_chance_top5']:.4f}); mutual "
              f"k-NN@{k} projected / raw:"]
     al = res["alignment"]

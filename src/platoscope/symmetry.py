@@ -26,6 +26,7 @@ __all__ = [
     "class_spread",
     "distance_from_class_mean",
     "equivalence_classes",
+    "symmetry_groups",
 ]
 
 
@@ -103,6 +104,23 @@ def analyse_symmetry(atoms: Any, symprec: float = 1e-3, angle_tolerance: float =
 def equivalence_classes(atoms: Any, symprec: float = 1e-3) -> np.ndarray:
     """(N,) int64 class id (0..C-1) of each atom; atoms of one class are symmetry-equivalent."""
     return analyse_symmetry(atoms, symprec).classes
+
+
+def symmetry_groups(structures: Any, symprec: float = 1e-3) -> np.ndarray:
+    """(N,) int64 ids of symmetry-equivalent atoms over all ``structures`` in order, unique
+    across structures (N = total atoms); a structure spglib cannot analyse (a molecule, a
+    degenerate cell) gives each of its atoms its own id."""
+    out, offset = [], 0
+    for atoms in structures:
+        try:
+            c = analyse_symmetry(atoms, symprec).classes
+        except InvalidStructureError:
+            c = np.arange(len(atoms), dtype=np.int64)
+        out.append(c + offset)
+        offset += int(c.max()) + 1 if len(c) else 0
+    if not out:
+        raise ValueError("symmetry_groups got no structures")
+    return np.concatenate(out)
 
 
 def _check(coords: Any, classes: Any) -> tuple[np.ndarray, np.ndarray, int]:

@@ -22,6 +22,7 @@ from platoscope.analysis.alignment import (
     mutual_knn,
     procrustes,
     retrieval_accuracy,
+    retrieval_chance,
 )
 from platoscope.analysis.arithmetic import (
     ArithmeticResult,
@@ -65,6 +66,7 @@ __all__ = [
     "plot_periodicity_heatmap",
     "procrustes",
     "retrieval_accuracy",
+    "retrieval_chance",
     "substitution_vector",
     "transport",
 ]

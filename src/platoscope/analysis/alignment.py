@@ -129,7 +129,7 @@ def retrieval_accuracy(X: Any, Y: Any, k: int = 1, groups: Any = None,
     groups: optional (N,) int equivalence-class ids (e.g. symmetry-equivalent atoms of one
     structure): then a hit is any atom of the query's class in the top k, and each distinct class
     is queried once (by its first atom), so every distinct environment weighs the same.
-    Chance is about k / N (k / number of classes with groups).
+    Chance: :func:`retrieval_chance`.
     """
     check_metric(metric, _METRICS)
     x, y = _pair(X, Y, same_dim=True)
@@ -143,6 +143,23 @@ def retrieval_accuracy(X: Any, Y: Any, k: int = 1, groups: Any = None,
         members = [np.flatnonzero(inverse == c) for c in range(first.size)]
         r = ranks(x[first], y, members, metric)
     return float(np.mean(r < k))
+
+
+def retrieval_chance(n: int, k: int, groups: Any = None) -> float:
+    """Expected :func:`retrieval_accuracy` of a random ranking of ``n`` rows at top ``k``.
+
+    k / n without groups; with (n,) ``groups`` the mean over distinct classes of the chance that
+    a random k-subset holds one of the class's members (exact, hypergeometric).
+    """
+    if int(k) != k or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer in [1, n={n}], got {k!r}")
+    if groups is None:
+        return k / n
+    from math import comb
+
+    sizes = np.unique(as_labels(groups, "groups", n), return_counts=True)[1]
+    total = comb(n, k)
+    return float(np.mean([1 - comb(n - s, k) / total for s in sizes]))
 
 
 def alignment_matrix(coords: Mapping[str, Any], metric_fn: Callable[..., float],
