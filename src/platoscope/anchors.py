@@ -57,7 +57,10 @@ def _savez_atomic(path: Path, *, compressed: bool = False, **arrays: Any) -> Non
 
 def _load_npz(path: Path, fmt: str, what: str, hint: str = "") -> dict[str, np.ndarray]:
     """Every array of a platoscope ``.npz`` file (no pickle); CorruptFileError naming the file
-    when it cannot be read or holds another format than ``fmt``."""
+    when it cannot be read or holds another format than ``fmt``; FileNotFoundError if absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -185,10 +188,7 @@ class AnchorSet:
     @classmethod
     def load(cls, path: str | os.PathLike) -> AnchorSet:
         """Read a file written by :meth:`save`; a damaged or foreign file: CorruptFileError."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"anchor set file not found: {path}")
-        data = _load_npz(path, FORMAT, "anchor-set file")
+        data = _load_npz(Path(path), FORMAT, "anchor-set file")
         try:
             offsets = np.concatenate([[0], np.cumsum(data["sizes"])])
             structures = [

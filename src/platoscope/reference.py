@@ -145,10 +145,8 @@ class ReferenceBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReferenceBank:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"reference bank not found: {path}")
-        data = _load_npz(path, FORMAT, "reference bank")
+        """Read a bank written by :meth:`save`; a damaged or foreign file: CorruptFileError."""
+        data = _load_npz(Path(path), FORMAT, "reference bank")
         try:
             state = {k.removeprefix("projector_"): v for k, v in data.items()
                      if k.startswith("projector_")}
