@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: a monitored MD run with a bundled model (CHGNet 0.3.0, real weights, offline).
 # Rock salt NaCl (64 atoms) at 1400 K for 500 fs, watched by three monitors: symmetry (the
-# perfect crystal's two classes break at the first thermal step: two events), atypical (each
+# perfect crystal's two classes break at the first thermal step: one event), atypical (each
 # atom's distance to the nearest reference environments in CHGNet's own feature space; hot
 # rock salt stays within what CHGNet knows, about 0.3-0.7 of the threshold) and bias (SevenNet-0
 # re-evaluated every 25 steps: where the two models see an atom differently).

@@ -194,6 +194,10 @@ def test_restart_keeps_the_original_symmetry_reference(small_setup, chgnet_backe
     assert again.noise_ == first.noise_ and again.threshold == first.threshold
     np.testing.assert_allclose(again.reference.positions, nacl().positions, atol=1e-9)
     np.testing.assert_allclose(again.displacements(thermal), first.displacements(thermal))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    sym = next(m for m in summary["monitoring"]["monitors"] if m["name"] == "symmetry")
+    assert sym["atom_classes"] == first.classes_.tolist()
+    assert "symmetry_spread.png" in {p.name for p in make_report(tmp_path)}
 
 
 def test_cli_monitor_trajectory_and_report(small_setup, chgnet_backend, tmp_path):

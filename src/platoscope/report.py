@@ -114,8 +114,8 @@ def make_report(run_dir: str | Path) -> list[Path]:
         plt.close(fig)
 
     sym = mons.get("symmetry")
-    if sym and sym.get("classes") is not None and "symmetry" in score_names:
-        classes = np.asarray(sym["classes"])
+    if sym and sym.get("atom_classes") is not None and "symmetry" in score_names:
+        classes = np.asarray(sym["atom_classes"], dtype=np.int64)
         fig, ax = plt.subplots(figsize=(8, 4))
         for c in np.unique(classes):
             xs, ys = [], []

@@ -25,9 +25,11 @@ banks when B's bank is given, ``bank_b="default"`` loads or builds it at ``start
 frame's own paired clouds) and the monitor is recalibrated on the carried bank, in place
 (``retarget=True``), so it keeps scoring B's frames (in the projected space, also when it
 scored raw embeddings before: those of two models share no axes). Measured CHGNet -> SevenNet-0
-(docs/symmetry_switch.md): the bank map reproduces B's own calibrated thresholds within 0-20 %
-per element; a map fitted on one frame of 16-64 atoms barely moves them (it is close to a
-rigid shift per element), leaving A's thresholds, 1.4-3.4x below B's own: pass B's bank.
+(docs/symmetry_switch.md): the bank map reproduces B's own calibrated thresholds (within 0.4 %
+in the shipped ``shared`` projection, where they sit near the sqrt(2) ceiling; within 0-20 % with
+``paper``); a map fitted on one frame of 16-64 atoms barely moves them (close to a rigid shift
+per element), leaving A's thresholds (up to 11 % low with ``shared``, 1.4-3.4x with ``paper``):
+pass B's bank.
 Without a SwitchingCalculator (``from_spec``, e.g. ``--monitor switch:sevenn:7net-0``), the
 monitor evaluates B itself every ``interval`` frames and reports only flagged frames: "would a
 hand-over here be safe?".
@@ -53,8 +55,9 @@ log = logging.getLogger("platoscope.monitors")
 
 MIN_MATCHED = 0.9
 """Flag a hand-over when fewer than this fraction of atoms go to themselves or an equivalent
-atom. The same model gives 1.0; CHGNet 0.3.0 -> 0.2.0 gave 1.0 on 13 of 16 MP-20 structures;
-CHGNet -> SevenNet-0 gave 0.3-0.6 on low-symmetry ones (docs/symmetry_switch.md)."""
+atom. The same model gives 1.0; in the shipped ``shared`` projection CHGNet -> SevenNet-0 and
+CHGNet 0.3.0 -> 0.2.0 gave 0.90-1.00 on five crystals (with ``paper`` CHGNet -> SevenNet-0
+gave 0.38-0.62 on low-symmetry ones; docs/symmetry_switch.md)."""
 DEFAULT_INTERVAL = 10
 Rule = int | Callable[[int, Atoms], bool] | None
 

@@ -240,6 +240,7 @@ class SymmetryMonitor(Monitor):
         sizes = np.bincount(self.classes_)
         s.update(
             spacegroup=self.info_.spacegroup, symbol=self.info_.symbol, noise=self.noise_,
+            atom_classes=self.classes_.tolist(),
             classes=[{"class": c, "spglib_class": int(self.spglib_class_[c]),
                       "n_atoms": int(sizes[c]),
                       "atoms": np.flatnonzero(self.classes_ == c)[:50].tolist(),
