@@ -14,7 +14,7 @@ scripts/setup_envs.sh sevenn
 OUT=${1:-runs/demo}
 rm -rf "$OUT"
 .venv-sevenn/bin/platoscope md examples/structures/NaCl.cif --repeat 2,2,2 \
-  --model chgnet --ensemble nvt --temperature 1400 --steps 500 --timestep 1 --friction 0.02 \
+  --model chgnet --ensemble nvt --temperature 1400 --steps "${PLATOSCOPE_DEMO_STEPS:-500}" --timestep 1 --friction 0.02 \
   --monitor "${PLATOSCOPE_DEMO_MONITORS:-symmetry,atypical,bias:sevenn:7net-0}" --bias-interval 25 \
   --out "$OUT"
 echo

@@ -1,7 +1,9 @@
-"""The example scripts the README points to run as written."""
+"""The README's main job and the example scripts it points to run as written."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,3 +26,29 @@ def test_quickstart_runs(tmp_path):
     assert all(f.arrays["platonic"].shape == (16, 8) for f in frames)
     assert not (frames[0].arrays["platonic"] == frames[-1].arrays["platonic"]).all()
     assert len(read(tmp_path / "md.traj", ":")) == 11
+
+
+@pytest.mark.backend("chgnet")
+@pytest.mark.backend("sevenn")
+def test_main_job_demo(tmp_path):
+    """scripts/demo.sh as the README runs it (default anchors, all three monitors, real
+    weights; SevenNet-0's reference bank is built once and cached), shortened to 30 steps."""
+    out = tmp_path / "demo"
+    done = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), str(out)],
+                          env={**os.environ, "PLATOSCOPE_DEMO_STEPS": "30"},
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    for f in ("frames.extxyz", "frames.h5", "events.jsonl", "summary.json", "report.txt",
+              "worst_score.png", "scores_by_element.png", "symmetry_spread.png",
+              "model_disagreement.png", "energy.png"):
+        assert (out / f).is_file(), f
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["last_step"] == 30
+    prov = summary["provenance"]
+    assert prov["model"] == "chgnet:0.3.0" and prov["anchor_set_hash"].startswith("f44a70b8")
+    assert {m["name"] for m in summary["monitoring"]["monitors"]} == {
+        "symmetry", "atypical", "bias"}
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert events and events[0]["monitor"] == "symmetry" and events[0]["step"] == 1
+    assert len(read(out / "frames.extxyz", ":")) == 31
+    assert "status: completed" in done.stdout

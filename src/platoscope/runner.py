@@ -223,8 +223,8 @@ def _lifecycle(recorder: RunRecorder, watcher: Watcher, bar: Any):
     finally:
         bar.close()
         extra = {k: v for k, v in state.items() if k not in ("status", "result")}
-        state["result"] = _finish(recorder, watcher, state["status"], steps_done=watcher.step,
-                                  **extra)
+        last = watcher.step - 1 if watcher.step > 0 else None  # MD: the number of steps taken
+        state["result"] = _finish(recorder, watcher, state["status"], last_step=last, **extra)
 
 
 def _finish(recorder: RunRecorder, watcher: Watcher, status: str, **extra: Any) -> dict[str, Any]:
