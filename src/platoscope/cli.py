@@ -107,15 +107,16 @@ def anchors_select(data, model, layer, device, k, method, per_element, seed, lim
 
 
 @anchors.command("show")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", default="default")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output")
 def anchors_show(path, as_json):
-    """Summarise an anchor-set file: K, elements, how it was chosen."""
+    """Summarise an anchor-set file (or the shipped ``default``): K, elements, how it was
+    chosen."""
     from collections import Counter
 
-    from platoscope.anchors import AnchorSet
-
-    s = AnchorSet.load(path)
+    if path != "default" and not Path(path).is_file():
+        raise click.BadParameter(f"no anchor-set file {path}", param_hint="PATH")
+    s = _anchors(path)
     counts = Counter(s.symbols)
     summary = {"path": str(path), "K": len(s), "hash": s.hash,
                "structures": len(s.structures), "elements": dict(sorted(counts.items())),
@@ -126,7 +127,23 @@ def anchors_show(path, as_json):
     click.echo(f"{path}: K={len(s)} anchors in {len(s.structures)} structures, hash {s.hash[:16]}")
     click.echo("elements: " + " ".join(f"{el}:{n}" for el, n in sorted(counts.items())))
     for key, val in s.meta.items():
-        click.echo(f"  {key}: {val}")
+        if isinstance(val, dict):
+            click.echo(f"  {key}:")
+            for k2, v2 in val.items():
+                click.echo(f"    {k2}: {_brief(v2)}")
+        else:
+            click.echo(f"  {key}: {_brief(val)}")
+
+
+def _brief(value: Any, limit: int = 8) -> str:
+    """A value for text output: long lists become their length and first items (--json
+    prints everything)."""
+    if isinstance(value, list | tuple) and len(value) > limit:
+        head = ", ".join(_brief(v) for v in value[:3])
+        return f"[{head}, ... ({len(value)} values)]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
 
 
 @main.group()

@@ -1,0 +1,70 @@
+"""The shared-space CLI: ``anchors select|show`` and ``reference build``, end to end on CHGNet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from platoscope import AnchorSet
+from platoscope.cli import main
+from platoscope.readers import read_structures, structures_hash
+from platoscope.reference import ReferenceBank
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "data" / "mp20_partial" / "train.csv"
+
+
+def _run(*args: str) -> str:
+    r = CliRunner().invoke(main, list(args))
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.mark.backend("chgnet")
+def test_select_show_and_build_a_bank(tmp_path):
+    anchors = tmp_path / "anchors.npz"
+    out = _run("anchors", "select", str(TRAIN), "--limit", "20", "-k", "48", "--method",
+               "direct", "--per-element", "--out", str(anchors))
+    s = AnchorSet.load(anchors)
+    structures = read_structures(TRAIN, limit=20)
+    elements = {el for a in structures for el in a.get_chemical_symbols()}
+    assert len(s) == 48 and set(s.symbols) == elements  # per-element coverage
+    assert f"hash {s.hash[:12]}" in out
+    assert s.meta["method"] == "direct" and s.meta["model"] == "chgnet:0.3.0"
+    assert s.meta["data_hash"] == structures_hash(structures)
+
+    shown = json.loads(_run("anchors", "show", str(anchors), "--json"))
+    assert shown["K"] == len(s) and shown["hash"] == s.hash
+    assert sum(shown["elements"].values()) == len(s)
+    text = _run("anchors", "show")  # the shipped default
+    assert text.startswith("default: K=3000") and "(3000 values)" in text
+
+    bank_path = tmp_path / "bank.npz"
+    _run("reference", "build", str(TRAIN), "--limit", "5", "--anchors", str(anchors),
+         "--out", str(bank_path))
+    bank = ReferenceBank.load(bank_path)
+    n_atoms = sum(len(a) for a in structures[:5])
+    assert len(bank) == n_atoms and bank.anchor_set_hash == s.hash
+    assert bank.coords.shape == (n_atoms, len(s)) and np.isfinite(bank.coords).all()
+    assert bank.provenance["model"] == "chgnet:0.3.0"
+
+
+@pytest.mark.backend("chgnet")
+def test_clear_errors(tmp_path):
+    r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "missing.npz")])
+    assert r.exit_code != 0 and "missing.npz" in r.output
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "bad.npz")])
+    assert r.exit_code != 0 and "bad.npz" in str(r.output) + str(r.exception)
+    empty = tmp_path / "empty.extxyz"
+    empty.write_text("")
+    r = CliRunner().invoke(main, ["anchors", "select", str(empty), "--out",
+                                  str(tmp_path / "a.npz")])
+    assert r.exit_code != 0 and "empty.extxyz" in r.output
+    r = CliRunner().invoke(main, ["anchors", "select", str(TRAIN), "--limit", "2", "-k",
+                                  "100000", "--out", str(tmp_path / "a.npz")])
+    assert r.exit_code != 0 and not (tmp_path / "a.npz").exists()
