@@ -78,7 +78,7 @@ def make_report(run_dir: str | Path) -> list[Path]:
                 xs.append(f["step"])
             ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=name)
         ax.axhline(1.0, color="k", ls="--", lw=1, label="threshold")
-        ax.set_yscale("log")
+        ax.set_yscale("log")  # the threshold line at 1 is always positive
         ax.set_xlabel("step")
         ax.set_ylabel("worst atom: score / threshold")
         ax.set_title("Worst atom per step")
@@ -106,7 +106,8 @@ def make_report(run_dir: str | Path) -> list[Path]:
             for j, e in enumerate(els, start=1):
                 if e in thr_el:
                     ax.plot([j - 0.4, j + 0.4], [thr_el[e]] * 2, color="r", lw=1.5)
-            ax.set_yscale("log")
+            if all(min(v) > 0 for v in by_el.values()):  # 0/1 scores (switch) stay linear
+                ax.set_yscale("log")
             ax.set_title(f"{name} score per element (red: threshold)")
         fig.tight_layout()
         paths.append(run / "scores_by_element.png")

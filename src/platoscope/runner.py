@@ -162,7 +162,10 @@ def first_frame(out: str | Path) -> Atoms:
 def make_dynamics(atoms: Atoms, *, ensemble: str, timestep_fs: float, temperature_K: float,
                   friction: float = 0.01, pressure_GPa: float = 0.0, seed: int = 0):
     """An ASE integrator for ``nve`` (velocity Verlet), ``nvt`` (Langevin) or ``npt``
-    (Berendsen barostat and thermostat)."""
+    (Berendsen barostat and thermostat). Langevin runs with ``fixcm=False`` (ASE >= 3.28
+    deprecates its centre-of-mass fix as not sampling NVT exactly): the centre of mass may
+    drift, which changes no energy, force or score of a periodic system; add
+    :class:`ase.constraints.FixCom` to the atoms to pin it."""
     dt = timestep_fs * units.fs
     if ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
@@ -172,7 +175,7 @@ def make_dynamics(atoms: Atoms, *, ensemble: str, timestep_fs: float, temperatur
         from ase.md.langevin import Langevin
 
         return Langevin(atoms, dt, temperature_K=temperature_K, friction=friction,
-                        rng=np.random.default_rng(seed))
+                        fixcm=False, rng=np.random.default_rng(seed))
     if ensemble == "npt":
         from ase.md.nptberendsen import NPTBerendsen
 
