@@ -194,6 +194,8 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         lines.append(f"  {name}: {by_mon.get(name, 0)} events; action {mon.get('action')}; "
                      f"expected false-alarm rate per atom-frame "
                      f"{'n/a' if fa is None else f'{fa:.2g}'}")
+        if mon.get("false_alarm_evidence"):
+            lines.append(f"    false alarms measured: {mon['false_alarm_evidence']}")
         first = next((e for e in events if e["monitor"] == name), None)
         if first:
             lines.append(f"    first at step {first['step']}: atoms {first['atoms'][:8]} "
