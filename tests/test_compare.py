@@ -54,6 +54,11 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     res = json.loads((out / "compare.json").read_text())
     top5 = np.array(res["alignment"]["retrieval_top5"])
     assert top5[0, 1] > 5 * res["alignment"]["retrieval_chance_top5"]
+    cos = np.array(res["alignment"]["cosine_agreement_mean"])
+    assert cos[0, 1] == cos[1, 0] == pytest.approx(
+        np.mean(np.sum(a.platonic * b.platonic, axis=1)
+                / np.linalg.norm(a.platonic, axis=1) / np.linalg.norm(b.platonic, axis=1)))
+    assert 0 < cos[0, 1] < 1
     assert {t["source"] for t in res["transport"]} == {"chgnet:0.3.0"}
     assert 0 <= res["transport"][0]["same_element_mass"] <= 1
     for f in ("alignment.png", "bias_per_element.png", "compare.txt"):

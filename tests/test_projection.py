@@ -42,6 +42,31 @@ def test_chunked_equals_direct(monkeypatch):
     np.testing.assert_array_equal(Projector("paper").fit(a).transform(e), full)
 
 
+def test_softmax_kernel_bits_do_not_depend_on_blocks_or_threads(monkeypatch):
+    """Run files rebuild a frame's coordinates from its embeddings and must get the
+    calculator's bits: the kernel gives the same bits whether a frame runs in one block or
+    several, split over threads or with one torch thread."""
+    import torch
+
+    import platoscope.projection as pj
+
+    rng = np.random.default_rng(3)
+    e, a = rng.normal(size=(600, 16)), rng.normal(size=(300, 16))
+    proj = Projector().fit(a)
+    monkeypatch.setattr(pj, "_PARALLEL_ELEMENTS", 1000)  # 600 x 300 runs split over threads
+    threads = torch.get_num_threads()
+    full = proj.transform(e)
+    monkeypatch.setattr(pj, "_CHUNK_ELEMENTS", 7 * 300)
+    np.testing.assert_array_equal(proj.transform(e), full)
+    try:
+        torch.set_num_threads(1)
+        np.testing.assert_array_equal(proj.transform(e), full)
+        torch.set_num_threads(3)
+        np.testing.assert_array_equal(proj.transform(e), full)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_centered_subtracts_anchor_mean():
     rng = np.random.default_rng(3)
     a = rng.normal(size=(10, 6)) + 5.0

@@ -2,9 +2,10 @@
 
 Given two or more :class:`~platoscope.coords.AtomCoordinates` of the same atoms on the same
 anchors (possibly written in different environments), it computes the alignment matrix
-(same-atom retrieval, mutual k-NN in projected and raw space, CKA), optimal transport between
-each pair, the periodicity score of each model and the per-element bias table, and writes
-``compare.json``, ``compare.txt`` and PNG plots.
+(same-atom retrieval, mutual k-NN in projected and raw space, CKA, per-atom cosine agreement),
+optimal transport between each pair, the periodicity score of each model and the per-element
+bias table, and writes ``compare.json``, ``compare.txt`` and PNG plots. Orthogonal Procrustes
+(:func:`platoscope.analysis.procrustes`, an SVD of a K x K matrix) is left to the library.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     for i, nm in enumerate(names):
         knn_r[i, i] = 1.0 if nm in raw else np.nan
     cka = np.eye(m)
+    cos = np.eye(m)
     ot_rows = []
     for i, j in itertools.permutations(range(m), 2):
         a, b = names[i], names[j]
@@ -75,6 +77,7 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
         a, b = names[i], names[j]
         knn_p[i, j] = knn_p[j, i] = an.mutual_knn(proj[a][rep], proj[b][rep], k=k)
         cka[i, j] = cka[j, i] = an.linear_cka(proj[a], proj[b])
+        cos[i, j] = cos[j, i] = float(np.mean(an.cosine_agreement(proj[a], proj[b])))
         if a in raw and b in raw:
             knn_r[i, j] = knn_r[j, i] = an.mutual_knn(raw[a][rep], raw[b][rep], k=k)
         t = an.transport(proj[a], proj[b], elements=Z)
@@ -85,7 +88,8 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
                         "retrieval_chance_top5": an.retrieval_chance(len(idx), 5, g),
                         "symmetry_aware": g is not None, "n_environments": len(rep),
                         f"mutual_knn{k}_projected": knn_p.tolist(),
-                        f"mutual_knn{k}_raw": knn_r.tolist(), "linear_cka": cka.tolist()}
+                        f"mutual_knn{k}_raw": knn_r.tolist(), "linear_cka": cka.tolist(),
+                        "cosine_agreement_mean": cos.tolist()}
     res["transport"] = ot_rows
     period = {}
     for nm, c in zip(names, coords, strict=True):
@@ -171,13 +175,13 @@ def _text(res: dict[str, Any], k: int) -> str:
     lines = [f"{len(names)} models, {res['n_atoms']} atoms ({res['n_scored']} scored), anchors "
              f"{res['anchor_set_hash'][:12]}", "", f"{what} top-1 / top-5 "
              f"(chance top-5 {res['alignment']['retrieval_chance_top5']:.4f}); mutual "
-             f"k-NN@{k} projected / raw:"]
-    al = res["alignment"]
+             f"k-NN@{k} projected / raw; linear CKA; mean per-atom cosine:"]
     for i, j in itertools.permutations(range(len(names)), 2):
         raw = al[f"mutual_knn{k}_raw"][i][j]
         lines.append(f"  {names[i]} -> {names[j]}: {al['retrieval_top1'][i][j]:.3f} / "
                      f"{al['retrieval_top5'][i][j]:.3f}; {al[f'mutual_knn{k}_projected'][i][j]:.3f}"
-                     f" / {'n/a' if raw is None or raw != raw else f'{raw:.3f}'}")
+                     f" / {'n/a' if raw is None or raw != raw else f'{raw:.3f}'}; "
+                     f"{al['linear_cka'][i][j]:.3f}; {al['cosine_agreement_mean'][i][j]:.3f}")
     lines.append("\noptimal transport:")
     for r in res["transport"]:
         lines.append(f"  {r['source']} -> {r['target']}: cost {r['cost']:.4g}, same atom "

@@ -11,6 +11,7 @@ parameters in ``__init__``, learned attributes end in ``_``, ``transform`` is pu
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -81,12 +82,46 @@ def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.T
             f"embeddings have {e.shape[1]} features but anchors have "
             f"{an.shape[1] if w is None else w.shape[0]}: were they made by the same model and "
             "layer?")
-    out = torch.empty((e.shape[0], an.shape[0]), dtype=torch.float64)
+    out = np.empty((e.shape[0], an.shape[0]), dtype=np.float64)
+    out_t = torch.from_numpy(out)
     rows = max(1, _CHUNK_ELEMENTS // max(an.shape[0], 1))
     for s in range(0, e.shape[0], rows):
-        c = _unit_rows(e[s:s + rows], m, w) @ an.T
-        out[s:s + rows] = c if tau is None else torch.softmax(c / tau, dim=1).sqrt_()
-    return out.numpy()
+        torch.mm(_unit_rows(e[s:s + rows], m, w), an.T, out=out_t[s:s + rows])
+        if tau is not None:
+            _sqrt_softmax(out[s:s + rows], tau)
+    return out
+
+
+_PARALLEL_ELEMENTS = 1 << 20  # smaller blocks run inline (thread start-up costs more)
+
+
+def _sqrt_softmax(c: np.ndarray, tau: float) -> None:
+    """``sqrt(softmax(c / tau))`` per row, in place in ``c`` (N, K).
+
+    numpy, not torch: torch's multithreaded exp/softmax gave different last bits on the rows of
+    a worker thread's first parallel call under CPU contention (measured: 2-8 % of fresh
+    processes), which breaks bit-exact re-derivation of stored coordinates. Each row's result
+    depends on that row alone, so large blocks are split by rows over ``torch.get_num_threads()``
+    threads (numpy releases the GIL) with the same bits as one call.
+    """
+    n_threads = min(torch.get_num_threads(), c.shape[0])
+    if n_threads < 2 or c.size < _PARALLEL_ELEMENTS:
+        _sqrt_softmax_rows(c, tau)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, c.shape[0], n_threads + 1).astype(int)
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(lambda ab: _sqrt_softmax_rows(c[ab[0]:ab[1]], tau),
+                      itertools.pairwise(bounds)))
+
+
+def _sqrt_softmax_rows(c: np.ndarray, tau: float) -> None:
+    c /= tau
+    c -= c.max(axis=1, keepdims=True)
+    np.exp(c, out=c)
+    c /= c.sum(axis=1, keepdims=True)
+    np.sqrt(c, out=c)
 
 
 class Projector:
