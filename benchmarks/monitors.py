@@ -3,7 +3,10 @@
 1. Per step, alternating in one run: the bare CHGNet calculator; PlatonicCalculator alone; and
    PlatonicCalculator plus the atypical and symmetry monitors (Watcher, no file output) scoring
    against the shipped CHGNet reference bank (23,288 atoms; K = 3000 anchors, default
-   projection). Reported as median ratios to the bare step.
+   projection). Reported as median ratios to the bare step and, because a 2-core VM's step time
+   varies by +-10 % from call to call (more than the effect), also as the wrapper's and the
+   monitors' own time per step (projection and Watcher call, timed in isolation inside the
+   monitored variant): ``1 + own/bare`` is the cost those add to one bare step.
 2. Per frame, for an existing trajectory: ``monitor_frames`` (batched embedding, no forces)
    against calling the PlatonicCalculator frame by frame.
 
@@ -55,10 +58,17 @@ def per_step(backend, anchors, bank, n: int, rounds: int) -> dict:
     def platonic(a):
         calc.calculate(a, props)
 
+    own: dict[str, list[float]] = {"projection": [], "monitors": []}
+
     def monitored(a):
         a.calc = calc
         calc.calculate(a, props)
+        t0 = time.perf_counter()
+        calc.projector.transform(calc.results["embeddings"])  # the wrapper's own work, again
+        t1 = time.perf_counter()
         watcher(a)
+        own["projection"].append(t1 - t0)
+        own["monitors"].append(time.perf_counter() - t1)
 
     fns = {"bare": bare, "platonic": platonic, "monitored": monitored}
     watcher(_first(atoms, calc))  # start(): symmetry classes of the perfect crystal
@@ -70,9 +80,18 @@ def per_step(backend, anchors, bank, n: int, rounds: int) -> dict:
 
     times = alternate(fns, rattled, rounds)
     ratio = median_ratios(times, "bare")
+    own = {k: v[-rounds:] for k, v in own.items()}  # drop the warm-up call
+    times["monitored"] = [t - p for t, p in zip(times["monitored"], own["projection"],
+                                                strict=True)]  # without the timing re-run
+    ratio_monitored = median_ratios(times, "bare")["monitored"]
+    bare = statistics.median(times["bare"])
     return {"n_atoms": n, "bank_atoms": len(bank), "monitors": [m.name for m in mons],
-            "bare_s": statistics.median(times["bare"]), "ratio_platonic": ratio["platonic"],
-            "ratio_monitored": ratio["monitored"]}
+            "bare_s": bare, "ratio_platonic": ratio["platonic"],
+            "ratio_monitored": ratio_monitored,
+            "projection_s": statistics.median(own["projection"]),
+            "monitors_s": statistics.median(own["monitors"]),
+            "added_fraction": (statistics.median(own["projection"])
+                               + statistics.median(own["monitors"])) / bare}
 
 
 def _first(atoms, calc):
@@ -118,12 +137,15 @@ def main() -> None:
     anchors = AnchorSet.default()
     bank = default_bank(backend, anchors)
     rows = []
-    print(f"{'N':>5s} {'bank':>7s} {'platonic/bare':>14s} {'monitored/bare':>15s}")
+    print(f"{'N':>5s} {'bank':>7s} {'bare s':>7s} {'platonic/bare':>14s} {'monitored/bare':>15s}"
+          f" {'projection ms':>14s} {'monitors ms':>12s} {'1 + own/bare':>13s}")
     for n in (int(x) for x in args.sizes.split(",")):
         r = per_step(backend, anchors, bank, n, args.rounds)
         rows.append(r)
-        print(f"{n:5d} {r['bank_atoms']:7d} {r['ratio_platonic']:14.3f} "
-              f"{r['ratio_monitored']:15.3f}   ({', '.join(r['monitors'])})", flush=True)
+        print(f"{n:5d} {r['bank_atoms']:7d} {r['bare_s']:7.3f} {r['ratio_platonic']:14.3f} "
+              f"{r['ratio_monitored']:15.3f} {r['projection_s'] * 1e3:14.1f} "
+              f"{r['monitors_s'] * 1e3:12.1f} {1 + r['added_fraction']:13.3f}   "
+              f"({', '.join(r['monitors'])})", flush=True)
     pf = per_frame(backend, anchors, bank)
     print(f"trajectory: batched {pf['batched_s_per_frame']:.3f} s/frame vs calculator "
           f"{pf['calculator_s_per_frame']:.3f} s/frame: {pf['speedup']:.2f}x faster")
