@@ -240,11 +240,10 @@ class SymmetryMonitor(Monitor):
         sizes = np.bincount(self.classes_)
         s.update(
             spacegroup=self.info_.spacegroup, symbol=self.info_.symbol, noise=self.noise_,
-            atom_classes=self.classes_.tolist(),
+            atom_classes=self.classes_.tolist(),  # each atom's class (members of class c)
             classes=[{"class": c, "spglib_class": int(self.spglib_class_[c]),
-                      "n_atoms": int(sizes[c]),
-                      "atoms": np.flatnonzero(self.classes_ == c)[:50].tolist(),
-                      "noise": float(self.class_noise_[c])} for c in range(len(sizes))],
+                      "n_atoms": int(sizes[c]), "noise": float(self.class_noise_[c])}
+                     for c in range(len(sizes))],
             model_split_classes=[{k: v for k, v in d.items() if k != "atoms"}
                                  for d in self.model_split_classes_],
             broken_now=dict(sorted(self.broken_.items())), history=self.history_)
