@@ -29,7 +29,7 @@ from ase.build import bulk
 from platoscope import AnchorSet, PlatonicCalculator, load_backend
 from platoscope.monitors.atypical import AtypicalMonitor
 from platoscope.monitors.base import Watcher
-from platoscope.provenance import package_versions
+from platoscope.provenance import invocation
 from platoscope.reference import ReferenceBank, default_bank
 from platoscope.runner import monitor_frames
 
@@ -151,7 +151,7 @@ def main() -> None:
           f"{pf['calculator_s_per_frame']:.3f} s/frame: {pf['speedup']:.2f}x faster")
     if args.out:
         Path(args.out).write_text(json.dumps({"per_step": rows, "per_frame": pf,
-                                              "versions": package_versions()}, indent=2))
+                                              "provenance": invocation()}, indent=2))
 
 
 if __name__ == "__main__":

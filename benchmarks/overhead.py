@@ -27,7 +27,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from platoscope import AnchorSet, PlatonicCalculator, available_backends, load_backend
-from platoscope.provenance import package_versions
+from platoscope.provenance import invocation
 
 REPO = Path(__file__).resolve().parents[1]
 MACE_MODEL = REPO / "tests" / "data" / "mace_emt_tiny.model"
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             name = row["backend"] if not spec.startswith("mace:") else "mace:emt-tiny"
             print(f"{name:24s} {row['n_atoms']:5d} {row['median_s']['bare']:8.3f} "
                   f"{row['ratio_platonic']:14.3f} {row['ratio_two_pass']:14.3f}", flush=True)
-    out = {"results": rows, "versions": package_versions()}
+    out = {"results": rows, "provenance": invocation()}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2))

@@ -671,6 +671,9 @@ def main() -> None:
         log(f"{tname}: done")
 
     results["runtime_s"] = time.perf_counter() - t_start
+    from platoscope.provenance import invocation
+
+    results["provenance"] = invocation()
     out = Path(args.out) if args.out else REPO / "results" / (
         "detection.json" if not args.quick else "detection_quick.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,7 @@ from platoscope.analysis import (  # noqa: E402
 )
 from platoscope.analysis.alignment import _knn_sets  # noqa: E402
 from platoscope.projection import Projector  # noqa: E402
+from platoscope.provenance import invocation  # noqa: E402
 from platoscope.readers import read_structures  # noqa: E402
 from platoscope.selection import select_anchors  # noqa: E402
 from platoscope.symmetry import symmetry_groups  # noqa: E402
@@ -795,6 +796,7 @@ def main(argv=None) -> int:
     print("\n".join(md))
     if a.out is not None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
+        out["provenance"] = invocation()
         a.out.write_text(json.dumps(out, indent=1, default=float))
         print(f"\nwrote {a.out}")
     if write_figures:

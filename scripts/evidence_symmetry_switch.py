@@ -41,6 +41,7 @@ from platoscope.monitors import Frame, Watcher
 from platoscope.monitors.atypical import AtypicalMonitor
 from platoscope.monitors.switch import SwitchingCalculator, SwitchMonitor
 from platoscope.monitors.symmetry import SymmetryMonitor
+from platoscope.provenance import invocation
 from platoscope.reference import default_bank, reference_structures
 
 DISPLACEMENTS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # Å
@@ -387,6 +388,7 @@ def main() -> None:
         results["carry"] = carry_study(anchors)
         print_carry(results["carry"])
     if args.json:
+        results["provenance"] = invocation()
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1, default=float)
 

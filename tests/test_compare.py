@@ -63,7 +63,17 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     assert 0 <= res["transport"][0]["same_element_mass"] <= 1
     for f in ("alignment.png", "bias_per_element.png", "compare.txt"):
         assert (out / f).is_file()
-    assert not res["alignment"]["symmetry_aware"]
+    assert not res["alignment"]["symmetry_aware"] and res["subsample"] is None
+    assert "subsample" not in (out / "compare.txt").read_text()
+
+    # above --max-atoms the subsample is said in the text and the JSON
+    r = CliRunner().invoke(main, ["compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
+                                  "--max-atoms", "20", "--out", str(tmp_path / "sub")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "sub" / "compare.json").read_text())
+    assert res["n_scored"] == 20 < res["n_atoms"] == len(a)
+    assert res["subsample"]["max_atoms"] == 20
+    assert f"random subsample of 20 of {len(a)} atoms" in r.output
 
     # with the structures: one query per environment, a hit on any equivalent atom
     sym = tmp_path / "sym"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -154,11 +155,28 @@ def test_sigkill_mid_run_then_restart(small_setup, tmp_path):
     assert n >= 5
     steps = list(side.steps)
     assert steps == list(range(n))
-    for i in range(n):
-        fr = side.frame(i)
+    before = [side.frame(i) for i in range(n)]
+    for fr in before:
         assert np.isfinite(fr["platonic"]).all() and fr["platonic"].shape[0] == 8
     side.close()
     assert json.loads((out / "summary.json").read_text())["status"] == "running"
+    # standard tools refuse the killed writer's file until `platoscope repair` rewrites it
+    with pytest.raises(OSError):
+        h5py.File(out / "frames.h5", "r")
+    rep = subprocess.run([sys.executable, "-m", "platoscope.cli", "repair", str(out)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0 and f"repaired, {n} committed frames kept" in rep.stdout, rep
+    with h5py.File(out / "frames.h5", "r") as f:
+        assert int(f["n_frames_committed"][()]) == n
+    with read_sidecar(out / "frames.h5") as side:
+        assert side.closed_cleanly and side.n_frames == n
+        for i, fr in enumerate(before):
+            after = side.frame(i)
+            for key in ("positions", "embeddings", "platonic", "forces"):
+                np.testing.assert_array_equal(after[key], fr[key], err_msg=f"{i} {key}")
+    again = subprocess.run([sys.executable, "-m", "platoscope.cli", "repair", str(out)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
     done = subprocess.run(_cli_md(tmp_path, anchors_path, bank_path, out, n + 3, "--restart",
                                   *mon), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -170,12 +188,14 @@ def test_sigkill_mid_run_then_restart(small_setup, tmp_path):
     # the symmetry reference is the original perfect rock salt, not the thermal restart frame
     sym = next(m for m in summary["monitoring"]["monitors"] if m["name"] == "symmetry")
     assert sym["spacegroup"] == 225 and len(sym["classes"]) == 2
+    # outputs state what this run measured; studies elsewhere are a marked documentation link
+    assert "false_alarm_evidence" not in sym and "not in this run" in sym["documentation"]
 
 
 def test_restart_keeps_the_original_symmetry_reference(small_setup, chgnet_backend, tmp_path):
     """A restarted MD continues from a thermal frame (no symmetry left), but its symmetry
     monitor takes the run's original first frame as reference: the same classes, noise and
-    threshold as the first run's monitor, bit for bit."""
+    threshold as the first run's monitor."""
     from platoscope.symmetry import analyse_symmetry
 
     anchors, bank, *_ = small_setup
@@ -191,7 +211,10 @@ def test_restart_keeps_the_original_symmetry_reference(small_setup, chgnet_backe
     assert analyse_symmetry(thermal).spacegroup != 225
     assert again.info_.spacegroup == first.info_.spacegroup == 225
     np.testing.assert_array_equal(again.classes_, first.classes_)
-    assert again.noise_ == first.noise_ and again.threshold == first.threshold
+    # the same reference frame re-evaluated: equal up to the model's float32 noise, far below
+    # what a thermal frame as reference would give
+    assert again.noise_ == pytest.approx(first.noise_, rel=0.05, abs=1e-9)
+    assert again.threshold == pytest.approx(first.threshold, rel=0.05)
     np.testing.assert_allclose(again.reference.positions, nacl().positions, atol=1e-9)
     np.testing.assert_allclose(again.displacements(thermal), first.displacements(thermal))
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -280,12 +303,16 @@ class _Spy(Monitor):
         return np.zeros(len(frame.atoms))
 
 
-def _same_bits(a, b) -> bool:
+def _within_contract(a, b) -> bool:
+    """Equal within the projection's reproducibility contract (not bit patterns)."""
+    from platoscope.projection import TOLERANCE
+
     a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype == np.float64 and a.shape == b.shape and a.tobytes() == b.tobytes()
+    return (a.dtype == b.dtype == np.float64 and a.shape == b.shape
+            and float(np.max(np.abs(a - b), initial=0)) <= TOLERANCE)
 
 
-def test_md_derived_coords_are_the_calculators_bitwise(small_setup, chgnet_backend, tmp_path):
+def test_md_derived_coords_are_the_calculators(small_setup, chgnet_backend, tmp_path):
     from platoscope.runner import PLATONIC_DERIVED, monitor_frames
 
     anchors, bank, *_ = small_setup
@@ -307,8 +334,8 @@ def test_md_derived_coords_are_the_calculators_bitwise(small_setup, chgnet_backe
     with read_sidecar(tmp_path / "frames.h5") as side:
         assert "platonic" not in side.fields and len(side) == len(calc_coords) == 6
         for i, z in enumerate(calc_coords):
-            assert _same_bits(side.frame(i)["platonic"], z), i
-        assert _same_bits(side.to_atoms(-1).arrays["platonic"], calc_coords[-1])
+            assert _within_contract(side.frame(i)["platonic"], z), i
+        assert _within_contract(side.to_atoms(-1).arrays["platonic"], calc_coords[-1])
     make_report(tmp_path)
     assert "coordinates: frames.h5 (derived" in (tmp_path / "report.txt").read_text()
 
@@ -320,7 +347,7 @@ def test_md_derived_coords_are_the_calculators_bitwise(small_setup, chgnet_backe
     with read_sidecar(tmp_path / "mon" / "frames.h5") as side:
         assert "platonic" not in side.fields
         for i, z in enumerate(spy.coords):
-            assert _same_bits(side.frame(i)["platonic"], z), i
+            assert _within_contract(side.frame(i)["platonic"], z), i
     atoms = nacl()
     atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
     with pytest.raises(ValueError, match="no-embeddings"):
@@ -330,7 +357,7 @@ def test_md_derived_coords_are_the_calculators_bitwise(small_setup, chgnet_backe
 
 def test_large_k_run_is_compact(chgnet_backend, tmp_path):
     """K > STORE_COORDS_MAX_K: by default no file stores coordinates per frame; they read back
-    from frames.h5 bit for bit, and the files shrink by the N x K floats per frame."""
+    from frames.h5 within projection.TOLERANCE, and the files shrink by N x K floats a frame."""
     from platoscope import runner
 
     structs = []
@@ -358,7 +385,7 @@ def test_large_k_run_is_compact(chgnet_backend, tmp_path):
             assert ("platonic" in side.fields) == (mode == "always")
             assert len(side) == len(spy.coords) == n_frames
             for i, z in enumerate(spy.coords):
-                assert z.shape == (16, k) and _same_bits(side.frame(i)["platonic"], z), i
+                assert z.shape == (16, k) and _within_contract(side.frame(i)["platonic"], z), i
     assert sizes["auto"]["frames.extxyz"] < 0.05 * sizes["always"]["frames.extxyz"], sizes
     coord_bytes = n_frames * 16 * k * 8
     assert sizes["always"]["frames.h5"] - sizes["auto"]["frames.h5"] >= 0.9 * coord_bytes, sizes

@@ -23,6 +23,7 @@ from platoscope.writers import (
     SidecarMismatchError,
     read_events,
     read_sidecar,
+    repair_sidecar,
     write_json_atomic,
 )
 
@@ -401,14 +402,18 @@ def _projector(k: int, d: int, seed: int = 7, preset: str | None = None):
     return (Projector() if preset is None else Projector(preset)).fit(anchors)
 
 
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+def _within_contract(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal within the projection's reproducibility contract (projection.TOLERANCE)."""
+    from platoscope.projection import TOLERANCE
+
     a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype == np.float64 and a.shape == b.shape and a.tobytes() == b.tobytes()
+    return (a.dtype == b.dtype == np.float64 and a.shape == b.shape
+            and float(np.max(np.abs(a - b), initial=0)) <= TOLERANCE)
 
 
 @pytest.mark.parametrize("preset", [None, "paper"])  # the default projection, plain cosines
 def test_derived_platonic_round_trip(tmp_path, preset):
-    """K = 3000: coordinates are not stored, read back bit for bit, file ~10x smaller."""
+    """K = 3000: coordinates are not stored, read back within the contract, file ~10x smaller."""
     k, d, n = 3000, 64, 64
     proj = _projector(k, d, preset=preset)
     rng = np.random.default_rng(0)
@@ -438,10 +443,10 @@ def test_derived_platonic_round_trip(tmp_path, preset):
                 np.testing.assert_array_equal(r.projector_state[key], val, err_msg=key)
             for i, fr in enumerate(frames):
                 got = r.frame(i)
-                assert _same_bits(got["platonic"], fr["platonic"]), i
+                assert _within_contract(got["platonic"], fr["platonic"]), i
                 np.testing.assert_array_equal(got["embeddings"], fr["embeddings"])
                 assert r.frame(i, platonic=False)["platonic"] is None
-            assert _same_bits(r.to_atoms(2).arrays["platonic"], frames[2]["platonic"])
+            assert _within_contract(r.to_atoms(2).arrays["platonic"], frames[2]["platonic"])
     # the anchors (K x D, stored once) and the first chunks are a fixed cost; per frame the
     # embeddings (N x D) replace the coordinates (N x K)
     assert sizes[False] < 0.25 * sizes[True], sizes
@@ -475,7 +480,7 @@ def test_derived_platonic_refusals_and_restart(tmp_path):
     with read_sidecar(path) as r:
         assert len(r) == 3
         for i, want in enumerate([proj.transform(e)] * 2 + [other.transform(e)]):
-            assert _same_bits(r.frame(i)["platonic"], want), i
+            assert _within_contract(r.frame(i)["platonic"], want), i
 
 
 def test_old_layout_still_readable_and_continued(tmp_path):
@@ -502,7 +507,7 @@ def test_old_layout_still_readable_and_continued(tmp_path):
     with read_sidecar(path) as r:
         assert len(r) == 4 and r.projector_state is not None
         for i, w in enumerate([*want, new]):
-            assert _same_bits(r.frame(i)["platonic"], w["platonic"]), i
+            assert _within_contract(r.frame(i)["platonic"], w["platonic"]), i
         assert r.frame(3)["embeddings"].dtype == np.float64
 
 
@@ -545,5 +550,20 @@ def test_sigkill_sidecar_derived(tmp_path):
             for i in range(len(r)):
                 fr, want = r.frame(i), gen(i)
                 np.testing.assert_array_equal(fr["embeddings"], want["embeddings"])
-                assert _same_bits(fr["platonic"], proj.transform(want["embeddings"])), i
+                assert _within_contract(fr["platonic"], proj.transform(want["embeddings"])), i
             expected_next = len(r)
+    # repair: the killed file opens with plain h5py; frames and derived coordinates unchanged
+    with pytest.raises(OSError):
+        h5py.File(path, "r")
+    res = repair_sidecar(path)
+    assert res == {"path": str(path), "repaired": True, "frames": expected_next}
+    with h5py.File(path, "r") as f:
+        assert int(f["n_frames_committed"][()]) == expected_next and "projector" in f
+    with read_sidecar(path) as r:
+        assert r.closed_cleanly and len(r) == expected_next and "platonic" not in r.fields
+        for i in range(len(r)):
+            want = gen(i)
+            np.testing.assert_array_equal(r.frame(i)["embeddings"], want["embeddings"])
+            assert _within_contract(r.frame(i)["platonic"], proj.transform(want["embeddings"]))
+    assert repair_sidecar(path)["repaired"] is False  # clean now: untouched
+    assert not list(tmp_path.glob(".run.h5.*"))

@@ -52,7 +52,10 @@ def _anchors(value: str | None):
 
 model_option = click.option("--model", "-m", default="chgnet", show_default=True,
                             help="Backend spec, e.g. chgnet, sevenn:7net-0, mace:/path.model")
-layer_option = click.option("--layer", default=None, help="Feature layer (default: the paper's)")
+layer_option = click.option(
+    "--layer", default=None,
+    help="Feature layer (default per backend: chgnet atom_fea, sevenn 1_equivariant_gate, mace "
+         "interaction0_invariant; see the README's backend table)")
 device_option = click.option("--device", default="cpu", show_default=True)
 
 
@@ -398,12 +401,42 @@ def report_cmd(run_dir):
         click.echo(str(p))
 
 
+@main.command("repair")
+@click.argument("run", type=click.Path(exists=True))
+def repair_cmd(run):
+    """Make a killed run's files open with standard tools (h5py, h5dump).
+
+    RUN is a run folder (or one frames.h5). A run killed mid-write leaves frames.h5 flagged
+    "open for write"; its committed frames are copied into a clean file that replaces it
+    atomically (nothing committed is lost), and a half-written last line of events.jsonl is
+    cut off. ``report`` and ``md --restart`` do this themselves.
+    """
+    from platoscope.writers import repair_run, repair_sidecar
+
+    path = Path(run)
+    if path.is_dir():
+        res = repair_run(path)
+        side = res["frames.h5"]
+    else:
+        res, side = {}, repair_sidecar(path)
+    if side is None:
+        click.echo(f"{path}: no frames.h5")
+    elif side["repaired"]:
+        click.echo(f"{side['path']}: repaired, {side['frames']} committed frames kept; it now "
+                   "opens with h5py.File(path, 'r') and h5dump")
+    else:
+        click.echo(f"{side['path']}: closed cleanly ({side['frames']} frames), nothing to do")
+    if res.get("events_tail_dropped"):
+        click.echo(f"{path / 'events.jsonl'}: dropped an incomplete last line")
+
+
 @main.command("compare")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output folder")
 @click.option("--k", default=10, show_default=True, help="k of mutual k-NN")
 @click.option("--max-atoms", default=5000, show_default=True,
-              help="Subsample for the O(N^2) metrics")
+              help="Above this many atoms, alignment and transport use a random subsample of "
+                   "this size (said in compare.txt and compare.json)")
 @click.option("--structures", "structure_files", multiple=True, type=click.Path(exists=True),
               help="The structures the files were made from (as given to embed): retrieval "
                    "then counts symmetry-equivalent atoms as hits, one query per environment")

@@ -56,6 +56,10 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
            if c.embeddings is not None}
     m = len(names)
     res: dict[str, Any] = {"models": names, "n_atoms": int(n), "n_scored": len(idx),
+                           "subsample": ({"max_atoms": int(max_atoms), "seed": int(seed),
+                                          "note": "retrieval, mutual k-NN, CKA, cosine and "
+                                          "transport use a random subsample of the atoms"}
+                                         if len(idx) < n else None),
                            "anchor_set_hash": coords[0].anchor_set_hash,
                            "data_hash": coords[0].data_hash,
                            "provenance": {nm: c.provenance for nm, c in
@@ -172,8 +176,14 @@ def _text(res: dict[str, Any], k: int) -> str:
     al = res["alignment"]
     what = (f"same-environment retrieval ({al['n_environments']} environments, a hit on any "
             "symmetry-equivalent atom)" if al["symmetry_aware"] else "same-atom retrieval")
+    sub = res.get("subsample")
     lines = [f"{len(names)} models, {res['n_atoms']} atoms ({res['n_scored']} scored), anchors "
-             f"{res['anchor_set_hash'][:12]}", "", f"{what} top-1 / top-5 "
+             f"{res['anchor_set_hash'][:12]}"]
+    if sub:
+        lines.append(f"NOTE: alignment and transport use a random subsample of "
+                     f"{res['n_scored']} of {res['n_atoms']} atoms (--max-atoms "
+                     f"{sub['max_atoms']}, seed {sub['seed']}); raise --max-atoms to use all")
+    lines += ["", f"{what} top-1 / top-5 "
              f"(chance top-5 {res['alignment']['retrieval_chance_top5']:.4f}); mutual "
              f"k-NN@{k} projected / raw; linear CKA; mean per-atom cosine:"]
     for i, j in itertools.permutations(range(len(names)), 2):

@@ -31,7 +31,17 @@ the anchor mean, softmax kernel at tau = 0.015; docs/shared_space.md); ``paper``
 recipe as written (plain cosines)."""
 DEFAULT_PROJECTION = "shared"
 """The projection PlatonicCalculator and reference banks use unless told otherwise."""
-_CHUNK_ELEMENTS = 1 << 22  # coordinates computed per block (32 MiB of float64)
+BLOCK_ROWS = 512
+"""Rows (atoms) per block of the projection, fixed and counted from row 0 of each call: the same
+embeddings give the same GEMM shapes in every code path (calculator, run-file readers, batched
+post-processing), whatever N, K or the caller. See :data:`TOLERANCE` for what is promised."""
+TOLERANCE = 1e-12
+"""The reproducibility contract of :func:`project` and :meth:`Projector.transform`.
+Every coordinate lies in [-1, 1]. Two evaluations of the same embeddings agree within this
+absolute tolerance on any machine, BLAS build, thread count or row blocking (BLAS kernels sum
+in different orders, a few units in the last place). Bitwise equality is what one
+machine gives for the same input and block layout in practice, and is not promised: BLAS
+libraries may pick kernels by memory alignment or thread count."""
 
 
 def _as_2d(x: Any, name: str) -> torch.Tensor:
@@ -84,11 +94,10 @@ def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.T
             "layer?")
     out = np.empty((e.shape[0], an.shape[0]), dtype=np.float64)
     out_t = torch.from_numpy(out)
-    rows = max(1, _CHUNK_ELEMENTS // max(an.shape[0], 1))
-    for s in range(0, e.shape[0], rows):
-        torch.mm(_unit_rows(e[s:s + rows], m, w), an.T, out=out_t[s:s + rows])
+    for s in range(0, e.shape[0], BLOCK_ROWS):
+        torch.mm(_unit_rows(e[s:s + BLOCK_ROWS], m, w), an.T, out=out_t[s:s + BLOCK_ROWS])
         if tau is not None:
-            _sqrt_softmax(out[s:s + rows], tau)
+            _sqrt_softmax(out[s:s + BLOCK_ROWS], tau)
     return out
 
 
@@ -98,11 +107,9 @@ _PARALLEL_ELEMENTS = 1 << 20  # smaller blocks run inline (thread start-up costs
 def _sqrt_softmax(c: np.ndarray, tau: float) -> None:
     """``sqrt(softmax(c / tau))`` per row, in place in ``c`` (N, K).
 
-    numpy, not torch: torch's multithreaded exp/softmax gave different last bits on the rows of
-    a worker thread's first parallel call under CPU contention (measured: 2-8 % of fresh
-    processes), which breaks bit-exact re-derivation of stored coordinates. Each row's result
-    depends on that row alone, so large blocks are split by rows over ``torch.get_num_threads()``
-    threads (numpy releases the GIL) with the same bits as one call.
+    numpy, not torch: each row's result depends on that row alone (no reduction across rows
+    or threads), so large blocks are split by rows over ``torch.get_num_threads()`` threads
+    (numpy releases the GIL).
     """
     n_threads = min(torch.get_num_threads(), c.shape[0])
     if n_threads < 2 or c.size < _PARALLEL_ELEMENTS:

@@ -46,3 +46,29 @@ def package_versions(names: tuple[str, ...] = CORE_PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def invocation(argv: list[str] | None = None) -> dict[str, str | None]:
+    """Which code and command produced a results file: ``{"commit", "dirty", "command",
+    "versions"}``. ``commit`` is the git HEAD of the working tree the code ran from (None outside
+    a git checkout); ``dirty`` says whether tracked files differed from it."""
+    import shlex
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            res = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                 timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return res.stdout.strip()
+
+    argv = sys.argv if argv is None else argv
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"),
+            "dirty": None if status is None else str(bool(status)).lower(),
+            "command": shlex.join(["python", *argv]) if argv else None,
+            "versions": package_versions()}

@@ -7,6 +7,7 @@ element, symmetry spread per class, two-model disagreement, energy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.writers import read_events, read_sidecar
+from platoscope.writers import SidecarLockedError, read_events, read_sidecar, repair_run
 
 
 def _thresholds(mon: dict[str, Any], symbols: list[str]) -> np.ndarray | None:
@@ -58,6 +59,8 @@ def make_report(run_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     run = Path(run_dir)
+    with contextlib.suppress(SidecarLockedError):  # a live run is read as it is
+        repair_run(run)
     data = load_run(run)
     frames, mons, syms = data["frames"], data["monitors"], data["symbols"]
     steps = np.array([f["step"] for f in frames])
@@ -194,8 +197,8 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         lines.append(f"  {name}: {by_mon.get(name, 0)} events; action {mon.get('action')}; "
                      f"expected false-alarm rate per atom-frame "
                      f"{'n/a' if fa is None else f'{fa:.2g}'}")
-        if mon.get("false_alarm_evidence"):
-            lines.append(f"    false alarms measured: {mon['false_alarm_evidence']}")
+        if mon.get("documentation"):
+            lines.append(f"    evidence (documentation): {mon['documentation']}")
         first = next((e for e in events if e["monitor"] == name), None)
         if first:
             lines.append(f"    first at step {first['step']}: atoms {first['atoms'][:8]} "

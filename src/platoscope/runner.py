@@ -9,8 +9,8 @@ Every run writes to one folder:
 
   with more than :data:`STORE_COORDS_MAX_K` anchors (``store_coords="auto"``) no file stores
   per-frame coordinates: frames.h5 keeps the projector once and ``read_sidecar`` derives each
-  frame's coordinates from its embeddings, bit for bit; extxyz frames then have no ``platonic``
-  and say so in ``info["platonic_source"]``, as summary.json does;
+  frame's coordinates from its embeddings (within ``projection.TOLERANCE``); extxyz frames
+  then have no ``platonic`` and say so in ``info["platonic_source"]``, as summary.json does;
 - ``events.jsonl``: one JSON object per event (``step``, ``monitor``, ``atoms``, ``score``,
   ``threshold``, ``action`` ...), fsynced;
 - ``summary.json``: provenance (models, weight hashes, anchor-set hash, versions), monitor

@@ -6,7 +6,7 @@ Three writers, each safe to kill at any instant:
   (positions, cell, Platonic coordinates, embeddings, scores, energy, forces; frames may differ
   in atom count). Coordinates may instead be derived on reading from the embeddings and the
   projector stored once in the file (``store_platonic=False``): they are K/D times the size of
-  the embeddings (25-50x at K = 3000).
+  the embeddings.
 * :class:`EventLog` / :func:`read_events`: ``events.jsonl``, one JSON object per monitor event,
   fsynced line by line.
 * :func:`write_json_atomic`: whole-file JSON (``summary.json``) through a temp file and
@@ -51,9 +51,10 @@ optional field ``f``)::
                                        key (text as UTF-8 strings); optional, written once
 
 A frame's coordinates are its stored ``platonic`` rows if it has them, else (format version 2)
-``Projector.from_state(/projector).transform(embeddings)`` of its float64 embeddings: bit for bit
-what the calculator computed from the same features (same N, same code path), on the machine
-and library versions that wrote the file. Version 1 files (no ``/projector``) read as before.
+``Projector.from_state(/projector).transform(embeddings)`` of its float64 embeddings: what the
+calculator computed from the same features within ``projection.TOLERANCE`` (1e-12 absolute) on
+any machine (the same fixed row blocks in both paths; bitwise on the writing machine in
+practice, not promised). Version 1 files (no ``/projector``) read as before.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ __all__ = [
     "SidecarReader",
     "read_events",
     "read_sidecar",
+    "repair_run",
+    "repair_sidecar",
     "to_jsonable",
     "write_json_atomic",
 ]
@@ -647,8 +650,9 @@ class FrameSidecar:
         the frame's embeddings with the stored projector. Needs a projector state (given or in
         the file) and embeddings in every frame that passes ``platonic``.
     verify: with ``store_platonic=False``, check per frame that the derived coordinates equal
-        the given ones bit for bit (one extra projection); a frame where they do not (e.g. a
-        model switch changed the projector) keeps its coordinates stored, with a warning.
+        the given ones within ``projection.TOLERANCE`` (one extra projection); a frame where
+        they do not (e.g. a model switch changed the projector) keeps its coordinates stored,
+        with a warning.
 
     Frame ``i`` of a run is what the ``i``-th successful :meth:`append` wrote; the MD step is
     stored alongside and need not be contiguous.
@@ -831,8 +835,10 @@ class FrameSidecar:
                              "embeddings= (or store_platonic=True)")
         if not self.verify:
             return True
+        from platoscope.projection import TOLERANCE
+
         derived = self.projector.transform(e)
-        if derived.shape == z.shape and derived.tobytes() == z.tobytes():
+        if derived.shape == z.shape and float(np.max(np.abs(derived - z), initial=0)) <= TOLERANCE:
             return True
         if not self._warned:
             self._warned = True
@@ -1157,3 +1163,71 @@ def read_sidecar(path: str | os.PathLike) -> SidecarReader:
     except (OSError, KeyError, ValueError) as exc:
         f.close()
         raise CorruptFileError(f"{p}: unreadable sidecar ({exc})") from exc
+
+
+def repair_sidecar(path: str | os.PathLike, *, fsync: bool = True) -> dict[str, Any]:
+    """Make a sidecar left by a killed writer open with plain ``h5py.File(path, "r")``/h5dump.
+
+    A writer killed mid-run leaves HDF5's "open for SWMR write" flag set, which only SWMR
+    readers accept. The committed frames are copied into a clean file that replaces the old one
+    atomically (``os.replace``): every committed frame is kept; a frame half written at the
+    kill, never committed, is dropped, as readers already ignore it. A cleanly closed file is
+    left untouched. Refuses (:class:`SidecarLockedError`) while a live writer holds the file.
+
+    Returns ``{"path", "repaired" (bool), "frames" (committed frames)}``.
+    """
+    p = Path(path)
+    lock = _WriterLock(p)
+    try:
+        _remove_stale_temps(p)
+        src, clean = _open_read(p)
+        try:
+            _check_format(src, p)
+            n = _committed_lengths(src, p)[0]
+            if clean:
+                return {"path": str(p), "repaired": False, "frames": n}
+            fd, tmp = _new_sibling(p)
+            os.close(fd)
+            try:
+                _build_file(tmp, src=src, path=p, attrs_json=str(src.attrs.get("attrs_json", "{}")),
+                            n_anchors=int(src.attrs.get("n_anchors", -1)),
+                            embedding_dim=int(src.attrs.get("embedding_dim", -1)),
+                            new_fields=[], chunk_bytes=1 << 18)
+                if fsync:
+                    with open(tmp, "rb") as fh:
+                        os.fsync(fh.fileno())
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+        finally:
+            src.close()
+        os.replace(tmp, p)
+        if fsync:
+            _fsync_dir(p.parent)
+        return {"path": str(p), "repaired": True, "frames": n}
+    finally:
+        lock.release()
+
+
+def repair_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Repair what a killed run left in ``run_dir`` so that standard tools read it.
+
+    ``frames.h5`` is rewritten by :func:`repair_sidecar` if its writer was killed, and an
+    incomplete last line of ``events.jsonl`` is cut off; completed frames and events are kept.
+    Returns ``{"frames.h5": {...} or None, "events_tail_dropped": bool}``.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"no run folder {run}")
+    side = run / "frames.h5"
+    out: dict[str, Any] = {"frames.h5": repair_sidecar(side) if side.is_file() else None,
+                           "events_tail_dropped": False}
+    events = run / "events.jsonl"
+    if events.is_file():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            EventLog(events, mode="a").close()
+        out["events_tail_dropped"] = any("incomplete last line" in str(w.message)
+                                         for w in caught)
+    return out

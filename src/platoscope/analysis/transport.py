@@ -23,25 +23,23 @@ Method selection (``method="auto"``; ``method`` of the result says what ran and 
    the exact minimum-cost perfect matching restricted to the symmetric k-nearest-neighbour graph
    (each atom's ``knn`` = 30 nearest atoms on the other side), solved by scipy's sparse LAPJV
    (``min_weight_full_bipartite_matching``). Its cost is an upper bound on the exact one and
-   equal to it whenever the optimal matching uses only graph edges: on 3000-4000-atom 100-d
-   pairs it equalled exact EMD at k = 30 (within 0.1 % at k = 10), also for two independent
-   clouds, in a tenth of the time. Without a perfect matching in the graph: as in 3.
+   equal to it whenever the optimal matching uses only graph edges (how close, and how fast, is
+   measured by benchmarks/ot_matching.py). Without a perfect matching in the graph: as in 3.
 3. otherwise: exact ``ot.emd`` (network simplex) up to ``max_exact`` (default 4000 x 4000, a
    128 MB cost matrix, 2-9 s), above it ``multiscale``, a two-scale EMD (after Gerber & Maggioni
    2017): k-means on X and Y pooled into clusters of about ``block_size`` atoms per side, exact
    EMD between the clusters (centroid costs, cluster masses), then each target cluster's atoms
    are split among the source clusters that the coarse plan feeds from it (a small exact EMD to
    their centroids), and exact EMD couples each source cluster's atoms with the target atoms
-   routed to it. A valid coupling (both marginals exact); within 0-3 % of exact EMD on clustered
-   data, but 1.5-3x the exact cost on one structureless Gaussian cloud, where clusters cut
-   through matched pairs.
+   routed to it. A valid coupling (both marginals exact); close to exact EMD on clustered data,
+   worse on one structureless cloud, where clusters cut through matched pairs.
 
-Independent random subsamples were tried and rejected: in 100-d the partners of a subsample are
-mostly absent from the other subsample (20x the true cost on the benchmark clouds).
+Independent random subsamples are not used: in high dimension the partners of a subsample are
+mostly absent from the other subsample.
 ``sinkhorn`` (entropic, stabilised ``ot.sinkhorn``, epsilon = ``reg`` times the mean cost; dense,
 so only for N*M up to a few 10^7) and ``sliced`` (POT's min-pivot sliced plan: the best of
-``n_projections`` 1-D sorted matchings scored in full dimension; fast, but on the 100-d benchmark
-clouds its cost was 8-150x the exact one) are available on request.
+``n_projections`` 1-D sorted matchings scored in full dimension; fast, far from exact in high
+dimension) are available on request.
 """
 
 from __future__ import annotations

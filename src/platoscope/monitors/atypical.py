@@ -6,26 +6,22 @@ embeddings of the hooked layer ((N, D), ``frame.embeddings`` against ``bank.embe
 ``space="projected"`` the anchor-projected coordinates ((N, K), ``frame.platonic`` against
 ``bank.coords``). Raw is the default: the k-NN runs within one model, so the shared space buys
 nothing, and with the default softmax projection at K = 3000 projected distances crowd near
-their ceiling sqrt(2). Measured on mlearn Li/Si against DFT (docs/detection.md, CHGNet 0.3.0
-and SevenNet-0): per-element AUROC 0.66 for the largest absolute force errors (a two-model
-committee: 0.87), 0.64 for relative force errors (committee 0.55) and 0.92 for structure energy
-errors (committee 0.73), at 1.01x the cost of one model. Raw distances are in the layer's own
+their ceiling sqrt(2). How well it finds real DFT force errors, beside the model's |F| and
+committees, is measured in docs/detection.md. Raw distances are in the layer's own
 units, so thresholds of different models or layers do not compare; the bank must come from the
 running model and layer.
 
 Thresholds are calibrated per element on the bank itself, leaving each reference structure out
 of its own neighbour search, at the ``quantile`` of those held-out scores: on data like the
 reference set an atom crosses the threshold with probability about ``1 - quantile`` per frame
-(the stated false-alarm rate; it does not transfer to other data: on mlearn the monitor raised
-no alarm at all, docs/detection.md). Elements absent from the
+(the stated false-alarm rate; it does not transfer to other data: docs/detection.md). Elements
+absent from the
 bank are scored against every bank atom and get the smallest per-element threshold, so they
 stand out; events name them.
 
 Beside the score, the model's own force magnitude ``|F|`` per atom is stored
-(``score_atypical_force``, eV/Å) when the frame has forces: free, and the best single-model
-per-atom score measured for *absolute* force errors (AUROC 0.86 vs 0.87 for a two-model
-committee), while the atypicality score is the better one for relative force errors and
-structure energy errors. Neither replaces a committee.
+(``score_atypical_force``, eV/Å) when the frame has forces: free, and the baseline any
+single-model error score must beat (docs/detection.md).
 """
 
 from __future__ import annotations

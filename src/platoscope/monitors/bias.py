@@ -11,12 +11,10 @@ Thresholds are calibrated per element on the two models' reference banks, which 
 reference atoms in the same order (:func:`calibrate_thresholds`): each element's median
 distance times the ``quantile`` of the distances divided by their element's median, pooled over
 all elements (elements with fewer than ``MIN_ATOMS_PER_ELEMENT`` reference atoms, or none, use
-the pooled median). Plain per-element quantiles do not hold out of sample: fitted on half of the
-shipped reference structures (CHGNet 0.3.0 vs SevenNet-0), they flagged 3.6-5.1 % of the other
-half's atoms at a 0.1 % target; the median-scaled pooled quantile flagged 0-0.24 % (target
-0.1 %) and 1.1-1.2 % (target 1 %) (docs/symmetry_switch.md). So on reference-like atoms an atom
-crosses its threshold with probability about ``1 - quantile`` per evaluation (the stated
-false-alarm rate). With two models the score is
+the pooled median): plain per-element quantiles fitted on few atoms do not hold out of sample,
+the median-scaled pooled quantile does (measured in docs/symmetry_switch.md). So on
+reference-like atoms an atom crosses its threshold with probability about ``1 - quantile`` per
+evaluation (the stated false-alarm rate). With two models the score is
 symmetric: it says *where* they disagree, not which one is wrong (use three or more models and
 :mod:`platoscope.analysis.bias` for that); the summary ranks elements by how far their
 disagreement sits above their threshold.

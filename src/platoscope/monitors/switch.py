@@ -24,12 +24,9 @@ are moved by a :class:`~platoscope.analysis.transport.TransportMap` fitted A -> 
 banks when B's bank is given, ``bank_b="default"`` loads or builds it at ``start``; else on the
 frame's own paired clouds) and the monitor is recalibrated on the carried bank, in place
 (``retarget=True``), so it keeps scoring B's frames (in the projected space, also when it
-scored raw embeddings before: those of two models share no axes). Measured CHGNet -> SevenNet-0
-(docs/symmetry_switch.md): the bank map reproduces B's own calibrated thresholds (within 0.4 %
-in the shipped ``shared`` projection, where they sit near the sqrt(2) ceiling; within 0-20 % with
-``paper``); a map fitted on one frame of 16-64 atoms barely moves them (close to a rigid shift
-per element), leaving A's thresholds (up to 11 % low with ``shared``, 1.4-3.4x with ``paper``):
-pass B's bank.
+scored raw embeddings before: those of two models share no axes). A map fitted on the two banks
+reproduces B's own calibrated thresholds far better than one fitted on a single small frame,
+which barely moves them (docs/symmetry_switch.md): pass B's bank.
 Without a SwitchingCalculator (``from_spec``, e.g. ``--monitor switch:sevenn:7net-0``), the
 monitor evaluates B itself every ``interval`` frames and reports only flagged frames: "would a
 hand-over here be safe?".
@@ -55,9 +52,8 @@ log = logging.getLogger("platoscope.monitors")
 
 MIN_MATCHED = 0.9
 """Flag a hand-over when fewer than this fraction of atoms go to themselves or an equivalent
-atom. The same model gives 1.0; in the shipped ``shared`` projection CHGNet -> SevenNet-0 and
-CHGNet 0.3.0 -> 0.2.0 gave 0.90-1.00 on five crystals (with ``paper`` CHGNet -> SevenNet-0
-gave 0.38-0.62 on low-symmetry ones; docs/symmetry_switch.md)."""
+atom. The same model gives 1.0; what other models give is measured in
+docs/symmetry_switch.md."""
 DEFAULT_INTERVAL = 10
 Rule = int | Callable[[int, Atoms], bool] | None
 
@@ -458,9 +454,7 @@ class SwitchMonitor(Monitor):
                  n_checks=sum(c["kind"] == "check" for c in self.checks_),
                  n_flagged=sum(c["flagged"] for c in self.checks_),
                  carried_thresholds=self.carried_thresholds_,
-                 false_alarm_evidence="per hand-over, not per atom: 0 of 15 measured hand-overs "
-                 "flagged (CHGNet 0.3.0 -> SevenNet-0, -> CHGNet 0.2.0 and -> itself on 5 "
-                 "crystals, shared projection): docs/symmetry_switch.md")
+                 documentation="docs/symmetry_switch.md (measured elsewhere, not in this run)")
         checks = [c for c in self.checks_ if c["kind"] == "check"]
         if checks:
             s["lowest_matched_equivalent"] = min(c["matched_equivalent"] for c in checks)

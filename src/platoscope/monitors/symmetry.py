@@ -3,7 +3,7 @@
 At ``start`` the monitor fixes the reference structure (given, or the first frame), its classes
 of symmetry-equivalent atoms (spglib, ``symprec`` in Å) and the *numerical noise* of the model
 on it: the largest distance of an atom's projected coordinates from its class mean in the
-reference frame (float32 models give 1e-7 to 4e-6 on perfect crystals). Every later frame is
+reference frame (nonzero for float32 models). Every later frame is
 scored per atom by the distance of its coordinates from its class mean (classes fixed from the
 reference, so atom order must not change). The threshold is ``max(factor * noise, floor)``,
 with the floor a distance in coordinate space. (It used to be ``floor * sqrt(K)``, per
@@ -18,14 +18,10 @@ perfect crystal. Such a class (reference spread above ``SPLIT * floor``) is spli
 distance); the split is logged and listed in the summary (``model_split_classes``), and the
 noise and threshold come from the groups, so the run is still watched at float-noise level.
 
-Calibration (docs/symmetry_switch.md, scripts/evidence_symmetry_switch.py; CHGNet 0.3.0 and
-SevenNet-0, 'paper' projection, K = 100, 17 crystals of which none is in the shipped data):
-perfect crystals re-evaluated, strained by +-2 % or shifted rigidly reached at most 0.28 of the
-threshold (0 false alarms in 170 frames); one atom displaced by 0.005 Å was flagged in every
-crystal, for every class displaced, at 1.7x (8-atom NaCl) to over 1000x the threshold; 0.001 Å
-in every crystal but the 8-atom NaCl cell. The weakest response is
-rocksalt NaCl in its 8-atom cell, where the displaced atom's own periodic images flank each
-neighbour, so the signal grows only quadratically with the displacement.
+Sensitivity and false alarms on perfect, strained and shifted crystals are measured in
+docs/symmetry_switch.md. The weakest response is rocksalt NaCl in its 8-atom cell, where the
+displaced atom's own periodic images flank each neighbour, so the signal grows only
+quadratically with the displacement.
 
 Who broke it: an atom displaced from a non-polar site (inversion centre, cubic or tetrahedral
 site ...) changes its own invariant features only to second order, its neighbours to first
@@ -232,9 +228,7 @@ class SymmetryMonitor(Monitor):
     def summary(self) -> dict[str, Any]:
         s = super().summary()
         s.update(symprec=self.symprec, factor=self.factor, floor=self.floor, repeat=self.repeat,
-                 false_alarm_evidence="0 false alarms in 170 perfect, strained (+-2 %) and "
-                 "shifted crystal frames (17 crystals, CHGNet 0.3.0 and SevenNet-0; 95 % upper "
-                 "bound 1.8 % per frame): docs/symmetry_switch.md")
+                 documentation="docs/symmetry_switch.md (measured elsewhere, not in this run)")
         if self.classes_ is None:
             return s
         sizes = np.bincount(self.classes_)
