@@ -259,3 +259,36 @@ def test_centered_projection_option(chgnet_backend):
     zp, zc = plain.get_platonic(atoms.copy()), cent.get_platonic(atoms.copy())
     assert zp.shape == zc.shape and not np.allclose(zp, zc)
     assert zc.mean() < zp.mean()
+
+
+@pytest.mark.backend("mace")
+def test_default_anchors_with_a_model_covering_part_of_the_table(mace_backend, tmp_path):
+    """The tiny MACE model knows 7 elements: the default anchors still work, the anchors it
+    cannot embed are left out (coordinate 0, no softmax mass) and recorded; a set it can embed
+    none of is refused with the way out named."""
+    anchors = AnchorSet.default()
+    left = anchors.unsupported_structures(mace_backend)
+    assert 0 < len(left) < len(anchors.structures)
+    with pytest.warns(UserWarning, match=r"left out of its projection.*--anchors"):
+        calc = PlatonicCalculator(mace_backend, anchors=anchors, anchor_cache=False)
+    valid = calc.projector.valid_
+    assert valid.shape == (len(anchors),) and 0 < valid.sum() < len(anchors)
+    prov = calc.provenance()
+    assert prov["anchors_left_out"] == int((~valid).sum())
+    assert prov["anchor_set_hash"] == anchors.hash and prov["n_anchors"] == len(anchors)
+    atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
+    atoms.calc = calc
+    z = calc.get_platonic(atoms)
+    assert z.shape == (len(atoms), len(anchors)) and np.isfinite(z).all()
+    assert (z[:, ~valid] == 0).all()
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-12)  # softmax rows
+    # the projector's state (run files) keeps which anchors were left out
+    from platoscope.projection import Projector
+
+    back = Projector.from_state(calc.projector.get_state())
+    np.testing.assert_array_equal(back.valid_, valid)
+    np.testing.assert_allclose(back.transform(calc.get_embeddings(atoms)), z, rtol=0, atol=1e-12)
+    # a set made only of structures the model lacks elements for: refused, naming the way out
+    none = AnchorSet.from_atoms([(anchors.structures[s], 0) for s in left[:3]])
+    with pytest.raises(UnsupportedElementError, match=r"can embed none.*anchors select"):
+        PlatonicCalculator(mace_backend, anchors=none, anchor_cache=False)

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from platoscope.errors import AnchorCacheMismatchError, CorruptFileError
+from platoscope.errors import AnchorCacheMismatchError, CorruptFileError, UnsupportedElementError
 from platoscope.provenance import sha256_bytes
 
 FORMAT = "platoscope.anchorset/1"
@@ -239,22 +240,59 @@ class AnchorSet:
             shipped = default_data_path("anchors") / name
             for p in ([path] if cache_path else [shipped, path]):
                 if p.is_file():
-                    return self._read_cache(p, backend, fp)
+                    mat = self._read_cache(p, backend, fp)
+                    if np.isnan(mat).all(axis=1).any():
+                        self._warn_left_out(backend, mat)
+                    return mat
         have: dict[bytes, np.ndarray] = {}
         if known is not None:
             have = {_structure_bytes(self._canonical(a)): np.asarray(f)
                     for a, f in zip(*known, strict=True)}
         keys = [_structure_bytes(a) for a in self.structures]
-        todo = [s for s, key in enumerate(keys) if key not in have]
+        left_out = set(self.unsupported_structures(backend))
+        todo = [s for s, key in enumerate(keys) if key not in have and s not in left_out]
         fresh = dict(zip(todo, backend.embed([self.structures[s] for s in todo],
                                              progress=progress), strict=True)) if todo else {}
-        mat = np.stack([(fresh[s] if s in fresh else have[keys[s]])[i]
+        dim = next(iter(fresh.values())).shape[1] if fresh else (
+            next(iter(have.values())).shape[1] if have else backend.feature_dim)
+        nan_row = np.full(dim, np.nan)
+        mat = np.stack([nan_row if s in left_out else (fresh[s] if s in fresh else have[keys[s]])[i]
                         for s, i in self.pairs]).astype(np.float64)
+        if left_out:
+            self._warn_left_out(backend, mat)
         if cache:
             _savez_atomic(path, format=np.array(CACHE_FORMAT), matrix=mat,
                           anchor_hash=np.array(self.hash), fingerprint=np.array(fp),
                           model=np.array(backend.spec), layer=np.array(backend.layer))
         return mat
+
+    def unsupported_structures(self, backend: Any) -> list[int]:
+        """Indices of anchor structures holding an element ``backend`` has no parameters for."""
+        supported = backend.supported_numbers
+        if supported is None:
+            return []
+        return [s for s, a in enumerate(self.structures)
+                if not set(a.numbers.tolist()) <= supported]
+
+    def _warn_left_out(self, backend: Any, mat: np.ndarray) -> None:
+        from platoscope.backends.base import format_elements
+
+        gone = np.isnan(mat).all(axis=1)
+        supported = backend.supported_numbers or frozenset()
+        missing = {int(z) for s in self.unsupported_structures(backend)
+                   for z in self.structures[s].numbers if int(z) not in supported}
+        if gone.all():
+            raise UnsupportedElementError(
+                f"model {backend.spec!r} can embed none of the {len(self)} anchors of set "
+                f"{self.hash[:12]} (it lacks {format_elements(missing)}): choose anchors with "
+                f"this model, e.g. platoscope anchors select DATA --model {backend.spec} -k 500 "
+                "--out anchors.npz, and pass --anchors anchors.npz")
+        warnings.warn(
+            f"model {backend.spec!r} has no parameters for {format_elements(missing)}: "
+            f"{int(gone.sum())} of {len(self)} anchors (in structures with those elements) are "
+            "left out of its projection (coordinate 0, recorded in provenance as "
+            "anchors_left_out); pass --anchors chosen with this model to use all axes",
+            UserWarning, stacklevel=3)
 
     def _read_cache(self, path: Path, backend: Any, fp: str) -> np.ndarray:
         data = _load_npz(path, CACHE_FORMAT, "anchor-matrix cache", "; delete it to recompute")

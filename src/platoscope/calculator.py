@@ -96,6 +96,8 @@ class PlatonicCalculator(Calculator):
             **prov,
             "anchor_set_hash": self.anchors.hash if self.anchors is not None else None,
             "n_anchors": len(self.anchors) if self.anchors is not None else 0,
+            "anchors_left_out": (int((~self.projector.valid_).sum())
+                                 if self.projector is not None else 0),
             "projection": self.projector.name if self.projector is not None else None,
             "projection_params": (self.projector.get_params() if self.projector is not None
                                   else None),

@@ -85,8 +85,12 @@ def _unit_rows(x: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None) 
 
 
 def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None,
-           tau: float | None) -> np.ndarray:
-    """The projection of validated embeddings ``e`` onto prepared unit anchor rows ``an``."""
+           tau: float | None, cols: np.ndarray | None = None, k: int | None = None) -> np.ndarray:
+    """The projection of validated embeddings ``e`` onto prepared unit anchor rows ``an``.
+
+    cols: the columns (of ``k``) that ``an``'s rows fill; the other anchors (those the model
+    cannot embed) get coordinate 0 and no softmax mass.
+    """
     if e.shape[1] != (an.shape[1] if w is None else w.shape[0]):
         raise ValueError(
             f"embeddings have {e.shape[1]} features but anchors have "
@@ -98,7 +102,11 @@ def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.T
         torch.mm(_unit_rows(e[s:s + BLOCK_ROWS], m, w), an.T, out=out_t[s:s + BLOCK_ROWS])
         if tau is not None:
             _sqrt_softmax(out[s:s + BLOCK_ROWS], tau)
-    return out
+    if cols is None:
+        return out
+    full = np.zeros((e.shape[0], k), dtype=np.float64)
+    full[:, cols] = out
+    return full
 
 
 _PARALLEL_ELEMENTS = 1 << 20  # smaller blocks run inline (thread start-up costs more)
@@ -195,8 +203,20 @@ class Projector:
         return self.normalize in ("standardize", "whiten")
 
     def fit(self, anchor_embeddings: Any, reference_embeddings: Any = None) -> Projector:
-        """anchor_embeddings: (K, D); reference_embeddings: (M, D), needed to standardize/whiten."""
-        a = np.asarray(_as_2d(anchor_embeddings, "anchor_embeddings").numpy())
+        """anchor_embeddings: (K, D); reference_embeddings: (M, D), needed to standardize/whiten.
+
+        A row of NaN marks an anchor this model cannot embed (its structure holds an element the
+        model has no parameters for): it is left out (``valid_`` False), its coordinate is 0 for
+        every atom and it gets no softmax mass; the K axes stay those of the anchor set.
+        """
+        a_in = np.asarray(anchor_embeddings, dtype=np.float64)
+        if a_in.ndim != 2:
+            raise ValueError(f"anchor_embeddings must be 2-D (K, D), got shape {a_in.shape}")
+        missing = np.isnan(a_in).all(axis=1)
+        if missing.all():
+            raise ValueError("no anchor can be embedded by this model (every anchor row is NaN)")
+        a = np.asarray(_as_2d(a_in[~missing], "anchor_embeddings").numpy())
+        self.valid_: np.ndarray = ~missing
         self.mean_: np.ndarray | None = None
         self.transform_: np.ndarray | None = None
         if self.normalize == "center":
@@ -218,7 +238,7 @@ class Projector:
                 vals, vecs = np.linalg.eigh(cov)
                 vals = np.maximum(vals, self.eps * vals.max())
                 self.transform_ = (vecs / np.sqrt(vals)) @ vecs.T
-        self.anchors_ = a
+        self.anchors_ = a_in.copy()
         self._prepared = None
         return self
 
@@ -230,9 +250,13 @@ class Projector:
             m = None if self.mean_ is None else torch.as_tensor(self.mean_, dtype=torch.float64)
             w = (None if self.transform_ is None
                  else torch.as_tensor(self.transform_, dtype=torch.float64))
-            self._prepared = (_unit_rows(_as_2d(self.anchors_, "anchors"), m, w), m, w)
-        an, m, w = self._prepared
-        return _apply(_as_2d(embeddings, "embeddings"), an, m, w, self.tau)
+            valid = self.valid_
+            cols = None if valid.all() else np.flatnonzero(valid)
+            an = _unit_rows(_as_2d(self.anchors_[valid], "anchors"), m, w)
+            self._prepared = (an, m, w, cols)
+        an, m, w, cols = self._prepared
+        return _apply(_as_2d(embeddings, "embeddings"), an, m, w, self.tau, cols,
+                      self.anchors_.shape[0])
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Plain arrays (for npz files) that ``from_state`` turns back into this projector."""
@@ -251,6 +275,7 @@ class Projector:
         p = cls(str(state["normalize"]), kernel=str(state.get("kernel", "linear")),
                 tau=float(state["tau"]) if "tau" in state else None, eps=float(state["eps"]))
         p.anchors_ = np.asarray(state["anchors"], dtype=np.float64)
+        p.valid_ = ~np.isnan(p.anchors_).all(axis=1)
         p.mean_ = np.asarray(state["mean"]) if "mean" in state else None
         p.transform_ = np.asarray(state["transform"]) if "transform" in state else None
         p._prepared = None
