@@ -138,3 +138,35 @@ def test_build_monitors_passes_the_space(setup):
     assert (raw.space, proj.space) == ("raw", "projected")
     with pytest.raises(ValueError, match="space must be"):
         build_monitors("atypical", calc=calc, bank=bank, atypical_space="both")
+
+
+def test_element_not_in_the_bank_is_said_everywhere(setup, tmp_path):
+    """An element the Si-bearing bank lacks: the frame warns once, the summary and report name
+    it and the threshold it is scored against; Si stays scored against Si."""
+    from ase.data import chemical_symbols
+
+    from platoscope.monitors.base import MonitorWarning
+    from platoscope.report import make_report
+    from platoscope.runner import run_md
+
+    bank, calc = setup
+    z = next(z for z in (79, 78, 47, 29, 54) if z not in set(bank.numbers.tolist()))
+    sym = chemical_symbols[z]
+    mon = AtypicalMonitor(bank)
+    mixed = si()
+    mixed.numbers[0] = z
+    f = frame(calc, mixed)
+    with pytest.warns(MonitorWarning, match=rf"holds no {sym}: .*reference build"):
+        s = mon.score(f)
+    assert np.isfinite(s).all()
+    thr = mon.thresholds_for(f)
+    assert thr[0] == mon.unknown_threshold_ and (thr[1:] == mon.element_thresholds_[14]).all()
+    summ = mon.summary()
+    assert summ["elements_not_in_reference"] == [sym]
+    assert summ["not_in_reference_threshold"] == pytest.approx(mon.unknown_threshold_, abs=1e-6)
+    atoms = mixed.copy()
+    atoms.calc = calc
+    with pytest.warns(MonitorWarning):
+        run_md(atoms, [AtypicalMonitor(bank)], tmp_path, steps=1, progress=False)
+    make_report(tmp_path)
+    assert f"NOT in the reference bank: {sym}" in (tmp_path / "report.txt").read_text()

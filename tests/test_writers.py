@@ -567,3 +567,29 @@ def test_sigkill_sidecar_derived(tmp_path):
             assert _within_contract(r.frame(i)["platonic"], proj.transform(want["embeddings"]))
     assert repair_sidecar(path)["repaired"] is False  # clean now: untouched
     assert not list(tmp_path.glob(".run.h5.*"))
+
+
+def test_sidecar_is_self_describing(tmp_path):
+    """Datasets carry units and shape meaning, the root says how to get coordinates, and the
+    provenance keys are plain attributes (what `h5dump -A` shows)."""
+    path = tmp_path / "frames.h5"
+    proj = _projector(3000, 8)
+    e = np.random.default_rng(2).random((4, 8))
+    attrs = {"provenance": {"model": "chgnet:0.3.0", "layer": "atom_fea",
+                            "anchor_set_hash": "abc", "n_anchors": 3000}}
+    with FrameSidecar(path, attrs=attrs, projector_state=proj.get_state(), store_platonic=False,
+                      score_names=["atypical_force", "custom"]) as sc:
+        sc.append(0, numbers=[1, 1, 8, 8], positions=np.zeros((4, 3)), cell=np.eye(3) * 4,
+                  platonic=proj.transform(e), embeddings=e, forces=np.zeros((4, 3)),
+                  scores={"atypical_force": np.zeros(4), "custom": np.ones(4)}, energy=-1.0)
+    with h5py.File(path, "r") as f:
+        assert f["atoms/positions"].attrs["units"] == "Å"
+        assert f["frames/energy"].attrs["units"] == "eV"
+        assert f["fields/forces/data"].attrs["units"] == "eV/Å"
+        assert "(A_f, D)" in f["fields/embeddings/data"].attrs["description"]
+        assert f["scores/atypical_force/data"].attrs["units"] == "eV/Å"
+        assert "summary.json" in f["scores/custom/data"].attrs["units"]
+        assert "-1 if the frame lacks" in f["fields/forces/start"].attrs["description"]
+        assert "read_sidecar" in f.attrs["how_to_read"] and "/projector" in f.attrs["how_to_read"]
+        assert f.attrs["model"] == "chgnet:0.3.0" and f.attrs["anchor_set_hash"] == "abc"
+        assert int(f.attrs["n_anchors"]) == 3000

@@ -197,6 +197,11 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         lines.append(f"  {name}: {by_mon.get(name, 0)} events; action {mon.get('action')}; "
                      f"expected false-alarm rate per atom-frame "
                      f"{'n/a' if fa is None else f'{fa:.2g}'}")
+        if mon.get("elements_not_in_reference"):
+            missing = ", ".join(mon["elements_not_in_reference"])
+            lines.append(f"    NOT in the reference bank: {missing}"
+                         " (scored against all bank atoms with the smallest element threshold, "
+                         f"{mon.get('not_in_reference_threshold')}; not calibrated for them)")
         if mon.get("documentation"):
             lines.append(f"    evidence (documentation): {mon['documentation']}")
         first = next((e for e in events if e["monitor"] == name), None)

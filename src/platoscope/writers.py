@@ -574,6 +574,67 @@ def _build_file(tmp: Path, *, src: h5py.File | None, path: Path, attrs_json: str
         f.create_dataset("n_frames_committed", data=np.int64(n))
         for name in new_fields:
             _add_field(f, name, n, n_anchors, embedding_dim, chunk_bytes)
+        _describe(f, attrs_json)
+
+
+# (units, meaning) of each dataset, written as attributes so that `h5dump -A` explains the file
+_DESCRIPTIONS: dict[str, tuple[str, str]] = {
+    "n_frames_committed": ("1", "frames fully written; readers ignore rows beyond them"),
+    "frames/step": ("1", "(F,) MD/optimiser step (or source frame index) of each frame"),
+    "frames/offsets": ("1", "(F+1,) atoms of frame i are rows offsets[i]:offsets[i+1] of every "
+                            "per-atom dataset under /atoms"),
+    "frames/cell": ("Å", "(F, 3, 3) cell vectors (rows)"),
+    "frames/pbc": ("1", "(F, 3) periodic boundary conditions"),
+    "frames/energy": ("eV", "(F,) potential energy; NaN when not computed"),
+    "atoms/numbers": ("1", "(A,) atomic numbers, all frames concatenated"),
+    "atoms/positions": ("Å", "(A, 3) Cartesian positions, all frames concatenated"),
+    "fields/platonic": ("1", "(A_f, K) Platonic coordinates (anchor-projected) in [-1, 1]"),
+    "fields/embeddings": ("model units", "(A_f, D) the model's per-atom features of the hooked "
+                                         "layer, float64"),
+    "fields/forces": ("eV/Å", "(A_f, 3) forces"),
+    "projector": ("", "the fitted projector (anchors' embeddings, mean ...): with /fields/"
+                      "embeddings it gives the coordinates"),
+}
+_SCORE_UNITS = {"atypical_force": "eV/Å", "bias_force": "eV/Å", "uncertainty": "eV/Å",
+                "symmetry": "coordinate-space distance", "bias": "coordinate-space distance",
+                "atypical": "feature-space distance (model units; see summary.json)",
+                "switch": "1"}
+
+
+def _describe(f: h5py.File, attrs_json: str) -> None:
+    """Units, shapes and how to read the file, as HDF5 attributes (written with the file, since
+    SWMR writers cannot add attributes)."""
+    for path, (units, text) in _DESCRIPTIONS.items():
+        obj = f.get(path)
+        if obj is None:
+            continue
+        target = obj["data"] if isinstance(obj, h5py.Group) and "data" in obj else obj
+        target.attrs["units"] = units
+        target.attrs["description"] = text
+        if isinstance(obj, h5py.Group) and "start" in obj:
+            obj["start"].attrs["description"] = ("(F,) first row of frame i in data "
+                                                 "(frame i has offsets[i+1]-offsets[i] rows), "
+                                                 "-1 if the frame lacks this field")
+    for name, g in f.get("scores", {}).items():
+        g["data"].attrs["units"] = _SCORE_UNITS.get(name, "see summary.json monitors")
+        g["data"].attrs["description"] = (f"(A_s,) per-atom score of monitor '{name}' "
+                                          "(start: first row of each frame, -1 if absent)")
+    try:
+        attrs = json.loads(attrs_json)
+    except ValueError:
+        attrs = {}
+    for key, val in _identity(attrs).items():
+        if key not in f.attrs and val is not None:
+            f.attrs[key] = val if isinstance(val, int | float) else str(val)
+    derived = "fields/platonic" not in f and "projector" in f
+    f.attrs["description"] = (
+        "platoscope run frames: per-frame data under /frames, per-atom data under /atoms, "
+        "/fields and /scores (rows of frame i: /frames/offsets); provenance in attrs_json")
+    f.attrs["how_to_read"] = (
+        ("Platonic coordinates are not stored per frame: "
+         "platoscope.writers.read_sidecar(path).frame(i)['platonic'] rebuilds them from "
+         "/fields/embeddings and /projector. " if derived else "")
+        + "platoscope.writers.read_sidecar(path) returns frames as dicts and ASE Atoms.")
 
 
 def _as_array(x: Any, name: str, shape: tuple[int | None, ...], dtype: Any) -> np.ndarray:

@@ -26,12 +26,13 @@ single-model error score must beat (docs/detection.md).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from platoscope.monitors.base import Frame, Monitor
+from platoscope.monitors.base import Frame, Monitor, MonitorWarning
 from platoscope.reference import ReferenceBank
 
 MIN_ATOMS_PER_ELEMENT = 20
@@ -96,6 +97,7 @@ class AtypicalMonitor(Monitor):
         self._pool = {int(z): ref[bank.numbers == z] for z in np.unique(bank.numbers)}
         self._all = ref
         self.element_thresholds_: dict[int, float] = {}
+        self.uncovered_elements_: list[int] = []
         self.calibration_scores_: dict[int, np.ndarray] = {}
         if self.threshold is None:
             self.calibrate()
@@ -132,6 +134,24 @@ class AtypicalMonitor(Monitor):
         backend = getattr(frame.calc, "backend", None)
         if self.space == "raw" and backend is not None and hasattr(self.bank, "check_backend"):
             self.bank.check_backend(backend)
+        self._note_uncovered(frame.atoms.numbers)
+
+    def _note_uncovered(self, numbers: np.ndarray) -> None:
+        """Record (summary) and warn once about elements the reference bank does not hold."""
+        from ase.data import chemical_symbols
+
+        new = sorted({int(z) for z in np.unique(numbers)} - set(self._pool)
+                     - set(self.uncovered_elements_))
+        if not new:
+            return
+        self.uncovered_elements_.extend(new)
+        warnings.warn(
+            f"atypical: the reference bank of {self.bank.model} holds no "
+            f"{', '.join(chemical_symbols[z] for z in new)}: such atoms are scored against all "
+            "bank atoms with the smallest element threshold (they stand out; their scores are "
+            "not calibrated for their element). Build a bank that holds them: platoscope "
+            "reference build DATA --model ... --out bank.npz, then --reference bank.npz",
+            MonitorWarning, stacklevel=2)
 
     def _queries(self, frame: Frame) -> np.ndarray:
         """The frame's (N, D) embeddings (raw) or (N, K) coordinates (projected), float64."""
@@ -162,6 +182,7 @@ class AtypicalMonitor(Monitor):
         z = self._queries(frame)
         out = np.empty(len(z))
         numbers = frame.atoms.numbers
+        self._note_uncovered(numbers)
         for el in np.unique(numbers):
             idx = np.flatnonzero(numbers == el)
             pool = self._pool.get(int(el)) if self.same_element else self._all
@@ -201,5 +222,8 @@ class AtypicalMonitor(Monitor):
                  reference_model=self.bank.model, reference_atoms=len(self.bank),
                  reference_data_hash=self.bank.data_hash,
                  element_thresholds={chemical_symbols[z]: round(t, 6)
-                                     for z, t in sorted(self.element_thresholds_.items())})
+                                     for z, t in sorted(self.element_thresholds_.items())},
+                 elements_not_in_reference=[chemical_symbols[z]
+                                            for z in self.uncovered_elements_],
+                 not_in_reference_threshold=round(self.unknown_threshold_, 6))
         return s
