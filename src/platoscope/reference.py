@@ -224,7 +224,20 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
             bank = ReferenceBank.load(path)
             bank.check_backend(backend)
             return bank
-    bank = ReferenceBank.build(backend, reference_structures(), anchors, projection=proj,
+    structures = reference_structures()
+    if progress:
+        import sys
+
+        print(f"platoscope: building the reference bank of {backend.spec} (layer "
+              f"{backend.layer}): {len(structures)} shipped reference structures, "
+              f"{sum(len(a) for a in structures)} atoms, embedded once. Monitors calibrate their "
+              f"thresholds on it; it is cached in {cached.parent} and later runs start at once. "
+              "Ctrl-C stops without caching anything.", file=sys.stderr, flush=True)
+    bank = ReferenceBank.build(backend, structures, anchors, projection=proj,
                                skip_unsupported=True, progress=progress)
     bank.save(cached)
+    if progress:
+        import sys
+
+        print(f"platoscope: cached {cached}", file=sys.stderr, flush=True)
     return bank
