@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -408,3 +409,39 @@ def test_cli_store_coords_option(small_setup, tmp_path):
     assert r.exit_code != 0 and "no-embeddings" in r.output
     r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "c"), "--store-coords", "x"])
     assert r.exit_code != 0 and "'x' is not one of" in r.output
+
+
+def test_report_axes_say_quantity_and_unit(small_setup, chgnet_backend, tmp_path, monkeypatch):
+    """Every plot of a report has labelled axes with units and integer step ticks; the score
+    units reach frames.h5 too."""
+    import matplotlib.figure
+
+    anchors, bank, *_ = small_setup
+    atoms = nacl()
+    atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    run_md(atoms, [AtypicalMonitor(bank), SymmetryMonitor()], tmp_path, steps=3,
+           temperature_K=300, progress=False)
+    seen = {}
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, *a, **kw):
+        seen[Path(path).name] = [(ax.get_xlabel(), ax.get_ylabel(), ax.get_title(),
+                                  list(ax.get_xticks())) for ax in fig.axes]
+        return real(fig, path, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    make_report(tmp_path)
+    assert {"worst_score.png", "scores_by_element.png", "symmetry_spread.png",
+            "energy.png"} <= set(seen)
+    for name, axes in seen.items():
+        for xlabel, ylabel, title, ticks in axes:
+            assert xlabel and ylabel and title, (name, xlabel, ylabel, title)
+            if xlabel == "step":
+                assert all(float(t).is_integer() for t in ticks), (name, ticks)
+    by_el = dict((ax[2].split(":")[0], ax[1]) for ax in seen["scores_by_element.png"])
+    assert "model units" in by_el["monitor atypical"]
+    assert "Platonic" in seen["symmetry_spread.png"][0][1]
+    assert "eV/atom" in seen["energy.png"][0][1] and "chgnet" in seen["energy.png"][0][2]
+    with h5py.File(tmp_path / "frames.h5", "r") as f:
+        assert f["scores/atypical_force/data"].attrs["units"] == "eV/Å"
+        assert "Platonic" in f["scores/symmetry/data"].attrs["units"]

@@ -576,7 +576,8 @@ def test_sidecar_is_self_describing(tmp_path):
     proj = _projector(3000, 8)
     e = np.random.default_rng(2).random((4, 8))
     attrs = {"provenance": {"model": "chgnet:0.3.0", "layer": "atom_fea",
-                            "anchor_set_hash": "abc", "n_anchors": 3000}}
+                            "anchor_set_hash": "abc", "n_anchors": 3000},
+             "score_units": {"atypical_force": "eV/Å"}}
     with FrameSidecar(path, attrs=attrs, projector_state=proj.get_state(), store_platonic=False,
                       score_names=["atypical_force", "custom"]) as sc:
         sc.append(0, numbers=[1, 1, 8, 8], positions=np.zeros((4, 3)), cell=np.eye(3) * 4,

@@ -51,6 +51,14 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             "symbols": [[chemical_symbols[z] for z in f["numbers"]] for f in frames]}
 
 
+def _step_axis(ax: Any) -> None:
+    """Steps are integers: no fractional ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def make_report(run_dir: str | Path) -> list[Path]:
     """Write ``report.txt`` and PNG plots into ``run_dir``; return their paths."""
     import matplotlib
@@ -67,6 +75,8 @@ def make_report(run_dir: str | Path) -> list[Path]:
     paths: list[Path] = []
     score_names = sorted({k for f in frames for k in f["scores"]})
     main_scores = [n for n in score_names if n in mons]
+    units = {k: v for m in mons.values() for k, v in (m.get("units") or {}).items()}
+    model = data["summary"].get("provenance", {}).get("model", "running model")
 
     if main_scores:
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -82,9 +92,9 @@ def make_report(run_dir: str | Path) -> list[Path]:
             ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=name)
         ax.axhline(1.0, color="k", ls="--", lw=1, label="threshold")
         ax.set_yscale("log")  # the threshold line at 1 is always positive
-        ax.set_xlabel("step")
-        ax.set_ylabel("worst atom: score / threshold")
-        ax.set_title("Worst atom per step")
+        _step_axis(ax)
+        ax.set_ylabel("worst atom's score / its threshold (1 = threshold)")
+        ax.set_title(f"Worst atom per step, per monitor ({model})")
         ax.legend()
         fig.tight_layout()
         paths.append(run / "worst_score.png")
@@ -111,7 +121,9 @@ def make_report(run_dir: str | Path) -> list[Path]:
                     ax.plot([j - 0.4, j + 0.4], [thr_el[e]] * 2, color="r", lw=1.5)
             if all(min(v) > 0 for v in by_el.values()):  # 0/1 scores (switch) stay linear
                 ax.set_yscale("log")
-            ax.set_title(f"{name} score per element (red: threshold)")
+            ax.set_title(f"monitor {name}: score per element (red: threshold)", fontsize=9)
+            ax.set_xlabel("element")
+            ax.set_ylabel(f"{name} score ({units.get(name, 'see summary.json')})", fontsize=8)
         fig.tight_layout()
         paths.append(run / "scores_by_element.png")
         fig.savefig(paths[-1], dpi=120)
@@ -132,9 +144,11 @@ def make_report(run_dir: str | Path) -> list[Path]:
         if sym.get("threshold") is not None:
             ax.axhline(sym["threshold"], color="k", ls="--", lw=1, label="threshold")
         ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("max distance from class mean")
-        ax.set_title("Symmetry spread per class of equivalent atoms")
+        _step_axis(ax)
+        ax.set_ylabel(f"worst atom's distance from its class mean\n({units.get('symmetry', '')},"
+                      f" projection {data['summary'].get('provenance', {}).get('projection')})",
+                      fontsize=8)
+        ax.set_title(f"Symmetry spread per class of equivalent atoms ({model})")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         paths.append(run / "symmetry_spread.png")
@@ -150,10 +164,13 @@ def make_report(run_dir: str | Path) -> list[Path]:
             vals = [f["scores"][name] for f in frames if name in f["scores"]]
             ax.plot(xs, [np.nanmean(v) for v in vals], label="mean over atoms")
             ax.plot(xs, [np.nanmax(v) for v in vals], label="worst atom")
-            ax.set_xlabel("step")
-            ax.set_title(name.replace("_", " "))
+            _step_axis(ax)
+            ax.set_ylabel(units.get(name, name), fontsize=8)
+            ax.set_title(("force disagreement |F_A - F_B|" if name.endswith("_force")
+                          else "Platonic-coordinate disagreement"), fontsize=9)
             ax.legend()
-        fig.suptitle("Disagreement between the two models")
+        other = (mons.get("bias") or {}).get("model_b", "second model")
+        fig.suptitle(f"Disagreement between {model} (A, running) and {other} (B)")
         fig.tight_layout()
         paths.append(run / "model_disagreement.png")
         fig.savefig(paths[-1], dpi=120)
@@ -164,8 +181,9 @@ def make_report(run_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 3))
         e = np.array(energies)
         ax.plot(e[:, 0], e[:, 1] / len(frames[0]["numbers"]))
-        ax.set_xlabel("step")
+        _step_axis(ax)
         ax.set_ylabel("potential energy (eV/atom)")
+        ax.set_title(f"Potential energy ({model})")
         fig.tight_layout()
         paths.append(run / "energy.png")
         fig.savefig(paths[-1], dpi=120)

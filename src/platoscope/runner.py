@@ -33,7 +33,7 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher
+from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
 from platoscope.provenance import package_versions
 from platoscope.writers import EventLog, FrameSidecar, write_json_atomic
 
@@ -65,12 +65,14 @@ class RunRecorder:
     """A Watcher sink that writes frames, sidecar, events and summary into ``out``.
 
     projector: the calculator's fitted Projector (stored once in frames.h5); store_coords:
-    see :func:`store_coords_for` (K from ``provenance["n_anchors"]``).
+    see :func:`store_coords_for` (K from ``provenance["n_anchors"]``); score_units: units per
+    stored score name (:func:`~platoscope.monitors.base.score_units`), kept in frames.h5.
     """
 
     def __init__(self, out: str | Path, *, provenance: dict[str, Any], config: dict[str, Any],
                  interval: int = 1, embeddings: bool = True, append: bool = False,
-                 projector: Any = None, store_coords: str = "auto"):
+                 projector: Any = None, store_coords: str = "auto",
+                 score_units: dict[str, str] | None = None):
         self.store_platonic = store_coords_for(store_coords, int(provenance.get("n_anchors") or 0),
                                                embeddings=embeddings)
         self.out = Path(out)
@@ -83,7 +85,8 @@ class RunRecorder:
         self.n_frames = 0
         self.sidecar = FrameSidecar(
             self.out / SIDECAR, mode="a" if append else "w",
-            attrs={"provenance": provenance, "config": config},
+            attrs={"provenance": provenance, "config": config,
+                   "score_units": dict(score_units or {})},
             projector_state=projector.get_state() if projector is not None else None,
             store_platonic=self.store_platonic)
         self.events = EventLog(self.out / EVENTS)
@@ -279,7 +282,8 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
               "temperature_K": temperature_K, "friction": friction, "pressure_GPa": pressure_GPa,
               "interval": interval, "seed": seed, "n_atoms": len(atoms),
               "formula": atoms.get_chemical_formula()}
-    recorder = RunRecorder(out, provenance=calc.provenance(), config=config, interval=interval,
+    recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
+                           score_units=score_units(monitors), interval=interval,
                            embeddings=embeddings, append=restart,
                            projector=getattr(calc, "projector", None), store_coords=store_coords)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict, start_step=first_step)
@@ -312,6 +316,7 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
               "optimizer": optimizer, "n_atoms": len(atoms),
               "formula": atoms.get_chemical_formula()}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
+                           score_units=score_units(monitors),
                            embeddings=embeddings, projector=getattr(calc, "projector", None),
                            store_coords=store_coords)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
@@ -339,6 +344,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     config = {"kind": "monitor", "source": source, "n_frames": len(frames),
               "batch_size": batch_size}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
+                           score_units=score_units(monitors),
                            embeddings=embeddings, projector=calc.projector,
                            store_coords=store_coords)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)

@@ -595,10 +595,6 @@ _DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "projector": ("", "the fitted projector (anchors' embeddings, mean ...): with /fields/"
                       "embeddings it gives the coordinates"),
 }
-_SCORE_UNITS = {"atypical_force": "eV/Å", "bias_force": "eV/Å", "uncertainty": "eV/Å",
-                "symmetry": "coordinate-space distance", "bias": "coordinate-space distance",
-                "atypical": "feature-space distance (model units; see summary.json)",
-                "switch": "1"}
 
 
 def _describe(f: h5py.File, attrs_json: str) -> None:
@@ -615,14 +611,15 @@ def _describe(f: h5py.File, attrs_json: str) -> None:
             obj["start"].attrs["description"] = ("(F,) first row of frame i in data "
                                                  "(frame i has offsets[i+1]-offsets[i] rows), "
                                                  "-1 if the frame lacks this field")
-    for name, g in f.get("scores", {}).items():
-        g["data"].attrs["units"] = _SCORE_UNITS.get(name, "see summary.json monitors")
-        g["data"].attrs["description"] = (f"(A_s,) per-atom score of monitor '{name}' "
-                                          "(start: first row of each frame, -1 if absent)")
     try:
         attrs = json.loads(attrs_json)
     except ValueError:
         attrs = {}
+    units = attrs.get("score_units") if isinstance(attrs.get("score_units"), dict) else {}
+    for name, g in f.get("scores", {}).items():
+        g["data"].attrs["units"] = str(units.get(name, "see summary.json monitors"))
+        g["data"].attrs["description"] = (f"(A_s,) per-atom score '{name}' "
+                                          "(start: first row of each frame, -1 if absent)")
     for key, val in _identity(attrs).items():
         if key not in f.attrs and val is not None:
             f.attrs[key] = val if isinstance(val, int | float) else str(val)

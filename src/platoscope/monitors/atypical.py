@@ -75,6 +75,7 @@ class AtypicalMonitor(Monitor):
     """
 
     name = "atypical"
+    extra_units = {"force": "eV/Å"}  # noqa: RUF012
 
     def __init__(self, bank: ReferenceBank, *, k: int = 5, quantile: float = 0.999,
                  same_element: bool = True, space: str = "raw", **kwargs: Any):
@@ -91,6 +92,8 @@ class AtypicalMonitor(Monitor):
         self.quantile = quantile
         self.same_element = same_element
         self.space = space
+        self.units = ("distance in the model's feature space (model units)" if space == "raw"
+                      else "distance in Platonic coordinates")
         ref = (bank.coords if space == "projected"
                else np.asarray(bank.embeddings, dtype=np.float64))
         self._ref = ref  # (M, D) raw or (M, K) projected: what calibrate and score compare

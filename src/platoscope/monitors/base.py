@@ -88,6 +88,10 @@ class Monitor(ABC):
     """
 
     name: str = "monitor"
+    units: str = "1"
+    """Units of the per-atom score (axis labels, frames.h5 attributes)."""
+    extra_units: dict[str, str] = {}  # noqa: RUF012 - read-only per class
+    """Units of each :meth:`extra_scores` key."""
 
     def __init__(self, *, threshold: float | None = None, action: str = "record",
                  callback: Callable[[Event, Atoms], Any] | None = None, interval: int = 1,
@@ -144,11 +148,25 @@ class Monitor(ABC):
         sym = frame.atoms.get_chemical_symbols()
         return {"elements": [sym[i] for i in atoms[:20]]}
 
+    def score_units(self) -> dict[str, str]:
+        """Units of the stored scores: ``{name: units, name_<key>: units}`` (plots, frames.h5)."""
+        out = {self.name: self.units}
+        out.update({f"{self.name}_{k}": u for k, u in self.extra_units.items()})
+        return out
+
     def summary(self) -> dict[str, Any]:
-        """Configuration for summary.json: threshold(s), action, false-alarm rate."""
+        """Configuration for summary.json: threshold(s), action, false-alarm rate, units."""
         return {"name": self.name, "threshold": self.threshold, "action": self.action,
-                "interval": self.interval,
+                "interval": self.interval, "units": self.score_units(),
                 "expected_false_alarm_rate": self.expected_false_alarm_rate}
+
+
+def score_units(monitors: Sequence[Monitor]) -> dict[str, str]:
+    """Units of every score the monitors store, by stored name."""
+    out: dict[str, str] = {}
+    for m in monitors:
+        out.update(m.score_units())
+    return out
 
 
 class Watcher:

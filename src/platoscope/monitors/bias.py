@@ -82,6 +82,8 @@ class BiasMonitor(Monitor):
     """
 
     name = "bias"
+    units = "distance between the two models' Platonic coordinates"
+    extra_units = {"force": "eV/Å"}  # noqa: RUF012
 
     def __init__(self, calc_b: Any, *, bank_a: ReferenceBank | None = None,
                  bank_b: ReferenceBank | None = None, quantile: float = 0.999,

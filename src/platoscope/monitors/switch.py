@@ -264,6 +264,7 @@ class SwitchMonitor(Monitor):
     """
 
     name = "switch"
+    units = "1 - fraction of atoms matched to themselves or an equivalent atom"
 
     def __init__(self, calc_b: Any = None, *, min_matched: float = MIN_MATCHED,
                  symprec: float = 1e-3, atypical: Any = None, bank_b: Any = None,

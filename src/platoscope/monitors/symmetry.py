@@ -73,6 +73,8 @@ class SymmetryMonitor(Monitor):
     """
 
     name = "symmetry"
+    units = "distance from class mean, Platonic coordinates"
+    extra_units = {"class_spread": "distance from class mean, Platonic coordinates"}  # noqa: RUF012
 
     def __init__(self, *, symprec: float = 1e-3, reference: Atoms | None = None,
                  factor: float = FACTOR, floor: float = FLOOR, repeat: bool = False,
