@@ -22,12 +22,15 @@ from platoscope.projection import DEFAULT_PROJECTION, PRESETS
 
 
 class _Group(click.Group):
-    """Turns platoscope's own errors into one clear line and exit code 2."""
+    """Turns user errors (platoscope's own errors, a missing file) into one clear line and
+    exit code 1; any other exception keeps its traceback. ``--debug`` keeps every traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (PlatoscopeError, FileNotFoundError, ValueError) as err:
+        except (PlatoscopeError, FileNotFoundError) as err:
+            if ctx.params.get("debug"):
+                raise
             raise click.ClickException(f"{type(err).__name__}: {err}") from err
 
 
@@ -43,11 +46,9 @@ def _read(paths: tuple[str, ...], limit: int | None = None) -> tuple[list, str]:
 
 
 def _anchors(value: str | None):
-    from platoscope.anchors import AnchorSet
+    from platoscope.assembly import load_anchors
 
-    if value in (None, "default"):
-        return AnchorSet.default()
-    return AnchorSet.load(value)
+    return load_anchors(value)
 
 
 model_option = click.option("--model", "-m", default="chgnet", show_default=True,
@@ -61,7 +62,8 @@ device_option = click.option("--device", default="cpu", show_default=True)
 
 @click.group(cls=_Group)
 @click.version_option(package_name="platoscope")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of every error")
+def main(debug: bool) -> None:
     """Anchor-projected ("Platonic") per-atom coordinates for MLIPs, and monitors built on them."""
 
 
@@ -224,32 +226,44 @@ action_option = click.option("--action", type=click.Choice(["record", "warn", "s
                              help="What a monitor does when a threshold is crossed")
 
 
-def _setup(structure: str, model: str, layer: str | None, device: str, anchors_path: str,
-           reference_path: str | None, monitor_spec: str, action: str, out: str,
-           bias_interval: int, strict: bool, atoms: Any = None):
-    """PlatonicCalculator and monitors for md/relax/monitor; ``atoms``, the starting
-    structure, lets a second model that lacks one of its elements be refused up front."""
-    from platoscope.backends import load_backend
-    from platoscope.calculator import PlatonicCalculator
-    from platoscope.monitors import build_monitors
-    from platoscope.reference import ReferenceBank, default_bank
+def _monitor_flags() -> list:
+    """One ``--<monitor>-<option>`` flag per option a registered monitor declares."""
+    from platoscope.monitors.registry import monitor_options
 
-    backend = load_backend(model, layer=layer, device=device)
-    anchor_set = _anchors(anchors_path)
-    if reference_path:
-        bank = ReferenceBank.load(reference_path)
-        bank.check_backend(backend)
-        if bank.anchor_set_hash != anchor_set.hash:
-            raise click.ClickException(
-                f"reference bank {reference_path} was built on anchor set "
-                f"{bank.anchor_set_hash[:12]}, not {anchor_set.hash[:12]}")
-    else:
-        bank = default_bank(backend, anchor_set, progress=True)
-    calc = PlatonicCalculator(backend, anchors=anchor_set, projection=bank.projector)
-    monitors = build_monitors(monitor_spec, calc=calc, bank=bank, action=action,
-                              dump_dir=Path(out) / "dumps", bias_interval=bias_interval,
-                              atoms=atoms)
-    return calc, monitors
+    return [click.option(opt.flag(name), opt.key(name), type=click.Choice(opt.choices)
+                         if opt.choices else opt.type, default=opt.default, show_default=True,
+                         help=opt.help) for name, opt in monitor_options()]
+
+
+def _config(kw: dict[str, Any]):
+    """A RunConfig from a run command's parameters (consumed from ``kw``); what is left
+    belongs to the command itself."""
+    from platoscope.assembly import RunConfig
+    from platoscope.monitors.registry import monitor_options
+
+    keys = {opt.key(name) for name, opt in monitor_options()}
+    options = {k: kw.pop(k) for k in list(kw) if k in keys}
+    for item in kw.pop("monitor_option"):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--monitor-option")
+        options[key.strip().replace("-", "_").replace(".", "_")] = _literal(value.strip())
+    return RunConfig(model=kw.pop("model"), layer=kw.pop("layer"), device=kw.pop("device"),
+                     anchors=kw.pop("anchors_path"), reference=kw.pop("reference_path"),
+                     monitors=kw.pop("monitor_spec"), monitor_options=options,
+                     action=kw.pop("action"), out=kw.pop("out"), strict=kw.pop("strict"),
+                     embeddings=not kw.pop("no_embeddings"),
+                     store_coords=kw.pop("store_coords"))
+
+
+def _literal(text: str) -> Any:
+    """A --monitor-option value: int, float, true/false, else the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _read_structure(path: str):
@@ -266,9 +280,10 @@ common_run_options = [
     click.option("--anchors", "anchors_path", default="default", show_default=True),
     click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
                  help="Reference bank (default: shipped or built once and cached)"),
-    monitor_option, action_option,
-    click.option("--bias-interval", default=10, show_default=True,
-                 help="Evaluate the second model every N steps"),
+    monitor_option, action_option, *_monitor_flags(),
+    click.option("--monitor-option", "monitor_option", multiple=True, metavar="NAME=VALUE",
+                 help="A monitor option by name, e.g. atypical_space=projected (also for "
+                      "monitors registered outside platoscope); repeatable"),
     click.option("--strict", is_flag=True, help="A failing monitor stops the run"),
     click.option("--out", "-o", required=True, type=click.Path(), help="Output folder"),
     click.option("--no-embeddings", is_flag=True, help="Keep raw embeddings out of frames.h5"),
@@ -315,27 +330,23 @@ def _end(result: dict, out: str, report: bool) -> None:
 @click.option("--repeat", default="1,1,1", show_default=True, help="Supercell, e.g. 2,2,2")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--restart", is_flag=True, help="Continue from the last frame in --out")
-def md(structure, model, layer, device, anchors_path, reference_path, monitor_spec, action,
-       bias_interval, strict, out, no_embeddings, store_coords, report, ensemble, temperature,
-       pressure, steps, timestep, friction, interval, repeat, seed, restart):
+def md(structure, ensemble, temperature, pressure, steps, timestep, friction, interval,
+       repeat, seed, restart, report, **kw):
     """Monitored molecular dynamics of STRUCTURE (any file ASE reads)."""
-    from platoscope.runner import run_md
+    from platoscope.assembly import build_run
 
+    config = _config(kw)
     atoms = _read_structure(structure).repeat([int(x) for x in repeat.split(",")])
-    calc, monitors = _setup(structure, model, layer, device, anchors_path, reference_path,
-                            monitor_spec, action, out, bias_interval, strict, atoms=atoms)
-    atoms.calc = calc
+    run = build_run(config, atoms)
     try:
-        result = run_md(atoms, monitors, out, steps=steps, ensemble=ensemble,
-                        timestep_fs=timestep, temperature_K=temperature, friction=friction,
-                        pressure_GPa=pressure, interval=interval, seed=seed, restart=restart,
-                        strict=strict, embeddings=not no_embeddings,
-                        store_coords=store_coords)
+        result = run.md(atoms, steps=steps, ensemble=ensemble, timestep_fs=timestep,
+                        temperature_K=temperature, friction=friction, pressure_GPa=pressure,
+                        interval=interval, seed=seed, restart=restart)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: every completed frame is in {out}; continue with --restart",
-                   err=True)
+        click.echo(f"interrupted: every completed frame is in {config.out}; continue with "
+                   "--restart", err=True)
         sys.exit(130)
-    _end(result, out, report)
+    _end(result, config.out, report)
 
 
 @main.command()
@@ -345,24 +356,19 @@ def md(structure, model, layer, device, anchors_path, reference_path, monitor_sp
 @click.option("--steps", default=500, show_default=True)
 @click.option("--cell/--no-cell", default=False, help="Relax the cell too (FrechetCellFilter)")
 @click.option("--optimizer", default="BFGS", show_default=True)
-def relax(structure, model, layer, device, anchors_path, reference_path, monitor_spec, action,
-          bias_interval, strict, out, no_embeddings, store_coords, report, fmax, steps, cell,
-          optimizer):
+def relax(structure, fmax, steps, cell, optimizer, report, **kw):
     """Monitored relaxation of STRUCTURE."""
-    from platoscope.runner import run_relax
+    from platoscope.assembly import build_run
 
+    config = _config(kw)
     atoms = _read_structure(structure)
-    calc, monitors = _setup(structure, model, layer, device, anchors_path, reference_path,
-                            monitor_spec, action, out, bias_interval, strict, atoms=atoms)
-    atoms.calc = calc
+    run = build_run(config, atoms)
     try:
-        result = run_relax(atoms, monitors, out, fmax=fmax, steps=steps, cell=cell,
-                           optimizer=optimizer, strict=strict, embeddings=not no_embeddings,
-                           store_coords=store_coords)
+        result = run.relax(atoms, fmax=fmax, steps=steps, cell=cell, optimizer=optimizer)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: every completed frame is in {out}", err=True)
+        click.echo(f"interrupted: every completed frame is in {config.out}", err=True)
         sys.exit(130)
-    _end(result, out, report)
+    _end(result, config.out, report)
 
 
 @main.command()
@@ -370,25 +376,22 @@ def relax(structure, model, layer, device, anchors_path, reference_path, monitor
 @_with(common_run_options)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--index", default=":", show_default=True, help="Frames to read (ASE syntax)")
-def monitor(trajectory, model, layer, device, anchors_path, reference_path, monitor_spec, action,
-            bias_interval, strict, out, no_embeddings, store_coords, report, batch_size, index):
+def monitor(trajectory, batch_size, index, report, **kw):
     """Run monitors over an existing TRAJECTORY (any format ASE reads); step = frame index."""
+    from platoscope.assembly import build_run
     from platoscope.readers import read_frames
-    from platoscope.runner import monitor_frames
 
+    config = _config(kw)
     frames, error = read_frames(trajectory, index=index)
     if error:
         click.echo(f"warning: {error}; monitoring the {len(frames)} frames before it", err=True)
     if not frames:
         raise click.ClickException(f"no readable frame in {trajectory}")
-    calc, monitors = _setup(trajectory, model, layer, device, anchors_path, reference_path,
-                            monitor_spec, action, out, bias_interval, strict, atoms=frames[0])
-    result = monitor_frames(frames, calc, monitors, out, batch_size=batch_size, strict=strict,
-                            embeddings=not no_embeddings, source=str(trajectory),
-                            store_coords=store_coords)
+    run = build_run(config, frames[0])
+    result = run.monitor(frames, batch_size=batch_size, source=str(trajectory))
     if error:
         result["read_error"] = error
-    _end(result, out, report)
+    _end(result, config.out, report)
 
 
 @main.command("report")

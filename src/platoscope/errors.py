@@ -33,3 +33,7 @@ class AnchorSetMismatchError(PlatoscopeError, ValueError):
 
 class CorruptFileError(PlatoscopeError, ValueError):
     """A file platoscope wrote (or should read) is truncated, tampered with or not ours."""
+
+
+class ConfigError(PlatoscopeError, ValueError):
+    """A run was configured wrongly: unknown monitor, bad option value, missing argument."""

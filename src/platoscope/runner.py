@@ -251,13 +251,11 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
 
     steps: MD steps to run (on restart: the total, counting those already done);
     store_coords: ``auto``, ``always`` or ``never`` (:func:`store_coords_for`);
-    interval: record every ``interval``-th step. On restart, a SymmetryMonitor without a
-    ``reference`` gets the run's original first frame (:func:`first_frame`), not the thermal
-    frame the run continues from. Returns the final summary dict.
+    interval: record every ``interval``-th step. On restart, every monitor's ``on_restart``
+    gets the run's original first frame (:func:`first_frame`), not the thermal frame the run
+    continues from. Returns the final summary dict.
     """
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    from platoscope.monitors.symmetry import SymmetryMonitor
 
     calc = atoms.calc
     first_step, n_steps = 0, steps
@@ -270,11 +268,9 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
         if prev.has("momenta"):
             atoms.set_momenta(prev.get_momenta())
         first_step, n_steps = last + 1, steps - last
-        sym = [m for m in monitors if isinstance(m, SymmetryMonitor) and m.reference is None]
-        if sym:
-            start = first_frame(out)
-            for m in sym:
-                m.reference = start
+        start = first_frame(out)
+        for m in monitors:
+            m.on_restart(start)
     elif ensemble != "nve" or not atoms.has("momenta"):
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K,
                                      rng=np.random.default_rng(seed))
@@ -361,9 +357,10 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                 z = calc.projector.transform(e)
                 a.arrays["platonic"] = z
                 watcher.step = s + j + 1
-                watcher.process(Frame(step=s + j, atoms=a, platonic=z, embeddings=e,
-                                      forces=res.get("forces"), energy=res.get("energy"),
-                                      calc=calc))
+                watcher.process(watcher.frame_from(
+                    a, s + j, calc=calc, results={"platonic": z, "embeddings": e,
+                                                  "forces": res.get("forces"),
+                                                  "energy": res.get("energy")}))
                 bar.update(1)
                 _postfix(bar, watcher, a)
     return state["result"]

@@ -1,12 +1,20 @@
 """Backends: one module per MLIP behind :class:`~platoscope.backends.base.Backend`.
 
-``load_backend`` turns a spec string (or an already-built ASE calculator) into a backend.
-Backend packages are imported lazily, so a missing one only fails when it is asked for.
+A backend *family* is declared once, in its own module, as a :class:`BackendFamily` passed to
+:func:`register_backend`: its spec prefix, the package it needs, the pip extra that installs it,
+a factory, its spec help line(s) and a predicate recognising an already-built ASE calculator of
+that family. ``load_backend``, ``SPEC_HELP`` and ``available_backends`` are derived from the
+registry. The built-in family modules import neither their MLIP package nor any model at import
+time; packages are imported only when a backend of that family is built, so a missing one only
+fails when it is asked for.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from platoscope.backends.base import Backend, BackendProvenance, LayerSpec, validate_atoms
@@ -15,41 +23,97 @@ from platoscope.errors import BackendUnavailableError, UnknownBackendError
 __all__ = [
     "SPEC_HELP",
     "Backend",
+    "BackendFamily",
     "BackendProvenance",
     "LayerSpec",
     "available_backends",
+    "backend_families",
     "load_backend",
+    "register_backend",
+    "spec_help",
     "validate_atoms",
 ]
 
-SPEC_HELP = """\
-chgnet | chgnet:0.3.0 | chgnet:0.2.0 | chgnet:r2scan          (weights ship with chgnet)
-sevenn:7net-0 | sevenn:7net-0_22May2024 | sevenn:7net-l3i5     (weights ship with sevenn)
-sevenn:7net-mf-0@PBE | sevenn:7net-mf-0@R2SCAN                 (modal after @)
-sevenn:/path/to/checkpoint.pth
-mace:/path/to/file.model
-mace-mp:small|medium|large | mace-omat                         (need internet, or a cached file)
-orb:<arch>@/path/to/checkpoint.ckpt            (needs orb-models; untested offline)"""
+Factory = Callable[[str, "str | None", str], Backend]
+"""``factory(rest, layer, device)``: ``rest`` is the spec after ``family:`` ('' if none)."""
 
-_PACKAGES = {"chgnet": "chgnet", "sevenn": "sevenn", "mace": "mace", "orb": "orb_models"}
-_EXTRAS = {"chgnet": "chgnet", "sevenn": "sevenn", "mace": "mace", "orb": "orb"}
+
+@dataclass(frozen=True)
+class BackendFamily:
+    """One MLIP family, as ``load_backend`` sees it.
+
+    name: spec prefix (``name:rest``); package: importable module the family needs (checked
+    before ``factory`` runs; None: nothing to check); extra: pip extra that installs it;
+    factory: ``(rest, layer, device) -> Backend``; spec_help: line(s) for ``SPEC_HELP``;
+    recognises: ``calc -> bool``, true for an ASE calculator this family can wrap;
+    from_calculator: ``(calc, layer) -> Backend`` for such a calculator; aliases: other spec
+    prefixes served by the same factory (the factory gets the whole lower-cased spec for them);
+    install_hint: extra sentence for a missing package.
+    """
+
+    name: str
+    package: str | None
+    extra: str
+    factory: Factory
+    spec_help: str
+    recognises: Callable[[Any], bool] | None = None
+    from_calculator: Callable[[Any, str | None], Backend] | None = None
+    aliases: tuple[str, ...] = field(default=())
+    install_hint: str = ""
+
+    def require(self) -> None:
+        """Raise BackendUnavailableError naming the pip extra if the package is missing."""
+        if self.package and importlib.util.find_spec(self.package) is None:
+            raise BackendUnavailableError(
+                f"backend {self.name!r} needs the package {self.package!r}, which is not "
+                f"installed here: pip install 'platoscope[{self.extra}]'.{self.install_hint}")
+
+
+_FAMILIES: dict[str, BackendFamily] = {}
+_BUILTIN = ("chgnet", "sevenn", "mace", "orb")
+_builtins_loaded = False
+
+
+def register_backend(family: BackendFamily, *, replace: bool = False) -> BackendFamily:
+    """Add a backend family (from anywhere: a plugin, a test). Returns ``family``.
+
+    A name already registered is refused unless ``replace`` (a ValueError naming it).
+    """
+    for key in (family.name, *family.aliases):
+        key = key.lower()
+        if key in _FAMILIES and not replace and _FAMILIES[key] is not family:
+            raise ValueError(f"backend family {key!r} is already registered")
+        _FAMILIES[key] = family
+    return family
+
+
+def _load_builtins() -> None:
+    """Import the built-in family modules (each registers itself; no MLIP package imported)."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for name in _BUILTIN:
+            importlib.import_module(f"platoscope.backends.{name}")
+
+
+def backend_families() -> dict[str, BackendFamily]:
+    """Registered families by name (aliases left out), in registration order."""
+    _load_builtins()
+    out: dict[str, BackendFamily] = {}
+    for fam in _FAMILIES.values():
+        out.setdefault(fam.name, fam)
+    return out
+
+
+def spec_help() -> str:
+    """Every registered family's spec help lines."""
+    return "\n".join(f.spec_help for f in backend_families().values())
 
 
 def available_backends() -> dict[str, bool]:
-    """Which backend packages are importable in this environment."""
-    return {name: importlib.util.find_spec(pkg) is not None for name, pkg in _PACKAGES.items()}
-
-
-def _require(family: str) -> None:
-    if importlib.util.find_spec(_PACKAGES[family]) is None:
-        hint = ""
-        if family in ("mace", "sevenn"):
-            other = "sevenn" if family == "mace" else "mace-torch"
-            hint = (f" mace-torch and sevenn need different e3nn versions, so use an environment "
-                    f"without {other}.")
-        raise BackendUnavailableError(
-            f"backend {family!r} needs the package {_PACKAGES[family]!r}, which is not installed "
-            f"here: pip install 'platoscope[{_EXTRAS[family]}]'.{hint}")
+    """Which backend families' packages are importable here (nothing is imported)."""
+    return {name: f.package is None or importlib.util.find_spec(f.package) is not None
+            for name, f in backend_families().items()}
 
 
 def load_backend(spec: str | Any, *, layer: str | None = None, device: str = "cpu") -> Backend:
@@ -62,59 +126,33 @@ def load_backend(spec: str | Any, *, layer: str | None = None, device: str = "cp
         if layer is not None and layer != spec.layer:
             raise ValueError(f"{spec!r} is already built with layer {spec.layer!r}, not {layer!r}")
         return spec
+    _load_builtins()
     if not isinstance(spec, str):
         return _from_calculator(spec, layer=layer)
     text = spec.strip()
-    family, _, rest = text.partition(":")
-    family = family.lower()
-    if family == "chgnet":
-        _require("chgnet")
-        from platoscope.backends.chgnet import CHGNetBackend
-
-        return CHGNetBackend(rest or "0.3.0", layer=layer, device=device)
-    if family == "sevenn":
-        _require("sevenn")
-        from platoscope.backends.sevenn import SevenNetBackend
-
-        name, _, modal = (rest or "7net-0").partition("@")
-        return SevenNetBackend(name, layer=layer, device=device, modal=modal or None)
-    if family == "mace":
-        _require("mace")
-        from platoscope.backends.mace import MACEBackend
-
-        if not rest:
-            raise UnknownBackendError("'mace' needs a model file: mace:/path/to/file.model")
-        return MACEBackend(rest, layer=layer, device=device)
-    if family in ("mace-mp", "mace-omat"):
-        from platoscope.backends.mace import MACEBackend, resolve_foundation
-
-        path = resolve_foundation(text.lower())
-        _require("mace")
-        return MACEBackend(path, layer=layer, device=device)
-    if family == "orb":
-        _require("orb")
-        from platoscope.backends.orb import OrbBackend
-
-        return OrbBackend(rest, layer=layer, device=device)
-    raise UnknownBackendError(f"unknown backend spec {spec!r}; valid specs:\n{SPEC_HELP}")
+    prefix, _, rest = text.partition(":")
+    family = _FAMILIES.get(prefix.lower())
+    if family is None:
+        raise UnknownBackendError(f"unknown backend spec {spec!r}; valid specs:\n{spec_help()}")
+    if prefix.lower() != family.name:
+        rest = text.lower()
+    family.require()
+    return family.factory(rest, layer, device)
 
 
 def _from_calculator(calc: Any, *, layer: str | None) -> Backend:
-    module = type(calc).__module__
-    name = type(calc).__name__
-    if module.startswith("chgnet"):
-        from platoscope.backends.chgnet import CHGNetBackend
-
-        return CHGNetBackend(layer=layer, calc=calc)
-    if module.startswith("sevenn") and name == "SevenNetCalculator":
-        from platoscope.backends.sevenn import SevenNetBackend
-
-        model = getattr(calc, "sevennet_config", None) or {}
-        return SevenNetBackend(str(model.get("model_name", "calculator")), layer=layer, calc=calc)
-    if module.startswith("mace"):
-        from platoscope.backends.mace import MACEBackend
-
-        return MACEBackend("calculator", layer=layer, calc=calc)
+    for family in backend_families().values():
+        if family.recognises is not None and family.from_calculator is not None \
+                and family.recognises(calc):
+            return family.from_calculator(calc, layer)
+    module, name = type(calc).__module__, type(calc).__name__
+    names = ", ".join(f.name for f in backend_families().values() if f.recognises is not None)
     raise UnknownBackendError(
-        f"cannot wrap a {module}.{name}: supported calculators are CHGNetCalculator, "
-        f"SevenNetCalculator and MACECalculator; or pass a spec string:\n{SPEC_HELP}")
+        f"cannot wrap a {module}.{name}: supported calculator families are {names}; or pass a "
+        f"spec string:\n{spec_help()}")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SPEC_HELP":  # derived from the registry, so computed on access
+        return spec_help()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

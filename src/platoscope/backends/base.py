@@ -291,3 +291,18 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, layer={self.layer!r})"
+
+
+def check_elements(backend: Any, atoms: Atoms, *, monitor: str = "bias") -> None:
+    """Raise UnsupportedElementError naming the element(s) of ``atoms`` that the second
+    model ``backend`` has no parameters for, and the model; ``monitor`` names the caller."""
+    supported = backend.supported_numbers
+    if supported is None:
+        return
+    missing = sorted(set(np.asarray(atoms.numbers).tolist()) - set(supported))
+    if missing:
+        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+        raise UnsupportedElementError(
+            f"{monitor} monitor: the second model {backend.spec!r} has no parameters for "
+            f"element(s) {names} of {atoms.get_chemical_formula()}; choose a second model "
+            "that covers every element of the structure")

@@ -138,3 +138,19 @@ def _weights_path(model: str) -> str | None:
     root = Path(chgnet.__file__).parent / "pretrained" / model
     files = sorted(root.glob("*.pth.tar")) if root.is_dir() else []
     return str(files[0]) if files else None
+
+
+def _register() -> None:
+    from platoscope.backends import BackendFamily, register_backend
+
+    register_backend(BackendFamily(
+        name="chgnet", package="chgnet", extra="chgnet",
+        factory=lambda rest, layer, device: CHGNetBackend(rest or "0.3.0", layer=layer,
+                                                          device=device),
+        spec_help="chgnet | chgnet:0.3.0 | chgnet:0.2.0 | chgnet:r2scan          "
+                  "(weights ship with chgnet)",
+        recognises=lambda calc: type(calc).__module__.startswith("chgnet"),
+        from_calculator=lambda calc, layer: CHGNetBackend(layer=layer, calc=calc)))
+
+
+_register()

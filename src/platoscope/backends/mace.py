@@ -114,3 +114,31 @@ def resolve_foundation(spec: str) -> str:
         f"{spec} is downloaded from the internet at run time and is not cached here "
         f"({cached}). Download {url} on a machine with internet and pass the local file: "
         "'mace:/path/to/file.model'.")
+
+
+def _mace_factory(rest: str, layer: str | None, device: str) -> MACEBackend:
+    if rest.startswith(("mace-mp", "mace-omat")):  # an alias: rest is the whole spec
+        path = resolve_foundation(rest)
+    elif not rest:
+        raise UnknownBackendError("'mace' needs a model file: mace:/path/to/file.model")
+    else:
+        path = rest
+    return MACEBackend(path, layer=layer, device=device)
+
+
+def _register() -> None:
+    from platoscope.backends import BackendFamily, register_backend
+
+    register_backend(BackendFamily(
+        name="mace", package="mace", extra="mace", factory=_mace_factory,
+        spec_help="mace:/path/to/file.model\n"
+                  "mace-mp:small|medium|large | mace-omat                         "
+                  "(need internet, or a cached file)",
+        aliases=("mace-mp", "mace-omat"),
+        recognises=lambda calc: type(calc).__module__.startswith("mace"),
+        from_calculator=lambda calc, layer: MACEBackend("calculator", layer=layer, calc=calc),
+        install_hint=(" mace-torch and sevenn need different e3nn versions, so use an "
+                      "environment without sevenn.")))
+
+
+_register()

@@ -64,3 +64,16 @@ class OrbBackend(Backend):
     @property
     def supported_numbers(self) -> None:
         return None
+
+
+def _register() -> None:
+    from platoscope.backends import BackendFamily, register_backend
+
+    register_backend(BackendFamily(
+        name="orb", package="orb_models", extra="orb",
+        factory=lambda rest, layer, device: OrbBackend(rest, layer=layer, device=device),
+        spec_help="orb:<arch>@/path/to/checkpoint.ckpt            "
+                  "(needs orb-models; untested offline)"))
+
+
+_register()

@@ -133,3 +133,32 @@ def resolve_checkpoint(model: str) -> str:
             + ", ".join(f"sevenn:{m}" for m in OFFLINE_MODELS)
             + " (7net-mf-0 needs a modal: sevenn:7net-mf-0@PBE or @R2SCAN); "
             + "or sevenn:/path/to/checkpoint.pth") from None
+
+
+def _sevenn_factory(rest: str, layer: str | None, device: str) -> SevenNetBackend:
+    name, _, modal = (rest or "7net-0").partition("@")
+    return SevenNetBackend(name, layer=layer, device=device, modal=modal or None)
+
+
+def _sevenn_from_calculator(calc: Any, layer: str | None) -> SevenNetBackend:
+    model = getattr(calc, "sevennet_config", None) or {}
+    return SevenNetBackend(str(model.get("model_name", "calculator")), layer=layer, calc=calc)
+
+
+def _register() -> None:
+    from platoscope.backends import BackendFamily, register_backend
+
+    register_backend(BackendFamily(
+        name="sevenn", package="sevenn", extra="sevenn", factory=_sevenn_factory,
+        spec_help="sevenn:7net-0 | sevenn:7net-0_22May2024 | sevenn:7net-l3i5     "
+                  "(weights ship with sevenn)\n"
+                  "sevenn:7net-mf-0@PBE | sevenn:7net-mf-0@R2SCAN                 "
+                  "(modal after @)\nsevenn:/path/to/checkpoint.pth",
+        recognises=lambda calc: (type(calc).__module__.startswith("sevenn")
+                                 and type(calc).__name__ == "SevenNetCalculator"),
+        from_calculator=_sevenn_from_calculator,
+        install_hint=(" mace-torch and sevenn need different e3nn versions, so use an "
+                      "environment without mace-torch.")))
+
+
+_register()

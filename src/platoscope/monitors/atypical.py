@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from platoscope.errors import ConfigError
 from platoscope.monitors.base import Frame, Monitor, MonitorWarning
+from platoscope.monitors.registry import MonitorOption, register_monitor
 from platoscope.reference import ReferenceBank
 
 MIN_ATOMS_PER_ELEMENT = 20
@@ -65,6 +67,7 @@ def knn_distance(queries: np.ndarray, pool: np.ndarray, k: int, *,
     return out
 
 
+@register_monitor
 class AtypicalMonitor(Monitor):
     """Flags atoms far from the reference bank of the running model.
 
@@ -76,6 +79,18 @@ class AtypicalMonitor(Monitor):
 
     name = "atypical"
     extra_units = {"force": "eV/Å"}  # noqa: RUF012
+    options = (MonitorOption("space", str, "raw", "Space of the atypical monitor's k-NN "
+                             "distance: raw embeddings or projected coordinates",
+                             choices=SPACES),)
+
+    @classmethod
+    def from_spec(cls, arg: str, context: Any) -> AtypicalMonitor:
+        """The running model's reference bank (``context.bank``) and the ``space`` option."""
+        if arg:
+            raise ConfigError(f"the atypical monitor takes no argument, got {arg!r}")
+        if context.bank is None:
+            raise ConfigError("the atypical monitor needs a reference bank")
+        return cls(context.bank, **context.options_for(cls), **context.common)
 
     def __init__(self, bank: ReferenceBank, *, k: int = 5, quantile: float = 0.999,
                  same_element: bool = True, space: str = "raw", **kwargs: Any):

@@ -92,6 +92,10 @@ class Monitor(ABC):
     """Units of the per-atom score (axis labels, frames.h5 attributes)."""
     extra_units: dict[str, str] = {}  # noqa: RUF012 - read-only per class
     """Units of each :meth:`extra_scores` key."""
+    options: tuple[Any, ...] = ()
+    """:class:`~platoscope.monitors.registry.MonitorOption` s; the CLI makes them flags."""
+    plots: tuple[Callable[..., Any], ...] = ()
+    """Report plots: ``plot(run_dir, summary, frames) -> list[Path]`` (see report.py)."""
 
     def __init__(self, *, threshold: float | None = None, action: str = "record",
                  callback: Callable[[Event, Atoms], Any] | None = None, interval: int = 1,
@@ -108,6 +112,21 @@ class Monitor(ABC):
         self.interval = interval
         self.dump_dir = Path(dump_dir) if dump_dir else None
         self.expected_false_alarm_rate: float | None = None
+
+    @classmethod
+    def from_spec(cls, arg: str, context: Any) -> Monitor:
+        """Build from a ``--monitor`` item's argument (after ``name:``) and a
+        :class:`~platoscope.monitors.registry.MonitorContext`; this default takes no argument
+        and calls ``cls(**declared options, action=..., dump_dir=...)``."""
+        from platoscope.errors import ConfigError
+
+        if arg:
+            raise ConfigError(f"the {cls.name} monitor takes no argument, got {arg!r}")
+        return cls(**context.options_for(cls), **context.common)
+
+    def on_restart(self, first_frame: Atoms) -> None:  # noqa: B027 - optional hook
+        """Called by a restarted run before its first frame with the run's original first
+        frame (e.g. to keep that as the reference rather than the frame it continues from)."""
 
     def start(self, frame: Frame) -> None:  # noqa: B027 - optional hook
         """Called by the Watcher on the first frame this monitor scores: its own first due
@@ -203,11 +222,13 @@ class Watcher:
             raise ValueError(f"a monitor named {monitor.name!r} is already watching")
         self.monitors.append(monitor)
 
-    def frame_from(self, atoms: Atoms, step: int) -> Frame:
-        """The Frame of ``atoms`` at ``step`` from its calculator's latest results (projects
-        the atoms if the calculator has no ``platonic`` result yet)."""
-        calc = atoms.calc
-        res = getattr(calc, "results", {})
+    def frame_from(self, atoms: Atoms, step: int, *, calc: Any = None,
+                   results: dict[str, Any] | None = None) -> Frame:
+        """The Frame of ``atoms`` at ``step`` from ``results`` (default: its calculator's
+        latest results; the atoms are projected if there is no ``platonic`` result yet).
+        calc: the calculator the frame names (default ``atoms.calc``)."""
+        calc = atoms.calc if calc is None else calc
+        res = getattr(calc, "results", {}) if results is None else results
         if "platonic" not in res:
             z = calc.get_platonic(atoms)
             res = calc.results

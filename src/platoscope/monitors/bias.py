@@ -32,12 +32,19 @@ from ase import Atoms
 from ase.calculators.calculator import all_changes
 from ase.data import chemical_symbols
 
-from platoscope.errors import AnchorSetMismatchError, UnsupportedElementError
+from platoscope.backends.base import check_elements
+from platoscope.errors import AnchorSetMismatchError, ConfigError
 from platoscope.monitors.base import Frame, Monitor
+from platoscope.monitors.registry import (
+    DEFAULT_INTERVAL,
+    ModelLoader,
+    MonitorContext,
+    MonitorOption,
+    register_monitor,
+)
 from platoscope.reference import ReferenceBank, shared_rows
 
 MIN_ATOMS_PER_ELEMENT = 5
-DEFAULT_INTERVAL = 10
 
 
 def calibrate_thresholds(d: np.ndarray, numbers: np.ndarray, quantile: float
@@ -71,6 +78,7 @@ def paired_distances(bank_a: ReferenceBank, bank_b: ReferenceBank) -> np.ndarray
         for s in range(0, len(ia), step)])
 
 
+@register_monitor
 class BiasMonitor(Monitor):
     """Per-atom disagreement between the running model A and a second model B.
 
@@ -82,6 +90,8 @@ class BiasMonitor(Monitor):
     """
 
     name = "bias"
+    options = (MonitorOption("interval", int, DEFAULT_INTERVAL,
+                             "Evaluate the second model every N steps"),)
     units = "distance between the two models' Platonic coordinates"
     extra_units = {"force": "eV/Å"}  # noqa: RUF012
 
@@ -112,28 +122,29 @@ class BiasMonitor(Monitor):
             self.check(atoms)
 
     @classmethod
-    def from_spec(cls, spec: str, *, calc: Any, interval: int = DEFAULT_INTERVAL,
-                  atoms: Atoms | None = None, progress: bool = True, **kwargs: Any
-                  ) -> BiasMonitor:
-        """B from a backend spec (``"sevenn:7net-0"``), on ``calc``'s anchors and projection;
-        both reference banks from :func:`~platoscope.reference.default_bank` (B's is built
-        once and cached: about a minute for SevenNet-0 on 2 cores)."""
-        from platoscope.backends import load_backend
-        from platoscope.calculator import PlatonicCalculator
-        from platoscope.reference import default_bank
-
-        if getattr(calc, "anchors", None) is None or getattr(calc, "projector", None) is None:
-            raise ValueError("the bias monitor needs the running PlatonicCalculator's anchors")
-        backend_b = load_backend(spec)
-        if atoms is not None:
-            check_elements(backend_b, atoms)
-        bank_a = default_bank(calc.backend, calc.anchors, projection=calc.projector,
-                              progress=progress)
-        bank_b = default_bank(backend_b, calc.anchors, projection=calc.projector,
-                              progress=progress)
-        calc_b = PlatonicCalculator(backend_b, calc.anchors, projection=bank_b.projector)
-        return cls(calc_b, bank_a=bank_a, bank_b=bank_b, interval=interval, atoms=atoms,
-                   **kwargs)
+    def from_spec(cls, arg: str, context: MonitorContext | None = None, *, calc: Any = None,
+                  atoms: Atoms | None = None, interval: int | None = None,
+                  progress: bool = True, **kwargs: Any) -> BiasMonitor:
+        """B from a backend spec (``"sevenn:7net-0"``) on the running calculator's anchors and
+        projection; both reference banks from :func:`~platoscope.reference.default_bank` (B's
+        is built once and cached). ``context``: a
+        :class:`~platoscope.monitors.registry.MonitorContext` (its loader loads B); without
+        one, ``calc`` (and ``atoms``) build it. B lacking an element of the starting atoms is
+        refused before any bank is built."""
+        if not arg:
+            raise ConfigError("bias needs a second model: bias:<spec>, e.g. bias:sevenn:7net-0")
+        if context is None:
+            context = MonitorContext(calc=calc, atoms=atoms, loader=ModelLoader(calc, progress))
+            opts = {"interval": DEFAULT_INTERVAL if interval is None else interval}
+        else:
+            opts = {**context.options_for(cls), **context.common}
+        loader = context.loader
+        backend_b = loader.backend(arg, atoms=context.atoms, monitor="bias")
+        bank_a = loader.running_bank()
+        bank_b = loader.bank(backend_b)
+        calc_b = loader.calculator(backend_b, projection=bank_b.projector)
+        return cls(calc_b, bank_a=bank_a, bank_b=bank_b, atoms=context.atoms,
+                   **{**opts, **kwargs})
 
     # -- calibration -----------------------------------------------------------------------
     def calibrate(self, bank_a: ReferenceBank, bank_b: ReferenceBank) -> BiasMonitor:
@@ -234,18 +245,3 @@ class BiasMonitor(Monitor):
                  most_disagreeing=list(per)[:5],
                  note="two models: the score is symmetric; it locates disagreement, not blame")
         return s
-
-
-def check_elements(backend: Any, atoms: Atoms, *, monitor: str = "bias") -> None:
-    """Raise UnsupportedElementError naming the element(s) of ``atoms`` that the second
-    model ``backend`` has no parameters for, and the model; ``monitor`` names the caller."""
-    supported = backend.supported_numbers
-    if supported is None:
-        return
-    missing = sorted(set(np.asarray(atoms.numbers).tolist()) - set(supported))
-    if missing:
-        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
-        raise UnsupportedElementError(
-            f"{monitor} monitor: the second model {backend.spec!r} has no parameters for "
-            f"element(s) {names} of {atoms.get_chemical_formula()}; choose a second model "
-            "that covers every element of the structure")

@@ -44,9 +44,10 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, all_changes
 
 from platoscope.analysis.transport import TransportMap, transport
-from platoscope.errors import InvalidStructureError
+from platoscope.backends.base import check_elements
+from platoscope.errors import ConfigError, InvalidStructureError
 from platoscope.monitors.base import Event, Frame, Monitor
-from platoscope.monitors.bias import check_elements
+from platoscope.monitors.registry import DEFAULT_INTERVAL, MonitorContext, register_monitor
 
 log = logging.getLogger("platoscope.monitors")
 
@@ -54,7 +55,6 @@ MIN_MATCHED = 0.9
 """Flag a hand-over when fewer than this fraction of atoms go to themselves or an equivalent
 atom. The same model gives 1.0; what other models give is measured in
 docs/symmetry_switch.md."""
-DEFAULT_INTERVAL = 10
 Rule = int | Callable[[int, Atoms], bool] | None
 
 
@@ -248,6 +248,7 @@ class _CarriedBank:
         return len(self.numbers)
 
 
+@register_monitor
 class SwitchMonitor(Monitor):
     """Checks a model hand-over (A -> B) by optimal transport of the frame's two clouds.
 
@@ -287,25 +288,28 @@ class SwitchMonitor(Monitor):
         self._listening: set[int] = set()
 
     @classmethod
-    def from_spec(cls, spec: str, *, calc: Any, interval: int = DEFAULT_INTERVAL,
-                  atoms: Atoms | None = None, **kwargs: Any) -> SwitchMonitor:
-        """Check mode: B from a backend spec on ``calc``'s anchors and projection, evaluated
-        every ``interval`` frames; with ``atoms``, B's element coverage is checked first."""
-        from platoscope.backends import load_backend
-        from platoscope.calculator import PlatonicCalculator
+    def from_spec(cls, arg: str, context: MonitorContext | None = None, *, calc: Any = None,
+                  atoms: Atoms | None = None, interval: int = DEFAULT_INTERVAL,
+                  **kwargs: Any) -> SwitchMonitor:
+        """Check mode: B from a backend spec on the running calculator's anchors and
+        projection (``context.loader``; without a context, ``calc`` and ``atoms`` build one),
+        evaluated every ``interval`` frames; B's element coverage is checked first."""
         from platoscope.projection import Projector
-        from platoscope.reference import default_bank
 
-        if getattr(calc, "anchors", None) is None or getattr(calc, "projector", None) is None:
-            raise ValueError("the switch monitor needs the running PlatonicCalculator's anchors")
-        backend_b = load_backend(spec)
-        if atoms is not None:
-            check_elements(backend_b, atoms, monitor="switch")
-        proj = Projector.coerce(calc.projector)
+        if not arg:
+            raise ConfigError("switch needs a second model: switch:<spec>")
+        if context is None:
+            context = MonitorContext(calc=calc, atoms=atoms)
+            opts: dict[str, Any] = {}
+        else:
+            opts = context.common
+        loader = context.loader
+        backend_b = loader.backend(arg, atoms=context.atoms, monitor="switch")
+        proj = Projector.coerce(context.calc.projector)
         if proj.needs_reference:
-            proj = default_bank(backend_b, calc.anchors, projection=proj).projector
-        calc_b = PlatonicCalculator(backend_b, calc.anchors, projection=proj)
-        return cls(calc_b, interval=interval, **kwargs)
+            proj = loader.bank(backend_b, projection=proj).projector
+        calc_b = loader.calculator(backend_b, projection=proj)
+        return cls(calc_b, interval=interval, **{**opts, **kwargs})
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, frame: Frame) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 from ase import Atoms
 
 from platoscope.monitors.base import Event, Frame, Monitor
+from platoscope.monitors.registry import register_monitor
 from platoscope.symmetry import SymmetryInfo, analyse_symmetry, distance_from_class_mean
 
 log = logging.getLogger("platoscope.monitors")
@@ -56,6 +57,7 @@ SPLIT = 10.0
 respect: it is split (module docstring)."""
 
 
+@register_monitor
 class SymmetryMonitor(Monitor):
     """Flags atoms whose projected coordinates leave those of their symmetry-equivalent atoms.
 
@@ -104,6 +106,11 @@ class SymmetryMonitor(Monitor):
         self._spreads: np.ndarray | None = None
 
     # -- reference -----------------------------------------------------------------------
+    def on_restart(self, first_frame: Atoms) -> None:
+        """Keep the run's original first frame as the reference (unless one was given)."""
+        if self.reference is None:
+            self.reference = first_frame
+
     def start(self, frame: Frame) -> None:
         ref = self.reference if self.reference is not None else frame.atoms
         n = len(frame.atoms)

@@ -1,0 +1,132 @@
+"""One assembly path from a plain configuration to a running, monitored calculation.
+
+:class:`RunConfig` holds what a command line or a script chooses (model, anchors, reference,
+monitors and their options, action, output folder); :func:`build_run` turns it into a
+:class:`Run` (backend, anchors, reference bank, PlatonicCalculator, monitors) and
+:meth:`Run.md`, :meth:`Run.relax` and :meth:`Run.monitor` drive the runner with its writers.
+``platoscope md|relax|monitor`` and the Python API both go through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+from platoscope.errors import AnchorSetMismatchError
+
+__all__ = ["Run", "RunConfig", "build_run", "load_anchors"]
+
+
+def load_anchors(value: Any = "default") -> Any:
+    """An AnchorSet: ``"default"``/None (the shipped set), a path, or an AnchorSet."""
+    from platoscope.anchors import AnchorSet
+
+    if isinstance(value, AnchorSet):
+        return value
+    if value in (None, "default"):
+        return AnchorSet.default()
+    return AnchorSet.load(value)
+
+
+@dataclass
+class RunConfig:
+    """A monitored run, as plain values.
+
+    model: backend spec (see ``platoscope.backends.SPEC_HELP``) or a built Backend; layer:
+    feature layer (None: the backend's default); device: torch device; anchors: ``"default"``,
+    a path or an AnchorSet; reference: a reference-bank path (None: the default bank, built
+    once and cached); monitors: a ``--monitor`` string (``"atypical,bias:sevenn:7net-0"``);
+    monitor_options: ``{"<monitor>_<option>": value}`` (e.g. ``{"atypical_space":
+    "projected"}``); action: what a monitor does at a threshold; out: output folder; strict:
+    a failing monitor stops the run; embeddings: keep raw embeddings in frames.h5;
+    store_coords: ``auto``, ``always`` or ``never``; progress: progress bars.
+    """
+
+    model: Any = "chgnet"
+    layer: str | None = None
+    device: str = "cpu"
+    anchors: Any = "default"
+    reference: str | Path | None = None
+    monitors: str = "atypical"
+    monitor_options: dict[str, Any] = field(default_factory=dict)
+    action: str = "record"
+    out: str | Path = "run"
+    strict: bool = False
+    embeddings: bool = True
+    store_coords: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class Run:
+    """What :func:`build_run` assembled; ``md``/``relax``/``monitor`` run it into
+    ``config.out`` and return the final summary dict."""
+
+    config: RunConfig
+    backend: Any
+    anchors: Any
+    bank: Any
+    calc: Any
+    monitors: list
+
+    def _writing(self) -> dict[str, Any]:
+        c = self.config
+        return {"strict": c.strict, "embeddings": c.embeddings, "store_coords": c.store_coords,
+                "progress": c.progress}
+
+    def md(self, atoms: Atoms, **md_options: Any) -> dict[str, Any]:
+        """:func:`~platoscope.runner.run_md` of ``atoms`` (given this run's calculator)."""
+        from platoscope.runner import run_md
+
+        atoms.calc = self.calc
+        return run_md(atoms, self.monitors, self.config.out, **self._writing(), **md_options)
+
+    def relax(self, atoms: Atoms, **relax_options: Any) -> dict[str, Any]:
+        """:func:`~platoscope.runner.run_relax` of ``atoms``."""
+        from platoscope.runner import run_relax
+
+        atoms.calc = self.calc
+        return run_relax(atoms, self.monitors, self.config.out, **self._writing(),
+                         **relax_options)
+
+    def monitor(self, frames: list[Atoms], **options: Any) -> dict[str, Any]:
+        """:func:`~platoscope.runner.monitor_frames` over existing ``frames``."""
+        from platoscope.runner import monitor_frames
+
+        return monitor_frames(frames, self.calc, self.monitors, self.config.out,
+                              **self._writing(), **options)
+
+
+def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
+    """Backend, anchors, reference bank, calculator and monitors of ``config``.
+
+    atoms: the starting structure (or first frame): a second model lacking one of its
+    elements is refused here, before any bank is built or step run.
+    """
+    from platoscope.backends import load_backend
+    from platoscope.calculator import PlatonicCalculator
+    from platoscope.monitors.registry import ModelLoader, MonitorContext, build_monitors
+    from platoscope.reference import ReferenceBank, default_bank
+
+    backend = load_backend(config.model, layer=config.layer, device=config.device)
+    anchor_set = load_anchors(config.anchors)
+    if config.reference:
+        bank = ReferenceBank.load(config.reference)
+        bank.check_backend(backend)
+        if bank.anchor_set_hash != anchor_set.hash:
+            raise AnchorSetMismatchError(
+                f"reference bank {config.reference} was built on anchor set "
+                f"{bank.anchor_set_hash[:12]}, not {anchor_set.hash[:12]}")
+    else:
+        bank = default_bank(backend, anchor_set, progress=config.progress)
+    calc = PlatonicCalculator(backend, anchors=anchor_set, projection=bank.projector)
+    context = MonitorContext(calc=calc, bank=bank, atoms=atoms, action=config.action,
+                             dump_dir=Path(config.out) / "dumps",
+                             options=dict(config.monitor_options),
+                             loader=ModelLoader(calc, progress=config.progress))
+    monitors = build_monitors(config.monitors, context)
+    return Run(config=config, backend=backend, anchors=anchor_set, bank=bank, calc=calc,
+               monitors=monitors)
