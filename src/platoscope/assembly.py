@@ -108,9 +108,15 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
     """
     from platoscope.backends import load_backend
     from platoscope.calculator import PlatonicCalculator
-    from platoscope.monitors.registry import ModelLoader, MonitorContext, build_monitors
+    from platoscope.monitors.registry import (
+        ModelLoader,
+        MonitorContext,
+        build_monitors,
+        parse_monitor_spec,
+    )
     from platoscope.reference import ReferenceBank, default_bank
 
+    parse_monitor_spec(config.monitors)  # a misspelt monitor fails before any model loads
     backend = load_backend(config.model, layer=config.layer, device=config.device)
     anchor_set = load_anchors(config.anchors)
     if config.reference:

@@ -192,6 +192,12 @@ def build_monitors(spec: str, context: MonitorContext | None = None, **legacy: A
         context = _legacy_context(**legacy)
     elif legacy:
         raise TypeError(f"pass either a context or keywords, not both: {sorted(legacy)}")
+    return [cls.from_spec(arg, context) for cls, arg in parse_monitor_spec(spec)]
+
+
+def parse_monitor_spec(spec: str) -> list[tuple[type, str]]:
+    """(registered class, argument) of each item of a ``--monitor`` string; an unknown name
+    is a ConfigError listing the valid ones (checked before anything is built)."""
     classes = monitor_classes()
     out = []
     for item in (s.strip() for s in spec.split(",")):
@@ -200,7 +206,7 @@ def build_monitors(spec: str, context: MonitorContext | None = None, **legacy: A
         name, _, arg = item.partition(":")
         if name not in classes:
             raise ConfigError(f"unknown monitor {name!r}; valid: {', '.join(classes)}")
-        out.append(classes[name].from_spec(arg, context))
+        out.append((classes[name], arg))
     return out
 
 
@@ -214,5 +220,5 @@ def _legacy_context(*, calc: Any = None, bank: Any = None, action: str = "record
 
 
 __all__ = ["DEFAULT_INTERVAL", "ModelLoader", "MonitorContext", "MonitorOption",
-           "build_monitors", "monitor_classes", "monitor_options",
+           "build_monitors", "monitor_classes", "monitor_options", "parse_monitor_spec",
            "register_monitor"]
