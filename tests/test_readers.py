@@ -128,7 +128,7 @@ def test_data_folder_is_complete_small_and_attributed():
         assert (DATA / rel).is_file(), rel
     prov = (DATA / "PROVENANCE.md").read_text(encoding="utf-8")
     for needle in ["CC-BY-4.0", "MIT", "BSD-3-Clause", "Jain et al.", "Castelli", "Pickard",
-                   "Zuo et al.", "scripts/copy_data.py"]:
+                   "Zuo et al.", "builders/copy_data.py"]:
         assert needle in prov, needle
     assert (REPO / "scripts" / "copy_data.py").is_file()
 

@@ -23,24 +23,12 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from platoscope.errors import AnchorCacheMismatchError, CorruptFileError, UnsupportedElementError
+from platoscope.paths import cache_dir, default_data_path
 from platoscope.provenance import sha256_bytes
 
 FORMAT = "platoscope.anchorset/1"
 CACHE_FORMAT = "platoscope.anchormatrix/1"
 DEFAULT_ANCHORS = "anchors_default.npz"
-
-
-def default_data_path(name: str) -> Path:
-    """Path of a data file shipped inside the package (``platoscope/data/<name>``)."""
-    return Path(__file__).parent / "data" / name
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where platoscope caches per-model data: ``path``, ``$PLATOSCOPE_CACHE`` or ~/.cache."""
-    if path is not None:
-        return Path(path)
-    env = os.environ.get("PLATOSCOPE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "platoscope"
 
 
 def _savez_atomic(path: Path, *, compressed: bool = False, **arrays: Any) -> None:
@@ -152,12 +140,12 @@ class AnchorSet:
 
     @classmethod
     def default(cls) -> AnchorSet:
-        """The anchor set shipped with platoscope (rebuilt by scripts/build_default_data.py)."""
+        """The anchor set shipped with platoscope (rebuilt by builders/build_default_data.py)."""
         path = default_data_path(DEFAULT_ANCHORS)
         if not path.is_file():
             raise FileNotFoundError(
                 f"the default anchor set is missing from the installation ({path}); "
-                "rebuild it with scripts/build_default_data.py")
+                "rebuild it with builders/build_default_data.py")
         return cls.load(path)
 
     def subset(self, indices: Sequence[int]) -> AnchorSet:
@@ -331,7 +319,6 @@ def select_anchor_set(backend: Any, structures: Sequence[Atoms], *, k: int = 100
     per_element: guarantee at least one anchor per element present. The set's ``meta``
     records how it was chosen (method, K, model, layer, weight hash, data hash, parameters).
     """
-    from platoscope.provenance import sha256_bytes
     from platoscope.selection import select_anchors
 
     structures = list(structures)
@@ -345,8 +332,9 @@ def select_anchor_set(backend: Any, structures: Sequence[Atoms], *, k: int = 100
     sel = select_anchors(emb, k, method=method, random_state=random_state,
                          per_element=numbers if per_element else None)
     if data_hash is None:
-        data_hash = sha256_bytes(*(a.numbers.tobytes() + a.positions.round(6).tobytes()
-                                   for a in structures))
+        from platoscope.readers import structures_hash
+
+        data_hash = structures_hash(structures)
     meta = {
         "method": method, "k": int(k), "per_element": per_element,
         "random_state": random_state, "model": backend.spec, "layer": backend.layer,

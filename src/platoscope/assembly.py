@@ -16,6 +16,7 @@ from typing import Any
 from ase import Atoms
 
 from platoscope.errors import AnchorSetMismatchError
+from platoscope.writers.runfiles import DUMPS
 
 __all__ = ["Run", "RunConfig", "build_run", "load_anchors"]
 
@@ -130,7 +131,7 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
         bank = default_bank(backend, anchor_set, progress=config.progress)
     calc = PlatonicCalculator(backend, anchors=anchor_set, projection=bank.projector)
     context = MonitorContext(calc=calc, bank=bank, atoms=atoms, action=config.action,
-                             dump_dir=Path(config.out) / "dumps",
+                             dump_dir=Path(config.out) / DUMPS,
                              options=dict(config.monitor_options),
                              loader=ModelLoader(calc, progress=config.progress))
     monitors = build_monitors(config.monitors, context)

@@ -415,11 +415,12 @@ def repair_cmd(run):
     cut off. ``report`` and ``md --restart`` do this themselves.
     """
     from platoscope.writers import repair_run, repair_sidecar
+    from platoscope.writers.runfiles import EVENTS, SIDECAR
 
     path = Path(run)
     if path.is_dir():
         res = repair_run(path)
-        side = res["frames.h5"]
+        side = res[SIDECAR]
     else:
         res, side = {}, repair_sidecar(path)
     if side is None:
@@ -430,7 +431,7 @@ def repair_cmd(run):
     else:
         click.echo(f"{side['path']}: closed cleanly ({side['frames']} frames), nothing to do")
     if res.get("events_tail_dropped"):
-        click.echo(f"{path / 'events.jsonl'}: dropped an incomplete last line")
+        click.echo(f"{path / EVENTS}: dropped an incomplete last line")
 
 
 @main.command("compare")

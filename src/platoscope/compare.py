@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.coords import AtomCoordinates, check_comparable
+from platoscope.paths import safe_file_name
 from platoscope.writers import write_json_atomic
 
 
@@ -102,7 +103,7 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
             s = an.periodicity_score(els, means)
             period[nm] = {k2: s[k2] for k2 in ("group", "period", "group_chance",
                                                "period_chance", "n_elements")}
-            an.plot_periodicity_heatmap(els, means, out / f"periodicity_{_safe(nm)}.png",
+            an.plot_periodicity_heatmap(els, means, out / f"periodicity_{safe_file_name(nm)}.png",
                                         title=f"{nm}: element-element similarity")
     res["periodicity"] = period
     full = {nm: c.platonic for nm, c in zip(names, coords, strict=True)}
@@ -116,10 +117,6 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     write_json_atomic(out / "compare.json", res)
     (out / "compare.txt").write_text(_text(res, k))
     return res
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
 
 
 def _unique_names(coords: list[AtomCoordinates]) -> list[str]:

@@ -62,7 +62,7 @@ class ReferenceBank:
 
         from ase.data import chemical_symbols
 
-        from platoscope.provenance import package_versions, sha256_bytes
+        from platoscope.provenance import package_versions
 
         if not structures:
             raise ValueError("no reference structures given")
@@ -89,8 +89,9 @@ class ReferenceBank:
         proj.fit(anchors.embed(backend, progress=progress, known=(list(structures), feats)),
                  emb if proj.needs_reference else None)
         if data_hash is None:
-            data_hash = sha256_bytes(*(a.numbers.tobytes() + a.positions.round(6).tobytes()
-                                       for a in structures))
+            from platoscope.readers import structures_hash
+
+            data_hash = structures_hash(structures)
         prov = backend.provenance().to_dict()
         prov.update(fingerprint=backend.fingerprint, anchor_set_hash=anchors.hash,
                     n_anchors=len(anchors),
@@ -188,18 +189,20 @@ def reference_structures() -> list[Atoms]:
     """The reference structures shipped with platoscope (MP-20 train subset, CC-BY-4.0)."""
     from ase.io import read
 
-    from platoscope.anchors import default_data_path
+    from platoscope.paths import default_data_path
 
     path = default_data_path(REFERENCE_STRUCTURES)
     if not path.is_file():
         raise FileNotFoundError(f"shipped reference structures missing ({path}); rebuild with "
-                                "scripts/build_default_data.py")
+                                "builders/build_default_data.py")
     return read(path, index=":")
 
 
-def _bank_name(spec: str, anchor_hash: str, projection: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-." else "_" for c in spec)
-    return f"reference_{safe}_{anchor_hash[:12]}_{projection}.npz"
+def bank_file_name(spec: str, anchor_hash: str, projection: str) -> str:
+    """File name of the default bank of model ``spec`` on an anchor set and projection."""
+    from platoscope.paths import safe_file_name
+
+    return f"reference_{safe_file_name(spec)}_{anchor_hash[:12]}_{projection}.npz"
 
 
 def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projector | None = None,
@@ -212,11 +215,11 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
     the hash of the shipped reference file, so a new release's reference set is never scored
     against an old cached bank.
     """
-    from platoscope.anchors import cache_dir, default_data_path
+    from platoscope.paths import cache_dir, default_data_path
     from platoscope.provenance import sha256_bytes
 
     proj = Projector.coerce(projection)
-    name = _bank_name(backend.spec, anchors.hash, proj.name)
+    name = bank_file_name(backend.spec, anchors.hash, proj.name)
     ref_hash = sha256_bytes(default_data_path(REFERENCE_STRUCTURES).read_bytes())
     cached = cache_dir() / "reference" / f"{backend.fingerprint[:16]}-{ref_hash[:8]}-{name}"
     for path in (default_data_path(name), cached):

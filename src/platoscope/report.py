@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.writers import SidecarLockedError, read_events, read_sidecar, repair_run
+from platoscope.writers.runfiles import EVENTS, REPORT, SIDECAR, SUMMARY
 
 
 def _thresholds(mon: dict[str, Any], symbols: list[str]) -> np.ndarray | None:
@@ -39,11 +40,11 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     from ase.data import chemical_symbols
 
     run = Path(run_dir)
-    summary_path = run / "summary.json"
+    summary_path = run / SUMMARY
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    events = read_events(run / "events.jsonl", warn=False).events if (
-        run / "events.jsonl").is_file() else []
-    side = read_sidecar(run / "frames.h5")
+    events = read_events(run / EVENTS, warn=False).events if (
+        run / EVENTS).is_file() else []
+    side = read_sidecar(run / SIDECAR)
     frames = [side.frame(i, platonic=False) for i in range(side.n_frames)]
     side.close()
     mons = {m["name"]: m for m in summary.get("monitoring", {}).get("monitors", [])}
@@ -189,7 +190,7 @@ def make_report(run_dir: str | Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
 
-    paths.append(run / "report.txt")
+    paths.append(run / REPORT)
     paths[-1].write_text(_text(data, steps))
     return paths
 

@@ -36,17 +36,14 @@ from ase.io import write
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
 from platoscope.provenance import package_versions
 from platoscope.writers import EventLog, FrameSidecar, write_json_atomic
+from platoscope.writers.runfiles import EVENTS, FRAMES, SIDECAR, SUMMARY
 
-FRAMES = "frames.extxyz"
-SIDECAR = "frames.h5"
-EVENTS = "events.jsonl"
-SUMMARY = "summary.json"
 STORE_COORDS_MAX_K = 256
 """Largest K whose coordinates ``store_coords="auto"`` writes with every frame; above it they
 are derived from the embeddings in frames.h5 (N x K float64 per frame is large: K = 3000)."""
 STORE_COORDS = ("auto", "always", "never")
-PLATONIC_STORED = "frames.extxyz, frames.h5"
-PLATONIC_DERIVED = "frames.h5 (derived from embeddings)"
+PLATONIC_STORED = f"{FRAMES}, {SIDECAR}"
+PLATONIC_DERIVED = f"{SIDECAR} (derived from embeddings)"
 
 
 def store_coords_for(mode: str, n_anchors: int, *, embeddings: bool = True) -> bool:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from platoscope.writers.jsonio import to_jsonable
+
 METHODS = ("direct", "fps", "random")
 _CHUNK = 8192  # rows per block when computing (rows x selected) distances
 
@@ -56,25 +58,13 @@ class SelectionResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (lists, ints, floats, str), ready for ``json.dumps``."""
         return {"method": self.method, "k": int(self.k),
-                "indices": [int(i) for i in self.indices], "params": _jsonable(self.params)}
+                "indices": [int(i) for i in self.indices], "params": to_jsonable(self.params)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SelectionResult:
         """Inverse of :meth:`to_dict`."""
         return cls(np.asarray(d["indices"], dtype=np.int64), str(d["method"]), int(d["k"]),
                    dict(d.get("params", {})))
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
 
 
 # ----------------------------------------------------------------------------- validation
@@ -209,7 +199,7 @@ def _result(order: list[int], method: str, k: int, params: dict[str, Any]) -> Se
     if len(idx) != k or len(np.unique(idx)) != k:  # pragma: no cover - internal invariant
         raise RuntimeError(f"{method}: selected {len(np.unique(idx))} unique rows, wanted {k}")
     idx.setflags(write=False)
-    return SelectionResult(idx, method, k, _jsonable(params))
+    return SelectionResult(idx, method, k, to_jsonable(params))
 
 
 # ----------------------------------------------------------------------------- random

@@ -38,7 +38,7 @@ def _pair(X: Any, Y: Any, min_rows: int = 1, same_dim: bool = False
     return x, y
 
 
-def _knn_sets(x: np.ndarray, k: int, metric: str) -> np.ndarray:
+def knn_sets(x: np.ndarray, k: int, metric: str) -> np.ndarray:
     """(N, k) indices of each row's k nearest other rows (self excluded even among duplicates)."""
     n = x.shape[0]
     nn = NearestNeighbors(n_neighbors=k + 1, metric=metric, algorithm="brute").fit(x)
@@ -61,7 +61,7 @@ def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     k = int(k)
     x, y = _pair(X, Y, min_rows=k + 1)
-    nx_, ny_ = _knn_sets(x, k, metric), _knn_sets(y, k, metric)
+    nx_, ny_ = knn_sets(x, k, metric), knn_sets(y, k, metric)
     hits = 0
     for s in range(0, x.shape[0], 4096):  # (chunk, k, k) comparisons
         a, b = nx_[s:s + 4096], ny_[s:s + 4096]

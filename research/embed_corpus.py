@@ -17,9 +17,9 @@ longer matches is recomputed; one that matches is skipped.
 
 Examples::
 
-    python scripts/embed_corpus.py                       # MP-20 train + val, 6 models, all layers
-    python scripts/embed_corpus.py --models chgnet --corpora mp20_val --layers default
-    python scripts/embed_corpus.py --corpora perov5 carbon24 --subset 300
+    python research/embed_corpus.py                       # MP-20 train + val, 6 models, all layers
+    python research/embed_corpus.py --models chgnet --corpora mp20_val --layers default
+    python research/embed_corpus.py --corpora perov5 carbon24 --subset 300
 """
 
 from __future__ import annotations

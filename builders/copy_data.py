@@ -18,7 +18,7 @@ Running the script twice gives identical files (checked by the sha256 list it pr
 
 Usage::
 
-    python scripts/copy_data.py [--src ../shared/data] [--dst data]
+    python builders/copy_data.py [--src ../shared/data] [--dst data]
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ PROVENANCE = """\
 # Provenance of `data/`
 
 Small copies of public data sets, used by the tests and scripts so that the repository works on
-its own. `scripts/copy_data.py` recreates this folder deterministically from the shared copies
-(`python scripts/copy_data.py --src <shared>/data`); the sha256 of every file is listed below.
+its own. `builders/copy_data.py` recreates this folder deterministically from the shared copies
+(`python builders/copy_data.py --src <shared>/data`); the sha256 of every file is listed below.
 
 ## `mp20_partial/`: MP-20, CC-BY-4.0
 

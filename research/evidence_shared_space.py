@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Is the shared (anchor-projected) space actually shared? Measurements on held-out atoms.
 
-Reads the per-atom embeddings cached by ``scripts/embed_corpus.py`` (run that first) and
+Reads the per-atom embeddings cached by ``research/embed_corpus.py`` (run that first) and
 measures, for every pair of the six offline models (CHGNet 0.3.0 / 0.2.0 / r2scan, SevenNet
 7net-0 / 7net-l3i5 / 7net-mf-0@PBE), on the held-out MP-20 ``val.csv`` atoms:
 
@@ -25,9 +25,9 @@ retrieval on two more held-out sets (perov5, carbon24; not used to choose the co
 Outputs: ``results/shared_space.json``, ``docs/figures/shared_space_*.png``, markdown tables on
 stdout. ``--quick`` runs a reduced grid (about a minute or two).
 
-    python scripts/embed_corpus.py --corpora mp20_train mp20_val perov5 carbon24
-    python scripts/evidence_shared_space.py            # full (about 10 min on 2 cores)
-    python scripts/evidence_shared_space.py --quick
+    python research/embed_corpus.py --corpora mp20_train mp20_val perov5 carbon24
+    python research/evidence_shared_space.py            # full (about 10 min on 2 cores)
+    python research/evidence_shared_space.py --quick
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from platoscope.analysis import (  # noqa: E402
     substitution_vector,
     transport,
 )
-from platoscope.analysis.alignment import _knn_sets  # noqa: E402
+from platoscope.analysis.alignment import knn_sets  # noqa: E402
 from platoscope.projection import Projector  # noqa: E402
 from platoscope.provenance import invocation  # noqa: E402
 from platoscope.readers import read_structures  # noqa: E402
@@ -137,7 +137,7 @@ class Data:
             p = self.path(corpus, model, layer)
             if not p.exists():
                 raise FileNotFoundError(
-                    f"{p} is missing: run python scripts/embed_corpus.py --models {model} "
+                    f"{p} is missing: run python research/embed_corpus.py --models {model} "
                     f"--corpora {corpus}")
             with np.load(p) as z:
                 self._emb[key] = {k: z[k] for k in z.files}
@@ -264,12 +264,12 @@ def evaluate(data: Data, cfg: Config, groups: np.ndarray, corpus: str = "mp20_va
             top1[i, j] = retrieval_accuracy(z[a], z[b], 1, groups=groups)
         top5[i, j] = retrieval_accuracy(z[a], z[b], 5, groups=groups)
     raw_cache = {} if raw_cache is None else raw_cache
-    nn = {m: _knn_sets(z[m][reps], KNN, "euclidean") for m in models}
+    nn = {m: knn_sets(z[m][reps], KNN, "euclidean") for m in models}
     nn_raw = {}
     for m in models:
         key = ("knn", corpus, m, cfg.layer(m))
         if key not in raw_cache:
-            raw_cache[key] = _knn_sets(data.emb(corpus, m, cfg.layer(m))[reps], KNN, "cosine")
+            raw_cache[key] = knn_sets(data.emb(corpus, m, cfg.layer(m))[reps], KNN, "cosine")
         nn_raw[m] = raw_cache[key]
     for i, j in itertools.combinations(range(n), 2):
         a, b = models[i], models[j]

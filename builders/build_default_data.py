@@ -1,6 +1,6 @@
 """Rebuild the data shipped inside the package (src/platoscope/data/).
 
-    python scripts/build_default_data.py [--k 3000] [--method direct] [--projection shared]
+    python builders/build_default_data.py [--k 3000] [--method direct] [--projection shared]
 
 1. ``reference_structures.extxyz.gz``: the reference set of every default bank:
    a. the MP-20 train subset in data/mp20_partial/train.csv (CC-BY-4.0, see
@@ -36,11 +36,12 @@ from ase import Atoms
 from ase.io import write
 from ase.neighborlist import neighbor_list
 
-from platoscope.anchors import DEFAULT_ANCHORS, cache_dir, default_data_path, select_anchor_set
+from platoscope.anchors import DEFAULT_ANCHORS, select_anchor_set
+from platoscope.paths import cache_dir, default_data_path
 from platoscope.backends import load_backend
 from platoscope.projection import DEFAULT_PROJECTION, Projector
 from platoscope.readers import read_structures, structures_hash
-from platoscope.reference import REFERENCE_STRUCTURES, ReferenceBank, _bank_name
+from platoscope.reference import REFERENCE_STRUCTURES, ReferenceBank, bank_file_name
 
 REPO = Path(__file__).resolve().parents[1]
 CUTOFF = 5.0
@@ -124,7 +125,7 @@ def main() -> None:
     proj = Projector(args.projection)
     bank = ReferenceBank.build(backend, structures, anchors, projection=proj,
                                data_hash=data_hash, progress=True)
-    path = bank.save(out / _bank_name(backend.spec, anchors.hash, proj.name))
+    path = bank.save(out / bank_file_name(backend.spec, anchors.hash, proj.name))
     print(f"bank: {bank!r} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
     name = f"{anchors.hash[:16]}-{backend.fingerprint[:16]}.npz"
     (out / "anchors").mkdir(exist_ok=True)

@@ -19,7 +19,7 @@ Steps (deterministic: fixed seeds for the data and for ``mace_run_train``):
 
 Run with the MACE environment's interpreter (mace-torch and ase installed), e.g.::
 
-    .venv-mace/bin/python scripts/train_tiny_mace.py [tests/data/mace_emt_tiny.model]
+    .venv-mace/bin/python builders/train_tiny_mace.py [tests/data/mace_emt_tiny.model]
 
 It takes about two minutes on two CPU cores.
 """
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         n_atoms = [len(a) for a in structures]
         info = {
             "description": "Tiny MACE model trained from scratch on ASE EMT data, for tests "
-                           "only (not a physical potential). Built by scripts/train_tiny_mace.py.",
+                           "only (not a physical potential). Built by builders/train_tiny_mace.py.",
             "file": target.name,
             "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
             "size_bytes": target.stat().st_size,

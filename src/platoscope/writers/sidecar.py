@@ -1,60 +1,9 @@
-"""Run outputs that survive an interrupted run (Ctrl-C, SIGKILL, OOM killer).
+"""``frames.h5``: the HDF5 frame sidecar (writer, reader, repair); see the package docstring
+for its SIGKILL safety.
 
-Three writers, each safe to kill at any instant:
-
-* :class:`FrameSidecar` / :func:`read_sidecar`: one HDF5 file with one frame per MD step
-  (positions, cell, Platonic coordinates, embeddings, scores, energy, forces; frames may differ
-  in atom count). Coordinates may instead be derived on reading from the embeddings and the
-  projector stored once in the file (``store_platonic=False``): they are K/D times the size of
-  the embeddings.
-* :class:`EventLog` / :func:`read_events`: ``events.jsonl``, one JSON object per monitor event,
-  fsynced line by line.
-* :func:`write_json_atomic`: whole-file JSON (``summary.json``) through a temp file and
-  ``os.replace``.
-
-SIGKILL safety of the sidecar
------------------------------
-A killed process loses only what it had not yet handed to the kernel; what it did write stays in
-the page cache. An HDF5 file is only unsafe because a kill can land between two of the library's
-metadata writes. The sidecar closes that gap three ways:
-
-1. The live file is only ever written in HDF5 *SWMR* mode (``libver="latest"``, opened with
-   ``H5F_ACC_SWMR_WRITE`` directly, never plain read-write). SWMR orders every metadata write
-   (child before parent, checksummed) so that the file on disk is consistent at every instant
-   for a concurrent reader; the file at the instant of a kill is exactly such a snapshot.
-   Structural changes SWMR forbids (creating datasets) are made on a copy that replaces the file
-   atomically with ``os.replace``.
-2. Each :meth:`FrameSidecar.append` writes the frame, flushes, and only then writes the scalar
-   ``/n_frames_committed`` and flushes again. Readers trust only committed frames, so a frame
-   that was half written when the process died is ignored, never returned half-filled.
-3. A file left by a killed writer still carries HDF5's "open for SWMR write" flag, which a plain
-   ``h5py.File(path)`` refuses; :func:`read_sidecar` then opens it in SWMR-read mode, and
-   ``FrameSidecar(path, mode="a")`` first rewrites the committed frames into a clean file.
-
-Layout (``F`` committed frames, ``A`` atoms over all frames, ``A_f`` atoms of frames holding
-optional field ``f``)::
-
-    /                      attrs: format, format_version, attrs_json, n_anchors, embedding_dim
-    /n_frames_committed    ()          int64   written last, after the frame's data is flushed
-    /frames/step           (F,)        int64
-    /frames/offsets        (F+1,)      int64   atoms of frame i are rows offsets[i]:offsets[i+1]
-    /frames/cell           (F, 3, 3)   float64 Å
-    /frames/pbc            (F, 3)      bool
-    /frames/energy         (F,)        float64 eV, NaN when not given
-    /atoms/numbers         (A,)        int32
-    /atoms/positions       (A, 3)      float64 Å
-    /fields/<f>/data       (A_f, ...)  float64 f in platonic (K), embeddings (D), forces (3, eV/Å)
-    /fields/<f>/start      (F,)        int64   first row of frame i in data, -1 if absent
-    /scores/<name>/data    (A_s,)      float64
-    /scores/<name>/start   (F,)        int64
-    /projector/<key>       any         the fitted projector's ``get_state()``, one dataset per
-                                       key (text as UTF-8 strings); optional, written once
-
-A frame's coordinates are its stored ``platonic`` rows if it has them, else (format version 2)
-``Projector.from_state(/projector).transform(embeddings)`` of its float64 embeddings: what the
-calculator computed from the same features within ``projection.TOLERANCE`` (1e-12 absolute) on
-any machine (the same fixed row blocks in both paths; bitwise on the writing machine in
-practice, not promised). Version 1 files (no ``/projector``) read as before.
+Longer than 500 lines on purpose: the writer, the reader and the repair share one file
+format and its private layout helpers (committed lengths, growable datasets, attribute
+schema); splitting them would expose those internals across modules.
 """
 
 from __future__ import annotations
@@ -73,23 +22,7 @@ import h5py
 import numpy as np
 
 from platoscope.errors import CorruptFileError, PlatoscopeError
-
-__all__ = [
-    "SIDECAR_FORMAT",
-    "SIDECAR_FORMAT_VERSION",
-    "EventLog",
-    "EventLogData",
-    "FrameSidecar",
-    "SidecarLockedError",
-    "SidecarMismatchError",
-    "SidecarReader",
-    "read_events",
-    "read_sidecar",
-    "repair_run",
-    "repair_sidecar",
-    "to_jsonable",
-    "write_json_atomic",
-]
+from platoscope.writers.jsonio import fsync_dir, new_sibling, remove_stale_temps, to_jsonable
 
 SIDECAR_FORMAT = "platoscope-frame-sidecar"
 SIDECAR_FORMAT_VERSION = 2  # 2: optional /projector, coordinates derived from embeddings
@@ -119,243 +52,6 @@ class SidecarLockedError(PlatoscopeError, RuntimeError):
     """Another live process is writing the sidecar (two writers would lose frames)."""
 
 
-# --------------------------------------------------------------------------------------------
-# JSON helpers
-# --------------------------------------------------------------------------------------------
-
-def to_jsonable(obj: Any) -> Any:
-    """Recursively turn numpy scalars/arrays, paths, tuples and sets into JSON-native types.
-
-    Non-finite floats stay floats (written as ``NaN``/``Infinity``, which Python's json reads).
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", errors="replace")
-    return obj
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every OS/filesystem
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _new_sibling(path: Path) -> tuple[int, Path]:
-    """Create a fresh hidden temp file next to ``path`` (mode 0o666 less the umask)."""
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temp file next to {path}")
-
-
-def _remove_stale_temps(path: Path) -> list[Path]:
-    """Delete temp siblings of ``path`` left by a killed writer (their process no longer runs)."""
-    removed = []
-    prefix = f".{path.name}."
-    with contextlib.suppress(OSError):
-        for tmp in path.parent.iterdir():
-            rest = tmp.name[len(prefix):] if tmp.name.startswith(prefix) else ""
-            pid, _, tail = rest.partition(".")
-            if not (pid.isdigit() and len(tail) == 12 and tail.endswith(".tmp")):
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                    removed.append(tmp)
-            except PermissionError:  # alive, another user's
-                continue
-    return removed
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON so that ``path`` holds either the old or the new content, never half.
-
-    The JSON goes to a temp file in the same directory, is fsynced, then ``os.replace``-d onto
-    ``path``. numpy types are converted (:func:`to_jsonable`). Returns the path.
-    """
-    path = Path(path)
-    text = json.dumps(to_jsonable(obj), indent=indent, sort_keys=False) + "\n"
-    _remove_stale_temps(path)
-    fd, tmp = _new_sibling(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# Event log
-# --------------------------------------------------------------------------------------------
-
-_EVENT_CORE = ("step", "monitor", "atoms", "score", "threshold", "action")
-
-
-class EventLog:
-    """Append-only ``events.jsonl``: one JSON object per line, flushed and fsynced per event.
-
-    ``path`` is the file, or a directory (then ``<dir>/events.jsonl``). ``mode="a"`` (default)
-    continues an existing log, so a restarted run appends to it; an incomplete last line left by
-    a killed writer is cut off (with a warning) before the first new event, so every line stays
-    valid JSON. ``mode="w"`` starts an empty log.
-    """
-
-    def __init__(self, path: str | os.PathLike, mode: Literal["a", "w"] = "a"):
-        if mode not in ("a", "w"):
-            raise ValueError(f"mode must be 'a' or 'w', not {mode!r}")
-        p = Path(path)
-        self.path = p / "events.jsonl" if p.is_dir() else p
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        if mode == "w":
-            flags |= os.O_TRUNC
-        else:
-            self._repair_tail()
-        self._fd: int | None = os.open(self.path, flags, 0o666)
-        self.n_written = 0
-
-    def _repair_tail(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb+") as fh:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) == b"\n":
-                return
-            data = fh.seek(0) or fh.read()
-            keep = data.rfind(b"\n") + 1
-            fh.truncate(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
-        warnings.warn(f"{self.path}: dropped an incomplete last line ({len(data) - keep} bytes) "
-                      "left by an interrupted writer", RuntimeWarning, stacklevel=3)
-
-    def log(self, step: int, monitor: str, atoms: Any, score: float, threshold: float,
-            action: str, /, **extra: Any) -> dict[str, Any]:
-        """Append one event and fsync it. ``atoms``: iterable of atom indices.
-
-        ``extra`` keys (any JSON-able values, numpy converted) must not reuse the core names.
-        Returns the record as written.
-        """
-        if self._fd is None:
-            raise ValueError(f"{self.path}: event log is closed")
-        clash = set(extra) & set(_EVENT_CORE)
-        if clash:
-            raise ValueError(f"extra event fields {sorted(clash)} clash with core fields")
-        record = {
-            "step": int(step),
-            "monitor": str(monitor),
-            "atoms": [int(a) for a in np.atleast_1d(np.asarray(atoms, dtype=np.int64))],
-            "score": float(score),
-            "threshold": float(threshold),
-            "action": str(action),
-            **to_jsonable(extra),
-        }
-        line = (json.dumps(record) + "\n").encode("utf-8")
-        os.write(self._fd, line)  # O_APPEND: one write per record
-        os.fsync(self._fd)
-        self.n_written += 1
-        return record
-
-    def append(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """:meth:`log` taking one dict (e.g. ``Event.to_dict()``): the core fields plus extras."""
-        missing = [k for k in _EVENT_CORE if k not in event]
-        if missing:
-            raise ValueError(f"event lacks the fields {missing}")
-        extra = {k: v for k, v in event.items() if k not in _EVENT_CORE}
-        return self.log(*(event[k] for k in _EVENT_CORE), **extra)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> EventLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"EventLog({str(self.path)!r}, written={self.n_written})"
-
-
-@dataclass
-class EventLogData:
-    """What :func:`read_events` found: the events, and whether the last line was cut short."""
-
-    path: Path
-    events: list[dict[str, Any]]
-    truncated: bool = False
-    truncated_text: str = ""
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.events)
-
-
-def read_events(path: str | os.PathLike, *, warn: bool = True) -> EventLogData:
-    """Read ``events.jsonl`` (file or its directory).
-
-    An incomplete or unparsable *last* line (a writer killed mid-write) is left out, reported in
-    ``truncated``/``truncated_text`` and, with ``warn``, by a ``RuntimeWarning``. A bad line
-    anywhere else raises :class:`CorruptFileError` naming the file and line.
-    """
-    p = Path(path)
-    p = p / "events.jsonl" if p.is_dir() else p
-    raw = p.read_bytes()
-    lines = raw.split(b"\n")
-    complete, tail = lines[:-1], lines[-1]  # tail is b"" when the file ends with a newline
-    events: list[dict[str, Any]] = []
-    truncated_text = ""
-    for i, line in enumerate(complete):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            if i == len(complete) - 1 and not tail:
-                truncated_text = line.decode("utf-8", errors="replace")
-                break
-            raise CorruptFileError(f"{p}: line {i + 1} is not a JSON event ({exc})") from exc
-        events.append(rec)
-    if tail.strip():
-        truncated_text = tail.decode("utf-8", errors="replace")
-    truncated = bool(truncated_text)
-    if truncated and warn:
-        warnings.warn(f"{p}: last line is incomplete (writer interrupted); "
-                      f"{len(events)} complete events kept", RuntimeWarning, stacklevel=2)
-    return EventLogData(p, events, truncated, truncated_text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -745,7 +441,7 @@ class FrameSidecar:
         self._ds: dict[str, h5py.Dataset] = {}
         self._lock = _WriterLock(self.path)
         try:
-            _remove_stale_temps(self.path)
+            remove_stale_temps(self.path)
             self._setup(mode, attrs, n_anchors, embedding_dim, score_names)
         except BaseException:
             self._lock.release()
@@ -834,7 +530,7 @@ class FrameSidecar:
         if self._file is not None:
             self._file.close()
             self._file = None
-        fd, tmp = _new_sibling(self.path)
+        fd, tmp = new_sibling(self.path)
         os.close(fd)
         try:
             src = None if fresh else _open_read(self.path)[0]
@@ -856,7 +552,7 @@ class FrameSidecar:
                 tmp.unlink()
             raise
         if self.fsync:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self._open()
 
     def _open(self) -> None:
@@ -1237,14 +933,14 @@ def repair_sidecar(path: str | os.PathLike, *, fsync: bool = True) -> dict[str, 
     p = Path(path)
     lock = _WriterLock(p)
     try:
-        _remove_stale_temps(p)
+        remove_stale_temps(p)
         src, clean = _open_read(p)
         try:
             _check_format(src, p)
             n = _committed_lengths(src, p)[0]
             if clean:
                 return {"path": str(p), "repaired": False, "frames": n}
-            fd, tmp = _new_sibling(p)
+            fd, tmp = new_sibling(p)
             os.close(fd)
             try:
                 _build_file(tmp, src=src, path=p, attrs_json=str(src.attrs.get("attrs_json", "{}")),
@@ -1262,30 +958,9 @@ def repair_sidecar(path: str | os.PathLike, *, fsync: bool = True) -> dict[str, 
             src.close()
         os.replace(tmp, p)
         if fsync:
-            _fsync_dir(p.parent)
+            fsync_dir(p.parent)
         return {"path": str(p), "repaired": True, "frames": n}
     finally:
         lock.release()
 
 
-def repair_run(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Repair what a killed run left in ``run_dir`` so that standard tools read it.
-
-    ``frames.h5`` is rewritten by :func:`repair_sidecar` if its writer was killed, and an
-    incomplete last line of ``events.jsonl`` is cut off; completed frames and events are kept.
-    Returns ``{"frames.h5": {...} or None, "events_tail_dropped": bool}``.
-    """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"no run folder {run}")
-    side = run / "frames.h5"
-    out: dict[str, Any] = {"frames.h5": repair_sidecar(side) if side.is_file() else None,
-                           "events_tail_dropped": False}
-    events = run / "events.jsonl"
-    if events.is_file():
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            EventLog(events, mode="a").close()
-        out["events_tail_dropped"] = any("incomplete last line" in str(w.message)
-                                         for w in caught)
-    return out

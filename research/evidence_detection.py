@@ -16,8 +16,8 @@ Metrics: Spearman correlation with the error and AUROC for flagging the atoms wi
 structure against force RMSE and |energy error per atom|). Plus each score's cost per frame
 relative to one model evaluation.
 
-    .venv-sevenn/bin/python scripts/evidence_detection.py            # full (~25 min cold, ~3 warm)
-    .venv-sevenn/bin/python scripts/evidence_detection.py --quick    # test splits, 2+1 models
+    .venv-sevenn/bin/python research/evidence_detection.py            # full (~25 min cold, ~3 warm)
+    .venv-sevenn/bin/python research/evidence_detection.py --quick    # test splits, 2+1 models
 
 Model outputs (energies, forces, per-atom features, timings) are cached under
 ~/.cache/platoscope/evidence/ so reruns only recompute scores. Writes results/detection.json
@@ -505,7 +505,7 @@ def main() -> None:
         comm_E["committee4"] = np.std([outs[m]["E"] / n_at for m in outs], axis=0)
 
     results: dict[str, Any] = {
-        "command": "python scripts/evidence_detection.py" + (" --quick" if args.quick else ""),
+        "command": "python research/evidence_detection.py" + (" --quick" if args.quick else ""),
         "data": {"files": [f for f in FILES if not (args.quick and "training" in f)],
                  "structures": S, "atoms": N, "structures_hash": meta["hash"],
                  "atoms_per_element": {"Li": int((Z == 3).sum()), "Si": int((Z == 14).sum())},

@@ -1,6 +1,6 @@
 """Evidence for the symmetry-breaking monitor and the model-switch check (docs/symmetry_switch.md).
 
-    python scripts/evidence_symmetry_switch.py [--models chgnet,sevenn:7net-0] [--json out.json]
+    python research/evidence_symmetry_switch.py [--models chgnet,sevenn:7net-0] [--json out.json]
                                                [--skip-symmetry] [--skip-switch] [--threads 1]
 
 1. Symmetry: 17 perfect crystals built from textbook parameters (none of them is in the shipped
