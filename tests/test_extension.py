@@ -26,9 +26,16 @@ from platoscope.backends import (
     load_backend,
     register_backend,
     spec_help,
+    unregister_backend,
 )
 from platoscope.cli import main
-from platoscope.monitors import Monitor, build_monitors, monitor_classes, register_monitor
+from platoscope.monitors import (
+    Monitor,
+    build_monitors,
+    monitor_classes,
+    register_monitor,
+    unregister_monitor,
+)
 
 CENTRES = np.linspace(1.5, 5.0, 16)  # Å
 EMT_NUMBERS = frozenset({1, 6, 7, 8, 13, 28, 29, 46, 47, 78, 79})
@@ -69,15 +76,14 @@ class EMTBackend(Backend):
         return dict(self.calc.results), feats + 1e-3 * atoms.numbers[:, None]
 
 
-register_backend(BackendFamily(
+TOY_BACKEND = BackendFamily(
     name="toyemt", package="ase", extra="dev",
     factory=lambda rest, layer, device: EMTBackend(layer=layer),
     spec_help="toyemt                (ASE's EMT, test only)",
     recognises=lambda calc: isinstance(calc, EMT),
-    from_calculator=lambda calc, layer: EMTBackend(layer=layer, calc=calc)), replace=True)
+    from_calculator=lambda calc, layer: EMTBackend(layer=layer, calc=calc))
 
 
-@register_monitor(replace=True)
 class ForceMonitor(Monitor):
     """Per-atom |F| (eV/Å) above ``limit``."""
 
@@ -95,6 +101,16 @@ class ForceMonitor(Monitor):
         return np.linalg.norm(frame.forces, axis=1)
 
 
+@pytest.fixture(autouse=True)
+def registered():
+    """Both toys registered for this module's tests only (other tests expect EMT unknown)."""
+    register_backend(TOY_BACKEND)
+    register_monitor(ForceMonitor)
+    yield
+    unregister_backend("toyemt")
+    unregister_monitor("toyforce")
+
+
 def test_registered_from_outside():
     assert available_backends()["toyemt"] is True
     assert "toyemt" in spec_help()
@@ -102,7 +118,11 @@ def test_registered_from_outside():
     assert isinstance(load_backend(EMT()), EMTBackend)  # recognised as a built calculator
     assert monitor_classes()["toyforce"] is ForceMonitor
     with pytest.raises(ValueError, match="already registered"):
-        register_monitor(name="toyforce")(type("Other", (ForceMonitor,), {}))
+        register_monitor(type("Other", (ForceMonitor,), {}))
+    unregister_backend("toyemt")
+    with pytest.raises(Exception, match="cannot wrap"):
+        load_backend(EMT())
+    register_backend(TOY_BACKEND)
 
 
 def test_md_with_toy_backend_and_monitor(tmp_path):

@@ -2,7 +2,8 @@
 
 Reads only the run's files (sidecar, events, summary), so it also works on a folder left by a
 killed run. Plots: worst score per step relative to its threshold, score distributions per
-element, symmetry spread per class, two-model disagreement, energy.
+element, energy; and each monitor's own plots (``Monitor.report_plots``: symmetry spread per
+class, two-model disagreement).
 """
 
 from __future__ import annotations
@@ -52,12 +53,37 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             "symbols": [[chemical_symbols[z] for z in f["numbers"]] for f in frames]}
 
 
-def _step_axis(ax: Any) -> None:
+def step_axis(ax: Any) -> None:
     """Steps are integers: no fractional ticks."""
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def score_names_of(data: dict[str, Any]) -> list[str]:
+    """Every stored score name of a :func:`load_run` result."""
+    return sorted({k for f in data["frames"] for k in f["scores"]})
+
+
+def units_of(data: dict[str, Any]) -> dict[str, str]:
+    """Units of every stored score, from the monitors' summaries."""
+    return {k: v for m in data["monitors"].values() for k, v in (m.get("units") or {}).items()}
+
+
+def model_of(data: dict[str, Any]) -> str:
+    """The running model's spec, for titles."""
+    return data["summary"].get("provenance", {}).get("model", "running model")
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, save at 120 dpi and close ``fig``; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def make_report(run_dir: str | Path) -> list[Path]:
@@ -74,10 +100,10 @@ def make_report(run_dir: str | Path) -> list[Path]:
     frames, mons, syms = data["frames"], data["monitors"], data["symbols"]
     steps = np.array([f["step"] for f in frames])
     paths: list[Path] = []
-    score_names = sorted({k for f in frames for k in f["scores"]})
+    score_names = score_names_of(data)
     main_scores = [n for n in score_names if n in mons]
-    units = {k: v for m in mons.values() for k, v in (m.get("units") or {}).items()}
-    model = data["summary"].get("provenance", {}).get("model", "running model")
+    units = units_of(data)
+    model = model_of(data)
 
     if main_scores:
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -93,7 +119,7 @@ def make_report(run_dir: str | Path) -> list[Path]:
             ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=name)
         ax.axhline(1.0, color="k", ls="--", lw=1, label="threshold")
         ax.set_yscale("log")  # the threshold line at 1 is always positive
-        _step_axis(ax)
+        step_axis(ax)
         ax.set_ylabel("worst atom's score / its threshold (1 = threshold)")
         ax.set_title(f"Worst atom per step, per monitor ({model})")
         ax.legend()
@@ -130,59 +156,18 @@ def make_report(run_dir: str | Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
 
-    sym = mons.get("symmetry")
-    if sym and sym.get("atom_classes") is not None and "symmetry" in score_names:
-        classes = np.asarray(sym["atom_classes"], dtype=np.int64)
-        fig, ax = plt.subplots(figsize=(8, 4))
-        for c in np.unique(classes):
-            xs, ys = [], []
-            for f in frames:
-                if "symmetry" in f["scores"] and len(f["numbers"]) == len(classes):
-                    xs.append(f["step"])
-                    ys.append(np.nanmax(f["scores"]["symmetry"][classes == c]))
-            el = syms[0][int(np.flatnonzero(classes == c)[0])] if syms else ""
-            ax.plot(xs, np.maximum(ys, 1e-12), label=f"class {c} ({el})")
-        if sym.get("threshold") is not None:
-            ax.axhline(sym["threshold"], color="k", ls="--", lw=1, label="threshold")
-        ax.set_yscale("log")
-        _step_axis(ax)
-        ax.set_ylabel(f"worst atom's distance from its class mean\n({units.get('symmetry', '')},"
-                      f" projection {data['summary'].get('provenance', {}).get('projection')})",
-                      fontsize=8)
-        ax.set_title(f"Symmetry spread per class of equivalent atoms ({model})")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        paths.append(run / "symmetry_spread.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+    from platoscope.monitors.registry import monitor_classes
 
-    bias_names = [n for n in score_names if n.startswith("bias")]
-    if bias_names:
-        fig, axes = plt.subplots(1, len(bias_names), figsize=(5 * len(bias_names), 4),
-                                 squeeze=False)
-        for ax, name in zip(axes[0], bias_names, strict=True):
-            xs = [f["step"] for f in frames if name in f["scores"]]
-            vals = [f["scores"][name] for f in frames if name in f["scores"]]
-            ax.plot(xs, [np.nanmean(v) for v in vals], label="mean over atoms")
-            ax.plot(xs, [np.nanmax(v) for v in vals], label="worst atom")
-            _step_axis(ax)
-            ax.set_ylabel(units.get(name, name), fontsize=8)
-            ax.set_title(("force disagreement |F_A - F_B|" if name.endswith("_force")
-                          else "Platonic-coordinate disagreement"), fontsize=9)
-            ax.legend()
-        other = (mons.get("bias") or {}).get("model_b", "second model")
-        fig.suptitle(f"Disagreement between {model} (A, running) and {other} (B)")
-        fig.tight_layout()
-        paths.append(run / "model_disagreement.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+    for name, cls in monitor_classes().items():
+        if name in mons:
+            paths.extend(cls.report_plots(data, run))
 
     energies = [(f["step"], f["energy"]) for f in frames if f["energy"] is not None]
     if energies:
         fig, ax = plt.subplots(figsize=(8, 3))
         e = np.array(energies)
         ax.plot(e[:, 0], e[:, 1] / len(frames[0]["numbers"]))
-        _step_axis(ax)
+        step_axis(ax)
         ax.set_ylabel("potential energy (eV/atom)")
         ax.set_title(f"Potential energy ({model})")
         fig.tight_layout()

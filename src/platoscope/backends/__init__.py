@@ -11,7 +11,6 @@ fails when it is asked for.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 from platoscope.backends.base import Backend, BackendProvenance, LayerSpec, validate_atoms
 from platoscope.errors import BackendUnavailableError, UnknownBackendError
+from platoscope.registry import Registry
 
 __all__ = [
     "SPEC_HELP",
@@ -31,6 +31,7 @@ __all__ = [
     "load_backend",
     "register_backend",
     "spec_help",
+    "unregister_backend",
     "validate_atoms",
 ]
 
@@ -69,38 +70,31 @@ class BackendFamily:
                 f"installed here: pip install 'platoscope[{self.extra}]'.{self.install_hint}")
 
 
-_FAMILIES: dict[str, BackendFamily] = {}
-_BUILTIN = ("chgnet", "sevenn", "mace", "orb")
-_builtins_loaded = False
+_FAMILIES: Registry[BackendFamily] = Registry(
+    "backend family", tuple(f"platoscope.backends.{m}" for m in ("chgnet", "sevenn", "mace",
+                                                                  "orb")))
 
 
 def register_backend(family: BackendFamily, *, replace: bool = False) -> BackendFamily:
-    """Add a backend family (from anywhere: a plugin, a test). Returns ``family``.
-
-    A name already registered is refused unless ``replace`` (a ValueError naming it).
-    """
+    """Add a backend family (from anywhere: a plugin, a test) under its name and aliases.
+    Returns ``family``. A name already registered is refused unless ``replace`` (a
+    ValueError naming it)."""
     for key in (family.name, *family.aliases):
-        key = key.lower()
-        if key in _FAMILIES and not replace and _FAMILIES[key] is not family:
-            raise ValueError(f"backend family {key!r} is already registered")
-        _FAMILIES[key] = family
+        _FAMILIES.add(key.lower(), family, replace=replace)
     return family
 
 
-def _load_builtins() -> None:
-    """Import the built-in family modules (each registers itself; no MLIP package imported)."""
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for name in _BUILTIN:
-            importlib.import_module(f"platoscope.backends.{name}")
+def unregister_backend(name: str) -> None:
+    """Remove the family ``name`` and its aliases (e.g. a test's toy backend)."""
+    family = _FAMILIES.entries()[name]
+    for key in (family.name, *family.aliases):
+        _FAMILIES.remove(key.lower())
 
 
 def backend_families() -> dict[str, BackendFamily]:
     """Registered families by name (aliases left out), in registration order."""
-    _load_builtins()
     out: dict[str, BackendFamily] = {}
-    for fam in _FAMILIES.values():
+    for fam in _FAMILIES.entries().values():
         out.setdefault(fam.name, fam)
     return out
 
@@ -126,12 +120,11 @@ def load_backend(spec: str | Any, *, layer: str | None = None, device: str = "cp
         if layer is not None and layer != spec.layer:
             raise ValueError(f"{spec!r} is already built with layer {spec.layer!r}, not {layer!r}")
         return spec
-    _load_builtins()
     if not isinstance(spec, str):
         return _from_calculator(spec, layer=layer)
     text = spec.strip()
     prefix, _, rest = text.partition(":")
-    family = _FAMILIES.get(prefix.lower())
+    family = _FAMILIES.entries().get(prefix.lower())
     if family is None:
         raise UnknownBackendError(f"unknown backend spec {spec!r}; valid specs:\n{spec_help()}")
     if prefix.lower() != family.name:

@@ -23,6 +23,7 @@ from platoscope.monitors.registry import (
     monitor_classes,
     monitor_options,
     register_monitor,
+    unregister_monitor,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "monitor_classes",
     "monitor_options",
     "register_monitor",
+    "unregister_monitor",
 ]
 
 

@@ -106,6 +106,15 @@ class AtypicalMonitor(Monitor):
         self.k = k
         self.quantile = quantile
         self.same_element = same_element
+        self.expected_false_alarm_rate = 1.0 - quantile
+        self.rebase(bank, space)
+
+    def rebase(self, bank: Any, space: str = "projected") -> AtypicalMonitor:
+        """Score against ``bank`` (coordinates ``(M, K)``, ``numbers``, ``structure_index``;
+        for ``raw``, ``embeddings``) in ``space`` from now on, recalibrated unless a fixed
+        ``threshold`` was given (e.g. a bank carried into another model's space at a model
+        switch). Returns self."""
+        self.bank = bank
         self.space = space
         self.units = ("distance in the model's feature space (model units)" if space == "raw"
                       else "distance in Platonic coordinates")
@@ -119,7 +128,7 @@ class AtypicalMonitor(Monitor):
         self.calibration_scores_: dict[int, np.ndarray] = {}
         if self.threshold is None:
             self.calibrate()
-        self.expected_false_alarm_rate = 1.0 - quantile
+        return self
 
     def calibrate(self) -> AtypicalMonitor:
         """Per-element thresholds from leave-one-structure-out scores of the bank atoms."""

@@ -94,8 +94,6 @@ class Monitor(ABC):
     """Units of each :meth:`extra_scores` key."""
     options: tuple[Any, ...] = ()
     """:class:`~platoscope.monitors.registry.MonitorOption` s; the CLI makes them flags."""
-    plots: tuple[Callable[..., Any], ...] = ()
-    """Report plots: ``plot(run_dir, summary, frames) -> list[Path]`` (see report.py)."""
 
     def __init__(self, *, threshold: float | None = None, action: str = "record",
                  callback: Callable[[Event, Atoms], Any] | None = None, interval: int = 1,
@@ -123,6 +121,13 @@ class Monitor(ABC):
         if arg:
             raise ConfigError(f"the {cls.name} monitor takes no argument, got {arg!r}")
         return cls(**context.options_for(cls), **context.common)
+
+    @classmethod
+    def report_plots(cls, data: dict[str, Any], run_dir: Path) -> list[Path]:
+        """This monitor's own report plots: PNGs written into ``run_dir`` from ``data``
+        (:func:`platoscope.report.load_run`); called by ``make_report`` when the run used
+        this monitor. The default writes none."""
+        return []
 
     def on_restart(self, first_frame: Atoms) -> None:  # noqa: B027 - optional hook
         """Called by a restarted run before its first frame with the run's original first

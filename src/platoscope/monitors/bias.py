@@ -25,6 +25,7 @@ structure is given) or at ``start``, with the element and model named.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,32 @@ class BiasMonitor(Monitor):
         calc_b = loader.calculator(backend_b, projection=bank_b.projector)
         return cls(calc_b, bank_a=bank_a, bank_b=bank_b, atoms=context.atoms,
                    **{**opts, **kwargs})
+
+    @classmethod
+    def report_plots(cls, data: dict[str, Any], run_dir: Path) -> list[Path]:
+        """``model_disagreement.png``: mean and worst per-atom disagreement per step."""
+        import matplotlib.pyplot as plt
+
+        from platoscope.report import model_of, save_figure, score_names_of, step_axis, units_of
+
+        frames, units = data["frames"], units_of(data)
+        names = [n for n in score_names_of(data) if n.startswith("bias")]
+        if not names:
+            return []
+        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+        for ax, name in zip(axes[0], names, strict=True):
+            xs = [f["step"] for f in frames if name in f["scores"]]
+            vals = [f["scores"][name] for f in frames if name in f["scores"]]
+            ax.plot(xs, [np.nanmean(v) for v in vals], label="mean over atoms")
+            ax.plot(xs, [np.nanmax(v) for v in vals], label="worst atom")
+            step_axis(ax)
+            ax.set_ylabel(units.get(name, name), fontsize=8)
+            ax.set_title(("force disagreement |F_A - F_B|" if name.endswith("_force")
+                          else "Platonic-coordinate disagreement"), fontsize=9)
+            ax.legend()
+        other = (data["monitors"].get("bias") or {}).get("model_b", "second model")
+        fig.suptitle(f"Disagreement between {model_of(data)} (A, running) and {other} (B)")
+        return [save_figure(fig, Path(run_dir) / "model_disagreement.png")]
 
     # -- calibration -----------------------------------------------------------------------
     def calibrate(self, bank_a: ReferenceBank, bank_b: ReferenceBank) -> BiasMonitor:

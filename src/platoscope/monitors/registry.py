@@ -11,19 +11,19 @@ each into ``--<monitor>-<option>`` (e.g. ``--atypical-space``, ``--bias-interval
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from platoscope.errors import ConfigError
+from platoscope.registry import Registry
 
 DEFAULT_INTERVAL = 10
 """Steps between evaluations of a second model (bias, switch)."""
 
-_BUILTIN = ("atypical", "symmetry", "bias", "switch")
-_MONITORS: dict[str, type] = {}
-_builtins_loaded = False
+_MONITORS: Registry[type] = Registry(
+    "monitor", tuple(f"platoscope.monitors.{m}" for m in ("atypical", "symmetry", "bias",
+                                                           "switch")))
 
 
 @dataclass(frozen=True)
@@ -150,29 +150,21 @@ def register_monitor(cls: type | None = None, *, name: str | None = None,
     ``from_spec(arg, context)`` (the base class's builds ``cls(**options, **common)``)."""
 
     def deco(c: type) -> type:
-        key = name or c.name
-        if key in _MONITORS and _MONITORS[key] is not c and not replace:
-            raise ValueError(f"a monitor named {key!r} is already registered")
         if name is not None:
             c.name = name
-        _MONITORS[key] = c
-        return c
+        return _MONITORS.add(c.name, c, replace=replace)
 
     return deco(cls) if cls is not None else deco
 
 
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for name in _BUILTIN:
-            importlib.import_module(f"platoscope.monitors.{name}")
+def unregister_monitor(name: str) -> None:
+    """Remove the monitor ``name`` (e.g. a test's toy monitor)."""
+    _MONITORS.remove(name)
 
 
 def monitor_classes() -> dict[str, type]:
     """Registered monitor classes by name (built-ins first)."""
-    _load_builtins()
-    return dict(_MONITORS)
+    return _MONITORS.entries()
 
 
 def monitor_options() -> list[tuple[str, MonitorOption]]:
@@ -221,4 +213,4 @@ def _legacy_context(*, calc: Any = None, bank: Any = None, action: str = "record
 
 __all__ = ["DEFAULT_INTERVAL", "ModelLoader", "MonitorContext", "MonitorOption",
            "build_monitors", "monitor_classes", "monitor_options", "parse_monitor_spec",
-           "register_monitor"]
+           "register_monitor", "unregister_monitor"]

@@ -377,19 +377,23 @@ class SwitchMonitor(Monitor):
             tmap = TransportMap().fit(z_a, z_b, elements=np.asarray(numbers))
             fitted_on = f"the switch frame ({len(numbers)} atoms)"
         target = self._model_b()
-        carried = AtypicalMonitor(
-            _CarriedBank(tmap.transform(bank_a.coords, elements=bank_a.numbers), bank_a, target),
-            k=atypical.k, quantile=atypical.quantile, same_element=atypical.same_element,
-            space="projected", threshold=atypical.threshold, action=atypical.action,
-            callback=atypical.callback, interval=atypical.interval, dump_dir=atypical.dump_dir)
+        bank = _CarriedBank(tmap.transform(bank_a.coords, elements=bank_a.numbers), bank_a,
+                            target)
+        if self.retarget:
+            carried = atypical.rebase(bank, "projected")
+        else:
+            carried = AtypicalMonitor(
+                bank, k=atypical.k, quantile=atypical.quantile,
+                same_element=atypical.same_element, space="projected",
+                threshold=atypical.threshold, action=atypical.action,
+                callback=atypical.callback, interval=atypical.interval,
+                dump_dir=atypical.dump_dir)
         carried.carried_map_fitted_on = fitted_on
         from ase.data import chemical_symbols
 
         self.carried_ = carried
         self.carried_thresholds_ = {chemical_symbols[z]: round(t, 6)
                                     for z, t in sorted(carried.element_thresholds_.items())}
-        if self.retarget:
-            atypical.__dict__.update(carried.__dict__)
         return carried
 
     # -- scoring ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ per-atom scores are stored every frame regardless.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,37 @@ class SymmetryMonitor(Monitor):
         self._spreads: np.ndarray | None = None
 
     # -- reference -----------------------------------------------------------------------
+    @classmethod
+    def report_plots(cls, data: dict[str, Any], run_dir: Path) -> list[Path]:
+        """``symmetry_spread.png``: worst atom's distance from its class mean per class."""
+        import matplotlib.pyplot as plt
+
+        from platoscope.report import model_of, save_figure, score_names_of, step_axis, units_of
+
+        sym, frames, syms = data["monitors"].get("symmetry"), data["frames"], data["symbols"]
+        if not sym or sym.get("atom_classes") is None or "symmetry" not in score_names_of(data):
+            return []
+        classes = np.asarray(sym["atom_classes"], dtype=np.int64)
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for c in np.unique(classes):
+            xs, ys = [], []
+            for f in frames:
+                if "symmetry" in f["scores"] and len(f["numbers"]) == len(classes):
+                    xs.append(f["step"])
+                    ys.append(np.nanmax(f["scores"]["symmetry"][classes == c]))
+            el = syms[0][int(np.flatnonzero(classes == c)[0])] if syms else ""
+            ax.plot(xs, np.maximum(ys, 1e-12), label=f"class {c} ({el})")
+        if sym.get("threshold") is not None:
+            ax.axhline(sym["threshold"], color="k", ls="--", lw=1, label="threshold")
+        ax.set_yscale("log")
+        step_axis(ax)
+        ax.set_ylabel(f"worst atom's distance from its class mean\n"
+                      f"({units_of(data).get('symmetry', '')}, projection "
+                      f"{data['summary'].get('provenance', {}).get('projection')})", fontsize=8)
+        ax.set_title(f"Symmetry spread per class of equivalent atoms ({model_of(data)})")
+        ax.legend(fontsize=7, ncol=2)
+        return [save_figure(fig, Path(run_dir) / "symmetry_spread.png")]
+
     def on_restart(self, first_frame: Atoms) -> None:
         """Keep the run's original first frame as the reference (unless one was given)."""
         if self.reference is None:
