@@ -61,7 +61,7 @@ from platoscope.analysis import (  # noqa: E402
     substitution_vector,
     transport,
 )
-from platoscope.analysis.alignment import knn_sets  # noqa: E402
+from platoscope.analysis.neighbors import knn_sets  # noqa: E402
 from platoscope.projection import Projector  # noqa: E402
 from platoscope.provenance import invocation  # noqa: E402
 from platoscope.readers import read_structures  # noqa: E402

@@ -39,7 +39,8 @@ from platoscope.anchors import AnchorSet
 from platoscope.calculator import PlatonicCalculator
 from platoscope.monitors import Frame, Watcher
 from platoscope.monitors.atypical import AtypicalMonitor
-from platoscope.monitors.switch import SwitchingCalculator, SwitchMonitor
+from platoscope.monitors.switch import SwitchMonitor
+from platoscope.switching import SwitchingCalculator
 from platoscope.monitors.symmetry import SymmetryMonitor
 from platoscope.provenance import invocation
 from platoscope.reference import default_bank, reference_structures

@@ -14,6 +14,9 @@ order, plus JSON-serialisable ``params`` recording what was found (thresholds, P
 ``per_element`` (atomic number per row) guarantees at least one anchor per element present:
 the last-picked anchors whose element is otherwise represented are swapped for one atom of
 each missing element (chosen by the method's own rule; see :func:`_cover_elements`).
+
+Longer than 500 lines on purpose: three selection methods (DIRECT, farthest-point, random)
+share their input validation, per-element quotas and result type.
 """
 
 from __future__ import annotations

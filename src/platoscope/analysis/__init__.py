@@ -2,15 +2,19 @@
 
 * :mod:`~platoscope.analysis.alignment`: agreement of two coordinate arrays of the same atoms
   (mutual k-NN, linear CKA, Procrustes, per-atom cosine, retrieval with symmetry classes).
-* :mod:`~platoscope.analysis.transport`: optimal transport between atom clouds (POT) and an
+* :mod:`~platoscope.analysis.optimal_transport`: optimal transport between atom clouds (POT) and an
   out-of-sample transport map.
 * :mod:`~platoscope.analysis.periodicity`: element mean vectors and periodic-table structure.
 * :mod:`~platoscope.analysis.arithmetic`: element substitution vectors and their retrieval.
 * :mod:`~platoscope.analysis.bias`: per-model, per-element deviation from the model consensus.
 
-Note: the package attribute ``transport`` is the *function* :func:`transport`, which shadows the
-submodule of the same name, so ``import platoscope.analysis.transport as m`` gives the function;
-use ``from platoscope.analysis.transport import TransportMap`` (or ``sys.modules``) instead.
+* :mod:`~platoscope.analysis.handover`: the model hand-over check (transport of two models'
+  clouds of the same atoms).
+* :mod:`~platoscope.analysis.neighbors` and :mod:`~platoscope.analysis.inputs`: the shared
+  distance / k-NN helpers and argument checks.
+
+``platoscope.analysis.transport`` is the function :func:`transport` (its module is
+``optimal_transport``, so nothing is shadowed).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from platoscope.analysis.bias import (
     deviations,
     most_deviant_model,
 )
+from platoscope.analysis.optimal_transport import TransportMap, TransportResult, transport
 from platoscope.analysis.periodicity import (
     element_means,
     group_period,
@@ -43,7 +48,6 @@ from platoscope.analysis.periodicity import (
     periodicity_score,
     plot_periodicity_heatmap,
 )
-from platoscope.analysis.transport import TransportMap, TransportResult, transport
 
 __all__ = [
     "ArithmeticResult",

@@ -13,17 +13,9 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
-from sklearn.neighbors import NearestNeighbors
 
-from platoscope.analysis._checks import (
-    as_labels,
-    as_matrix,
-    check_metric,
-    ranks,
-    same_cols,
-    same_rows,
-    unit_rows,
-)
+from platoscope.analysis.inputs import as_labels, as_matrix, check_metric, same_cols, same_rows
+from platoscope.analysis.neighbors import knn_sets, ranks, unit_rows
 
 _METRICS = ("cosine", "euclidean")
 
@@ -36,17 +28,6 @@ def _pair(X: Any, Y: Any, min_rows: int = 1, same_dim: bool = False
     if same_dim:
         same_cols(x, y, "X", "Y")
     return x, y
-
-
-def knn_sets(x: np.ndarray, k: int, metric: str) -> np.ndarray:
-    """(N, k) indices of each row's k nearest other rows (self excluded even among duplicates)."""
-    n = x.shape[0]
-    nn = NearestNeighbors(n_neighbors=k + 1, metric=metric, algorithm="brute").fit(x)
-    idx = nn.kneighbors(x, return_distance=False)
-    keep = idx != np.arange(n)[:, None]
-    no_self = keep.all(axis=1)  # self pushed out by exact duplicates: drop the farthest instead
-    keep[no_self, -1] = False
-    return idx[keep].reshape(n, k)
 
 
 def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:

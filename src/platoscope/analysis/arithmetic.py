@@ -13,14 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.analysis._checks import (
-    as_labels,
-    as_matrix,
-    check_metric,
-    ranks,
-    same_cols,
-    same_rows,
-)
+from platoscope.analysis.inputs import as_labels, as_matrix, check_metric, same_cols, same_rows
+from platoscope.analysis.neighbors import ranks
 
 
 def substitution_vector(Z: Any, coords: Any, a: int, b: int) -> np.ndarray:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.analysis._checks import as_labels, as_matrix, check_metric, unit_rows
+from platoscope.analysis.inputs import as_labels, as_matrix, check_metric
+from platoscope.analysis.neighbors import unit_rows
 
 LANTHANOID_GROUP = 19
 ACTINOID_GROUP = 20

@@ -1,15 +1,9 @@
 """Model switch: hand a running simulation from model A to model B, and check the hand-over.
 
-:class:`SwitchingCalculator` is an ASE calculator (in the style of ASE's ``mixing.py``) that
-delegates to ``calc_a`` until its ``rule`` says switch, then to ``calc_b`` for good. The rule is
-a calculation index (``int``: with ASE's integrators and optimizers, calculation k is step k,
-the initial force call being step 0), a callable ``rule(k, atoms) -> bool``, or ``None`` with
-:meth:`SwitchingCalculator.request_switch` as a monitor's callback (switch on a trigger). At the
-switch it evaluates *both* models on the same frame (one extra A call) and hands the record to
-its ``on_switch`` listeners before any monitor sees the frame.
+:class:`~platoscope.switching.SwitchingCalculator` (an ASE calculator) hands a run from A to B.
 
 :class:`SwitchMonitor` checks the hand-over with optimal transport (POT, via
-:func:`platoscope.analysis.transport.transport`, exact EMD for up to 4000 atoms) between A's
+:func:`platoscope.analysis.optimal_transport.transport`, exact EMD for up to 4000 atoms) between A's
 and B's projected clouds of that frame: the transport cost, the fraction of atoms sent to
 themselves (``matched_self``), to themselves or a symmetry-equivalent atom of the starting
 structure (``matched_equivalent``, spglib classes at ``symprec``) and to an atom of the same
@@ -20,9 +14,9 @@ class: then only ``matched_self`` says anything).
 
 Every switch gives one event (action ``record`` unless flagged). Given the running atypical
 monitor, its reference thresholds are carried into B's space: A's reference-bank coordinates
-are moved by a :class:`~platoscope.analysis.transport.TransportMap` fitted A -> B (on the two
-banks when B's bank is given, ``bank_b="default"`` loads or builds it at ``start``; else on the
-frame's own paired clouds) and the monitor is recalibrated on the carried bank, in place
+are moved by a :class:`~platoscope.analysis.optimal_transport.TransportMap` fitted A -> B (on
+the two banks when B's bank is given, ``bank_b="default"`` loads or builds it at ``start``;
+else on the frame's own paired clouds) and the monitor is recalibrated on the carried bank, in place
 (``retarget=True``), so it keeps scoring B's frames (in the projected space, also when it
 scored raw embeddings before: those of two models share no axes). A map fitted on the two banks
 reproduces B's own calibrated thresholds far better than one fitted on a single small frame,
@@ -34,206 +28,26 @@ hand-over here be safe?".
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import BaseCalculator, all_changes
 
-from platoscope.analysis.transport import TransportMap, transport
+from platoscope.analysis.handover import HandOver, hand_over
+from platoscope.analysis.optimal_transport import TransportMap
 from platoscope.backends.base import check_elements
 from platoscope.errors import ConfigError, InvalidStructureError
 from platoscope.monitors.base import Event, Frame, Monitor
 from platoscope.monitors.registry import DEFAULT_INTERVAL, MonitorContext, register_monitor
+from platoscope.switching import SwitchingCalculator, SwitchRecord
 
-log = logging.getLogger("platoscope.monitors")
+__all__ = ["MIN_MATCHED", "HandOver", "SwitchMonitor", "SwitchRecord", "SwitchingCalculator",
+           "hand_over"]  # the calculator and the check live in switching.py, analysis/handover.py
 
 MIN_MATCHED = 0.9
 """Flag a hand-over when fewer than this fraction of atoms go to themselves or an equivalent
 atom. The same model gives 1.0; what other models give is measured in
 docs/symmetry_switch.md."""
-Rule = int | Callable[[int, Atoms], bool] | None
-
-
-@dataclass
-class SwitchRecord:
-    """Both models on the frame where B took over. call: index of that calculation."""
-
-    call: int
-    atoms: Atoms
-    platonic_a: np.ndarray  # (N, K)
-    platonic_b: np.ndarray  # (N, K)
-    forces_a: np.ndarray | None = None  # (N, 3) eV/Å
-    forces_b: np.ndarray | None = None
-    energy_a: float | None = None  # eV
-    energy_b: float | None = None
-
-
-class SwitchingCalculator(BaseCalculator):
-    """Delegates to ``calc_a`` until ``rule`` says switch, then to ``calc_b`` (one way).
-
-    calc_a, calc_b: PlatonicCalculators on the same AnchorSet; rule: see the module docstring.
-    ``results`` hold the active model's properties, ``platonic`` and ``embeddings`` included.
-    """
-
-    def __init__(self, calc_a: Any, calc_b: Any, rule: Rule = None):
-        super().__init__()
-        if rule is not None and not callable(rule) and (not isinstance(rule, int) or rule < 0):
-            raise ValueError(f"rule must be a step number >= 0, a callable or None, got {rule!r}")
-        ka = len(calc_a.anchors) if getattr(calc_a, "anchors", None) is not None else None
-        kb = len(calc_b.anchors) if getattr(calc_b, "anchors", None) is not None else None
-        if ka is None or ka != kb or calc_a.anchors.hash != calc_b.anchors.hash:
-            raise ValueError("calc_a and calc_b must be PlatonicCalculators on the same AnchorSet")
-        self.calcs = (calc_a, calc_b)
-        self.implemented_properties = [p for p in calc_a.implemented_properties
-                                       if p in calc_b.implemented_properties]
-        self.rule = rule
-        self.active = 0
-        self.n_calls = 0
-        self.switch_requested = False
-        self.record: SwitchRecord | None = None
-        self.on_switch: list[Callable[[SwitchRecord], Any]] = []
-
-    @property
-    def calc(self) -> Any:
-        """The active calculator (A before the switch, B after)."""
-        return self.calcs[self.active]
-
-    @property
-    def switched(self) -> bool:
-        return self.active == 1
-
-    backend = property(lambda self: self.calc.backend)
-    anchors = property(lambda self: self.calc.anchors)
-    projector = property(lambda self: self.calc.projector)
-
-    def request_switch(self, *_: Any) -> None:
-        """Switch at the next property request (cached results are dropped, so it happens
-        even if the atoms do not move); usable as a monitor ``callback(event, atoms)``."""
-        if not self.switched:
-            self.switch_requested = True
-            self.results = {}
-
-    def _due(self, atoms: Atoms) -> bool:
-        if self.switched:
-            return False
-        if self.switch_requested:
-            return True
-        if self.rule is None:
-            return False
-        if callable(self.rule):
-            return bool(self.rule(self.n_calls, atoms))
-        return self.n_calls >= self.rule
-
-    def calculate(self, atoms: Atoms | None = None, properties: Any = ("energy",),
-                  system_changes: Any = tuple(all_changes)) -> None:
-        if atoms is None:
-            atoms = self.atoms
-        self.atoms = atoms.copy()
-        props = list(properties)
-        if self._due(atoms):
-            a = self._evaluate(self.calcs[0], props, atoms)
-            self.active = 1
-            b = self._evaluate(self.calcs[1], props, atoms)
-            self.record = SwitchRecord(
-                call=self.n_calls, atoms=atoms.copy(), platonic_a=a["platonic"],
-                platonic_b=b["platonic"], forces_a=a.get("forces"), forces_b=b.get("forces"),
-                energy_a=a.get("energy"), energy_b=b.get("energy"))
-            log.info("switched from %s to %s at calculation %d", self.calcs[0].backend.spec,
-                     self.calcs[1].backend.spec, self.n_calls)
-            for listener in self.on_switch:
-                listener(self.record)
-            self.results = b
-        else:
-            self.results = self._evaluate(self.calc, props, atoms)
-        self.n_calls += 1
-
-    @staticmethod
-    def _evaluate(calc: Any, properties: list[str], atoms: Atoms) -> dict[str, Any]:
-        for p in properties:
-            calc.get_property(p, atoms)
-        if "platonic" not in calc.results:
-            calc.get_property("platonic", atoms)
-        return dict(calc.results)
-
-    def get_platonic(self, atoms: Atoms | None = None) -> np.ndarray:
-        return self.get_property("platonic", atoms)
-
-    def get_embeddings(self, atoms: Atoms | None = None) -> np.ndarray:
-        return self.get_property("embeddings", atoms)
-
-    def provenance(self) -> dict[str, Any]:
-        """A's provenance, plus both models' under ``switching``."""
-        a, b = (c.provenance() for c in self.calcs)
-        return {**a, "switching": {"a": a, "b": b, "rule": repr(self.rule),
-                                   "switched_at_call": self.record.call if self.record else None}}
-
-    def __str__(self) -> str:
-        a, b = (c.backend.spec for c in self.calcs)
-        return f"SwitchingCalculator({a} -> {b}, rule={self.rule!r})"
-
-
-@dataclass
-class HandOver:
-    """Optimal transport between A's and B's coordinates of the same N atoms.
-
-    cost: mean squared distance per atom under the optimal matching; identity_cost: the same
-    with every atom kept on itself (>= cost); offset: squared distance between the two clouds'
-    means (part of both costs, no influence on the matching: ``cost - offset`` is the cost of
-    the centred clouds); matched_*: fractions of atoms (see module doc); matching: (N,) the B
-    atom each A atom is sent to.
-    """
-
-    cost: float
-    identity_cost: float
-    offset: float
-    matched_self: float
-    matched_equivalent: float
-    same_element: float
-    chance_equivalent: float
-    matching: np.ndarray = field(repr=False)
-    method: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"cost": self.cost, "identity_cost": self.identity_cost, "offset": self.offset,
-                "matched_self": self.matched_self, "matched_equivalent": self.matched_equivalent,
-                "same_element": self.same_element, "chance_equivalent": self.chance_equivalent,
-                "transport_method": self.method}
-
-
-def hand_over(z_a: np.ndarray, z_b: np.ndarray, numbers: np.ndarray,
-              classes: np.ndarray | None = None, **kwargs: Any) -> HandOver:
-    """Match A's coordinates (N, K) to B's (N, K) of the same atoms by optimal transport.
-
-    numbers: (N,) atomic numbers; classes: (N,) symmetry classes (None: every atom its own);
-    kwargs go to :func:`~platoscope.analysis.transport.transport`.
-    """
-    z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
-    if z_a.shape != z_b.shape:
-        raise ValueError(f"A's coordinates {z_a.shape} and B's {z_b.shape} differ in shape")
-    numbers = np.asarray(numbers)
-    classes = np.arange(len(numbers)) if classes is None else np.asarray(classes)
-    res = transport(z_a, z_b, elements=numbers, **kwargs)
-    m = res.matching
-    n = len(numbers)
-    _, cls_n = np.unique(classes, return_counts=True)
-    el_of_class = {c: numbers[classes == c][0] for c in np.unique(classes)}
-    n_el = {z: int((numbers == z).sum()) for z in np.unique(numbers)}
-    chance = sum(k * k / n_el[el_of_class[c]] for c, k in zip(np.unique(classes), cls_n,
-                                                                strict=True)) / n
-    return HandOver(
-        cost=float(res.cost),
-        identity_cost=float(np.mean(np.sum((z_a - z_b) ** 2, axis=1))),
-        offset=float(np.sum((z_a.mean(axis=0) - z_b.mean(axis=0)) ** 2)),
-        matched_self=float(np.mean(m == np.arange(n))),
-        matched_equivalent=float(np.mean(classes[m] == classes)),
-        same_element=float(np.mean(numbers[m] == numbers)),
-        chance_equivalent=float(chance), matching=m, method=res.method)
-
-
 class _CarriedBank:
     """A reference bank whose coordinates were carried into another model's space."""
 

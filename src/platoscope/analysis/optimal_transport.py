@@ -40,6 +40,10 @@ mostly absent from the other subsample.
 so only for N*M up to a few 10^7) and ``sliced`` (POT's min-pivot sliced plan: the best of
 ``n_projections`` 1-D sorted matchings scored in full dimension; fast, far from exact in high
 dimension) are available on request.
+
+Longer than 500 lines on purpose: one public solver (``transport``) with its size-dependent
+strategies (exact, blocks, k-NN matching, multiscale, Sinkhorn, sliced), which share private
+helpers and limits; the map (``TransportMap``) is their one user outside.
 """
 
 from __future__ import annotations
@@ -56,14 +60,8 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 
-from platoscope.analysis._checks import (
-    as_labels,
-    as_matrix,
-    as_weights,
-    check_metric,
-    knn_search,
-    same_cols,
-)
+from platoscope.analysis.inputs import as_labels, as_matrix, as_weights, check_metric, same_cols
+from platoscope.analysis.neighbors import knn_search
 
 METHODS = ("auto", "emd", "sinkhorn", "sliced", "blocks", "knn", "multiscale")
 COSTS = ("sqeuclidean", "euclidean")
