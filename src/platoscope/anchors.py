@@ -22,7 +22,12 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from platoscope.errors import AnchorCacheMismatchError, CorruptFileError, UnsupportedElementError
+from platoscope.errors import (
+    AnchorCacheMismatchError,
+    CorruptFileError,
+    InputError,
+    UnsupportedElementError,
+)
 from platoscope.paths import cache_dir, default_data_path
 from platoscope.provenance import sha256_bytes
 
@@ -74,12 +79,12 @@ class AnchorSet:
         self.pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         self.meta = dict(meta or {})
         if len(self.pairs) == 0:
-            raise ValueError("an AnchorSet needs at least one anchor")
+            raise InputError("an AnchorSet needs at least one anchor")
         for k, (s, i) in enumerate(self.pairs):
             if not 0 <= s < len(self.structures):
-                raise ValueError(f"anchor {k}: structure index {s} out of range")
+                raise InputError(f"anchor {k}: structure index {s} out of range")
             if not 0 <= i < len(self.structures[s]):
-                raise ValueError(
+                raise InputError(
                     f"anchor {k}: atom index {i} out of range for a structure of "
                     f"{len(self.structures[s])} atoms")
         self.hash = self._hash()
@@ -89,10 +94,10 @@ class AnchorSet:
         if not isinstance(atoms, Atoms):
             raise TypeError(f"anchor structures must be ase.Atoms, got {type(atoms).__name__}")
         if len(atoms) == 0:
-            raise ValueError("an anchor structure is empty")
+            raise InputError("an anchor structure is empty")
         pos = atoms.get_positions()
         if not np.isfinite(pos).all():
-            raise ValueError("an anchor structure has non-finite positions")
+            raise InputError("an anchor structure has non-finite positions")
         return Atoms(numbers=atoms.numbers.copy(), positions=pos.copy(),
                      cell=atoms.cell.array.copy(), pbc=atoms.pbc.copy())
 
@@ -323,7 +328,7 @@ def select_anchor_set(backend: Any, structures: Sequence[Atoms], *, k: int = 100
 
     structures = list(structures)
     if not structures:
-        raise ValueError("no structures to select anchors from")
+        raise InputError("no structures to select anchors from")
     feats = backend.embed(structures, batch_size=batch_size, progress=progress)
     emb = np.concatenate(feats)
     numbers = np.concatenate([a.numbers for a in structures])

@@ -16,7 +16,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from platoscope.anchors import AnchorSet
 from platoscope.backends import Backend, load_backend
-from platoscope.errors import InvalidStructureError
+from platoscope.errors import InputError, InvalidStructureError
 from platoscope.projection import DEFAULT_PROJECTION, Projector
 from platoscope.provenance import package_versions
 
@@ -55,11 +55,11 @@ class PlatonicCalculator(Calculator):
         proj = Projector(projection) if isinstance(projection, str) else projection
         if hasattr(proj, "anchors_"):
             if proj.anchors_.shape[0] != len(self.anchors):
-                raise ValueError(f"fitted Projector has {proj.anchors_.shape[0]} anchors, the "
+                raise InputError(f"fitted Projector has {proj.anchors_.shape[0]} anchors, the "
                                  f"anchor set {len(self.anchors)}")
             return proj
         if proj.needs_reference:
-            raise ValueError(f"projection {proj.name!r} needs reference statistics: pass a "
+            raise InputError(f"projection {proj.name!r} needs reference statistics: pass a "
                              "Projector fitted with reference_embeddings")
         return proj.fit(self.anchors.embed(self.backend, cache=use_cache))
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.coords import AtomCoordinates, check_comparable
+from platoscope.errors import InputError
 from platoscope.paths import safe_file_name
 from platoscope.writers import write_json_atomic
 
@@ -35,7 +36,7 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     from platoscope import analysis as an
 
     if len(coords) < 2:
-        raise ValueError("compare needs at least two coordinate files")
+        raise InputError("compare needs at least two coordinate files")
     for c in coords[1:]:
         check_comparable(coords[0], c)
     out = Path(out)
@@ -49,7 +50,7 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     if groups is not None:
         groups = np.asarray(groups)
         if groups.shape != (n,):
-            raise ValueError(f"groups has shape {groups.shape}, the coordinates {n} atoms")
+            raise InputError(f"groups has shape {groups.shape}, the coordinates {n} atoms")
         g = groups[idx]
     rep = np.arange(len(idx)) if g is None else np.unique(g, return_index=True)[1]
     proj = {nm: c.platonic[idx] for nm, c in zip(names, coords, strict=True)}

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.errors import AnchorSetMismatchError, CorruptFileError
+from platoscope.errors import AnchorSetMismatchError, CorruptFileError, InputError
 
 FORMAT = "platoscope.coords/1"
 
@@ -44,9 +44,9 @@ class AtomCoordinates:
         m = len(self.numbers)
         for name in ("platonic", "structure_index", "atom_index"):
             if len(getattr(self, name)) != m:
-                raise ValueError(f"{name} has {len(getattr(self, name))} rows, numbers has {m}")
+                raise InputError(f"{name} has {len(getattr(self, name))} rows, numbers has {m}")
         if self.embeddings is not None and len(self.embeddings) != m:
-            raise ValueError(f"embeddings has {len(self.embeddings)} rows, numbers has {m}")
+            raise InputError(f"embeddings has {len(self.embeddings)} rows, numbers has {m}")
 
     @property
     def model(self) -> str:
@@ -131,9 +131,9 @@ def embed_structures(calc: Any, structures: list, *, data_hash: str, batch_size:
     embedding (no forces), then the calculator's projector.
     """
     if not structures:
-        raise ValueError("no structures to embed")
+        raise InputError("no structures to embed")
     if calc.projector is None:
-        raise ValueError("the calculator has no anchors: nothing to project on")
+        raise InputError("the calculator has no anchors: nothing to project on")
     feats = calc.backend.embed(structures, batch_size=batch_size, progress=progress)
     emb = np.concatenate(feats)
     sizes = [len(f) for f in feats]

@@ -35,5 +35,9 @@ class CorruptFileError(PlatoscopeError, ValueError):
     """A file platoscope wrote (or should read) is truncated, tampered with or not ours."""
 
 
-class ConfigError(PlatoscopeError, ValueError):
+class InputError(PlatoscopeError, ValueError):
+    """A bad argument or input value (shape, range, name); the message names it."""
+
+
+class ConfigError(InputError):
     """A run was configured wrongly: unknown monitor, bad option value, missing argument."""

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from platoscope.errors import InputError
+
 NORMALIZATIONS = ("none", "center", "standardize", "whiten")
 KERNELS = ("linear", "softmax")
 PRESETS: dict[str, dict[str, Any]] = {
@@ -47,10 +49,10 @@ libraries may pick kernels by memory alignment or thread count."""
 def _as_2d(x: Any, name: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     if t.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (rows, features), got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be 2-D (rows, features), got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         row = int(torch.nonzero(~torch.isfinite(t).all(dim=1))[0])
-        raise ValueError(f"{name} has non-finite values (first at row {row})")
+        raise InputError(f"{name} has non-finite values (first at row {row})")
     return t
 
 
@@ -73,7 +75,7 @@ def project(embeddings: Any, anchors: Any, *, mean: Any = None, transform: Any =
 
 def _check_tau(tau: float | None) -> None:
     if tau is not None and not (np.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
+        raise InputError(f"tau must be a positive number, got {tau!r}")
 
 
 def _unit_rows(x: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None) -> torch.Tensor:
@@ -92,7 +94,7 @@ def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.T
     cannot embed) get coordinate 0 and no softmax mass.
     """
     if e.shape[1] != (an.shape[1] if w is None else w.shape[0]):
-        raise ValueError(
+        raise InputError(
             f"embeddings have {e.shape[1]} features but anchors have "
             f"{an.shape[1] if w is None else w.shape[0]}: were they made by the same model and "
             "layer?")
@@ -158,16 +160,16 @@ class Projector:
             kernel = kernel or preset["kernel"]
             tau = tau if tau is not None else preset.get("tau")
         if normalize not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalize={normalize!r}; valid: {', '.join(NORMALIZATIONS)}"
+            raise InputError(f"unknown normalize={normalize!r}; valid: {', '.join(NORMALIZATIONS)}"
                              f" or a preset: {', '.join(PRESETS)}")
         kernel = kernel or "linear"
         if kernel not in KERNELS:
-            raise ValueError(f"unknown kernel={kernel!r}; valid: {', '.join(KERNELS)}")
+            raise InputError(f"unknown kernel={kernel!r}; valid: {', '.join(KERNELS)}")
         if kernel == "softmax":
             tau = 0.015 if tau is None else float(tau)
             _check_tau(tau)
         elif tau is not None:
-            raise ValueError("tau applies to kernel='softmax' only")
+            raise InputError("tau applies to kernel='softmax' only")
         self.normalize = normalize
         self.kernel = kernel
         self.tau = tau
@@ -211,10 +213,10 @@ class Projector:
         """
         a_in = np.asarray(anchor_embeddings, dtype=np.float64)
         if a_in.ndim != 2:
-            raise ValueError(f"anchor_embeddings must be 2-D (K, D), got shape {a_in.shape}")
+            raise InputError(f"anchor_embeddings must be 2-D (K, D), got shape {a_in.shape}")
         missing = np.isnan(a_in).all(axis=1)
         if missing.all():
-            raise ValueError("no anchor can be embedded by this model (every anchor row is NaN)")
+            raise InputError("no anchor can be embedded by this model (every anchor row is NaN)")
         a = np.asarray(_as_2d(a_in[~missing], "anchor_embeddings").numpy())
         self.valid_: np.ndarray = ~missing
         self.mean_: np.ndarray | None = None
@@ -223,12 +225,12 @@ class Projector:
             self.mean_ = a.mean(axis=0)
         elif self.needs_reference:
             if reference_embeddings is None:
-                raise ValueError(f"normalize={self.normalize!r} needs reference_embeddings")
+                raise InputError(f"normalize={self.normalize!r} needs reference_embeddings")
             r = _as_2d(reference_embeddings, "reference_embeddings").numpy()
             if r.shape[1] != a.shape[1]:
-                raise ValueError(f"reference has {r.shape[1]} features, anchors {a.shape[1]}")
+                raise InputError(f"reference has {r.shape[1]} features, anchors {a.shape[1]}")
             if r.shape[0] < 2:
-                raise ValueError("reference_embeddings needs at least 2 rows")
+                raise InputError("reference_embeddings needs at least 2 rows")
             self.mean_ = r.mean(axis=0)
             if self.normalize == "standardize":
                 std = r.std(axis=0)

@@ -63,7 +63,12 @@ from ase import Atoms
 from ase.io.formats import UnknownFileTypeError, filetype, ioformats, string2index
 from ase.units import GPa
 
-from platoscope.errors import CorruptFileError, InvalidStructureError, PlatoscopeError
+from platoscope.errors import (
+    CorruptFileError,
+    InputError,
+    InvalidStructureError,
+    PlatoscopeError,
+)
 
 __all__ = ["StructureList", "read_frames", "read_structures", "structures_hash"]
 
@@ -96,7 +101,7 @@ def read_structures(path: str | Path, *, index: Index = ":", limit: int | None =
     format (extxyz, ...) broken at frame k yields the frames before k.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        raise InputError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     return _read(path, index, limit, on_error)
 
 
@@ -151,7 +156,7 @@ def _read(path: str | Path, index: Index, limit: int | None, on_error: str) -> S
         raise CorruptFileError(f"{p}: file is empty")
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0:
-            raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
+            raise InputError(f"limit must be None or an int >= 0, not {limit!r}")
         limit = int(limit)
     idx = _parse_index(index)
     parent = p.resolve().parent.name
@@ -191,7 +196,7 @@ def _parse_index(index: Index) -> int | slice:
     if isinstance(index, bool) or not isinstance(index, int | slice):
         raise TypeError(f"index must be an int, a slice or an ASE index string, not {index!r}")
     if isinstance(index, slice) and index.step == 0:
-        raise ValueError("index slice step must not be zero")
+        raise InputError("index slice step must not be zero")
     return index
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from ase import Atoms
 
 from platoscope.anchors import AnchorSet, _load_npz, _savez_atomic
-from platoscope.errors import AnchorSetMismatchError, CorruptFileError
+from platoscope.errors import AnchorSetMismatchError, CorruptFileError, InputError
 from platoscope.projection import Projector
 
 FORMAT = "platoscope.reference/1"
@@ -37,9 +37,9 @@ class ReferenceBank:
         self.numbers = np.asarray(numbers, dtype=np.int64)
         self.structure_index = np.asarray(structure_index, dtype=np.int64)
         if not (len(self.embeddings) == len(self.numbers) == len(self.structure_index)):
-            raise ValueError("embeddings, numbers and structure_index must have the same length")
+            raise InputError("embeddings, numbers and structure_index must have the same length")
         if len(self.numbers) == 0:
-            raise ValueError("a reference bank needs at least one atom")
+            raise InputError("a reference bank needs at least one atom")
         self.projector = projector
         self.anchor_set_hash = anchor_set_hash
         self.data_hash = data_hash
@@ -65,7 +65,7 @@ class ReferenceBank:
         from platoscope.provenance import package_versions
 
         if not structures:
-            raise ValueError("no reference structures given")
+            raise InputError("no reference structures given")
         index = np.arange(len(structures))
         supported = backend.supported_numbers
         skipped: list[int] = []
@@ -80,7 +80,7 @@ class ReferenceBank:
                               "out of its bank", stacklevel=2)
                 index = np.setdiff1d(index, skipped)
                 if not len(index):
-                    raise ValueError(f"{backend.spec} supports no element of any reference "
+                    raise InputError(f"{backend.spec} supports no element of any reference "
                                      "structure")
         structures = [structures[i] for i in index]
         feats = backend.embed(list(structures), batch_size=batch_size, progress=progress)
@@ -176,7 +176,7 @@ def shared_rows(bank_a: ReferenceBank, bank_b: ReferenceBank) -> tuple[np.ndarra
     ib = np.flatnonzero(np.isin(bank_b.structure_index, common))
     if len(ia) != len(ib) or not len(ia) or (bank_a.numbers[ia] != bank_b.numbers[ib]).any() or (
             bank_a.structure_index[ia] != bank_b.structure_index[ib]).any():
-        raise ValueError(f"the reference banks of {bank_a.model} ({len(bank_a)} atoms) and "
+        raise InputError(f"the reference banks of {bank_a.model} ({len(bank_a)} atoms) and "
                          f"{bank_b.model} ({len(bank_b)} atoms) do not hold the same reference "
                          "atoms in the same order")
     return ia, ib

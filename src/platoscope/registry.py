@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Generic, TypeVar
 
+from platoscope.errors import InputError
+
 T = TypeVar("T")
 
 __all__ = ["Registry"]
@@ -26,7 +28,7 @@ class Registry(Generic[T]):
         """Register ``value`` under ``key``; a key taken by another value is a ValueError
         unless ``replace``."""
         if key in self._entries and self._entries[key] is not value and not replace:
-            raise ValueError(f"a {self.kind} named {key!r} is already registered")
+            raise InputError(f"a {self.kind} named {key!r} is already registered")
         self._entries[key] = value
         return value
 

@@ -33,6 +33,7 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
+from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
 from platoscope.provenance import package_versions
 from platoscope.writers import EventLog, FrameSidecar, write_json_atomic
@@ -50,9 +51,9 @@ def store_coords_for(mode: str, n_anchors: int, *, embeddings: bool = True) -> b
     """Whether a run keeps per-frame coordinates: ``always``, ``never`` (derive them from the
     embeddings) or ``auto`` (keep them while K <= :data:`STORE_COORDS_MAX_K`)."""
     if mode not in STORE_COORDS:
-        raise ValueError(f"store_coords must be one of {', '.join(STORE_COORDS)}, not {mode!r}")
+        raise InputError(f"store_coords must be one of {', '.join(STORE_COORDS)}, not {mode!r}")
     if mode == "never" and not embeddings:
-        raise ValueError("store_coords='never' derives coordinates from the embeddings in "
+        raise InputError("store_coords='never' derives coordinates from the embeddings in "
                          "frames.h5, which embeddings=False (--no-embeddings) leaves out")
     return mode == "always" or not embeddings or (
         mode == "auto" and n_anchors <= STORE_COORDS_MAX_K)
@@ -182,7 +183,7 @@ def make_dynamics(atoms: Atoms, *, ensemble: str, timestep_fs: float, temperatur
         return NPTBerendsen(atoms, dt, temperature_K=temperature_K,
                             pressure_au=pressure_GPa * units.GPa, taut=100 * units.fs,
                             taup=1000 * units.fs, compressibility_au=4.57e-5 / units.bar)
-    raise ValueError(f"unknown ensemble {ensemble!r}; valid: nve, nvt, npt")
+    raise InputError(f"unknown ensemble {ensemble!r}; valid: nve, nvt, npt")
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -259,7 +260,7 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
     if restart:
         prev, last = last_frame(out)
         if len(prev) != len(atoms) or (prev.numbers != atoms.numbers).any():
-            raise ValueError(f"cannot restart: the last frame in {out} holds "
+            raise InputError(f"cannot restart: the last frame in {out} holds "
                              f"{prev.get_chemical_formula()}, not {atoms.get_chemical_formula()}")
         atoms.positions, atoms.cell = prev.positions, prev.cell
         if prev.has("momenta"):
@@ -303,7 +304,7 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
 
     opt_cls = getattr(optimize, optimizer, None)
     if opt_cls is None:
-        raise ValueError(f"unknown optimizer {optimizer!r} (try BFGS, FIRE, LBFGS)")
+        raise InputError(f"unknown optimizer {optimizer!r} (try BFGS, FIRE, LBFGS)")
     calc = atoms.calc
     config = {"kind": "relax", "fmax": fmax, "steps": steps, "cell": cell,
               "optimizer": optimizer, "n_atoms": len(atoms),

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from platoscope.errors import InputError
 from platoscope.writers.jsonio import to_jsonable
 
 METHODS = ("direct", "fps", "random")
@@ -76,13 +77,13 @@ def _check_features(features: Any) -> np.ndarray:
     """(N, D) float64 copy-free view where possible; empty or non-finite input is refused."""
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f"features must be 2-D (rows, features), got shape {x.shape}")
+        raise InputError(f"features must be 2-D (rows, features), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"features are empty (shape {x.shape}): nothing to select from")
+        raise InputError(f"features are empty (shape {x.shape}): nothing to select from")
     finite = np.isfinite(x).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
-        raise ValueError(f"features have NaN or inf values: {int((~finite).sum())} bad rows, "
+        raise InputError(f"features have NaN or inf values: {int((~finite).sum())} bad rows, "
                          f"the first is row {row}")
     return x
 
@@ -92,9 +93,9 @@ def _check_k(k: Any, n: int) -> int:
         raise TypeError(f"k must be an integer, got {type(k).__name__}")
     k = int(k)
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise InputError(f"k must be at least 1, got {k}")
     if k > n:
-        raise ValueError(f"k={k} is larger than the number of rows ({n})")
+        raise InputError(f"k={k} is larger than the number of rows ({n})")
     return k
 
 
@@ -103,16 +104,16 @@ def _check_elements(per_element: Any, n: int, k: int) -> np.ndarray | None:
         return None
     z = np.asarray(per_element)
     if z.ndim != 1 or len(z) != n:
-        raise ValueError(f"per_element must have shape ({n},) (one atomic number per row), "
+        raise InputError(f"per_element must have shape ({n},) (one atomic number per row), "
                          f"got {z.shape}")
     if not np.issubdtype(z.dtype, np.integer):
         if not (np.issubdtype(z.dtype, np.floating) and np.all(np.isfinite(z))
                 and np.all(z == np.round(z))):
-            raise ValueError("per_element must hold integer atomic numbers")
+            raise InputError("per_element must hold integer atomic numbers")
         z = z.astype(np.int64)
     n_el = len(np.unique(z))
     if n_el > k:
-        raise ValueError(f"per_element has {n_el} distinct elements but k={k}: cannot select "
+        raise InputError(f"per_element has {n_el} distinct elements but k={k}: cannot select "
                          "one anchor per element; raise k or drop per_element")
     return z.astype(np.int64, copy=False)
 
@@ -143,10 +144,10 @@ def _prepare_metric(x: np.ndarray, metric: str) -> np.ndarray:
         norms = np.linalg.norm(x, axis=1)
         if not (norms > 0).all():
             row = int(np.flatnonzero(~(norms > 0))[0])
-            raise ValueError(f"cosine metric: row {row} is a zero vector (no direction)")
+            raise InputError(f"cosine metric: row {row} is a zero vector (no direction)")
         x = x / norms[:, None]
     elif metric != "euclidean":
-        raise ValueError(f"unknown metric {metric!r}; valid: 'euclidean', 'cosine'")
+        raise InputError(f"unknown metric {metric!r}; valid: 'euclidean', 'cosine'")
     return x - x.mean(axis=0)
 
 
@@ -160,7 +161,7 @@ def covering_radius(features: Any, indices: Sequence[int] | np.ndarray, *,
     x = _prepare_metric(_check_features(features), metric)
     sel = np.asarray(indices, dtype=np.int64)
     if sel.ndim != 1 or len(sel) == 0:
-        raise ValueError("indices must be a non-empty 1-D sequence of row indices")
+        raise InputError("indices must be a non-empty 1-D sequence of row indices")
     return float(np.sqrt(_sq_dist_to_set(x, np.einsum("ij,ij->i", x, x), sel).max()))
 
 
@@ -255,12 +256,12 @@ def select_fps(features: Any, k: int, *, metric: str = "euclidean",
         start_rule = "farthest_from_mean"
     elif isinstance(start, str):
         if start != "random":
-            raise ValueError(f"start must be None, 'random' or a row index, got {start!r}")
+            raise InputError(f"start must be None, 'random' or a row index, got {start!r}")
         first = int(np.random.default_rng(random_state).integers(n))
         start_rule = "random"
     elif isinstance(start, (int, np.integer)) and not isinstance(start, bool):
         if not -n <= int(start) < n:
-            raise ValueError(f"start={start} is out of range for {n} rows")
+            raise InputError(f"start={start} is out of range for {n} rows")
         first = int(start) % n
         start_rule = "given"
     else:
@@ -321,7 +322,7 @@ def _direct_space(x: np.ndarray, max_components: int | None) -> tuple[np.ndarray
     m = max(int((evals > 1.0).sum()), 1)
     if max_components is not None:
         if int(max_components) < 1:
-            raise ValueError(f"max_pca_components must be at least 1, got {max_components}")
+            raise InputError(f"max_pca_components must be at least 1, got {max_components}")
         m = min(m, int(max_components))
     ratio = evals[:m] / total if total > 0 else np.zeros(m)
     z = (xs @ evecs[:, :m]) * ratio
@@ -448,7 +449,7 @@ def select_direct(features: Any, k: int = 100, *, random_state: int | None = 0,
     perm = rng.permutation(n)
     n_sub = n if birch_subsample is None else min(n, int(birch_subsample))
     if n_sub < 1:
-        raise ValueError(f"birch_subsample must be positive or None, got {birch_subsample}")
+        raise InputError(f"birch_subsample must be positive or None, got {birch_subsample}")
     params["birch_subsample"] = n_sub
     if threshold is None:
         birch, threshold, trace = _threshold_search(
@@ -456,7 +457,7 @@ def select_direct(features: Any, k: int = 100, *, random_state: int | None = 0,
             branching_factor=branching_factor)
     else:  # a threshold from an earlier run (params["threshold"]): no search
         if not threshold > 0:
-            raise ValueError(f"threshold must be positive, got {threshold}")
+            raise InputError(f"threshold must be positive, got {threshold}")
         threshold = float(threshold)
         count, birch = _birch_count(z[perm[:n_sub]], threshold, branching_factor)
         trace = [[threshold, count]]
@@ -534,5 +535,5 @@ def select_anchors(features: Any, k: int, method: str = "direct", **kw: Any) -> 
     per_element, metric, ...).
     """
     if method not in _SELECTORS:
-        raise ValueError(f"unknown selection method {method!r}; valid: {', '.join(METHODS)}")
+        raise InputError(f"unknown selection method {method!r}; valid: {', '.join(METHODS)}")
     return _SELECTORS[method](features, k, **kw)

@@ -22,6 +22,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, all_changes
 
+from platoscope.errors import InputError
+
 __all__ = ["Rule", "SwitchRecord", "SwitchingCalculator"]
 
 log = logging.getLogger("platoscope.switching")
@@ -53,11 +55,11 @@ class SwitchingCalculator(BaseCalculator):
     def __init__(self, calc_a: Any, calc_b: Any, rule: Rule = None):
         super().__init__()
         if rule is not None and not callable(rule) and (not isinstance(rule, int) or rule < 0):
-            raise ValueError(f"rule must be a step number >= 0, a callable or None, got {rule!r}")
+            raise InputError(f"rule must be a step number >= 0, a callable or None, got {rule!r}")
         ka = len(calc_a.anchors) if getattr(calc_a, "anchors", None) is not None else None
         kb = len(calc_b.anchors) if getattr(calc_b, "anchors", None) is not None else None
         if ka is None or ka != kb or calc_a.anchors.hash != calc_b.anchors.hash:
-            raise ValueError("calc_a and calc_b must be PlatonicCalculators on the same AnchorSet")
+            raise InputError("calc_a and calc_b must be PlatonicCalculators on the same AnchorSet")
         self.calcs = (calc_a, calc_b)
         self.implemented_properties = [p for p in calc_a.implemented_properties
                                        if p in calc_b.implemented_properties]

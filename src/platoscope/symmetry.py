@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from platoscope.errors import InvalidStructureError
+from platoscope.errors import InputError, InvalidStructureError
 
 __all__ = [
     "SymmetryInfo",
@@ -119,7 +119,7 @@ def symmetry_groups(structures: Any, symprec: float = 1e-3) -> np.ndarray:
         out.append(c + offset)
         offset += int(c.max()) + 1 if len(c) else 0
     if not out:
-        raise ValueError("symmetry_groups got no structures")
+        raise InputError("symmetry_groups got no structures")
     return np.concatenate(out)
 
 
@@ -127,12 +127,12 @@ def _check(coords: Any, classes: Any) -> tuple[np.ndarray, np.ndarray, int]:
     x = np.asarray(coords, dtype=np.float64)
     c = np.asarray(classes)
     if x.ndim != 2:
-        raise ValueError(f"coords must be (N, K), got shape {x.shape}")
+        raise InputError(f"coords must be (N, K), got shape {x.shape}")
     if c.shape != (x.shape[0],):
-        raise ValueError(f"classes must be ({x.shape[0]},) for coords of shape {x.shape}, "
+        raise InputError(f"classes must be ({x.shape[0]},) for coords of shape {x.shape}, "
                          f"got {c.shape}")
     if c.size and (not np.issubdtype(c.dtype, np.integer) or c.min() < 0):
-        raise ValueError("classes must be non-negative integer class ids")
+        raise InputError("classes must be non-negative integer class ids")
     return x, c.astype(np.int64), int(c.max()) + 1 if c.size else 0
 
 
@@ -167,7 +167,7 @@ def class_spread(coords: Any, classes: Any, kind: Literal["max", "rms"] = "max"
     no atoms (ids are 0..max(classes)).
     """
     if kind not in ("max", "rms"):
-        raise ValueError(f"kind must be 'max' or 'rms', not {kind!r}")
+        raise InputError(f"kind must be 'max' or 'rms', not {kind!r}")
     x, c, n_classes = _check(coords, classes)
     dist = distance_from_class_mean(x, c)
     counts = np.bincount(c, minlength=n_classes)

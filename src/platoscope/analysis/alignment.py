@@ -16,6 +16,7 @@ from scipy.linalg import orthogonal_procrustes
 
 from platoscope.analysis.inputs import as_labels, as_matrix, check_metric, same_cols, same_rows
 from platoscope.analysis.neighbors import knn_sets, ranks, unit_rows
+from platoscope.errors import InputError
 
 _METRICS = ("cosine", "euclidean")
 
@@ -39,7 +40,7 @@ def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:
     """
     check_metric(metric, _METRICS)
     if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     k = int(k)
     x, y = _pair(X, Y, min_rows=k + 1)
     nx_, ny_ = knn_sets(x, k, metric), knn_sets(y, k, metric)
@@ -64,7 +65,7 @@ def linear_cka(X: Any, Y: Any) -> float:
     ny_ = np.linalg.norm(y.T @ y)
     if nx_ == 0 or ny_ == 0:
         which = "X" if nx_ == 0 else "Y"
-        raise ValueError(f"{which} (shape {(x if nx_ == 0 else y).shape}) has zero variance: "
+        raise InputError(f"{which} (shape {(x if nx_ == 0 else y).shape}) has zero variance: "
                          "CKA is undefined")
     return float(np.linalg.norm(y.T @ x) ** 2 / (nx_ * ny_))
 
@@ -84,7 +85,7 @@ def procrustes(X: Any, Y: Any) -> tuple[np.ndarray, float]:
     sx, sy = np.linalg.norm(x), np.linalg.norm(y)
     if sx == 0 or sy == 0:
         which = "X" if sx == 0 else "Y"
-        raise ValueError(f"{which} (shape {x.shape}) has zero variance: Procrustes is undefined")
+        raise InputError(f"{which} (shape {x.shape}) has zero variance: Procrustes is undefined")
     x /= sx
     y /= sy
     r, _ = orthogonal_procrustes(x, y)
@@ -115,7 +116,7 @@ def retrieval_accuracy(X: Any, Y: Any, k: int = 1, groups: Any = None,
     check_metric(metric, _METRICS)
     x, y = _pair(X, Y, same_dim=True)
     if int(k) != k or not 1 <= k <= x.shape[0]:
-        raise ValueError(f"k must be an integer in [1, N={x.shape[0]}], got {k!r}")
+        raise InputError(f"k must be an integer in [1, N={x.shape[0]}], got {k!r}")
     if groups is None:
         r = ranks(x, y, np.arange(x.shape[0]), metric)
     else:
@@ -133,7 +134,7 @@ def retrieval_chance(n: int, k: int, groups: Any = None) -> float:
     a random k-subset holds one of the class's members (exact, hypergeometric).
     """
     if int(k) != k or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer in [1, n={n}], got {k!r}")
+        raise InputError(f"k must be an integer in [1, n={n}], got {k!r}")
     if groups is None:
         return k / n
     from math import comb
@@ -154,7 +155,7 @@ def alignment_matrix(coords: Mapping[str, Any], metric_fn: Callable[..., float],
     """
     names = list(coords)
     if not names:
-        raise ValueError("coords is empty: need at least one model")
+        raise InputError("coords is empty: need at least one model")
     n = len(names)
     out = np.full((n, n), np.nan)
     for i in range(n):
@@ -164,7 +165,7 @@ def alignment_matrix(coords: Mapping[str, Any], metric_fn: Callable[..., float],
                 continue
             value = metric_fn(coords[names[i]], coords[names[j]], **kwargs)
             if not np.isscalar(value):
-                raise ValueError(f"metric_fn must return a scalar, got {type(value).__name__} "
+                raise InputError(f"metric_fn must return a scalar, got {type(value).__name__} "
                                  f"for ({names[i]!r}, {names[j]!r})")
             out[i, j] = float(value)
     return names, out

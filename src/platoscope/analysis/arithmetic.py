@@ -15,6 +15,7 @@ import numpy as np
 
 from platoscope.analysis.inputs import as_labels, as_matrix, check_metric, same_cols, same_rows
 from platoscope.analysis.neighbors import ranks
+from platoscope.errors import InputError
 
 
 def substitution_vector(Z: Any, coords: Any, a: int, b: int) -> np.ndarray:
@@ -27,7 +28,7 @@ def substitution_vector(Z: Any, coords: Any, a: int, b: int) -> np.ndarray:
     z = as_labels(Z, "Z", x.shape[0])
     for name, el in (("a", a), ("b", b)):
         if not np.any(z == el):
-            raise ValueError(f"element {name}={el} has no atoms in Z (shape {z.shape})")
+            raise InputError(f"element {name}={el} has no atoms in Z (shape {z.shape})")
     return x[z == b].mean(axis=0) - x[z == a].mean(axis=0)
 
 
@@ -69,18 +70,18 @@ def arithmetic_retrieval(source: Any, target: Any, pool: Any, target_index: Any,
     same_cols(src, pl, "source", "pool")
     idx = as_labels(target_index, "target_index", src.shape[0])
     if idx.min() < 0 or idx.max() >= pl.shape[0]:
-        raise ValueError(f"target_index (shape {idx.shape}) must index pool rows "
+        raise InputError(f"target_index (shape {idx.shape}) must index pool rows "
                          f"0..{pl.shape[0] - 1}, got {idx.min()}..{idx.max()}")
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks!r}")
+        raise InputError(f"ks must be positive integers, got {ks!r}")
     n = src.shape[0]
     tgt = pl[idx] if target is None else as_matrix(target, "target")
     same_rows(src, tgt, "source", "target")
     same_cols(src, tgt, "source", "target")
     if vector is None:
         if n < 2:
-            raise ValueError("a leave-one-out vector needs at least 2 pairs; pass vector=")
+            raise InputError("a leave-one-out vector needs at least 2 pairs; pass vector=")
         diff = tgt - src
         vectors = (diff.sum(axis=0) - diff) / (n - 1)
     else:
@@ -90,7 +91,7 @@ def arithmetic_retrieval(source: Any, target: Any, pool: Any, target_index: Any,
         v = as_matrix(v, "vector")
         same_cols(src, v, "source", "vector")
         if v.shape[0] not in (1, n):
-            raise ValueError(f"vector has shape {np.shape(vector)}: expected ({src.shape[1]},) "
+            raise InputError(f"vector has shape {np.shape(vector)}: expected ({src.shape[1]},) "
                              f"or ({n}, {src.shape[1]})")
         vectors = np.broadcast_to(v, src.shape).copy()
     r = ranks(src + vectors, pl, idx, metric)

@@ -19,6 +19,7 @@ import numpy as np
 
 from platoscope.analysis.inputs import as_labels, as_matrix, check_metric
 from platoscope.analysis.neighbors import unit_rows
+from platoscope.errors import InputError
 
 STATISTICS = ("mean", "median")
 
@@ -27,12 +28,12 @@ def _stack(coords: Mapping[str, Any], min_models: int = 1) -> tuple[list[str], n
     """(names, array (n_models, N, K)), after checking every model has the same shape."""
     names = list(coords)
     if len(names) < min_models:
-        raise ValueError(f"coords has {len(names)} model(s); at least {min_models} needed")
+        raise InputError(f"coords has {len(names)} model(s); at least {min_models} needed")
     arrays = [as_matrix(coords[k], f"coords[{k!r}]") for k in names]
     shape = arrays[0].shape
     for k, arr in zip(names, arrays, strict=True):
         if arr.shape != shape:
-            raise ValueError(f"coords[{k!r}] has shape {arr.shape} but coords[{names[0]!r}] has "
+            raise InputError(f"coords[{k!r}] has shape {arr.shape} but coords[{names[0]!r}] has "
                              f"{shape}: all models need the same atoms and anchor axes")
     return names, np.stack(arrays)
 
@@ -47,9 +48,9 @@ def consensus(coords: Mapping[str, Any], exclude: str | None = None,
     names, stack = _stack(coords)
     if exclude is not None:
         if exclude not in names:
-            raise ValueError(f"exclude={exclude!r} is not a model in coords ({names})")
+            raise InputError(f"exclude={exclude!r} is not a model in coords ({names})")
         if len(names) < 2:
-            raise ValueError("a leave-one-out consensus needs at least 2 models")
+            raise InputError("a leave-one-out consensus needs at least 2 models")
         stack = stack[[i for i, k in enumerate(names) if k != exclude]]
     return stack.mean(axis=0) if statistic == "mean" else np.median(stack, axis=0)
 

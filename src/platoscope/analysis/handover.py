@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.analysis.optimal_transport import transport
+from platoscope.errors import InputError
 
 __all__ = ["HandOver", "hand_over"]
 
@@ -50,7 +51,7 @@ def hand_over(z_a: np.ndarray, z_b: np.ndarray, numbers: np.ndarray,
     """
     z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
     if z_a.shape != z_b.shape:
-        raise ValueError(f"A's coordinates {z_a.shape} and B's {z_b.shape} differ in shape")
+        raise InputError(f"A's coordinates {z_a.shape} and B's {z_b.shape} differ in shape")
     numbers = np.asarray(numbers)
     classes = np.arange(len(numbers)) if classes is None else np.asarray(classes)
     res = transport(z_a, z_b, elements=numbers, **kwargs)

@@ -6,28 +6,30 @@ from typing import Any
 
 import numpy as np
 
+from platoscope.errors import InputError
+
 
 def as_matrix(x: Any, name: str, *, min_rows: int = 1) -> np.ndarray:
     """``x`` as a finite float64 array of shape (rows, features) with at least ``min_rows`` rows."""
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
+        raise InputError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (rows, features), got shape {arr.shape}")
+        raise InputError(f"{name} must be 2-D (rows, features), got shape {arr.shape}")
     if arr.shape[0] < min_rows or arr.shape[1] == 0:
-        raise ValueError(
+        raise InputError(
             f"{name} has shape {arr.shape}: need at least {min_rows} row(s) and 1 feature")
     if not np.isfinite(arr).all():
         row = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-        raise ValueError(f"{name} (shape {arr.shape}) has NaN/inf values (first at row {row})")
+        raise InputError(f"{name} (shape {arr.shape}) has NaN/inf values (first at row {row})")
     return arr
 
 
 def same_rows(x: np.ndarray, y: np.ndarray, xname: str, yname: str) -> None:
     """Raise unless ``x`` and ``y`` have the same number of rows (the same atoms)."""
     if x.shape[0] != y.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"{xname} has shape {x.shape} and {yname} has shape {y.shape}: the rows must be the "
             "same atoms, so their counts must match")
 
@@ -35,7 +37,7 @@ def same_rows(x: np.ndarray, y: np.ndarray, xname: str, yname: str) -> None:
 def same_cols(x: np.ndarray, y: np.ndarray, xname: str, yname: str) -> None:
     """Raise unless ``x`` and ``y`` have the same number of columns (one shared space)."""
     if x.shape[1] != y.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"{xname} has shape {x.shape} and {yname} has shape {y.shape}: they must live in "
             "the same space (equal number of columns), e.g. the same anchor axes")
 
@@ -44,16 +46,16 @@ def as_labels(z: Any, name: str, n: int | None = None) -> np.ndarray:
     """``z`` as a 1-D int64 array (atomic numbers or class ids), of length ``n`` if given."""
     arr = np.asarray(z)
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+        raise InputError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
+        raise InputError(f"{name} is empty (shape {arr.shape})")
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
-            raise ValueError(f"{name} (shape {arr.shape}) must hold integers, found non-integers")
+            raise InputError(f"{name} (shape {arr.shape}) must hold integers, found non-integers")
     elif arr.dtype.kind not in "iub":
-        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+        raise InputError(f"{name} must hold integers, got dtype {arr.dtype}")
     if n is not None and arr.shape[0] != n:
-        raise ValueError(f"{name} has shape {arr.shape} but {n} rows were expected")
+        raise InputError(f"{name} has shape {arr.shape} but {n} rows were expected")
     return arr.astype(np.int64)
 
 
@@ -63,12 +65,12 @@ def as_weights(w: Any, name: str, n: int) -> np.ndarray:
         return np.full(n, 1.0 / n)
     arr = np.asarray(w, dtype=np.float64)
     if arr.shape != (n,):
-        raise ValueError(f"{name} has shape {arr.shape} but ({n},) was expected")
+        raise InputError(f"{name} has shape {arr.shape} but ({n},) was expected")
     if not np.isfinite(arr).all() or (arr < 0).any() or arr.sum() <= 0:
-        raise ValueError(f"{name} (shape {arr.shape}) must be finite, >= 0 and not all zero")
+        raise InputError(f"{name} (shape {arr.shape}) must be finite, >= 0 and not all zero")
     return arr / arr.sum()
 
 
 def check_metric(metric: str, allowed: tuple[str, ...], name: str = "metric") -> None:
     if metric not in allowed:
-        raise ValueError(f"unknown {name}={metric!r}; valid: {', '.join(allowed)}")
+        raise InputError(f"unknown {name}={metric!r}; valid: {', '.join(allowed)}")

@@ -56,8 +56,8 @@ def knn_search(queries: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarra
     """k nearest pool rows of each query by Euclidean distance: (dist (n, k), idx (n, k)).
 
     Sorted nearest first. Small problems (n * M < 2**22) in plain numpy, which avoids the start-up
-    cost of scikit-learn's threaded reductions (~0.1 s a call on a busy 2-core machine); larger
-    ones by scikit-learn's brute-force ``NearestNeighbors`` (about twice as fast as numpy there).
+    cost of scikit-learn's threaded reductions; larger ones by scikit-learn's brute-force
+    ``NearestNeighbors``.
     """
     k = min(k, pool.shape[0])
     n = queries.shape[0]

@@ -62,6 +62,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from platoscope.analysis.inputs import as_labels, as_matrix, as_weights, check_metric, same_cols
 from platoscope.analysis.neighbors import knn_search
+from platoscope.errors import InputError
 
 METHODS = ("auto", "emd", "sinkhorn", "sliced", "blocks", "knn", "multiscale")
 COSTS = ("sqeuclidean", "euclidean")
@@ -348,7 +349,7 @@ def _parse_elements(elements: Any, n: int, m: int) -> tuple[np.ndarray, np.ndarr
     if isinstance(elements, tuple | list) and len(elements) == 2 and np.ndim(elements[0]) == 1:
         return as_labels(elements[0], "elements[0]", n), as_labels(elements[1], "elements[1]", m)
     if n != m:
-        raise ValueError(f"elements must be a pair of arrays ((N,), (M,)) = (({n},), ({m},)) "
+        raise InputError(f"elements must be a pair of arrays ((N,), (M,)) = (({n},), ({m},)) "
                          "when X and Y have different row counts")
     e = as_labels(elements, "elements", n)
     return e, e
@@ -380,11 +381,11 @@ def transport(X: Any, Y: Any, a: Any = None, b: Any = None, method: str = "auto"
     wa, wb = as_weights(a, "a", n), as_weights(b, "b", m)
     el = _parse_elements(elements, n, m)
     if not reg > 0:
-        raise ValueError(f"reg must be > 0, got {reg!r}")
+        raise InputError(f"reg must be > 0, got {reg!r}")
     if int(block_size) != block_size or block_size < 2:
-        raise ValueError(f"block_size must be an integer >= 2, got {block_size!r}")
+        raise InputError(f"block_size must be an integer >= 2, got {block_size!r}")
     if int(knn) != knn or knn < 1:
-        raise ValueError(f"knn must be a positive integer, got {knn!r}")
+        raise InputError(f"knn must be a positive integer, got {knn!r}")
     knn = int(knn)
     lim = _Limits(int(max_exact), int(max_assignment), knn, int(block_size), seed)
 
@@ -406,15 +407,15 @@ def transport(X: Any, Y: Any, a: Any = None, b: Any = None, method: str = "auto"
         sol = _sliced(x, y, wa, wb, metric, n_projections, seed)
     elif chosen == "blocks":
         if el is None:
-            raise ValueError("method='blocks' needs elements=(eX (N,), eY (M,))")
+            raise InputError("method='blocks' needs elements=(eX (N,), eY (M,))")
         sol = _blocks(x, y, wa, wb, el[0], el[1], metric, lim)
     elif chosen == "knn":
         if n != m or not (_is_uniform(wa) and _is_uniform(wb)):
-            raise ValueError(f"method='knn' needs N == M and uniform masses; got X {x.shape}, "
+            raise InputError(f"method='knn' needs N == M and uniform masses; got X {x.shape}, "
                              f"Y {y.shape}")
         sol = _knn_matching(x, y, metric, knn)
         if sol is None:
-            raise ValueError(f"the symmetric {knn}-NN graph of X {x.shape} and Y {y.shape} has "
+            raise InputError(f"the symmetric {knn}-NN graph of X {x.shape} and Y {y.shape} has "
                              "no perfect matching: raise knn or use method='multiscale'")
     else:
         sol = _multiscale(x, y, wa, wb, metric, lim.block_size, seed)
@@ -475,7 +476,7 @@ class TransportMap:
             elements: Any = None) -> TransportMap:
         """Couple X (N, D) with Y (M, D); ``a``, ``b``, ``elements`` as in :func:`transport`."""
         if int(self.n_neighbors) != self.n_neighbors or self.n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be a positive integer, got {self.n_neighbors!r}")
+            raise InputError(f"n_neighbors must be a positive integer, got {self.n_neighbors!r}")
         x = as_matrix(X, "X")
         res = transport(x, Y, a, b, method=self.method, elements=elements, reg=self.reg,
                         metric=self.metric, max_exact=self.max_exact,
@@ -505,10 +506,10 @@ class TransportMap:
         elements: optional (n,) labels of the new points (used when ``fit`` had elements).
         """
         if not hasattr(self, "X_fit_"):
-            raise ValueError("this TransportMap is not fitted yet: call fit(X, Y) first")
+            raise InputError("this TransportMap is not fitted yet: call fit(X, Y) first")
         x = as_matrix(X, "X")
         if x.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has shape {x.shape} but the map was fitted on "
+            raise InputError(f"X has shape {x.shape} but the map was fitted on "
                              f"{self.n_features_in_} features")
         out = np.empty_like(x)
         if elements is None or self.elements_ is None:

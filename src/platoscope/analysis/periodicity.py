@@ -19,6 +19,7 @@ import numpy as np
 
 from platoscope.analysis.inputs import as_labels, as_matrix, check_metric
 from platoscope.analysis.neighbors import unit_rows
+from platoscope.errors import InputError
 
 LANTHANOID_GROUP = 19
 ACTINOID_GROUP = 20
@@ -60,7 +61,7 @@ def group_period(Z: Any, f_block: str = "group3") -> tuple[np.ndarray, np.ndarra
     check_metric(f_block, F_BLOCK, "f_block")
     z = as_labels(Z, "Z")
     if z.min() < 1 or z.max() > MAX_Z:
-        raise ValueError(f"Z (shape {z.shape}) must lie in 1..{MAX_Z}, got {z.min()}..{z.max()}")
+        raise InputError(f"Z (shape {z.shape}) must lie in 1..{MAX_Z}, got {z.min()}..{z.max()}")
     g, p = GROUP[z].copy(), PERIOD[z].copy()
     if f_block == "separate":
         g[(z >= 57) & (z <= 71)] = LANTHANOID_GROUP
@@ -85,10 +86,10 @@ def _check_means(elements: Any, means: Any) -> tuple[np.ndarray, np.ndarray]:
     m = as_matrix(means, "means", min_rows=2)
     e = as_labels(elements, "elements")
     if e.shape[0] != m.shape[0]:
-        raise ValueError(f"elements has shape {e.shape} and means has shape {m.shape}: one mean "
+        raise InputError(f"elements has shape {e.shape} and means has shape {m.shape}: one mean "
                          "row per element is needed")
     if np.unique(e).size != e.size:
-        raise ValueError(f"elements (shape {e.shape}) has repeated atomic numbers")
+        raise InputError(f"elements (shape {e.shape}) has repeated atomic numbers")
     return e, m
 
 

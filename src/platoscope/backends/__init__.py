@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from platoscope.backends.base import Backend, BackendProvenance, LayerSpec, validate_atoms
-from platoscope.errors import BackendUnavailableError, UnknownBackendError
+from platoscope.errors import BackendUnavailableError, InputError, UnknownBackendError
 from platoscope.registry import Registry
 
 __all__ = [
@@ -118,7 +118,7 @@ def load_backend(spec: str | Any, *, layer: str | None = None, device: str = "cp
     """
     if isinstance(spec, Backend):
         if layer is not None and layer != spec.layer:
-            raise ValueError(f"{spec!r} is already built with layer {spec.layer!r}, not {layer!r}")
+            raise InputError(f"{spec!r} is already built with layer {spec.layer!r}, not {layer!r}")
         return spec
     if not isinstance(spec, str):
         return _from_calculator(spec, layer=layer)

@@ -21,7 +21,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
-from platoscope.errors import InvalidStructureError, UnsupportedElementError
+from platoscope.errors import InputError, InvalidStructureError, UnsupportedElementError
 from platoscope.provenance import package_versions
 
 Extractor = Callable[[Any, Any], torch.Tensor]
@@ -167,7 +167,7 @@ class Backend(ABC):
         self.layer = layer or self.default_layer
         layers = self.available_layers()
         if self.layer not in layers:
-            raise ValueError(
+            raise InputError(
                 f"unknown layer {self.layer!r} for {self.spec}; available: {', '.join(layers)}"
             )
         self._layer_spec = self.layer_spec(self.layer)

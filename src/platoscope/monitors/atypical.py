@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from platoscope.errors import ConfigError
+from platoscope.errors import ConfigError, InputError
 from platoscope.monitors.base import Frame, Monitor, MonitorWarning
 from platoscope.monitors.registry import MonitorOption, register_monitor
 from platoscope.reference import ReferenceBank
@@ -96,11 +96,11 @@ class AtypicalMonitor(Monitor):
                  same_element: bool = True, space: str = "raw", **kwargs: Any):
         super().__init__(**kwargs)
         if not 0 < quantile < 1:
-            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+            raise InputError(f"quantile must be in (0, 1), got {quantile}")
         if space not in SPACES:
-            raise ValueError(f"space must be 'raw' or 'projected', got {space!r}")
+            raise InputError(f"space must be 'raw' or 'projected', got {space!r}")
         if space == "raw" and getattr(bank, "embeddings", None) is None:
-            raise ValueError(f"space='raw' needs the bank's raw embeddings; {bank.model} holds "
+            raise InputError(f"space='raw' needs the bank's raw embeddings; {bank.model} holds "
                              "projected coordinates only: use space='projected'")
         self.bank = bank
         self.k = k
@@ -145,7 +145,7 @@ class AtypicalMonitor(Monitor):
             all_scores.append(s)
         pooled = np.concatenate(all_scores)
         if pooled.size == 0:
-            raise ValueError("reference bank too small to calibrate: every element sits in a "
+            raise InputError("reference bank too small to calibrate: every element sits in a "
                              "single structure")
         self.global_threshold_ = float(np.quantile(pooled, self.quantile))
         for z, s in self.calibration_scores_.items():
@@ -184,22 +184,22 @@ class AtypicalMonitor(Monitor):
         """The frame's (N, D) embeddings (raw) or (N, K) coordinates (projected), float64."""
         raw = self.space == "raw"
         if raw and frame.embeddings is None:
-            raise ValueError("space='raw' needs the frame's raw embeddings (the "
+            raise InputError("space='raw' needs the frame's raw embeddings (the "
                              "PlatonicCalculator's results['embeddings']), and this frame has "
                              "none: pass Frame(embeddings=...) or use space='projected'")
         z = np.asarray(frame.embeddings if raw else frame.platonic, dtype=np.float64)
         what = "embeddings" if raw else "coordinates"
         if z.ndim != 2 or len(z) != len(frame.atoms):
-            raise ValueError(f"frame {what} have shape {z.shape}, expected "
+            raise InputError(f"frame {what} have shape {z.shape}, expected "
                              f"({len(frame.atoms)}, width) for {len(frame.atoms)} atoms")
         width = self._all.shape[1]
         if z.shape[1] != width and raw:
-            raise ValueError(f"frame embeddings have D={z.shape[1]}, the reference bank of "
+            raise InputError(f"frame embeddings have D={z.shape[1]}, the reference bank of "
                              f"{self.bank.model} D={width}: raw embeddings of different models "
                              "or layers have different widths; use the bank of the running "
                              "model and layer, or space='projected'")
         if z.shape[1] != width:
-            raise ValueError(f"frame has K={z.shape[1]} coordinates, the reference bank "
+            raise InputError(f"frame has K={z.shape[1]} coordinates, the reference bank "
                              f"K={width}: different anchor sets")
         return z
 

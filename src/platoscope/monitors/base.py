@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from platoscope.errors import InputError
+
 log = logging.getLogger("platoscope.monitors")
 
 ACTIONS = ("record", "warn", "stop", "callback", "dump")
@@ -99,11 +101,11 @@ class Monitor(ABC):
                  callback: Callable[[Event, Atoms], Any] | None = None, interval: int = 1,
                  dump_dir: str | Path | None = None):
         if action not in ACTIONS:
-            raise ValueError(f"unknown action {action!r}; valid: {', '.join(ACTIONS)}")
+            raise InputError(f"unknown action {action!r}; valid: {', '.join(ACTIONS)}")
         if action == "callback" and callback is None:
-            raise ValueError("action='callback' needs callback=")
+            raise InputError("action='callback' needs callback=")
         if interval < 1:
-            raise ValueError(f"interval must be >= 1, got {interval}")
+            raise InputError(f"interval must be >= 1, got {interval}")
         self.threshold = threshold
         self.action = action
         self.callback = callback
@@ -208,7 +210,7 @@ class Watcher:
                  strict: bool = False, raise_on_stop: bool = True, start_step: int = 0):
         names = [m.name for m in monitors]
         if len(set(names)) != len(names):
-            raise ValueError(f"monitor names must be unique, got {names}")
+            raise InputError(f"monitor names must be unique, got {names}")
         self.monitors = list(monitors)
         self.sinks = list(sinks)
         self.strict = strict
@@ -224,7 +226,7 @@ class Watcher:
         """Watch with one more monitor from the next frame on (started on its first due
         frame)."""
         if any(m.name == monitor.name for m in self.monitors):
-            raise ValueError(f"a monitor named {monitor.name!r} is already watching")
+            raise InputError(f"a monitor named {monitor.name!r} is already watching")
         self.monitors.append(monitor)
 
     def frame_from(self, atoms: Atoms, step: int, *, calc: Any = None,
@@ -244,7 +246,7 @@ class Watcher:
 
     def __call__(self, atoms: Atoms | None = None) -> None:
         if atoms is None:
-            raise ValueError("attach the watcher with atoms: dyn.attach(watcher, atoms=atoms)")
+            raise InputError("attach the watcher with atoms: dyn.attach(watcher, atoms=atoms)")
         self.process(self.frame_from(atoms, self.step))
         self.step += 1
 
@@ -261,7 +263,7 @@ class Watcher:
                     self._started[id(m)] = m
                 s = np.asarray(m.score(frame), dtype=np.float64)
                 if s.shape != (len(frame.atoms),):
-                    raise ValueError(f"score has shape {s.shape}, expected ({len(frame.atoms)},)")
+                    raise InputError(f"score has shape {s.shape}, expected ({len(frame.atoms)},)")
                 scores[m.name] = s
                 for key, extra in m.extra_scores(frame).items():
                     scores[f"{m.name}_{key}"] = np.asarray(extra, dtype=np.float64)

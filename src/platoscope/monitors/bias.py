@@ -34,7 +34,7 @@ from ase.calculators.calculator import all_changes
 from ase.data import chemical_symbols
 
 from platoscope.backends.base import check_elements
-from platoscope.errors import AnchorSetMismatchError, ConfigError
+from platoscope.errors import AnchorSetMismatchError, ConfigError, InputError
 from platoscope.monitors.base import Frame, Monitor
 from platoscope.monitors.registry import (
     DEFAULT_INTERVAL,
@@ -101,9 +101,9 @@ class BiasMonitor(Monitor):
                  atoms: Atoms | None = None, interval: int = DEFAULT_INTERVAL, **kwargs: Any):
         super().__init__(interval=interval, **kwargs)
         if not 0 < quantile < 1:
-            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+            raise InputError(f"quantile must be in (0, 1), got {quantile}")
         if getattr(calc_b, "projector", None) is None:
-            raise ValueError("calc_b must be a PlatonicCalculator with anchors (the same "
+            raise InputError("calc_b must be a PlatonicCalculator with anchors (the same "
                              "AnchorSet as the running model's)")
         self.calc_b = calc_b
         self.quantile = quantile
@@ -113,7 +113,7 @@ class BiasMonitor(Monitor):
         if bank_a is not None and bank_b is not None:
             self.calibrate(bank_a, bank_b)
         elif self.threshold is None:
-            raise ValueError("BiasMonitor needs both models' reference banks (bank_a, bank_b) "
+            raise InputError("BiasMonitor needs both models' reference banks (bank_a, bank_b) "
                              "to calibrate its thresholds, or a fixed threshold=")
         self.expected_false_alarm_rate = 1.0 - quantile if self.threshold is None else None
         self._stats: dict[int, np.ndarray] = {}  # Z -> [n, sum s, max s, n over, sum f, max f]

@@ -36,7 +36,7 @@ from ase import Atoms
 from platoscope.analysis.handover import HandOver, hand_over
 from platoscope.analysis.optimal_transport import TransportMap
 from platoscope.backends.base import check_elements
-from platoscope.errors import ConfigError, InvalidStructureError
+from platoscope.errors import ConfigError, InputError, InvalidStructureError
 from platoscope.monitors.base import Event, Frame, Monitor
 from platoscope.monitors.registry import DEFAULT_INTERVAL, MonitorContext, register_monitor
 from platoscope.switching import SwitchingCalculator, SwitchRecord
@@ -86,7 +86,7 @@ class SwitchMonitor(Monitor):
                  retarget: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
         if not 0 <= min_matched <= 1:
-            raise ValueError(f"min_matched must be in [0, 1], got {min_matched}")
+            raise InputError(f"min_matched must be in [0, 1], got {min_matched}")
         self.calc_b = calc_b
         self.min_matched = float(min_matched)
         self.symprec = symprec
@@ -143,11 +143,11 @@ class SwitchMonitor(Monitor):
         from platoscope.reference import default_bank
 
         if self.bank_b != "default":
-            raise ValueError(f"bank_b must be a ReferenceBank, 'default' or None, not "
+            raise InputError(f"bank_b must be a ReferenceBank, 'default' or None, not "
                              f"{self.bank_b!r}")
         calc_b = calc.calcs[1] if isinstance(calc, SwitchingCalculator) else self.calc_b
         if calc_b is None:
-            raise ValueError("bank_b='default' needs model B: a SwitchingCalculator or calc_b")
+            raise InputError("bank_b='default' needs model B: a SwitchingCalculator or calc_b")
         return default_bank(calc_b.backend, calc_b.anchors, projection=calc_b.projector,
                             progress=True)
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor
 from platoscope.monitors.registry import register_monitor
 from platoscope.symmetry import SymmetryInfo, analyse_symmetry, distance_from_class_mean
@@ -84,11 +85,11 @@ class SymmetryMonitor(Monitor):
                  **kwargs: Any):
         super().__init__(**kwargs)
         if not symprec > 0:
-            raise ValueError(f"symprec must be > 0 Å, got {symprec}")
+            raise InputError(f"symprec must be > 0 Å, got {symprec}")
         if not factor >= 1:
-            raise ValueError(f"factor must be >= 1 (a multiple of the noise), got {factor}")
+            raise InputError(f"factor must be >= 1 (a multiple of the noise), got {factor}")
         if not floor >= 0:
-            raise ValueError(f"floor must be >= 0, got {floor}")
+            raise InputError(f"floor must be >= 0, got {floor}")
         self.symprec = float(symprec)
         self.reference = reference
         self.factor = float(factor)
@@ -147,7 +148,7 @@ class SymmetryMonitor(Monitor):
         ref = self.reference if self.reference is not None else frame.atoms
         n = len(frame.atoms)
         if len(ref) != n or (np.asarray(ref.numbers) != frame.atoms.numbers).any():
-            raise ValueError(
+            raise InputError(
                 f"symmetry reference {ref.get_chemical_formula()} ({len(ref)} atoms) does not "
                 f"match the frames ({frame.atoms.get_chemical_formula()}, {n} atoms): same "
                 "atoms in the same order needed")
@@ -185,13 +186,13 @@ class SymmetryMonitor(Monitor):
         if "platonic" in ref.arrays:
             z = np.asarray(ref.arrays["platonic"], dtype=np.float64)
             if z.shape != np.shape(frame.platonic):
-                raise ValueError(f"the symmetry reference's 'platonic' array has shape "
+                raise InputError(f"the symmetry reference's 'platonic' array has shape "
                                  f"{z.shape}, the frames' {np.shape(frame.platonic)}: made with "
                                  "another anchor set; drop the array to recompute it")
             return z
         calc = frame.calc
         if calc is None or getattr(calc, "projector", None) is None:
-            raise ValueError("the symmetry reference has no 'platonic' array and the frame's "
+            raise InputError("the symmetry reference has no 'platonic' array and the frame's "
                              "calculator cannot project it: pass a PlatonicCalculator")
         _, feats = calc.backend.compute(ref.copy(), ("energy",))
         return calc.projector.transform(feats)
@@ -201,7 +202,7 @@ class SymmetryMonitor(Monitor):
         if self.classes_ is None:  # not started (e.g. not due on the Watcher's first frame)
             self.start(frame)
         if len(frame.atoms) != len(self.classes_):
-            raise ValueError(f"frame has {len(frame.atoms)} atoms, the symmetry reference "
+            raise InputError(f"frame has {len(frame.atoms)} atoms, the symmetry reference "
                              f"{len(self.classes_)}")
         return self.classes_
 

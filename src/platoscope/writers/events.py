@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from platoscope.errors import CorruptFileError
+from platoscope.errors import CorruptFileError, InputError
 from platoscope.writers.jsonio import to_jsonable
 from platoscope.writers.runfiles import EVENTS
 
@@ -35,7 +35,7 @@ class EventLog:
 
     def __init__(self, path: str | os.PathLike, mode: Literal["a", "w"] = "a"):
         if mode not in ("a", "w"):
-            raise ValueError(f"mode must be 'a' or 'w', not {mode!r}")
+            raise InputError(f"mode must be 'a' or 'w', not {mode!r}")
         p = Path(path)
         self.path = p / EVENTS if p.is_dir() else p
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
@@ -69,10 +69,10 @@ class EventLog:
         Returns the record as written.
         """
         if self._fd is None:
-            raise ValueError(f"{self.path}: event log is closed")
+            raise InputError(f"{self.path}: event log is closed")
         clash = set(extra) & set(_EVENT_CORE)
         if clash:
-            raise ValueError(f"extra event fields {sorted(clash)} clash with core fields")
+            raise InputError(f"extra event fields {sorted(clash)} clash with core fields")
         record = {
             "step": int(step),
             "monitor": str(monitor),
@@ -92,7 +92,7 @@ class EventLog:
         """:meth:`log` taking one dict (e.g. ``Event.to_dict()``): the core fields plus extras."""
         missing = [k for k in _EVENT_CORE if k not in event]
         if missing:
-            raise ValueError(f"event lacks the fields {missing}")
+            raise InputError(f"event lacks the fields {missing}")
         extra = {k: v for k, v in event.items() if k not in _EVENT_CORE}
         return self.log(*(event[k] for k in _EVENT_CORE), **extra)
 
@@ -147,7 +147,7 @@ def read_events(path: str | os.PathLike, *, warn: bool = True) -> EventLogData:
         try:
             rec = json.loads(line)
             if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
+                raise InputError("not a JSON object")
         except ValueError as exc:
             if i == len(complete) - 1 and not tail:
                 truncated_text = line.decode("utf-8", errors="replace")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
-from platoscope.errors import CorruptFileError, PlatoscopeError
+from platoscope.errors import CorruptFileError, InputError, PlatoscopeError
 from platoscope.writers.jsonio import fsync_dir, new_sibling, remove_stale_temps, to_jsonable
 
 SIDECAR_FORMAT = "platoscope-frame-sidecar"
@@ -335,9 +335,9 @@ def _as_array(x: Any, name: str, shape: tuple[int | None, ...], dtype: Any) -> n
     if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape,
                                                                               strict=True)):
         want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
-        raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
+        raise InputError(f"{name} must have shape {want}, got {arr.shape}")
     if np.issubdtype(np.dtype(dtype), np.integer) and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+        raise InputError(f"{name} must be integers, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
@@ -350,7 +350,7 @@ def _write_state(f: h5py.File, state: Mapping[str, Any]) -> None:
     g = f.create_group(_PROJECTOR)
     for key, val in state.items():
         if not isinstance(key, str) or not key or "/" in key or key in (".", ".."):
-            raise ValueError(f"projector state key {key!r} must be a non-empty name without '/'")
+            raise InputError(f"projector state key {key!r} must be a non-empty name without '/'")
         arr = np.asarray(val)
         if _text_array(arr):
             g.create_dataset(key, data=arr.astype(str).astype(object), dtype=h5py.string_dtype())
@@ -419,7 +419,7 @@ class FrameSidecar:
                  projector_state: Mapping[str, Any] | None = None, store_platonic: bool = True,
                  verify: bool = True):
         if mode not in ("w", "a"):
-            raise ValueError(f"mode must be 'w' or 'a', not {mode!r}")
+            raise InputError(f"mode must be 'w' or 'a', not {mode!r}")
         self.path = Path(path)
         self.fsync = fsync
         self.chunk_bytes = int(chunk_bytes)
@@ -492,7 +492,7 @@ class FrameSidecar:
 
     def _check_derivable(self, stored_state: dict[str, Any] | None) -> None:
         if not self.store_platonic and stored_state is None and self._new_state is None:
-            raise ValueError(f"{self.path}: store_platonic=False derives coordinates from the "
+            raise InputError(f"{self.path}: store_platonic=False derives coordinates from the "
                              "embeddings and needs the projector: pass projector_state="
                              "projector.get_state() (or store_platonic=True)")
 
@@ -508,7 +508,7 @@ class FrameSidecar:
     @staticmethod
     def _check_score_name(name: str) -> None:
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"score name {name!r} must be a non-empty string without '/'")
+            raise InputError(f"score name {name!r} must be a non-empty string without '/'")
 
     def _check_identity(self, stored: dict[str, Any], given: dict[str, Any], file_k: int,
                         file_d: int, k: int | None, d: int | None) -> None:
@@ -584,7 +584,7 @@ class FrameSidecar:
         """Whether readers will derive coordinates ``z`` (N, K) from embeddings ``e`` (N, D)
         exactly, so that they need not be stored."""
         if e is None:
-            raise ValueError(f"{self.path}: store_platonic=False derives coordinates from the "
+            raise InputError(f"{self.path}: store_platonic=False derives coordinates from the "
                              "embeddings, but this frame has platonic and no embeddings: pass "
                              "embeddings= (or store_platonic=True)")
         if not self.verify:
@@ -633,7 +633,7 @@ class FrameSidecar:
         it.
         """
         if self._file is None:
-            raise ValueError(f"{self.path}: sidecar is closed")
+            raise InputError(f"{self.path}: sidecar is closed")
         if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
             raise TypeError(f"step must be an int, got {type(step).__name__}")
         numbers = _as_array(numbers, "numbers", (None,), np.int32)
@@ -642,7 +642,7 @@ class FrameSidecar:
         cell = _as_array(cell, "cell", (3, 3), np.float64)
         pbc = np.asarray(True if pbc is None else pbc, dtype=bool)
         if pbc.shape not in ((), (3,)):
-            raise ValueError(f"pbc must be a bool or have shape (3,), got {pbc.shape}")
+            raise InputError(f"pbc must be a bool or have shape (3,), got {pbc.shape}")
         pbc = np.broadcast_to(pbc, (3,))
         opt: dict[str, np.ndarray] = {}
         if embeddings is not None:
