@@ -16,7 +16,7 @@ Metrics: Spearman correlation with the error and AUROC for flagging the atoms wi
 structure against force RMSE and |energy error per atom|). Plus each score's cost per frame
 relative to one model evaluation.
 
-    .venv-sevenn/bin/python research/evidence_detection.py            # full (~25 min cold, ~3 warm)
+    .venv-sevenn/bin/python research/evidence_detection.py            # full (timings: docs/detection.md)
     .venv-sevenn/bin/python research/evidence_detection.py --quick    # test splits, 2+1 models
 
 Model outputs (energies, forces, per-atom features, timings) are cached under

@@ -26,7 +26,7 @@ Outputs: ``results/shared_space.json``, ``docs/figures/shared_space_*.png``, mar
 stdout. ``--quick`` runs a reduced grid (about a minute or two).
 
     python research/embed_corpus.py --corpora mp20_train mp20_val perov5 carbon24
-    python research/evidence_shared_space.py            # full (about 10 min on 2 cores)
+    python research/evidence_shared_space.py            # full (timings: docs/shared_space.md)
     python research/evidence_shared_space.py --quick
 """
 

@@ -18,7 +18,7 @@
    0.2.0 (same family). Then the carried atypical thresholds are compared with B's own
    calibration (B's reference bank is built once and cached: a few minutes for SevenNet-0).
 
-Prints markdown tables; ``--json`` also stores every number. Runs in about 15-30 min on 2 cores.
+Prints markdown tables; ``--json`` also stores every number. Run time: docs/symmetry_switch.md.
 """
 
 from __future__ import annotations

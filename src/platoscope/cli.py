@@ -58,6 +58,18 @@ layer_option = click.option(
     help="Feature layer (default per backend: chgnet atom_fea, sevenn 1_equivariant_gate, mace "
          "interaction0_invariant; see the README's backend table)")
 device_option = click.option("--device", default="cpu", show_default=True)
+def _with(options):
+    """Apply a list of click decorators in order."""
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return deco
+
+
+data_model_options = [
+    click.argument("data", nargs=-1, required=True, type=click.Path(exists=True)),
+    model_option, layer_option, device_option]
 
 
 @click.group(cls=_Group)
@@ -85,10 +97,7 @@ def anchors() -> None:
 
 
 @anchors.command("select")
-@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@model_option
-@layer_option
-@device_option
+@_with(data_model_options)
 @click.option("-k", "--k", "k", default=100, show_default=True, help="Number of anchors K")
 @click.option("--method", type=click.Choice(["direct", "fps", "random"]), default="direct",
               show_default=True)
@@ -157,10 +166,7 @@ def reference() -> None:
 
 
 @reference.command("build")
-@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@model_option
-@layer_option
-@device_option
+@_with(data_model_options)
 @click.option("--anchors", "anchors_path", default="default", show_default=True)
 @click.option("--projection", default=DEFAULT_PROJECTION, show_default=True,
               help=f"Projection preset: {', '.join(PRESETS)}")
@@ -180,10 +186,7 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
 
 
 @main.command()
-@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@model_option
-@layer_option
-@device_option
+@_with(data_model_options)
 @click.option("--anchors", "anchors_path", default="default", show_default=True)
 @click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
               help="Use this bank's projector (needed for standardized/whitened projections)")
@@ -294,14 +297,6 @@ common_run_options = [
     click.option("--report/--no-report", default=True, show_default=True,
                  help="Write plots and report.txt when the run ends"),
 ]
-
-
-def _with(options):
-    def deco(f):
-        for opt in reversed(options):
-            f = opt(f)
-        return f
-    return deco
 
 
 def _end(result: dict, out: str, report: bool) -> None:

@@ -90,11 +90,8 @@ class SymmetryMonitor(Monitor):
             raise InputError(f"factor must be >= 1 (a multiple of the noise), got {factor}")
         if not floor >= 0:
             raise InputError(f"floor must be >= 0, got {floor}")
-        self.symprec = float(symprec)
-        self.reference = reference
-        self.factor = float(factor)
-        self.floor = float(floor)
-        self.repeat = repeat
+        self.symprec, self.factor, self.floor = float(symprec), float(factor), float(floor)
+        self.reference, self.repeat = reference, repeat
         self.fixed_threshold = self.threshold
         self.expected_false_alarm_rate = 0.0
         self.info_: SymmetryInfo | None = None
