@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,42 +27,13 @@ from platoscope.errors import (
     InputError,
     UnsupportedElementError,
 )
+from platoscope.npzfiles import load_npz, savez_atomic
 from platoscope.paths import cache_dir, default_data_path
 from platoscope.provenance import sha256_bytes
 
 FORMAT = "platoscope.anchorset/1"
 CACHE_FORMAT = "platoscope.anchormatrix/1"
 DEFAULT_ANCHORS = "anchors_default.npz"
-
-
-def _savez_atomic(path: Path, *, compressed: bool = False, **arrays: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _load_npz(path: Path, fmt: str, what: str, hint: str = "") -> dict[str, np.ndarray]:
-    """Every array of a platoscope ``.npz`` file (no pickle); CorruptFileError naming the file
-    when it cannot be read or holds another format than ``fmt``; FileNotFoundError if absent."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as err:
-        raise CorruptFileError(f"{path}: not a readable {what} ({err}){hint}") from err
-    if str(data.get("format", "")) != fmt:
-        raise CorruptFileError(f"{path}: not a platoscope {what} (format "
-                               f"{str(data.get('format', 'missing'))!r}){hint}")
-    return data
 
 
 class AnchorSet:
@@ -165,7 +135,7 @@ class AnchorSet:
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz")
         sizes = np.array([len(a) for a in self.structures], dtype=np.int64)
-        _savez_atomic(
+        savez_atomic(
             path,
             format=np.array(FORMAT),
             hash=np.array(self.hash),
@@ -182,7 +152,7 @@ class AnchorSet:
     @classmethod
     def load(cls, path: str | os.PathLike) -> AnchorSet:
         """Read a file written by :meth:`save`; a damaged or foreign file: CorruptFileError."""
-        data = _load_npz(Path(path), FORMAT, "anchor-set file")
+        data = load_npz(Path(path), FORMAT, "anchor-set file")
         try:
             offsets = np.concatenate([[0], np.cumsum(data["sizes"])])
             structures = [
@@ -254,7 +224,7 @@ class AnchorSet:
         if left_out:
             self._warn_left_out(backend, mat)
         if cache:
-            _savez_atomic(path, format=np.array(CACHE_FORMAT), matrix=mat,
+            savez_atomic(path, format=np.array(CACHE_FORMAT), matrix=mat,
                           anchor_hash=np.array(self.hash), fingerprint=np.array(fp),
                           model=np.array(backend.spec), layer=np.array(backend.layer))
         return mat
@@ -288,7 +258,7 @@ class AnchorSet:
             UserWarning, stacklevel=3)
 
     def _read_cache(self, path: Path, backend: Any, fp: str) -> np.ndarray:
-        data = _load_npz(path, CACHE_FORMAT, "anchor-matrix cache", "; delete it to recompute")
+        data = load_npz(path, CACHE_FORMAT, "anchor-matrix cache", "; delete it to recompute")
         if str(data["anchor_hash"]) != self.hash:
             raise AnchorCacheMismatchError(
                 f"{path} holds anchors of set {str(data['anchor_hash'])[:12]}, not of this set "

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from platoscope.anchors import AnchorSet, _load_npz, _savez_atomic
+from platoscope.anchors import AnchorSet
 from platoscope.errors import AnchorSetMismatchError, CorruptFileError, InputError
+from platoscope.npzfiles import load_npz, savez_atomic
 from platoscope.projection import Projector
 
 FORMAT = "platoscope.reference/1"
@@ -136,7 +137,7 @@ class ReferenceBank:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         state = {f"projector_{k}": v for k, v in self.projector.get_state().items()}
-        _savez_atomic(path, compressed=True, format=np.array(FORMAT), embeddings=self.embeddings,
+        savez_atomic(path, compressed=True, format=np.array(FORMAT), embeddings=self.embeddings,
                       numbers=self.numbers.astype(np.int16),
                       structure_index=self.structure_index.astype(np.int32),
                       anchor_set_hash=np.array(self.anchor_set_hash),
@@ -147,7 +148,7 @@ class ReferenceBank:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReferenceBank:
         """Read a bank written by :meth:`save`; a damaged or foreign file: CorruptFileError."""
-        data = _load_npz(Path(path), FORMAT, "reference bank")
+        data = load_npz(Path(path), FORMAT, "reference bank")
         try:
             state = {k.removeprefix("projector_"): v for k, v in data.items()
                      if k.startswith("projector_")}
