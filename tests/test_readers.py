@@ -130,7 +130,7 @@ def test_data_folder_is_complete_small_and_attributed():
     for needle in ["CC-BY-4.0", "MIT", "BSD-3-Clause", "Jain et al.", "Castelli", "Pickard",
                    "Zuo et al.", "builders/copy_data.py"]:
         assert needle in prov, needle
-    assert (REPO / "scripts" / "copy_data.py").is_file()
+    assert (REPO / "builders" / "copy_data.py").is_file()
 
 
 # ---------------------------------------------------------------------------------- CDVAE CSV

@@ -17,22 +17,32 @@ _LAZY = {
     "available_backends": "platoscope.backends",
     "project": "platoscope.projection",
     "Projector": "platoscope.projection",
+    "RunConfig": "platoscope.assembly",
+    "build_run": "platoscope.assembly",
+    "register_backend": "platoscope.backends",
+    "register_monitor": "platoscope.monitors.registry",
 }
 
 __all__ = [
     "AnchorSet",
     "PlatonicCalculator",
     "Projector",
+    "RunConfig",
     "__version__",
     "available_backends",
+    "build_run",
     "load_backend",
     "project",
+    "register_backend",
+    "register_monitor",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from platoscope.anchors import AnchorSet
-    from platoscope.backends import available_backends, load_backend
+    from platoscope.assembly import RunConfig, build_run
+    from platoscope.backends import available_backends, load_backend, register_backend
     from platoscope.calculator import PlatonicCalculator
+    from platoscope.monitors.registry import register_monitor
     from platoscope.projection import Projector, project
 
 
