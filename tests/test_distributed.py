@@ -242,3 +242,14 @@ def test_atoms_roundtrip_no_info_leak():
     b = _light(a)
     assert b.info == {"source": "f", "source_index": 3}
     np.testing.assert_array_equal(a.positions, b.positions)
+
+
+def test_missing_dask_names_the_extra(backend, monkeypatch):
+    import sys
+
+    from platoscope.errors import PlatoscopeError
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(PlatoscopeError, match=r"platoscope\[dask\]"), open_executor(
+            ModelSpec.of(backend), workers=2):
+        pass
