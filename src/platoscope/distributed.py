@@ -189,7 +189,11 @@ def _remote_chunk(model: ModelSpec, index: int, start: int, structures: list[Ato
     try:
         from distributed import get_worker
 
-        name = get_worker().address
+        worker = get_worker()
+        name = worker.address
+        if model.threads is None:  # an existing cluster: torch threads = the worker's threads
+            model = ModelSpec(model.spec, model.layer, model.device,
+                              getattr(worker, "nthreads", None))
     except (ImportError, ValueError):
         name = f"pid {os.getpid()}"
     res = compute_chunk(worker_backend(model), structures, index=index, start=start)
