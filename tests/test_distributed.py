@@ -90,7 +90,7 @@ def test_embed_cli_workers_equals_serial(tmp_path):
     assert not parts_folder(a).exists() and not parts_folder(b).exists()
 
 
-def test_monitor_cli_workers_equals_serial_and_many_inputs(tmp_path):
+def test_monitor_cli_scheduler_equals_serial_and_many_inputs(tmp_path):
     runner = CliRunner()
     (tmp_path / "run1").mkdir()
     (tmp_path / "run2").mkdir()
@@ -99,8 +99,11 @@ def test_monitor_cli_workers_equals_serial_and_many_inputs(tmp_path):
     base = ["monitor", "--batch-size", "3", "--no-report", "--store-coords", "always"]
     r1 = runner.invoke(main, [*base, str(t1), "--out", str(tmp_path / "serial")])
     assert r1.exit_code == 0, r1.output
-    r2 = runner.invoke(main, [*base, str(t1), str(t2), "--workers", "2",
-                              "--out", str(tmp_path / "dask")])
+    # an existing cluster, by address (the --workers path is tested by the embed test)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        r2 = runner.invoke(main, [*base, str(t1), str(t2), "--scheduler",
+                                  cluster.scheduler_address, "--out", str(tmp_path / "dask")])
     assert r2.exit_code == 0, r2.output
     s = read(tmp_path / "serial" / "frames.extxyz", index=":")
     d = read(tmp_path / "dask" / "run1_md" / "frames.extxyz", index=":")
@@ -116,6 +119,7 @@ def test_monitor_cli_workers_equals_serial_and_many_inputs(tmp_path):
 
     summary = json.loads((tmp_path / "dask" / "run1_md" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["cluster"]["workers"] == 2
+    assert summary["cluster"]["mode"] == "scheduler"
     assert summary["failed_frames"] == []
 
 
