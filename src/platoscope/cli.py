@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -57,7 +58,18 @@ layer_option = click.option(
     "--layer", default=None,
     help="Feature layer (default per backend: chgnet atom_fea, sevenn 1_equivariant_gate, mace "
          "interaction0_invariant; see the README's backend table)")
-device_option = click.option("--device", default="cpu", show_default=True)
+device_option = click.option("--device", default="cpu", show_default=True,
+                             help="torch device of the model: cpu, cuda, cuda:1 ...")
+cluster_options = [
+    click.option("--workers", type=int, default=None,
+                 help="Run the model on a local Dask cluster of N worker processes x 1 thread "
+                      "(needs pip install 'platoscope[dask]')"),
+    click.option("--scheduler", default=None,
+                 help="Run the model on an existing Dask cluster at this address "
+                      "(e.g. tcp://host:8786, as dask-jobqueue prints)"),
+]
+
+
 def _with(options):
     """Apply a list of click decorators in order."""
     def deco(f):
@@ -70,6 +82,15 @@ def _with(options):
 data_model_options = [
     click.argument("data", nargs=-1, required=True, type=click.Path(exists=True)),
     model_option, layer_option, device_option]
+
+
+def _executor(backend: Any, device: str, workers: int | None, scheduler: str | None,
+              chunk_size: int):
+    """In-process, local-cluster or remote executor of the forward passes (closed on exit)."""
+    from platoscope.distributed import ModelSpec, open_executor
+
+    return open_executor(ModelSpec.of(backend, device=device), workers=workers,
+                         scheduler=scheduler, backend=backend, chunk_size=chunk_size)
 
 
 @click.group(cls=_Group)
@@ -171,17 +192,33 @@ def reference() -> None:
 @click.option("--projection", default=DEFAULT_PROJECTION, show_default=True,
               help=f"Projection preset: {', '.join(PRESETS)}")
 @click.option("--limit", type=int, default=None)
+@click.option("--batch-size", default=16, show_default=True,
+              help="Structures per task and per model batch")
+@_with(cluster_options)
 @click.option("--out", "-o", required=True, type=click.Path())
-def reference_build(data, model, layer, device, anchors_path, projection, limit, out):
+def reference_build(data, model, layer, device, anchors_path, projection, limit, batch_size,
+                    workers, scheduler, out):
     """Embed DATA with MODEL and store the bank (embeddings, projector, provenance)."""
     from platoscope.backends import load_backend
+    from platoscope.distributed import ChunkStore, parts_folder
     from platoscope.reference import ReferenceBank
 
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
-    bank = ReferenceBank.build(backend, structures, _anchors(anchors_path), projection=projection,
-                               data_hash=data_hash, progress=True)
+    store = ChunkStore(parts_folder(out), {
+        "kind": "reference", "fingerprint": backend.fingerprint, "layer": backend.layer,
+        "device": device, "chunk_size": batch_size, "data_hash": data_hash})
+    try:
+        with _executor(backend, device, workers, scheduler, batch_size) as ex:
+            bank = ReferenceBank.build(backend, structures, _anchors(anchors_path),
+                                       projection=projection, data_hash=data_hash,
+                                       progress=True, executor=ex, store=store)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: completed chunks are in {store.folder}; rerun the same "
+                   "command to resume", err=True)
+        sys.exit(130)
     bank.save(out)
+    store.remove()
     click.echo(f"wrote {out}: {len(bank)} atoms, {bank!r}")
 
 
@@ -194,13 +231,18 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
               help=f"Projection preset: {', '.join(PRESETS)}")
 @click.option("--limit", type=int, default=None)
 @click.option("--no-embeddings", is_flag=True, help="Do not store raw embeddings")
+@click.option("--batch-size", default=16, show_default=True,
+              help="Structures per task and per model batch")
+@click.option("--strict", is_flag=True,
+              help="Stop at the first structure that fails (default: report it, go on)")
+@_with(cluster_options)
 @click.option("--out", "-o", required=True, type=click.Path())
 def embed(data, model, layer, device, anchors_path, reference_path, projection, limit,
-          no_embeddings, out):
+          no_embeddings, batch_size, strict, workers, scheduler, out):
     """Per-atom coordinates of DATA (structures or a trajectory) -> a portable .h5 file."""
     from platoscope.backends import load_backend
     from platoscope.calculator import PlatonicCalculator
-    from platoscope.coords import embed_structures
+    from platoscope.distributed import embed_to_file, parts_folder
 
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
@@ -213,10 +255,20 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
         bank.check_backend(backend)
         proj = bank.projector
     calc = PlatonicCalculator(backend, anchors=anchors_set, projection=proj)
-    coords = embed_structures(calc, structures, data_hash=data_hash, progress=True)
-    coords.save(out, embeddings=not no_embeddings)
-    click.echo(f"wrote {out}: {len(coords)} atoms x K={coords.platonic.shape[1]} "
-               f"({backend.spec}, anchors {anchors_set.hash[:12]})")
+    try:
+        with _executor(backend, device, workers, scheduler, batch_size) as ex:
+            res = embed_to_file(structures, calc, out, ex, data_hash=data_hash,
+                                embeddings=not no_embeddings, strict=strict)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: completed chunks are in {parts_folder(out)}; rerun the same "
+                   "command to resume", err=True)
+        sys.exit(130)
+    for line in res["failed"]:
+        click.echo(f"failed: {line}", err=True)
+    click.echo(f"wrote {out}: {res['atoms']} atoms x K={len(anchors_set)} "
+               f"({backend.spec}, anchors {anchors_set.hash[:12]}); "
+               f"{len(res['failed'])} of {res['structures']} structures failed; "
+               f"{res['resumed_chunks']} chunks resumed; cluster {res['cluster']['mode']}")
 
 
 # --------------------------------------------------------------------------- monitored runs
@@ -367,26 +419,66 @@ def relax(structure, fmax, steps, cell, optimizer, report, **kw):
 
 
 @main.command()
-@click.argument("trajectory", type=click.Path(exists=True))
+@click.argument("trajectories", nargs=-1, required=True, type=click.Path(exists=True))
 @_with(common_run_options)
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--batch-size", default=16, show_default=True,
+              help="Frames per task and per model batch")
 @click.option("--index", default=":", show_default=True, help="Frames to read (ASE syntax)")
-def monitor(trajectory, batch_size, index, report, **kw):
-    """Run monitors over an existing TRAJECTORY (any format ASE reads); step = frame index."""
+@_with(cluster_options)
+def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
+    """Run monitors over existing TRAJECTORIES (any format ASE reads); step = frame index.
+
+    One trajectory writes its run folder to OUT; several write one folder each under OUT,
+    named after their paths (run1/md.traj -> OUT/run1_md). --strict also stops at the first
+    frame that cannot be embedded (default: reported in summary.json, skipped).
+    """
+    import dataclasses
+
     from platoscope.assembly import build_run
     from platoscope.readers import read_frames
 
     config = _config(kw)
-    frames, error = read_frames(trajectory, index=index)
-    if error:
-        click.echo(f"warning: {error}; monitoring the {len(frames)} frames before it", err=True)
-    if not frames:
-        raise click.ClickException(f"no readable frame in {trajectory}")
-    run = build_run(config, frames[0])
-    result = run.monitor(frames, batch_size=batch_size, source=str(trajectory))
-    if error:
-        result["read_error"] = error
-    _end(result, config.out, report)
+    outs = _run_folders(trajectories, str(config.out))
+    ex = None
+    with contextlib.ExitStack() as stack:
+        for trajectory, run_out in zip(trajectories, outs, strict=True):
+            frames, error = read_frames(trajectory, index=index)
+            if error:
+                click.echo(f"warning: {error}; monitoring the {len(frames)} frames before it",
+                           err=True)
+            if not frames:
+                raise click.ClickException(f"no readable frame in {trajectory}")
+            run = build_run(dataclasses.replace(config, out=run_out), frames[0])
+            if ex is None:  # one cluster for every input
+                ex = stack.enter_context(_executor(run.backend, config.device, workers,
+                                                   scheduler, batch_size))
+            try:
+                result = run.monitor(frames, batch_size=batch_size, source=str(trajectory),
+                                     executor=ex)
+            except KeyboardInterrupt:
+                click.echo(f"interrupted: completed chunks of {trajectory} are in "
+                           f"{run_out}.parts; rerun the same command to resume", err=True)
+                sys.exit(130)
+            if error:
+                result["read_error"] = error
+            for line in result.get("failed_frames", []):
+                click.echo(f"failed: {line}", err=True)
+            _end(result, run_out, report)
+
+
+def _run_folders(paths: tuple[str, ...], out: str) -> list[str]:
+    """OUT for one input; OUT/<path without suffix, separators as '_'> for several."""
+    if len(paths) == 1:
+        return [out]
+    import os
+
+    absolute = [os.path.abspath(p) for p in paths]
+    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    names = [os.path.splitext(os.path.relpath(p, root))[0].replace(os.sep, "_")
+             for p in absolute]
+    if len(set(names)) != len(names):
+        raise click.ClickException(f"inputs {', '.join(paths)} would share an output folder")
+    return [str(Path(out) / n) for n in names]
 
 
 @main.command("report")

@@ -124,17 +124,24 @@ def check_comparable(a: AtomCoordinates, b: AtomCoordinates) -> None:
 
 
 def embed_structures(calc: Any, structures: list, *, data_hash: str, batch_size: int = 16,
-                     progress: bool = False) -> AtomCoordinates:
+                     progress: bool = False, executor: Any = None) -> AtomCoordinates:
     """Coordinates of every atom of ``structures`` with a PlatonicCalculator's model and anchors.
 
     Rows are ordered structure by structure, atoms in file order. Uses the backend's batched
-    embedding (no forces), then the calculator's projector.
+    embedding (no forces), then the calculator's projector. executor: a
+    :class:`platoscope.distributed.Executor` to run the forward passes on (e.g. a Dask
+    cluster); the first structure that fails raises, naming its file and frame.
     """
     if not structures:
         raise InputError("no structures to embed")
     if calc.projector is None:
         raise InputError("the calculator has no anchors: nothing to project on")
-    feats = calc.backend.embed(structures, batch_size=batch_size, progress=progress)
+    if executor is not None:
+        from platoscope.distributed import embed_list
+
+        feats = embed_list(executor, list(structures), progress=progress)
+    else:
+        feats = calc.backend.embed(structures, batch_size=batch_size, progress=progress)
     emb = np.concatenate(feats)
     sizes = [len(f) for f in feats]
     return AtomCoordinates(

@@ -50,7 +50,8 @@ class ReferenceBank:
     def build(cls, backend: Any, structures: Sequence[Atoms], anchors: AnchorSet, *,
               projection: str | Projector | None = None, data_hash: str | None = None,
               batch_size: int = 16, skip_unsupported: bool = False,
-              progress: bool = False) -> ReferenceBank:
+              progress: bool = False, executor: Any = None,
+              store: Any = None) -> ReferenceBank:
         """Embed ``structures`` with ``backend`` and fit the projector on them.
 
         projection: a preset name (default ``shared``) or a Projector whose parameters to use.
@@ -58,6 +59,9 @@ class ReferenceBank:
         skip_unsupported: leave out, with a warning, structures holding an element the model has
         no parameters for (else: UnsupportedElementError naming the structure and element);
         ``structure_index`` keeps the original numbering and provenance lists what was skipped.
+        executor: a :class:`platoscope.distributed.Executor` for the forward passes (a Dask
+        cluster); store: its :class:`~platoscope.distributed.ChunkStore` of completed chunks
+        (resume). A structure that fails there raises, naming its file and frame.
         """
         import warnings
 
@@ -84,7 +88,12 @@ class ReferenceBank:
                     raise InputError(f"{backend.spec} supports no element of any reference "
                                      "structure")
         structures = [structures[i] for i in index]
-        feats = backend.embed(list(structures), batch_size=batch_size, progress=progress)
+        if executor is not None:
+            from platoscope.distributed import embed_list
+
+            feats = embed_list(executor, list(structures), store=store, progress=progress)
+        else:
+            feats = backend.embed(list(structures), batch_size=batch_size, progress=progress)
         emb = np.concatenate(feats)
         proj = Projector.coerce(projection)
         proj.fit(anchors.embed(backend, progress=progress, known=(list(structures), feats)),
@@ -98,6 +107,8 @@ class ReferenceBank:
                     n_anchors=len(anchors),
                     projection=proj.name, versions=package_versions(),
                     n_structures=len(structures), skipped_structures=skipped)
+        if executor is not None:
+            prov["cluster"] = executor.info()
         return cls(emb, np.concatenate([a.numbers for a in structures]),
                    np.repeat(index, [len(f) for f in feats]),
                    projector=proj, anchor_set_hash=anchors.hash, data_hash=data_hash,

@@ -22,6 +22,7 @@ A run restarted with ``restart=True`` continues from the last complete frame.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -329,12 +330,21 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
 def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monitor],
                    out: str | Path, *, batch_size: int = 16, strict: bool = False,
                    progress: bool = True, embeddings: bool = True,
-                   source: str | None = None, store_coords: str = "auto") -> dict[str, Any]:
+                   source: str | None = None, store_coords: str = "auto",
+                   executor: Any = None, resume: bool = True,
+                   on_chunk: Any = None) -> dict[str, Any]:
     """Run monitors over existing frames; ``step`` is the frame index.
 
     Embeddings come from the backend's batched path (no forces are computed) and are
-    projected with ``calc``'s projector, so no frame is evaluated twice.
+    projected with ``calc``'s projector, so no frame is evaluated twice. executor: a
+    :class:`platoscope.distributed.Executor` that runs the forward passes (in-process by
+    default, or on a Dask cluster); frames are projected, monitored and written here in input
+    order. A frame that cannot be embedded is reported (console and ``failed_frames`` in
+    summary.json) and skipped, unless ``strict``. resume: completed chunks are kept in
+    ``<out>.parts`` until the run ends, and a rerun with the same settings reuses them.
     """
+    from platoscope.distributed import ChunkStore, ModelSpec, open_executor, parts_folder
+
     config = {"kind": "monitor", "source": source, "n_frames": len(frames),
               "batch_size": batch_size}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
@@ -344,21 +354,46 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     bar = _progress(len(frames), "monitor", progress)
-    with _lifecycle(recorder, watcher, bar) as state:
-        for s in range(0, len(frames), batch_size):
-            chunk = [a.copy() for a in frames[s:s + batch_size]]
-            feats = calc.backend.embed(chunk, batch_size=batch_size)
-            for j, (a, e) in enumerate(zip(chunk, feats, strict=True)):
-                src = frames[s + j]
-                res = src.calc.results if src.calc is not None else {}
-                a.calc = None
-                z = calc.projector.transform(e)
-                a.arrays["platonic"] = z
-                watcher.step = s + j + 1
-                watcher.process(watcher.frame_from(
-                    a, s + j, calc=calc, results={"platonic": z, "embeddings": e,
-                                                  "forces": res.get("forces"),
-                                                  "energy": res.get("energy")}))
-                bar.update(1)
-                _postfix(bar, watcher, a)
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(open_executor(
+                ModelSpec.of(calc.backend), backend=calc.backend, chunk_size=batch_size))
+        store = None
+        if resume:
+            store = ChunkStore(parts_folder(out), {
+                "kind": "monitor", "fingerprint": calc.backend.fingerprint,
+                "layer": calc.backend.layer, "device": executor.model.device,
+                "chunk_size": executor.chunk_size, "n_frames": len(frames), "source": source})
+        t0, n_atoms = time.perf_counter(), 0
+        with _lifecycle(recorder, watcher, bar) as state:
+            state["cluster"] = executor.info()
+            state["failed_frames"] = failed = []
+            for chunk, res in executor.map(frames, store=store, strict=strict,
+                                           on_chunk=on_chunk):
+                for f in res.failures:
+                    failed.append(f.describe())
+                    bar.write(f"failed: {f.describe()}")
+                for j, (src, e) in enumerate(zip(chunk, res.features, strict=True)):
+                    step = res.start + j
+                    if e is None:
+                        bar.update(1)
+                        continue
+                    a = src.copy()
+                    res_src = src.calc.results if src.calc is not None else {}
+                    a.calc = None
+                    z = calc.projector.transform(e)
+                    a.arrays["platonic"] = z
+                    watcher.step = step + 1
+                    watcher.process(watcher.frame_from(
+                        a, step, calc=calc, results={"platonic": z, "embeddings": e,
+                                                     "forces": res_src.get("forces"),
+                                                     "energy": res_src.get("energy")}))
+                    n_atoms += len(a)
+                    bar.update(1)
+                    _postfix(bar, watcher, a)
+                bar.set_postfix_str(f"{n_atoms / max(time.perf_counter() - t0, 1e-9):.0f} "
+                                    f"atoms/s, failed {len(failed)}", refresh=False)
+            state["resumed_chunks"] = store.n_resumed if store is not None else 0
+        if store is not None and state["status"] in ("completed", "stopped"):
+            store.remove()
     return state["result"]

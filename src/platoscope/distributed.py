@@ -1,0 +1,591 @@
+"""Scale-out of the expensive stage, the model's forward pass, on a Dask cluster.
+
+Only the forward pass (structures -> per-atom features) is distributed. Workers turn chunks of
+structures into features with the backend's batched path (:meth:`Backend.embed`); the driver
+(this process) projects, runs monitors and writes, **in input order**, so a distributed run
+writes what a serial run writes (features equal up to float32 model noise between thread
+counts; coordinates then follow within the projection's float64 arithmetic).
+
+    with open_executor(ModelSpec("chgnet:0.3.0"), workers=2) as ex:   # LocalCluster 2 x 1
+        for atoms_chunk, result in ex.map(structures, store=ChunkStore(...)):
+            ...  # result.features[j]: (N_j, D) float64, or None when structure j failed
+
+- No cluster (``workers=None, scheduler=None``): the same chunks run in-process with the
+  driver's backend, which is today's serial behaviour and speed.
+- ``workers=N``: a ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)`` started
+  and closed here. ``scheduler=ADDRESS``: an existing cluster (e.g. from dask-jobqueue).
+- Each worker process builds the model once (a per-process cache keyed by spec, layer and
+  device) and sets torch's threads to its Dask thread count.
+- Bounded memory: at most ``window`` chunks are in flight or waiting in the reorder buffer.
+- Faults: a worker that dies has its tasks rerun elsewhere by Dask; results are taken once per
+  chunk index, in order, so nothing is written twice or lost. A structure that fails (unsupported
+  element, NaN positions, a model error) comes back as a :class:`StructureFailure` naming its
+  file and frame; ``strict=True`` raises instead.
+- Resume: a :class:`ChunkStore` keeps every completed chunk as an atomic file in a ``.parts``
+  folder; a rerun with the same settings reuses them (checking each chunk's input hash) and
+  refuses when inputs or settings differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from platoscope.errors import PlatoscopeError
+
+INSTALL_HINT = "pip install 'platoscope[dask]'"
+PARTS_SUFFIX = ".parts"
+
+
+class StructureFailedError(PlatoscopeError, RuntimeError):
+    """A structure could not be embedded and the run is strict."""
+
+
+class ResumeMismatchError(PlatoscopeError, ValueError):
+    """A ``.parts`` folder from an earlier run was made with other inputs or settings."""
+
+
+def require_distributed() -> Any:
+    """Import ``dask.distributed`` or raise an ImportError naming the extra to install."""
+    try:
+        import distributed
+    except ImportError as err:
+        raise PlatoscopeError(
+            f"--workers/--scheduler need dask.distributed, which is not installed here: "
+            f"{INSTALL_HINT}") from err
+    return distributed
+
+
+# ------------------------------------------------------------------------------ worker side
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker needs to build the backend: spec string, layer, torch device, threads."""
+
+    spec: str
+    layer: str | None = None
+    device: str = "cpu"
+    threads: int | None = None  # torch threads per worker; None: leave torch's default
+
+    @classmethod
+    def of(cls, backend: Any, device: str = "cpu", threads: int | None = None) -> ModelSpec:
+        return cls(spec=backend.spec, layer=backend.layer, device=device, threads=threads)
+
+
+_BACKENDS: dict[tuple[str, str | None, str], Any] = {}
+
+
+def worker_backend(model: ModelSpec) -> Any:
+    """The backend of ``model`` in this process, built once and cached (one model per worker)."""
+    key = (model.spec, model.layer, model.device)
+    if key not in _BACKENDS:
+        import torch
+
+        from platoscope.backends import load_backend
+
+        if model.threads:
+            torch.set_num_threads(int(model.threads))
+        _BACKENDS[key] = load_backend(model.spec, layer=model.layer, device=model.device)
+    return _BACKENDS[key]
+
+
+@dataclass
+class StructureFailure:
+    """One structure that could not be embedded: where it is in the input and why."""
+
+    position: int  # 0-based position in the whole input sequence
+    source: str | None  # file (``info["source"]``)
+    source_index: int | None  # row/frame in that file
+    error: str  # exception type
+    message: str
+
+    def describe(self) -> str:
+        where = (f"{self.source} frame {self.source_index}" if self.source is not None
+                 else f"structure {self.position}")
+        return f"{where} (input position {self.position}): {self.error}: {self.message}"
+
+
+@dataclass
+class ChunkResult:
+    """Features of one chunk: ``features[j]`` is (N_j, D) float64, None where j failed."""
+
+    index: int
+    start: int
+    features: list[np.ndarray | None]
+    failures: list[StructureFailure] = field(default_factory=list)
+    seconds: float = 0.0
+    worker: str = "in-process"
+    resumed: bool = False
+
+    @property
+    def n_atoms(self) -> int:
+        return int(sum(len(f) for f in self.features if f is not None))
+
+
+def _light(atoms: Atoms) -> Atoms:
+    """What a worker needs of a structure (numbers, positions, cell, pbc, source labels)."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
+                pbc=atoms.pbc)
+    for key in ("source", "source_index"):
+        if key in atoms.info:
+            out.info[key] = atoms.info[key]
+    return out
+
+
+def _failure(position: int, atoms: Atoms, err: BaseException) -> StructureFailure:
+    idx = atoms.info.get("source_index")
+    return StructureFailure(position=position, source=atoms.info.get("source"),
+                            source_index=None if idx is None else int(idx),
+                            error=type(err).__name__, message=str(err))
+
+
+def compute_chunk(backend: Any, structures: list[Atoms], *, index: int = 0, start: int = 0,
+                  ) -> ChunkResult:
+    """Features of one chunk with the backend's batched path; failures become records.
+
+    Structures are checked first (empty, NaN, unsupported element); the valid ones run as one
+    batch of ``len(structures)``. If the batch raises, each structure runs alone so that only
+    the failing one is reported.
+    """
+    t0 = time.perf_counter()
+    feats: list[np.ndarray | None] = [None] * len(structures)
+    failures: list[StructureFailure] = []
+    ok: list[int] = []
+    for j, atoms in enumerate(structures):
+        try:
+            backend.check_atoms(atoms)
+            ok.append(j)
+        except Exception as err:
+            failures.append(_failure(start + j, atoms, err))
+    if ok:
+        try:
+            out = backend.embed([structures[j] for j in ok], batch_size=len(ok))
+            for j, f in zip(ok, out, strict=True):
+                feats[j] = f
+        except Exception:
+            for j in ok:
+                try:
+                    feats[j] = backend.embed([structures[j]], batch_size=1)[0]
+                except Exception as err:
+                    failures.append(_failure(start + j, structures[j], err))
+    failures.sort(key=lambda f: f.position)
+    return ChunkResult(index=index, start=start, features=feats, failures=failures,
+                       seconds=time.perf_counter() - t0)
+
+
+def _remote_chunk(model: ModelSpec, index: int, start: int, structures: list[Atoms]
+                  ) -> ChunkResult:
+    """The task a Dask worker runs: build (once) the backend, embed one chunk."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        name = worker.address
+        if model.threads is None:  # an existing cluster: torch threads = the worker's threads
+            model = ModelSpec(model.spec, model.layer, model.device,
+                              getattr(worker, "nthreads", None))
+    except (ImportError, ValueError):
+        name = f"pid {os.getpid()}"
+    res = compute_chunk(worker_backend(model), structures, index=index, start=start)
+    res.worker = name
+    return res
+
+
+# ----------------------------------------------------------------------------- resumable parts
+class ChunkStore:
+    """Completed chunks on disk (``<folder>/chunk_<index>.npz``, written atomically).
+
+    settings: whatever determines the features (model fingerprint, layer, device, chunk size);
+    a folder made with other settings raises :class:`ResumeMismatchError`, as does a chunk
+    whose input hash differs from the stored one.
+    """
+
+    def __init__(self, folder: str | os.PathLike, settings: dict[str, Any]):
+        self.folder = Path(folder)
+        self.settings = json.loads(json.dumps(settings, default=str, sort_keys=True))
+        manifest = self.folder / "manifest.json"
+        if manifest.is_file():
+            old = json.loads(manifest.read_text())
+            if old.get("settings") != self.settings:
+                diff = sorted(k for k in set(old.get("settings", {})) | set(self.settings)
+                              if old.get("settings", {}).get(k) != self.settings.get(k))
+                raise ResumeMismatchError(
+                    f"{self.folder} holds chunks of an earlier run with other settings "
+                    f"({', '.join(diff)} differ): rerun with the same arguments to resume, or "
+                    f"delete {self.folder} to start again")
+        else:
+            from platoscope.writers import write_json_atomic
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(manifest, {"format": "platoscope.parts/1",
+                                         "settings": self.settings})
+        self.n_resumed = 0
+
+    def _path(self, index: int) -> Path:
+        return self.folder / f"chunk_{index:07d}.npz"
+
+    def load(self, index: int, start: int, input_hash: str) -> ChunkResult | None:
+        path = self._path(index)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                stored = str(z["input_hash"])
+                sizes, ok = z["sizes"], z["ok"]
+                flat = z["features"]
+                failures = [StructureFailure(**d) for d in json.loads(str(z["failures"]))]
+                meta = json.loads(str(z["meta"]))
+        except (OSError, KeyError, ValueError):
+            path.unlink(missing_ok=True)  # a damaged part is recomputed
+            return None
+        if stored != input_hash:
+            raise ResumeMismatchError(
+                f"{path}: chunk {index} was computed from other structures than the input "
+                f"now holds at positions {start}..{start + len(sizes) - 1}: the inputs differ "
+                f"from the interrupted run's; delete {self.folder} to start again")
+        parts = np.split(flat, np.cumsum(sizes[ok])[:-1]) if ok.any() else []
+        it = iter(parts)
+        feats = [next(it) if k else None for k in ok]
+        self.n_resumed += 1
+        return ChunkResult(index=index, start=start, features=feats, failures=failures,
+                           seconds=float(meta.get("seconds", 0.0)),
+                           worker=str(meta.get("worker", "")), resumed=True)
+
+    def save(self, res: ChunkResult, sizes: list[int], input_hash: str) -> None:
+        ok = np.array([f is not None for f in res.features], dtype=bool)
+        good = [f for f in res.features if f is not None]
+        flat = np.concatenate(good) if good else np.zeros((0, 0))
+        path = self._path(res.index)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, input_hash=np.array(input_hash), sizes=np.asarray(sizes, np.int64),
+                     ok=ok, features=flat,
+                     failures=np.array(json.dumps([asdict(f) for f in res.failures])),
+                     meta=np.array(json.dumps({"seconds": res.seconds, "worker": res.worker})))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def remove(self) -> None:
+        """Delete the folder (after the assembled output is safely written)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def parts_folder(out: str | os.PathLike) -> Path:
+    """Where the completed chunks of a run writing ``out`` are kept: ``<out>.parts``."""
+    return Path(str(Path(out)) + PARTS_SUFFIX)
+
+
+# ------------------------------------------------------------------------------- the executor
+class Executor:
+    """Maps chunks of structures to features, in-process or on a Dask client, in input order.
+
+    model: how workers rebuild the backend; backend: the driver's own (used when ``client`` is
+    None); chunk_size: structures per task (and per model batch); window: chunks in flight or
+    buffered at once (default: 2 per worker thread + 1).
+    """
+
+    def __init__(self, model: ModelSpec, *, backend: Any = None, client: Any = None,
+                 chunk_size: int = 16, window: int | None = None, cluster: str = "in-process"):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+        if client is None and backend is None:
+            backend = worker_backend(model)
+        self.model = model
+        self.backend = backend
+        self.client = client
+        self.chunk_size = int(chunk_size)
+        self.cluster = cluster
+        threads = self.total_threads()
+        self.window = int(window) if window else 2 * threads + 1
+
+    def total_threads(self) -> int:
+        if self.client is None:
+            return 1
+        info = self.client.scheduler_info()
+        return max(1, sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()))
+
+    def info(self) -> dict[str, Any]:
+        """Provenance of the engine: mode, scheduler address, workers, threads, versions."""
+        out: dict[str, Any] = {"mode": self.cluster, "chunk_size": self.chunk_size,
+                               "window": self.window, "device": self.model.device}
+        if self.client is None:
+            import torch
+
+            out.update(workers=1, threads_per_worker=torch.get_num_threads())
+            return out
+        import dask
+        import distributed
+
+        workers = self.client.scheduler_info().get("workers", {})
+        threads = sorted({int(w.get("nthreads", 1)) for w in workers.values()})
+        out.update(scheduler=self.client.scheduler.address, workers=len(workers),
+                   threads_per_worker=threads[0] if len(threads) == 1 else threads,
+                   torch_threads_per_worker=self.model.threads,
+                   dask=dask.__version__, distributed=distributed.__version__)
+        return out
+
+    def map(self, structures: Iterable[Atoms], *, store: ChunkStore | None = None,
+            strict: bool = False, on_chunk: Any = None
+            ) -> Iterator[tuple[list[Atoms], ChunkResult]]:
+        """Yield ``(chunk structures, ChunkResult)`` in input order.
+
+        store: completed chunks are saved there as they arrive and reused on a rerun;
+        strict: raise :class:`StructureFailedError` at the first failed structure;
+        on_chunk: called with each ChunkResult as it is yielded (progress, tests).
+        """
+        from platoscope.readers import structures_hash
+
+        chunks = _chunked(structures, self.chunk_size)
+        if self.client is None:
+            for index, (start, atoms) in enumerate(chunks):
+                key = structures_hash(atoms) if store is not None else ""
+                res = store.load(index, start, key) if store is not None else None
+                if res is None:
+                    res = compute_chunk(self.backend, atoms, index=index, start=start)
+                    if store is not None:
+                        store.save(res, [len(a) for a in atoms], key)
+                yield from self._emit(atoms, res, strict, on_chunk)
+            return
+        yield from self._map_cluster(chunks, store, strict, on_chunk)
+
+    def _emit(self, atoms: list[Atoms], res: ChunkResult, strict: bool, on_chunk: Any
+              ) -> Iterator[tuple[list[Atoms], ChunkResult]]:
+        if strict and res.failures:
+            raise StructureFailedError(res.failures[0].describe())
+        if on_chunk is not None:
+            on_chunk(res)
+        yield atoms, res
+
+    def _map_cluster(self, chunks: Iterator[tuple[int, list[Atoms]]], store: ChunkStore | None,
+                     strict: bool, on_chunk: Any) -> Iterator[tuple[list[Atoms], ChunkResult]]:
+        from distributed import wait
+
+        from platoscope.readers import structures_hash
+
+        client = self.client
+        pending: dict[int, tuple[list[Atoms], str, Any]] = {}  # index -> (atoms, hash, future)
+        ready: dict[int, tuple[list[Atoms], ChunkResult]] = {}  # the reorder buffer
+        nxt = 0  # next chunk index to yield
+        index = 0
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and index - nxt < self.window:
+                    item = next(chunks, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    start, atoms = item
+                    key = structures_hash(atoms)
+                    res = store.load(index, start, key) if store is not None else None
+                    if res is not None:
+                        ready[index] = (atoms, res)
+                    else:
+                        fut = client.submit(_remote_chunk, self.model, index, start,
+                                            [_light(a) for a in atoms], pure=False,
+                                            key=f"platoscope-chunk-{index}-{os.urandom(4).hex()}")
+                        pending[index] = (atoms, key, fut)
+                    index += 1
+                while nxt in ready:
+                    atoms, res = ready.pop(nxt)
+                    nxt += 1
+                    yield from self._emit(atoms, res, strict, on_chunk)
+                if not pending:
+                    if exhausted and not ready:
+                        return
+                    continue
+                wait([f for _, _, f in pending.values()], return_when="FIRST_COMPLETED")
+                for i in [i for i, (_, _, f) in pending.items() if f.done()]:
+                    atoms, key, fut = pending.pop(i)
+                    res = fut.result()  # a task that failed on every retry raises here
+                    fut.release()
+                    if store is not None:
+                        store.save(res, [len(a) for a in atoms], key)
+                    ready[i] = (atoms, res)
+        finally:
+            for _, _, fut in pending.values():
+                fut.cancel()
+
+
+def _chunked(structures: Iterable[Atoms], size: int) -> Iterator[tuple[int, list[Atoms]]]:
+    it = iter(structures)
+    start = 0
+    while True:
+        chunk = list(islice(it, size))
+        if not chunk:
+            return
+        yield start, chunk
+        start += len(chunk)
+
+
+@contextlib.contextmanager
+def open_executor(model: ModelSpec, *, workers: int | None = None, scheduler: str | None = None,
+                  backend: Any = None, chunk_size: int = 16, window: int | None = None,
+                  threads_per_worker: int = 1) -> Iterator[Executor]:
+    """An :class:`Executor`: in-process (neither ``workers`` nor ``scheduler``), on a
+    ``LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True)``
+    started and closed here, or on the existing cluster at ``scheduler``."""
+    if workers is not None and scheduler is not None:
+        raise ValueError("give --workers (start a local cluster) or --scheduler (use an "
+                         "existing one), not both")
+    if workers is None and scheduler is None:
+        yield Executor(model, backend=backend, chunk_size=chunk_size, window=window)
+        return
+    distributed = require_distributed()
+    if workers is not None:
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, not {workers}")
+        model = ModelSpec(model.spec, model.layer, model.device, threads_per_worker)
+        with distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                                      processes=True, dashboard_address=None) as cluster, \
+                distributed.Client(cluster) as client:
+            yield Executor(model, backend=backend, client=client, chunk_size=chunk_size,
+                           window=window, cluster="local")
+        return
+    with distributed.Client(scheduler) as client:
+        yield Executor(model, backend=backend, client=client, chunk_size=chunk_size,
+                       window=window, cluster="scheduler")
+
+
+# ------------------------------------------------------------------------------- drivers
+class Progress:
+    """Whole-job progress: frames done, atoms/s and ETA (tqdm), and failures to the console."""
+
+    def __init__(self, total: int | None, desc: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="frame", disable=not enabled,
+                        dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+        self.atoms = 0
+        self.failed = 0
+        self.resumed = 0
+
+    def __call__(self, res: ChunkResult) -> None:
+        self.atoms += res.n_atoms
+        self.failed += len(res.failures)
+        self.resumed += int(res.resumed)
+        for f in res.failures:
+            self.bar.write(f"failed: {f.describe()}")
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{self.atoms / dt:.0f} atoms/s, failed {self.failed}",
+                                 refresh=False)
+        self.bar.update(len(res.features))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
+                  executor: Executor, *, data_hash: str, embeddings: bool = True,
+                  strict: bool = False, progress: bool = True, resume: bool = True,
+                  on_chunk: Any = None) -> dict[str, Any]:
+    """``platoscope embed`` on an executor: coordinates of every atom -> one .h5 file.
+
+    The file has the layout of :class:`~platoscope.coords.AtomCoordinates` (read it with
+    ``AtomCoordinates.load``), written chunk by chunk so that the (M, K) coordinates are never
+    held whole. Structures that fail are left out (``structure_index`` keeps the input
+    numbering) and listed in the provenance as ``failed_structures``. Completed chunks wait in
+    ``<out>.parts`` until the file is complete; a rerun resumes from them.
+    Returns a summary (atoms, failures, resumed chunks, cluster).
+    """
+    import h5py
+
+    from platoscope.coords import FORMAT
+
+    if calc.projector is None:
+        raise ValueError("the calculator has no anchors: nothing to project on")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"kind": "embed", "fingerprint": calc.backend.fingerprint,
+                "layer": calc.backend.layer, "device": executor.model.device,
+                "chunk_size": executor.chunk_size, "anchor_set_hash": calc.anchors.hash,
+                "n_structures": len(structures), "data_hash": data_hash}
+    store = ChunkStore(parts_folder(out), settings) if resume else None
+    prov = calc.provenance()
+    bar = Progress(len(structures), f"embed {calc.backend.spec}", progress)
+    failures: list[StructureFailure] = []
+    tmp = out.with_name(out.name + ".tmp")
+    n = 0
+
+    def _callback(res: ChunkResult) -> None:
+        bar(res)
+        if on_chunk is not None:
+            on_chunk(res)
+
+    try:
+        with h5py.File(tmp, "w") as h:
+            k = len(calc.anchors)
+            d = calc.backend.feature_dim
+            plat = h.create_dataset("platonic", shape=(0, k), maxshape=(None, k),
+                                    dtype=np.float64, chunks=(max(1, min(1024, 4096 // k + 1)), k),
+                                    compression="gzip", compression_opts=4)
+            cols = {name: h.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt,
+                                           chunks=(4096,))
+                    for name, dt in (("numbers", np.int16), ("structure_index", np.int32),
+                                     ("atom_index", np.int32))}
+            emb = (h.create_dataset("embeddings", shape=(0, d), maxshape=(None, d),
+                                    dtype=np.float32, chunks=(1024, d), compression="gzip",
+                                    compression_opts=4) if embeddings else None)
+            for atoms, res in executor.map(structures, store=store, strict=strict,
+                                           on_chunk=_callback):
+                failures.extend(res.failures)
+                good = [(j, f) for j, f in enumerate(res.features) if f is not None]
+                if not good:
+                    continue
+                feats = np.concatenate([f for _, f in good])
+                z = calc.projector.transform(feats)
+                m = len(feats)
+                for ds, val in (
+                        (plat, z),
+                        (cols["numbers"], np.concatenate([atoms[j].numbers for j, _ in good])),
+                        (cols["structure_index"],
+                         np.repeat([res.start + j for j, _ in good], [len(f) for _, f in good])),
+                        (cols["atom_index"], np.concatenate([np.arange(len(f)) for _, f in good])),
+                        *(((emb, feats),) if emb is not None else ())):
+                    ds.resize(n + m, axis=0)
+                    ds[n:n + m] = val
+                n += m
+            if n == 0:
+                raise ValueError("no structure could be embedded: "
+                                 + "; ".join(f.describe() for f in failures[:3]))
+            prov = {**prov, "cluster": executor.info(),
+                    "failed_structures": [asdict(f) for f in failures]}
+            h.attrs["format"] = FORMAT
+            h.attrs["provenance"] = json.dumps(prov, default=str)
+            h.attrs["anchor_set_hash"] = calc.anchors.hash
+            h.attrs["data_hash"] = data_hash
+        os.replace(tmp, out)
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    if store is not None:
+        store.remove()
+    return {"atoms": n, "structures": len(structures), "failed": [f.describe() for f in failures],
+            "resumed_chunks": bar.resumed, "cluster": prov["cluster"]}
+
+
+def embed_list(executor: Executor, structures: list[Atoms], *, store: ChunkStore | None = None,
+               progress: bool = False, strict: bool = True) -> list[np.ndarray]:
+    """Features (N_i, D) of every structure, in order, like :meth:`Backend.embed` (strict:
+    the first failure raises, naming its file and frame)."""
+    bar = Progress(len(structures), f"embed {executor.model.spec}", progress)
+    out: list[np.ndarray] = []
+    try:
+        for _, res in executor.map(structures, store=store, strict=strict, on_chunk=bar):
+            out.extend(f for f in res.features if f is not None)
+    finally:
+        bar.close()
+    return out
+

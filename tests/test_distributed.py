@@ -1,0 +1,259 @@
+"""Scale-out on Dask: same outputs as a serial run, faults, failed structures, resume.
+
+Real CHGNet 0.3.0 and real LocalClusters (2 worker processes x 1 torch thread). Tolerance:
+a worker runs torch with 1 thread, the serial run with torch's default, so features may differ
+by float32 noise; we allow rtol 1e-5 on features and 1e-6 absolute on coordinates (in [0, 1]),
+and require order, numbers and indices to be identical.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.io import read, write
+from click.testing import CliRunner
+
+pytestmark = pytest.mark.backend("chgnet")
+distributed = pytest.importorskip("distributed")
+
+from platoscope.cli import main  # noqa: E402
+from platoscope.coords import AtomCoordinates  # noqa: E402
+from platoscope.distributed import (  # noqa: E402
+    ChunkStore,
+    ModelSpec,
+    ResumeMismatchError,
+    StructureFailedError,
+    embed_to_file,
+    open_executor,
+    parts_folder,
+)
+from platoscope.readers import read_structures, structures_hash  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VAL = os.path.join(REPO, "data", "mp20_partial", "val.csv")
+FEAT_RTOL, FEAT_ATOL, COORD_ATOL = 1e-5, 1e-6, 1e-6
+
+
+@pytest.fixture(scope="module")
+def structures():
+    return list(read_structures(VAL, limit=12))
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from platoscope.backends import load_backend
+
+    return load_backend("chgnet:0.3.0")
+
+
+@pytest.fixture(scope="module")
+def serial_feats(backend, structures):
+    return backend.embed(structures, batch_size=3)
+
+
+def _traj(path, n=8):
+    from ase.build import bulk
+
+    rng = np.random.default_rng(0)
+    base = bulk("Si", "diamond", a=5.43).repeat(2)
+    frames = []
+    for _ in range(n):
+        a = base.copy()
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        frames.append(a)
+    write(path, frames)
+    return path
+
+
+def test_embed_cli_workers_equals_serial(tmp_path):
+    runner = CliRunner()
+    a, b = tmp_path / "serial.h5", tmp_path / "dask.h5"
+    args = ["embed", VAL, "--limit", "10", "--batch-size", "3"]
+    r1 = runner.invoke(main, [*args, "--out", str(a)])
+    assert r1.exit_code == 0, r1.output
+    r2 = runner.invoke(main, [*args, "--workers", "2", "--out", str(b)])
+    assert r2.exit_code == 0, r2.output
+    ca, cb = AtomCoordinates.load(a), AtomCoordinates.load(b)
+    for name in ("numbers", "structure_index", "atom_index"):
+        np.testing.assert_array_equal(getattr(ca, name), getattr(cb, name))
+    assert ca.data_hash == cb.data_hash and ca.anchor_set_hash == cb.anchor_set_hash
+    np.testing.assert_allclose(cb.embeddings, ca.embeddings, rtol=FEAT_RTOL, atol=FEAT_ATOL)
+    np.testing.assert_allclose(cb.platonic, ca.platonic, rtol=0, atol=COORD_ATOL)
+    cluster = cb.provenance["cluster"]
+    assert cluster["mode"] == "local" and cluster["workers"] == 2
+    assert cluster["threads_per_worker"] == 1 and cluster["distributed"]
+    assert ca.provenance["cluster"]["mode"] == "in-process"
+    assert not parts_folder(a).exists() and not parts_folder(b).exists()
+
+
+def test_monitor_cli_scheduler_equals_serial_and_many_inputs(tmp_path):
+    runner = CliRunner()
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run2").mkdir()
+    t1 = _traj(tmp_path / "run1" / "md.extxyz")
+    t2 = _traj(tmp_path / "run2" / "md.extxyz", n=5)
+    base = ["monitor", "--batch-size", "3", "--no-report", "--store-coords", "always"]
+    r1 = runner.invoke(main, [*base, str(t1), "--out", str(tmp_path / "serial")])
+    assert r1.exit_code == 0, r1.output
+    # an existing cluster, by address (the --workers path is tested by the embed test)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        r2 = runner.invoke(main, [*base, str(t1), str(t2), "--scheduler",
+                                  cluster.scheduler_address, "--out", str(tmp_path / "dask")])
+    assert r2.exit_code == 0, r2.output
+    s = read(tmp_path / "serial" / "frames.extxyz", index=":")
+    d = read(tmp_path / "dask" / "run1_md" / "frames.extxyz", index=":")
+    assert len(d) == len(s) == 8
+    assert len(read(tmp_path / "dask" / "run2_md" / "frames.extxyz", index=":")) == 5
+    for fs, fd in zip(s, d, strict=True):
+        assert fs.info["step"] == fd.info["step"]
+        np.testing.assert_allclose(fd.arrays["platonic"], fs.arrays["platonic"], rtol=0,
+                                   atol=COORD_ATOL)
+        np.testing.assert_allclose(fd.arrays["score_atypical"], fs.arrays["score_atypical"],
+                                   rtol=1e-5, atol=1e-6)
+    import json
+
+    summary = json.loads((tmp_path / "dask" / "run1_md" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["cluster"]["workers"] == 2
+    assert summary["cluster"]["mode"] == "scheduler"
+    assert summary["failed_frames"] == []
+
+
+def test_killed_worker_loses_nothing_and_duplicates_nothing(backend, structures, serial_feats):
+    seen: list[int] = []
+    killed: list[int] = []
+    with open_executor(ModelSpec.of(backend), workers=2, chunk_size=1, window=6) as ex:
+        pids = ex.client.run(os.getpid)
+
+        def kill_one(res):
+            seen.append(res.index)
+            if not killed:  # first result: both workers busy with the next chunks
+                pid = next(iter(pids.values()))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        out = [r for _, r in ex.map(structures, on_chunk=kill_one)]
+        after = ex.client.run(os.getpid)
+    assert killed and killed[0] not in after.values()  # the worker really died
+    assert seen == list(range(len(structures)))  # every chunk once, in order
+    for r, ref in zip(out, serial_feats, strict=True):
+        assert r.failures == []
+        np.testing.assert_allclose(r.features[0], ref, rtol=FEAT_RTOL, atol=FEAT_ATOL)
+
+
+def test_failed_structure_reported_others_go_on(tmp_path, backend, structures):
+    bad_el = structures[1].copy()
+    bad_el.numbers[0] = 95  # Am: CHGNet has no parameters for it
+    bad_nan = structures[2].copy()
+    bad_nan.positions[1] = np.nan
+    data = [structures[0], bad_el, bad_nan, structures[3]]
+    for i, a in enumerate(data):
+        a.info.update(source="set/x.extxyz", source_index=i)
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=4) as ex:
+        [(_, res)] = list(ex.map(data))
+        assert [f.position for f in res.failures] == [1, 2]
+        assert res.features[0] is not None and res.features[3] is not None
+        assert res.features[1] is None and res.features[2] is None
+        assert "Am" in res.failures[0].message and "frame 1" in res.failures[0].describe()
+        assert "NaN" in res.failures[1].message
+        with pytest.raises(StructureFailedError, match="set/x.extxyz frame 1"):
+            list(ex.map(data, strict=True))
+    # through the CLI: the file is reported, the rest written
+    path = tmp_path / "mixed.extxyz"
+    write(path, [structures[0], bad_el, structures[3]])
+    out = tmp_path / "c.h5"
+    r = CliRunner().invoke(main, ["embed", str(path), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "mixed.extxyz frame 1" in r.output
+    c = AtomCoordinates.load(out)
+    assert sorted(set(c.structure_index.tolist())) == [0, 2]
+    assert c.provenance["failed_structures"][0]["source_index"] == 1
+    r = CliRunner().invoke(main, ["embed", str(path), "--strict", "--out",
+                                  str(tmp_path / "s.h5")])
+    assert r.exit_code != 0 and "frame 1" in r.output
+
+
+def test_resume_skips_completed_chunks(tmp_path, backend, structures):
+    from platoscope.anchors import AnchorSet
+    from platoscope.calculator import PlatonicCalculator
+
+    calc = PlatonicCalculator(backend, anchors=AnchorSet.default())
+    data_hash = structures_hash(structures)
+    out = tmp_path / "c.h5"
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3) as ex:
+        computed: list[int] = []
+
+        def stop_after_two(res):
+            computed.append(res.index)
+            if len(computed) == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            embed_to_file(structures, calc, out, ex, data_hash=data_hash, progress=False,
+                          on_chunk=stop_after_two)
+        assert not out.exists()
+        parts = sorted(p.name for p in parts_folder(out).glob("chunk_*.npz"))
+        assert parts == ["chunk_0000000.npz", "chunk_0000001.npz"]
+        resumed: list[bool] = []
+        res = embed_to_file(structures, calc, out, ex, data_hash=data_hash, progress=False,
+                            on_chunk=lambda r: resumed.append(r.resumed))
+        assert resumed == [True, True, False, False] and res["resumed_chunks"] == 2
+        assert not parts_folder(out).exists()
+        ref = tmp_path / "ref.h5"
+        embed_to_file(structures, calc, ref, ex, data_hash=data_hash, progress=False)
+    a, b = AtomCoordinates.load(out), AtomCoordinates.load(ref)
+    np.testing.assert_array_equal(a.structure_index, b.structure_index)
+    np.testing.assert_allclose(a.platonic, b.platonic, rtol=1e-12, atol=1e-15)
+    # other settings or other inputs: refused
+    store = ChunkStore(tmp_path / "p.parts", {"chunk_size": 3})
+    with pytest.raises(ResumeMismatchError, match="chunk_size"):
+        ChunkStore(tmp_path / "p.parts", {"chunk_size": 4})
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3) as ex:
+        list(ex.map(structures[:3], store=store))
+        with pytest.raises(ResumeMismatchError, match="inputs differ"):
+            list(ex.map(structures[3:6], store=store))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(structures, serial_feats):
+    from platoscope.backends import load_backend
+
+    gpu = load_backend("chgnet:0.3.0", device="cuda")
+    with open_executor(ModelSpec.of(gpu, device="cuda"), backend=gpu, chunk_size=3) as ex:
+        feats = [f for _, r in ex.map(structures) for f in r.features]
+    for f, ref in zip(feats, serial_feats, strict=True):
+        np.testing.assert_allclose(f, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_cluster_arguments(backend):
+    with pytest.raises(ValueError, match="not both"), open_executor(
+            ModelSpec.of(backend), workers=2, scheduler="tcp://x:1"):
+        pass
+    with pytest.raises(ValueError, match=">= 1"), open_executor(ModelSpec.of(backend),
+                                                                  workers=0):
+        pass
+
+
+def test_atoms_roundtrip_no_info_leak():
+    from platoscope.distributed import _light
+
+    a = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[5, 5, 5], pbc=True)
+    a.info.update(source="f", source_index=3, big="x" * 100)
+    b = _light(a)
+    assert b.info == {"source": "f", "source_index": 3}
+    np.testing.assert_array_equal(a.positions, b.positions)
+
+
+def test_missing_dask_names_the_extra(backend, monkeypatch):
+    import sys
+
+    from platoscope.errors import PlatoscopeError
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(PlatoscopeError, match=r"platoscope\[dask\]"), open_executor(
+            ModelSpec.of(backend), workers=2):
+        pass
