@@ -37,8 +37,8 @@ from ase.io import write
 from ase.neighborlist import neighbor_list
 
 from platoscope.anchors import DEFAULT_ANCHORS, select_anchor_set
-from platoscope.paths import cache_dir, default_data_path
 from platoscope.backends import load_backend
+from platoscope.paths import cache_dir, default_data_path
 from platoscope.projection import DEFAULT_PROJECTION, Projector
 from platoscope.readers import read_structures, structures_hash
 from platoscope.reference import REFERENCE_STRUCTURES, ReferenceBank, bank_file_name

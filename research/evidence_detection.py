@@ -223,7 +223,7 @@ def elemental_extras(be: Any) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------
 def knn_by_element(q: np.ndarray, qZ: np.ndarray, pool: np.ndarray, pZ: np.ndarray, k: int,
                    metric: str = "euclidean") -> np.ndarray:
-    from platoscope.monitors.atypical import knn_distance
+    from platoscope.analysis.neighbors import knn_distance
 
     out = np.empty(len(q))
     if metric == "cosine":

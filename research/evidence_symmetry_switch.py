@@ -40,10 +40,10 @@ from platoscope.calculator import PlatonicCalculator
 from platoscope.monitors import Frame, Watcher
 from platoscope.monitors.atypical import AtypicalMonitor
 from platoscope.monitors.switch import SwitchMonitor
-from platoscope.switching import SwitchingCalculator
 from platoscope.monitors.symmetry import SymmetryMonitor
 from platoscope.provenance import invocation
 from platoscope.reference import default_bank, reference_structures
+from platoscope.switching import SwitchingCalculator
 
 DISPLACEMENTS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # Å
 DIRECTION = np.array([1.0, 0.6, 0.3]) / np.linalg.norm([1.0, 0.6, 0.3])

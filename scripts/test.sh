@@ -8,7 +8,7 @@ scripts/setup_envs.sh all || exit 1
 export MPLBACKEND=Agg
 status=0
 echo "=== ruff ==="
-.venv-sevenn/bin/ruff check src tests scripts benchmarks examples || status=1
+.venv-sevenn/bin/ruff check src tests scripts research builders benchmarks examples || status=1
 for env in sevenn mace; do
   echo "=== tests in .venv-$env (requires chgnet,$env) ==="
   other=$([ $env = sevenn ] && echo mace || echo sevenn)

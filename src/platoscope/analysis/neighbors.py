@@ -5,6 +5,7 @@ neighbours."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 _CHUNK_BYTES = 64 * 2**20  # distance blocks are kept below ~64 MiB
 
@@ -89,3 +90,29 @@ def knn_sets(x: np.ndarray, k: int, metric: str) -> np.ndarray:
     no_self = keep.all(axis=1)  # self pushed out by exact duplicates: drop the farthest instead
     keep[no_self, -1] = False
     return idx[keep].reshape(n, k)
+
+
+def knn_distance(queries: np.ndarray, pool: np.ndarray, k: int, *,
+                 exclude: np.ndarray | None = None, groups: np.ndarray | None = None,
+                 chunk: int = 4096) -> np.ndarray:
+    """Mean distance of each query row to its ``k`` nearest rows of ``pool``.
+
+    queries: (n, K); pool: (m, K). With ``exclude`` (n,) and ``groups`` (m,), pool rows whose
+    group equals the query's exclude value are skipped (leave-one-structure-out).
+    """
+    q = torch.as_tensor(queries, dtype=torch.float64)
+    p = torch.as_tensor(pool, dtype=torch.float64)
+    if p.shape[0] == 0:
+        return np.full(len(q), np.nan)
+    out = np.empty(len(q))
+    g = None if groups is None else torch.as_tensor(groups)
+    for s in range(0, len(q), chunk):
+        d = torch.cdist(q[s:s + chunk], p)
+        if exclude is not None and g is not None:
+            ex = torch.as_tensor(exclude[s:s + chunk])
+            d[ex[:, None] == g[None, :]] = float("inf")
+        kk = min(k, p.shape[0])
+        vals = torch.topk(d, kk, dim=1, largest=False).values
+        vals = torch.where(torch.isinf(vals), torch.nan, vals)
+        out[s:s + chunk] = torch.nanmean(vals, dim=1).numpy()
+    return out

@@ -105,14 +105,23 @@ def validate_atoms(atoms: Atoms, *, model: str, supported: frozenset[int] | None
         )
     if atoms.pbc.any() and not np.isfinite(atoms.cell.array).all():
         raise InvalidStructureError("non-finite (NaN or inf) cell")
-    if supported is not None:
-        missing = sorted(set(atoms.numbers.tolist()) - supported)
-        if missing:
-            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
-            raise UnsupportedElementError(
-                f"model {model!r} has no parameters for element(s) {names}; it covers "
-                f"{len(supported)} elements: {format_elements(supported)}"
-            )
+    require_elements(atoms, model=model, supported=supported)
+
+
+def require_elements(atoms: Atoms, *, model: str, supported: frozenset[int] | None,
+                     role: str = "model", hint: str = "") -> None:
+    """The one element check: UnsupportedElementError naming the element(s) of ``atoms`` that
+    ``model`` has no parameters for. role: who the model is to the user (``"model"``, or
+    ``"bias monitor: the second model"``); hint: what to do about it."""
+    if supported is None:
+        return
+    missing = sorted(set(np.asarray(atoms.numbers).tolist()) - set(supported))
+    if missing:
+        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+        raise UnsupportedElementError(
+            f"{role} {model!r} has no parameters for element(s) {names} of "
+            f"{atoms.get_chemical_formula()}; it covers {len(supported)} elements: "
+            f"{format_elements(supported)}{hint}")
 
 
 def format_elements(numbers: frozenset[int] | Sequence[int]) -> str:
@@ -296,13 +305,6 @@ class Backend(ABC):
 def check_elements(backend: Any, atoms: Atoms, *, monitor: str = "bias") -> None:
     """Raise UnsupportedElementError naming the element(s) of ``atoms`` that the second
     model ``backend`` has no parameters for, and the model; ``monitor`` names the caller."""
-    supported = backend.supported_numbers
-    if supported is None:
-        return
-    missing = sorted(set(np.asarray(atoms.numbers).tolist()) - set(supported))
-    if missing:
-        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
-        raise UnsupportedElementError(
-            f"{monitor} monitor: the second model {backend.spec!r} has no parameters for "
-            f"element(s) {names} of {atoms.get_chemical_formula()}; choose a second model "
-            "that covers every element of the structure")
+    require_elements(atoms, model=backend.spec, supported=backend.supported_numbers,
+                     role=f"{monitor} monitor: the second model",
+                     hint="; choose a second model that covers every element of the structure")
