@@ -124,3 +124,26 @@ def small_anchors():
         if len(picked) < ANCHORS_PER_ELEMENT:
             picked.append(int(k))
     return full.subset(sorted(k for ks in per_element.values() for k in ks))
+
+
+@pytest.fixture(scope="module")
+def small_setup(tmp_path_factory, chgnet_backend):
+    """(anchors, bank, anchors_path, bank_path): a small anchor set and reference bank of
+    rattled rock-salt crystals (fast to build)."""
+    from ase.build import bulk
+
+    from platoscope import AnchorSet
+    from platoscope.reference import ReferenceBank
+
+    d = tmp_path_factory.mktemp("setup")
+    structs = []
+    for s in range(12):
+        formula, a0 = [("NaCl", 5.64), ("KCl", 6.29), ("NaBr", 5.97)][s % 3]
+        a = bulk(formula, "rocksalt", a=a0 * (0.98 + 0.004 * s), cubic=True)
+        a.rattle(0.04, seed=s)
+        structs.append(a)
+    anchors = AnchorSet.from_atoms([(structs[i], j) for i in range(6) for j in (0, 1, 4)])
+    bank = ReferenceBank.build(chgnet_backend, structs, anchors)
+    anchors_path = anchors.save(d / "anchors.npz")
+    bank_path = bank.save(d / "bank.npz")
+    return anchors, bank, anchors_path, bank_path

@@ -506,10 +506,10 @@ def test_truncated_trajectory(truncated_extxyz):
     partial = read_structures(truncated_extxyz, on_error="skip")
     assert [a.info["source_index"] for a in partial] == [0, 1]
     assert partial.skipped[0][0] == 2
-    frames, error = read_frames(truncated_extxyz)
-    assert len(frames) == 2 and "frame 2" in error
-    frames, error = read_frames(truncated_extxyz, index=":2")
-    assert len(frames) == 2 and error is None
+    frames, skipped = read_frames(truncated_extxyz)
+    assert len(frames) == 2 and len(skipped) == 1 and "frame 2" in skipped[0]
+    frames, skipped = read_frames(truncated_extxyz, index=":2")
+    assert len(frames) == 2 and skipped == []
 
 
 def test_invalid_frame_skip_and_stop(tmp_path, mp20_val):
@@ -520,8 +520,13 @@ def test_invalid_frame_skip_and_stop(tmp_path, mp20_val):
     with pytest.raises(InvalidStructureError, match=r"nan\.extxyz: frame 1: NaN"):
         read_structures(path)
     assert [a.info["source_index"] for a in read_structures(path, on_error="skip")] == [0, 2, 3]
-    kept, error = read_frames(path)
-    assert len(kept) == 1 and "frame 1" in error
+    kept, skipped = read_frames(path, on_error="stop")
+    assert len(kept) == 1 and "frame 1" in skipped[0]
+    kept, skipped = read_frames(path)  # default: the bad frame is left out, the rest read
+    assert [a.info["source_index"] for a in kept] == [0, 2, 3]
+    assert len(skipped) == 1 and "frame 1: NaN" in skipped[0]
+    with pytest.raises(InvalidStructureError, match="frame 1"):
+        read_frames(path, on_error="raise")
 
 
 def test_gzipped_csv_reads_like_the_plain_one(tmp_path):

@@ -15,10 +15,10 @@ from typing import Any
 
 from ase import Atoms
 
-from platoscope.errors import AnchorSetMismatchError
+from platoscope.errors import AnchorSetMismatchError, ConfigError
 from platoscope.writers.runfiles import DUMPS
 
-__all__ = ["Run", "RunConfig", "build_run", "load_anchors"]
+__all__ = ["Run", "RunConfig", "build_run", "load_anchors", "prepare_out"]
 
 
 def load_anchors(value: Any = "default") -> Any:
@@ -43,7 +43,10 @@ class RunConfig:
     monitor_options: ``{"<monitor>_<option>": value}`` (e.g. ``{"atypical_space":
     "projected"}``); action: what a monitor does at a threshold; out: output folder; strict:
     a failing monitor stops the run; embeddings: keep raw embeddings in frames.h5;
-    store_coords: ``auto``, ``always`` or ``never``; progress: progress bars.
+    store_coords: ``auto``, ``always`` or ``never``; progress: progress bars; overwrite:
+    clear a non-empty ``out`` (a previous run folder) first; restart: continue the run in
+    ``out`` (MD). A non-empty ``out`` is refused unless one of the two is set (or it is the
+    folder of an interrupted ``monitor`` whose ``<out>.parts`` resumes it).
     """
 
     model: Any = "chgnet"
@@ -59,6 +62,45 @@ class RunConfig:
     embeddings: bool = True
     store_coords: str = "auto"
     progress: bool = True
+    overwrite: bool = False
+    restart: bool = False
+
+
+def prepare_out(out: str | Path, *, overwrite: bool = False, restart: bool = False) -> Path:
+    """Check (and with ``overwrite``, clear) a run's output folder before anything runs.
+
+    A non-empty folder would mix two runs' events, plots and dumps, so it is refused
+    (:class:`~platoscope.errors.ConfigError` naming --overwrite and --restart) unless
+    ``restart`` (continue it), ``overwrite`` (its contents are removed; only a folder holding
+    a run's summary.json, so a mistyped --out never empties an unrelated folder) or an
+    interrupted monitor run's ``<out>.parts`` exists (the rerun resumes it and rewrites the
+    folder).
+    """
+    import shutil
+
+    from platoscope.distributed import parts_folder
+    from platoscope.writers.runfiles import SUMMARY
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path} is a file, not a folder")
+    if restart or not path.is_dir() or not any(path.iterdir()):
+        return path
+    resuming = parts_folder(path).is_dir()
+    if not (overwrite or resuming):
+        raise ConfigError(f"--out {path} is not empty (a previous run's files would mix with "
+                          "this one's): pass --overwrite to clear it, --restart to continue "
+                          "that run, or choose another folder")
+    if not (path / SUMMARY).is_file():
+        raise ConfigError(f"--out {path} is not empty and holds no {SUMMARY}, so it is not a "
+                          "platoscope run folder; --overwrite clears only run folders: choose "
+                          "another folder")
+    for item in path.iterdir():
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+    return path
 
 
 @dataclass
@@ -83,6 +125,7 @@ class Run:
         from platoscope.runner import run_md
 
         atoms.calc = self.calc
+        md_options.setdefault("restart", self.config.restart)
         return run_md(atoms, self.monitors, self.config.out, **self._writing(), **md_options)
 
     def relax(self, atoms: Atoms, **relax_options: Any) -> dict[str, Any]:
@@ -118,6 +161,7 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
     from platoscope.reference import ReferenceBank, default_bank
 
     parse_monitor_spec(config.monitors)  # a misspelt monitor fails before any model loads
+    prepare_out(config.out, overwrite=config.overwrite, restart=config.restart)
     backend = load_backend(config.model, layer=config.layer, device=config.device)
     anchor_set = load_anchors(config.anchors)
     if config.reference:

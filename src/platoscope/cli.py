@@ -98,6 +98,19 @@ def _executor(backend: Any, device: str, workers: int | None, scheduler: str | N
 @click.option("--debug", is_flag=True, help="Show the full traceback of every error")
 def main(debug: bool) -> None:
     """Anchor-projected ("Platonic") per-atom coordinates for MLIPs, and monitors built on them."""
+    if not debug:
+        import warnings
+
+        warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line on stderr, above any progress bar (``--debug`` keeps Python's
+    file:line format)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 @main.command()
@@ -307,8 +320,56 @@ def _config(kw: dict[str, Any]):
                      anchors=kw.pop("anchors_path"), reference=kw.pop("reference_path"),
                      monitors=kw.pop("monitor_spec"), monitor_options=options,
                      action=kw.pop("action"), out=kw.pop("out"), strict=kw.pop("strict"),
-                     embeddings=not kw.pop("no_embeddings"),
+                     embeddings=not kw.pop("no_embeddings"), overwrite=kw.pop("overwrite"),
                      store_coords=kw.pop("store_coords"))
+
+
+_POSITIVE = click.FloatRange(min=0.0, min_open=True)
+_POSITIVE_OR_ZERO = click.FloatRange(min=0.0)
+_FINITE = click.FloatRange(min=-1e300, max=1e300)
+_COUNT = click.IntRange(min=0)
+_AT_LEAST_ONE = click.IntRange(min=1)
+
+
+def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
+    """--repeat: three positive integers (a supercell), e.g. 2,2,2."""
+    parts = [p.strip() for p in str(value).split(",")]
+    try:
+        reps = tuple(int(p) for p in parts)
+    except ValueError:
+        reps = ()
+    if len(reps) != 3 or min(reps) < 1:
+        raise click.BadParameter(f"{value!r} is not three positive integers such as 2,2,2",
+                                 ctx=ctx, param=param)
+    return reps  # type: ignore[return-value]
+
+
+def _index(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--index: an ASE index (``:``, ``::2``, ``-1``, ``10:20``), checked before models load."""
+    from ase.io.formats import string2index
+
+    try:
+        idx = string2index(value)
+    except ValueError:
+        idx = None
+    if not isinstance(idx, int | slice) or (isinstance(idx, slice) and idx.step == 0):
+        raise click.BadParameter(f"{value!r} is not an ASE index such as ':', '::2', '-1', "
+                                 "'10:20'", ctx=ctx, param=param)
+    return value
+
+
+def _build(config: Any, atoms: Any):
+    """:func:`platoscope.assembly.build_run`; Ctrl-C while a model loads or a reference bank
+    is built says what happened (nothing cached) instead of click's bare "Aborted!"."""
+    from platoscope.assembly import build_run
+
+    try:
+        return build_run(config, atoms)
+    except KeyboardInterrupt:
+        click.echo("interrupted while setting up the run (loading a model or building its "
+                   "reference bank): nothing was cached and no step was run; the same command "
+                   "builds the bank again from the start", err=True)
+        sys.exit(130)
 
 
 def _literal(text: str) -> Any:
@@ -341,6 +402,9 @@ common_run_options = [
                       "monitors registered outside platoscope); repeatable"),
     click.option("--strict", is_flag=True, help="A failing monitor stops the run"),
     click.option("--out", "-o", required=True, type=click.Path(), help="Output folder"),
+    click.option("--overwrite", is_flag=True,
+                 help="Clear a non-empty --out (a previous run's folder) first; without it "
+                      "(or --restart) a non-empty --out is refused"),
     click.option("--no-embeddings", is_flag=True, help="Keep raw embeddings out of frames.h5"),
     click.option("--store-coords", type=click.Choice(["auto", "always", "never"]),
                  default="auto", show_default=True,
@@ -352,15 +416,15 @@ common_run_options = [
 
 
 def _end(result: dict, out: str, report: bool) -> None:
+    from platoscope.runner import status_line
+
     if report:
         from platoscope.report import make_report
 
         paths = make_report(out)
         click.echo(f"report: {', '.join(str(p) for p in paths)}")
-    click.echo(f"status: {result['status']}; {result['monitoring']['n_events']} events; "
+    click.echo(f"status: {status_line(result)}; {result['monitoring']['n_events']} events; "
                f"outputs in {out}")
-    if result["status"] == "stopped":
-        click.echo(f"stopped by: {result['stopped_by']}")
 
 
 @main.command()
@@ -368,23 +432,28 @@ def _end(result: dict, out: str, report: bool) -> None:
 @_with(common_run_options)
 @click.option("--ensemble", type=click.Choice(["nvt", "npt", "nve"]), default="nvt",
               show_default=True)
-@click.option("--temperature", default=300.0, show_default=True, help="K")
-@click.option("--pressure", default=0.0, show_default=True, help="GPa (npt)")
-@click.option("--steps", default=1000, show_default=True)
-@click.option("--timestep", default=1.0, show_default=True, help="fs")
-@click.option("--friction", default=0.01, show_default=True, help="Langevin friction, 1/fs")
-@click.option("--interval", default=1, show_default=True, help="Record every N steps")
-@click.option("--repeat", default="1,1,1", show_default=True, help="Supercell, e.g. 2,2,2")
+@click.option("--temperature", default=300.0, show_default=True, type=_POSITIVE_OR_ZERO,
+              help="K")
+@click.option("--pressure", default=0.0, show_default=True, type=_FINITE, help="GPa (npt)")
+@click.option("--steps", default=1000, show_default=True, type=_COUNT,
+              help="MD steps (on --restart: the total, counting those already done)")
+@click.option("--timestep", default=1.0, show_default=True, type=_POSITIVE, help="fs")
+@click.option("--friction", default=0.01, show_default=True, type=_POSITIVE_OR_ZERO,
+              help="Langevin friction, 1/fs")
+@click.option("--interval", default=1, show_default=True, type=_AT_LEAST_ONE,
+              help="Record every N steps")
+@click.option("--repeat", default="1,1,1", show_default=True, callback=_repeat,
+              help="Supercell, e.g. 2,2,2")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--restart", is_flag=True, help="Continue from the last frame in --out")
+@click.option("--restart", is_flag=True,
+              help="Continue from the last frame in --out (with the recorded settings)")
 def md(structure, ensemble, temperature, pressure, steps, timestep, friction, interval,
        repeat, seed, restart, report, **kw):
     """Monitored molecular dynamics of STRUCTURE (any file ASE reads)."""
-    from platoscope.assembly import build_run
-
     config = _config(kw)
-    atoms = _read_structure(structure).repeat([int(x) for x in repeat.split(",")])
-    run = build_run(config, atoms)
+    atoms = _read_structure(structure).repeat(repeat)
+    config.restart = restart
+    run = _build(config, atoms)
     try:
         result = run.md(atoms, steps=steps, ensemble=ensemble, timestep_fs=timestep,
                         temperature_K=temperature, friction=friction, pressure_GPa=pressure,
@@ -399,17 +468,16 @@ def md(structure, ensemble, temperature, pressure, steps, timestep, friction, in
 @main.command()
 @click.argument("structure", type=click.Path(exists=True))
 @_with(common_run_options)
-@click.option("--fmax", default=0.05, show_default=True, help="eV/Å")
-@click.option("--steps", default=500, show_default=True)
+@click.option("--fmax", default=0.05, show_default=True, type=_POSITIVE, help="eV/Å")
+@click.option("--steps", default=500, show_default=True, type=_AT_LEAST_ONE,
+              help="Most optimizer steps")
 @click.option("--cell/--no-cell", default=False, help="Relax the cell too (FrechetCellFilter)")
 @click.option("--optimizer", default="BFGS", show_default=True)
 def relax(structure, fmax, steps, cell, optimizer, report, **kw):
     """Monitored relaxation of STRUCTURE."""
-    from platoscope.assembly import build_run
-
     config = _config(kw)
     atoms = _read_structure(structure)
-    run = build_run(config, atoms)
+    run = _build(config, atoms)
     try:
         result = run.relax(atoms, fmax=fmax, steps=steps, cell=cell, optimizer=optimizer)
     except KeyboardInterrupt:
@@ -421,9 +489,10 @@ def relax(structure, fmax, steps, cell, optimizer, report, **kw):
 @main.command()
 @click.argument("trajectories", nargs=-1, required=True, type=click.Path(exists=True))
 @_with(common_run_options)
-@click.option("--batch-size", default=16, show_default=True,
+@click.option("--batch-size", default=16, show_default=True, type=_AT_LEAST_ONE,
               help="Frames per task and per model batch")
-@click.option("--index", default=":", show_default=True, help="Frames to read (ASE syntax)")
+@click.option("--index", default=":", show_default=True, callback=_index,
+              help="Frames to read (ASE syntax); steps stay the source's frame indices")
 @_with(cluster_options)
 def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
     """Run monitors over existing TRAJECTORIES (any format ASE reads); step = frame index.
@@ -434,7 +503,6 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
     """
     import dataclasses
 
-    from platoscope.assembly import build_run
     from platoscope.readers import read_frames
 
     config = _config(kw)
@@ -442,25 +510,23 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
     ex = None
     with contextlib.ExitStack() as stack:
         for trajectory, run_out in zip(trajectories, outs, strict=True):
-            frames, error = read_frames(trajectory, index=index)
-            if error:
-                click.echo(f"warning: {error}; monitoring the {len(frames)} frames before it",
-                           err=True)
+            frames, skipped = read_frames(trajectory, index=index,
+                                          on_error="raise" if config.strict else "skip")
+            for line in skipped:
+                click.echo(f"skipped: {line}", err=True)
             if not frames:
                 raise click.ClickException(f"no readable frame in {trajectory}")
-            run = build_run(dataclasses.replace(config, out=run_out), frames[0])
+            run = _build(dataclasses.replace(config, out=run_out), frames[0])
             if ex is None:  # one cluster for every input
                 ex = stack.enter_context(_executor(run.backend, config.device, workers,
                                                    scheduler, batch_size))
             try:
                 result = run.monitor(frames, batch_size=batch_size, source=str(trajectory),
-                                     executor=ex)
+                                     executor=ex, index=index, skipped_frames=skipped)
             except KeyboardInterrupt:
                 click.echo(f"interrupted: completed chunks of {trajectory} are in "
                            f"{run_out}.parts; rerun the same command to resume", err=True)
                 sys.exit(130)
-            if error:
-                result["read_error"] = error
             for line in result.get("failed_frames", []):
                 click.echo(f"failed: {line}", err=True)
             _end(result, run_out, report)

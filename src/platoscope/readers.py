@@ -105,15 +105,21 @@ def read_structures(path: str | Path, *, index: Index = ":", limit: int | None =
     return _read(path, index, limit, on_error)
 
 
-def read_frames(path: str | Path, *, index: Index = ":") -> tuple[list[Atoms], str | None]:
-    """Frames of a trajectory up to the first one that cannot be read or is invalid.
+def read_frames(path: str | Path, *, index: Index = ":",
+                on_error: str = "skip") -> tuple[list[Atoms], list[str]]:
+    """The selected frames of a trajectory, and a message per frame left out.
 
-    Returns ``(frames, None)`` when every selected frame was read, else ``(frames before the bad
-    one, message naming it)``, so that a truncated trajectory of a crashed run stays usable. An
-    unreadable file (missing, empty, unknown format, broken at frame 0) still raises.
+    on_error: ``"skip"`` (default) leaves out a frame that cannot be read or is invalid (NaN
+    positions, degenerate cell) and reads on; ``"stop"`` stops at the first such frame (a
+    truncated trajectory of a crashed run); ``"raise"`` raises it. Each kept frame carries its
+    position in the file as ``info["source_index"]``. Returns ``(frames, messages)``, each
+    message naming the file and frame and saying why. An unreadable file (missing, empty,
+    unknown format, broken at frame 0) still raises.
     """
-    frames = _read(path, index, None, "stop")
-    return list(frames), (frames.skipped[0][1] if frames.skipped else None)
+    if on_error not in ("raise", "skip", "stop"):
+        raise InputError(f"on_error must be 'raise', 'skip' or 'stop', not {on_error!r}")
+    frames = _read(path, index, None, on_error)
+    return list(frames), [msg for _, msg in frames.skipped]
 
 
 def structures_hash(atoms_list: Iterable[Atoms]) -> str:

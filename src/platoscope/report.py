@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from platoscope.runner import status_line
 from platoscope.writers import SidecarLockedError, read_events, read_sidecar, repair_run
 from platoscope.writers.runfiles import EVENTS, REPORT, SIDECAR, SUMMARY
 
@@ -184,8 +185,9 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
     s, events, frames = data["summary"], data["events"], data["frames"]
     prov = s.get("provenance", {})
     lines = [
-        "status: " + {"running": "running, or killed (no final summary)"}.get(
-            s.get("status", ""), s.get("status", "unknown (no summary.json)")),
+        "status: " + ("running, or killed (no final summary)" if s.get("status") == "running"
+                      else status_line(s) if s.get("status")
+                      else "unknown (no summary.json)"),
         f"model: {prov.get('model')} layer {prov.get('layer')} weights "
         f"{str(prov.get('weights_sha256'))[:16]}",
         f"anchors: {str(prov.get('anchor_set_hash'))[:16]} (K={prov.get('n_anchors')}), "
@@ -217,8 +219,14 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         if atom_counts:
             lines.append("    most flagged atoms: " + ", ".join(
                 f"{a} ({n}x)" for a, n in atom_counts.most_common(5)))
-    if s.get("stopped_by"):
-        lines.append(f"stopped by: {s['stopped_by']}")
+    skipped = s.get("skipped_frames") or []
+    if skipped:
+        lines.append(f"skipped frames: {len(skipped)} (not monitored)")
+        lines.extend(f"  {line}" for line in skipped[:20])
+    failed = s.get("failed_frames") or []
+    if failed:
+        lines.append(f"failed frames: {len(failed)} (could not be embedded)")
+        lines.extend(f"  {line}" for line in failed[:20])
     errs = s.get("monitoring", {}).get("monitor_errors") or []
     if errs:
         lines.append(f"monitor errors: {len(errs)} (first: {errs[0]})")

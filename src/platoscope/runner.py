@@ -88,7 +88,9 @@ class RunRecorder:
                    "score_units": dict(score_units or {})},
             projector_state=projector.get_state() if projector is not None else None,
             store_platonic=self.store_platonic)
-        self.events = EventLog(self.out / EVENTS)
+        self.events = EventLog(self.out / EVENTS, mode="a" if append else "w")
+        if append:
+            self.n_frames = count_frames(self.out)
         if not append:
             for name in (FRAMES,):
                 (self.out / name).unlink(missing_ok=True)
@@ -120,16 +122,63 @@ class RunRecorder:
         self.events.append(event.to_dict())
 
     def write_summary(self, status: str, extra: dict[str, Any] | None = None) -> None:
+        extra = dict(extra or {})
+        if "monitoring" in extra:  # counts over the whole run (every segment), from the files
+            extra["monitoring"] = {**extra["monitoring"], "n_events": _count_events(self.out)}
         write_json_atomic(self.out / SUMMARY, {
             "status": status, "provenance": self.provenance, "config": self.config,
             "frames_written": self.n_frames, "wall_time_s": round(time.time() - self.started, 3),
             "versions": package_versions(),
             "platonic_source": PLATONIC_STORED if self.store_platonic else PLATONIC_DERIVED,
-            **(extra or {}),
+            **extra,
         })
 
     def close(self) -> None:
         self.sidecar.close()
+
+
+def count_frames(out: str | Path) -> int:
+    """Frames in a run folder's frames.extxyz (every segment of a restarted run), counted
+    from the file itself: the one source of the ``frames_written`` figure."""
+    path = Path(out) / FRAMES
+    if not path.is_file():
+        return 0
+    n = 0
+    with path.open() as fh:
+        for line in fh:
+            head = line.strip()
+            if not head:
+                continue
+            n_atoms = int(head)
+            for _ in range(n_atoms + 1):
+                next(fh, None)
+            n += 1
+    return n
+
+
+def _count_events(out: Path) -> int:
+    path = out / EVENTS
+    if not path.is_file():
+        return 0
+    with path.open() as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def status_line(result: dict[str, Any]) -> str:
+    """One readable line for a run's end: completed, "not converged after N steps, fmax X
+    eV/Å", or "stopped by <monitor> at step S (score > threshold on atoms ...)"."""
+    status = result.get("status", "unknown")
+    if status == "completed" and result.get("converged") is False:
+        return (f"not converged after {result.get('optimizer_steps')} steps, fmax "
+                f"{result.get('fmax_final', float('nan')):.4g} eV/Å "
+                f"(asked {result.get('fmax_target')} eV/Å)")
+    stop = result.get("stopped_by")
+    if status == "stopped" and stop:
+        atoms = ", ".join(str(a) for a in stop.get("atoms", [])[:8])
+        return (f"stopped by monitor {stop.get('monitor')} at step {stop.get('step')}: score "
+                f"{stop.get('score', float('nan')):.4g} > threshold "
+                f"{stop.get('threshold', float('nan')):.4g} on atoms {atoms}")
+    return str(status)
 
 
 def last_frame(out: str | Path) -> tuple[Atoms, int]:
@@ -159,6 +208,59 @@ def first_frame(out: str | Path) -> Atoms:
         if not path.is_file():
             raise FileNotFoundError(f"cannot restart: {path} does not exist") from None
         return read(path, index=0)
+
+
+def _md_config(atoms: Atoms, ensemble: str, steps: int, timestep_fs: float,
+               temperature_K: float, friction: float, pressure_GPa: float, interval: int,
+               seed: int) -> dict[str, Any]:
+    return {"kind": "md", "ensemble": ensemble, "steps": steps, "timestep_fs": timestep_fs,
+            "temperature_K": temperature_K, "friction": friction, "pressure_GPa": pressure_GPa,
+            "interval": interval, "seed": seed, "n_atoms": len(atoms),
+            "formula": atoms.get_chemical_formula()}
+
+
+RESTART_PROVENANCE = ("model", "spec", "weights_sha256", "layer", "anchor_set_hash",
+                      "n_anchors", "projection")
+"""Provenance keys a restart must share with the recorded run (the model and coordinates)."""
+
+
+def check_restart(out: str | Path, config: dict[str, Any], provenance: dict[str, Any],
+                  monitors: Sequence[Monitor]) -> None:
+    """Refuse a restart whose settings differ from those recorded in ``out``/summary.json.
+
+    A run is one record: a restart continues it with the same ensemble, temperature,
+    timestep, friction, pressure, interval, seed, model, anchors, projection and monitors
+    (names, actions, thresholds); only ``steps`` (the total) may grow. Raises
+    :class:`~platoscope.errors.ConfigError` naming every differing setting, recorded and
+    given value. To change a setting, start a new run from the last frame instead.
+    """
+    import json
+
+    from platoscope.errors import ConfigError
+
+    path = Path(out) / SUMMARY
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot restart: {path} is missing or unreadable ({err})") from None
+    diffs = []
+    old_config = recorded.get("config", {})
+    for key, value in config.items():
+        if key != "steps" and key in old_config and old_config[key] != value:
+            diffs.append(f"{key} (recorded {old_config[key]!r}, given {value!r})")
+    old_prov = recorded.get("provenance", {})
+    for key in RESTART_PROVENANCE:
+        if key in old_prov and old_prov[key] != provenance.get(key):
+            diffs.append(f"{key} (recorded {old_prov[key]!r}, given {provenance.get(key)!r})")
+    old_mons = [(m.get("name"), m.get("action")) for m in
+                recorded.get("monitoring", {}).get("monitors", [])]
+    new_mons = [(m.name, m.action) for m in monitors]
+    if "monitoring" in recorded and old_mons != new_mons:
+        diffs.append(f"monitors (recorded {old_mons}, given {new_mons})")
+    if diffs:
+        raise ConfigError(f"cannot restart the run in {out} with other settings: "
+                          + "; ".join(diffs) + ". Restart with the recorded settings, or "
+                          "start a new run (another --out) from its last frame")
 
 
 def make_dynamics(atoms: Atoms, *, ensemble: str, timestep_fs: float, temperature_K: float,
@@ -197,7 +299,7 @@ def _postfix(bar: Any, watcher: Watcher, atoms: Atoms) -> None:
     if watcher.worst is None:
         return
     name, i, ratio = watcher.worst
-    bar.set_postfix_str(f"worst {atoms.get_chemical_symbols()[i]}{i} {name} "
+    bar.set_postfix_str(f"worst atom {i} ({atoms.get_chemical_symbols()[i]}) {name} "
                         f"{ratio:.2f}x thr, events {watcher.n_events}", refresh=False)
 
 
@@ -229,6 +331,8 @@ def _lifecycle(recorder: RunRecorder, watcher: Watcher, bar: Any):
         bar.close()
         extra = {k: v for k, v in state.items() if k not in ("status", "result")}
         last = watcher.step - 1 if watcher.step > 0 else None  # MD: the number of steps taken
+        if watcher.stop_requested is not None:
+            last = watcher.stop_requested.step  # the frame that stopped it was written
         state["result"] = _finish(recorder, watcher, state["status"], last_step=last, **extra)
 
 
@@ -267,16 +371,17 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
         if prev.has("momenta"):
             atoms.set_momenta(prev.get_momenta())
         first_step, n_steps = last + 1, steps - last
+        check_restart(out, _md_config(atoms, ensemble, steps, timestep_fs, temperature_K,
+                                      friction, pressure_GPa, interval, seed),
+                      calc.provenance(), monitors)
         start = first_frame(out)
         for m in monitors:
             m.on_restart(start)
     elif ensemble != "nve" or not atoms.has("momenta"):
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K,
                                      rng=np.random.default_rng(seed))
-    config = {"kind": "md", "ensemble": ensemble, "steps": steps, "timestep_fs": timestep_fs,
-              "temperature_K": temperature_K, "friction": friction, "pressure_GPa": pressure_GPa,
-              "interval": interval, "seed": seed, "n_atoms": len(atoms),
-              "formula": atoms.get_chemical_formula()}
+    config = _md_config(atoms, ensemble, steps, timestep_fs, temperature_K, friction,
+                        pressure_GPa, interval, seed)
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors), interval=interval,
                            embeddings=embeddings, append=restart,
@@ -321,9 +426,12 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     bar = _progress(steps, f"relax {optimizer}", progress)
     with _lifecycle(recorder, watcher, bar) as state:
         state["converged"] = False
+        state["fmax_target"] = fmax
         for conv in opt.irun(fmax=fmax, steps=steps):
             state["converged"] = bool(conv)
             _observe(watcher, atoms, bar)
+            state["optimizer_steps"] = int(opt.nsteps)
+            state["fmax_final"] = float(np.linalg.norm(target.get_forces(), axis=1).max())
     return state["result"]
 
 
@@ -332,8 +440,12 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                    progress: bool = True, embeddings: bool = True,
                    source: str | None = None, store_coords: str = "auto",
                    executor: Any = None, resume: bool = True,
-                   on_chunk: Any = None) -> dict[str, Any]:
-    """Run monitors over existing frames; ``step`` is the frame index.
+                   on_chunk: Any = None, index: str | None = None,
+                   skipped_frames: Sequence[str] = ()) -> dict[str, Any]:
+    """Run monitors over existing frames; ``step`` is the frame's index in its source
+    (``info["source_index"]`` as :func:`platoscope.readers.read_frames` sets it, else its
+    position in ``frames``), so ``--index ::2`` records steps 0, 2, 4 ...; index and
+    skipped_frames (messages of frames the reader left out) are recorded in summary.json.
 
     Embeddings come from the backend's batched path (no forces are computed) and are
     projected with ``calc``'s projector, so no frame is evaluated twice. executor: a
@@ -345,7 +457,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     """
     from platoscope.distributed import ChunkStore, ModelSpec, open_executor, parts_folder
 
-    config = {"kind": "monitor", "source": source, "n_frames": len(frames),
+    config = {"kind": "monitor", "source": source, "index": index, "n_frames": len(frames),
               "batch_size": batch_size}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors),
@@ -368,13 +480,14 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
         with _lifecycle(recorder, watcher, bar) as state:
             state["cluster"] = executor.info()
             state["failed_frames"] = failed = []
+            state["skipped_frames"] = list(skipped_frames)
             for chunk, res in executor.map(frames, store=store, strict=strict,
                                            on_chunk=on_chunk):
                 for f in res.failures:
                     failed.append(f.describe())
                     bar.write(f"failed: {f.describe()}")
                 for j, (src, e) in enumerate(zip(chunk, res.features, strict=True)):
-                    step = res.start + j
+                    step = int(src.info.get("source_index", res.start + j))
                     if e is None:
                         bar.update(1)
                         continue

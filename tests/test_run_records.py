@@ -1,0 +1,207 @@
+"""Run records that cannot lie, and options checked where they are given (issue 13 items 1-7,
+the Ctrl-C part of 10, the first part of 13): each test runs the real CLI with CHGNet."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
+from click.testing import CliRunner
+
+from platoscope.cli import main
+from platoscope.runner import count_frames
+
+pytestmark = pytest.mark.backend("chgnet")
+
+
+def _nacl(distorted: bool = False):
+    a = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    if distorted:
+        a.positions[0] += [1.3, 0.2, 0.0]  # Na pushed onto a neighbour: far from the bank
+    return a
+
+
+@pytest.fixture
+def cli(small_setup, tmp_path):
+    """Invoke ``platoscope <command> ...`` with the small anchors and bank; returns the result."""
+    _, _, anchors_path, bank_path = small_setup
+
+    def invoke(command: str, *args: str):
+        return CliRunner().invoke(main, [command, *args, "--model", "chgnet", "--anchors",
+                                         str(anchors_path), "--reference", str(bank_path)])
+    return invoke
+
+
+def _structure(tmp_path, distorted=False):
+    path = tmp_path / ("bad.extxyz" if distorted else "nacl.extxyz")
+    write(path, _nacl(distorted))
+    return str(path)
+
+
+def _events(out):
+    path = out / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.is_file() else []
+
+
+def test_non_empty_out_is_refused_unless_overwrite(cli, tmp_path):
+    out = tmp_path / "r"
+    s = _structure(tmp_path, distorted=True)
+    r = cli("md", s, "--steps", "2", "--out", str(out), "--no-report")
+    assert r.exit_code == 0, r.output
+    assert len(_events(out)) >= 1
+    (out / "stale.png").write_text("from an earlier run")
+    r = cli("md", _structure(tmp_path), "--steps", "1", "--out", str(out), "--no-report")
+    assert r.exit_code != 0 and "not empty" in r.output and "--overwrite" in r.output
+    assert "Traceback" not in r.output
+    r = cli("md", _structure(tmp_path), "--steps", "1", "--out", str(out), "--overwrite",
+            "--monitor", "none")
+    assert r.exit_code == 0, r.output
+    assert not (out / "stale.png").exists() and _events(out) == []
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["monitoring"]["n_events"] == 0 and summary["frames_written"] == 2
+    assert "events: 0" in (out / "report.txt").read_text()
+    unrelated = tmp_path / "mine"
+    unrelated.mkdir()
+    (unrelated / "thesis.tex").write_text("keep me")
+    r = cli("md", s, "--steps", "1", "--out", str(unrelated), "--overwrite")
+    assert r.exit_code != 0 and "not a platoscope run folder" in r.output
+    assert (unrelated / "thesis.tex").is_file()
+
+
+def test_restart_refuses_changed_settings_and_counts_from_files(cli, tmp_path):
+    out = tmp_path / "r"
+    s = _structure(tmp_path)
+    base = ["--out", str(out), "--temperature", "600", "--monitor", "atypical,symmetry"]
+    assert cli("md", s, "--steps", "3", *base).exit_code == 0
+    r = cli("md", s, "--steps", "5", "--restart", "--out", str(out), "--temperature", "2000",
+            "--monitor", "none")
+    assert r.exit_code != 0 and "temperature_K (recorded 600.0, given 2000.0)" in r.output
+    assert "monitors" in r.output and "Traceback" not in r.output
+    assert json.loads((out / "summary.json").read_text())["config"]["temperature_K"] == 600.0
+    r = cli("md", s, "--steps", "5", "--restart", *base)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    frames = read(out / "frames.extxyz", ":")
+    assert [f.info["step"] for f in frames] == list(range(6))
+    assert summary["frames_written"] == count_frames(out) == 6
+    assert summary["monitoring"]["n_events"] == len(_events(out))
+    text = (out / "report.txt").read_text()
+    assert "frames: 6" in text and f"events: {len(_events(out))}" in text
+
+
+def test_monitor_keeps_source_steps_skips_bad_frames_and_carries_forces(cli, tmp_path):
+    frames = []
+    for s in range(7):
+        a = _nacl()
+        a.rattle(0.02, seed=s)
+        a.calc = SinglePointCalculator(a, energy=-1.0 - s, forces=np.full((len(a), 3), 0.1 * s))
+        frames.append(a)
+    frames[2].positions[0, 0] = np.nan
+    traj = tmp_path / "in.extxyz"
+    write(traj, frames)
+    out = tmp_path / "mon"
+    r = cli("monitor", str(traj), "--index", "::2", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert "frame 2: NaN" in r.output
+    got = read(out / "frames.extxyz", ":")
+    assert [f.info["step"] for f in got] == [0, 4, 6]  # source indices, frame 2 left out
+    assert got[1].get_potential_energy() == pytest.approx(-5.0)
+    assert np.allclose(got[1].get_forces(), 0.4)
+    assert np.allclose(got[1].arrays["score_atypical_force"], np.sqrt(3) * 0.4)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["index"] == "::2" and summary["status"] == "completed"
+    assert len(summary["skipped_frames"]) == 1 and "frame 2" in summary["skipped_frames"][0]
+    text = (out / "report.txt").read_text()
+    assert "skipped frames: 1" in text and "frame 2: NaN" in text
+    r = cli("monitor", str(traj), "--out", str(tmp_path / "strict"), "--strict")
+    assert r.exit_code != 0 and "frame 2" in r.output
+
+
+def test_relaxation_not_converged_says_so(cli, tmp_path):
+    out = tmp_path / "rx"
+    r = cli("relax", _structure(tmp_path, distorted=True), "--steps", "2", "--fmax", "1e-6",
+            "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert "not converged after 2 steps, fmax" in r.output and "eV/Å" in r.output
+    assert "status: completed" not in r.output
+    text = (out / "report.txt").read_text()
+    assert "status: not converged after 2 steps, fmax" in text
+
+
+def test_action_stop_and_warn_read_cleanly(cli, tmp_path):
+    out = tmp_path / "stop"
+    bad = _structure(tmp_path, distorted=True)
+    r = cli("md", bad, "--steps", "5", "--action", "stop", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    steps = [f.info["step"] for f in read(out / "frames.extxyz", ":")]
+    assert summary["status"] == "stopped" and summary["last_step"] == steps[-1]
+    assert "stopped by monitor atypical at step" in r.output and "{" not in r.output
+    assert "stopped by monitor atypical" in (out / "report.txt").read_text()
+    r = cli("md", bad, "--steps", "1", "--action", "warn", "--out", str(tmp_path / "warn"),
+            "--no-report")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"warning: step 0: atypical score [\d.]+ > [\d.]+ on atoms \[0", r.output)
+    assert "Warning" not in r.output and ".py:" not in r.output  # no category, no source line
+
+
+@pytest.mark.parametrize(("command", "args", "option"), [
+    ("md", ["--interval", "0"], "--interval"),
+    ("md", ["--repeat", "2,2"], "--repeat"),
+    ("md", ["--repeat", "0,1,1"], "--repeat"),
+    ("md", ["--temperature", "-100"], "--temperature"),
+    ("md", ["--timestep", "0"], "--timestep"),
+    ("md", ["--steps", "-5"], "--steps"),
+    ("md", ["--friction", "-1"], "--friction"),
+    ("relax", ["--fmax", "0"], "--fmax"),
+    ("relax", ["--steps", "0"], "--steps"),
+    ("monitor", ["--batch-size", "0"], "--batch-size"),
+    ("monitor", ["--index", "::0"], "--index"),
+    ("monitor", ["--index", "x"], "--index"),
+])
+def test_bad_option_is_named_at_parse_time(tmp_path, command, args, option):
+    structure = _structure(tmp_path)
+    r = CliRunner().invoke(main, [command, structure, *args, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert f"'{option}'" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()  # nothing ran
+
+
+def test_ctrl_c_while_the_bank_builds_says_what_happened(small_setup, tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt, as the terminal delivers it) during the reference-bank build
+    of an anchor set without a shipped bank."""
+    from platoscope.reference import ReferenceBank
+
+    _, _, anchors_path, _ = small_setup
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ReferenceBank, "build", interrupted)
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--anchors", str(anchors_path),
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code == 130
+    assert "nothing was cached" in r.output and "Aborted" not in r.output
+
+
+def test_progress_bar_names_atoms_unlike_cif_labels():
+    from platoscope.monitors.base import Watcher
+    from platoscope.runner import _postfix
+
+    class Bar:
+        text = ""
+
+        def set_postfix_str(self, text, refresh=True):
+            self.text = text
+
+    watcher = Watcher([])
+    watcher.worst = ("atypical", 1, 2.5)
+    bar = Bar()
+    _postfix(bar, watcher, _nacl())
+    assert bar.text.startswith("worst atom 1 (Cl) atypical 2.50x thr")
