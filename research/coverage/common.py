@@ -194,6 +194,13 @@ def retrieval(es: EvalSet, xa, xb) -> dict:
             "rank": r}
 
 
+@cache
+def _raw_mknn_rows(name: str, a: str, b: str) -> np.ndarray:
+    es = EvalSet(name)
+    ra, rb = es.raw(a)[es.reps], es.raw(b)[es.reps]
+    return mknn_rows(cosdist(ra, ra), cosdist(rb, rb))
+
+
 def mknn(es: EvalSet, xa, xb, raw_pair: tuple[str, str] | None = None) -> dict:
     """Mutual kNN@10 over one row per class: projected (Euclidean), raw (cosine)."""
     sel = es.reps
@@ -202,8 +209,7 @@ def mknn(es: EvalSet, xa, xb, raw_pair: tuple[str, str] | None = None) -> dict:
     rows = mknn_rows(sqdist(pa, pa), sqdist(pb, pb))
     out = {"mknn": float(rows.mean()), "mknn_ci95": boot_ci(rows)}
     if raw_pair is not None:
-        ra, rb = es.raw(raw_pair[0])[sel], es.raw(raw_pair[1])[sel]
-        raw_rows = mknn_rows(cosdist(ra, ra), cosdist(rb, rb))
+        raw_rows = _raw_mknn_rows(es.name, *raw_pair)
         out.update({"raw_mknn": float(raw_rows.mean()), "raw_mknn_ci95": boot_ci(raw_rows),
                     "ratio": float(rows.mean() / raw_rows.mean())})
         rng = np.random.default_rng(1)

@@ -99,8 +99,9 @@ def select_per_element(embeddings: Any, numbers: Any, k_per_element: int, *,
 
     embeddings: (M, D) candidate atoms' features; numbers: (M,) atomic numbers;
     k_per_element: anchors per element (all of an element's candidates if it has fewer);
-    method: ``fps`` (farthest-point on unit, element-centred rows) or ``direct``
-    (platoscope.selection.select_direct within each element); global_k: size of the global
+    method: ``fps`` (farthest-point on unit, element-centred rows), ``direct``
+    (platoscope.selection.select_direct within each element) or ``random`` (uniform, seeded by
+    random_state and the element); global_k: size of the global
     block, chosen by FPS over the selected anchors after centring on their mean.
     Returns ``(anchor_rows (K,), global_index (global_k,))``: rows into the candidates, and
     positions in ``anchor_rows`` that form the global block. Deterministic.
@@ -109,8 +110,8 @@ def select_per_element(embeddings: Any, numbers: Any, k_per_element: int, *,
     z = _numbers(numbers, x.shape[0], "numbers")
     if int(k_per_element) < 1:
         raise ValueError(f"k_per_element must be >= 1, got {k_per_element!r}")
-    if method not in ("fps", "direct"):
-        raise ValueError(f"unknown method {method!r}; valid: fps, direct")
+    if method not in ("fps", "direct", "random"):
+        raise ValueError(f"unknown method {method!r}; valid: fps, direct, random")
     rows = []
     for el in np.unique(z):
         idx = np.flatnonzero(z == el)
@@ -120,6 +121,9 @@ def select_per_element(embeddings: Any, numbers: Any, k_per_element: int, *,
         xe = _unit(x[idx] - x[idx].mean(axis=0))
         if method == "fps":
             pick = _fps(xe, int(k_per_element))
+        elif method == "random":
+            pick = np.random.default_rng([random_state, int(el)]).choice(
+                idx.size, int(k_per_element), replace=False)
         else:
             from platoscope.selection import select_direct
 

@@ -226,9 +226,9 @@ def stage_crosselement(a) -> dict:
     def spaces():
         yield "raw", None, None
         yield "shipped shared K=3000", shipped_rows(), 0.015
-        for kg in (64, 128, 256, 512):
+        for kg in (128, 512):
             _, gi = per_element_selection(a.k, a.method, None, global_k=kg)
-            for tg in (0.015, 0.05):
+            for tg in (0.05,):
                 yield f"global block K_g={kg} tau_g={tg:g}", rows[gi], tg
         yield "per-element block only", "elem", a.tau
 

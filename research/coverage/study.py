@@ -26,6 +26,7 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     B_SAME,
+    CACHE,
     EVAL_SETS,
     ROOT,
     A,
@@ -71,15 +72,25 @@ def shipped_rows() -> np.ndarray:
     offsets = np.concatenate([[0], np.cumsum([len(a) for a in s])])
 
     def key(a):
-        return a.numbers.tobytes() + np.round(a.positions, 4).tobytes()
+        return (np.asarray(a.numbers, np.int64).tobytes()
+                + np.round(a.cell.array, 3).astype(np.float64).tobytes())
 
-    index = {key(a): i for i, a in enumerate(s) if a.info["source"] == "mp20_train"}
+    index: dict[bytes, list[int]] = {}
+    for i, a in enumerate(s):
+        if a.info["source"] == "mp20_train":
+            index.setdefault(key(a), []).append(i)
+
+    def same(a, b) -> bool:  # equal up to lattice translations of single atoms (wrapping)
+        d = a.get_scaled_positions(wrap=False) - b.get_scaled_positions(wrap=False)
+        return bool(np.abs(d - np.round(d)).max() < 1e-4)
+
     rows = []
     for st, at in aset.pairs:
-        i = index.get(key(aset.structures[st]))
-        if i is None:
+        t = aset.structures[st]
+        hit = [i for i in index.get(key(t), []) if same(s[i], t)]
+        if not hit:
             raise RuntimeError("a shipped anchor structure is not in the corpus' MP-20 train")
-        rows.append(offsets[i] + at)
+        rows.append(offsets[hit[0]] + at)
     rows = np.asarray(rows)
     if not corpus_valid()[rows].all():
         raise RuntimeError("a shipped anchor atom was refused by a model")
@@ -93,13 +104,22 @@ def model_emb(name: str, model: str) -> np.ndarray:
 @cache
 def per_element_selection(k: int, method: str, prefix: str | None = None,
                           global_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor rows (corpus rows) and global-block positions, chosen on model A's features;
+    cached on disk under _cache/sel/ (keyed by the corpus embedding's data hash)."""
     rows = corpus_rows(prefix)
+    dhash = str(emb("corpus", A)["data_hash"])[:12]
+    path = CACHE / "sel" / f"{dhash}_{prefix}_{method}_k{k}_g{global_k}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return f["rows"], f["gi"]
     x = model_emb("corpus", A)[rows]
     z = emb("corpus", A)["numbers"].astype(np.int64)[rows]
     t0 = time.perf_counter()
     sel, gi = select_per_element(x, z, k, method=method, global_k=global_k)
     print(f"  selection K/elem={k} {method} prefix={prefix}: {sel.size} anchors "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, rows=rows[sel], gi=gi)
     return rows[sel], gi
 
 
@@ -108,10 +128,17 @@ def union_rows(k: int = 3000) -> np.ndarray:
     from platoscope.selection import select_anchors
 
     rows = corpus_rows()
+    dhash = str(emb("corpus", A)["data_hash"])[:12]
+    path = CACHE / "sel" / f"{dhash}_union_fps_k{k}.npy"
+    if path.exists():
+        return np.load(path)
     x = model_emb("corpus", A)[rows]
     z = emb("corpus", A)["numbers"].astype(np.int64)[rows]
     res = select_anchors(x, k, method="fps", per_element=z, random_state=0)
-    return rows[np.asarray(res.indices)]
+    out = rows[np.asarray(res.indices)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
 
 
 # ----------------------------------------------------------------------------- coordinates
@@ -154,6 +181,23 @@ def evaluate(es: EvalSet, coords, same_family: bool = True, with_mknn: bool = Tr
     return out
 
 
+def stage_select(args) -> dict:
+    """Precompute every anchor selection (needs only model A's corpus embeddings)."""
+    union_rows(3000)
+    per_element_selection(64, "fps", "mp20_train")
+    for method in METHODS:
+        for k in K_GRID:
+            if method == "direct" and k > 128:
+                continue
+            try:
+                per_element_selection(k, method)
+            except Exception as err:
+                print(f"  {method} K={k} failed: {err}", flush=True)
+    for kg in (64, 128, 256, 512):
+        per_element_selection(64, "fps", None, global_k=kg)
+    return {}
+
+
 def stage_grid(args) -> dict:
     sets = {n: EvalSet(n) for n in EVAL_SETS}
     out = {"provenance": provenance(), "baselines": {n: baselines(s) for n, s in sets.items()},
@@ -174,6 +218,11 @@ def stage_grid(args) -> dict:
             for n, v in res.items()), flush=True)
         save_json(args.out, out)
 
+    grid = [(m, k) for m in args.methods for k in args.ks
+            if not (m == "direct" and k > 256)]
+    if args.only_per_element:
+        _per_element_grid(run, grid, args.taus)
+        return out
     ship = shipped_rows()
     run("shipped shared (K=3000 DIRECT on MP-20 train, global centring)",
         {"kind": "shipped", "k": int(ship.size), "tau": 0.015},
@@ -189,22 +238,23 @@ def stage_grid(args) -> dict:
             {"kind": "per_element_mp20", "k_per_element": k, "method": "fps", "tau": 0.015,
              "n_anchors": int(rows.size)},
             lambda n, m, rows=rows, gi=gi: elem_coords(rows, gi, n, m, 0.015)[0])
-    for method in METHODS:
-        for k in K_GRID:
-            if method == "direct" and k > 128:
-                continue
-            try:
-                rows, gi = per_element_selection(k, method)
-            except Exception as err:  # DIRECT can fail on tiny/degenerate element sets
-                print(f"  {method} K={k} failed: {err}", flush=True)
-                continue
-            for tau in TAU_GRID:
-                run(f"per element, union corpus, K/elem<={k} {method}, tau {tau:g}",
-                    {"kind": "per_element", "k_per_element": k, "method": method, "tau": tau,
-                     "n_anchors": int(rows.size)},
-                    lambda n, m, rows=rows, gi=gi, tau=tau: elem_coords(rows, gi, n, m, tau)[0],
-                    with_mknn=True)
+    _per_element_grid(run, grid, args.taus)
     return out
+
+
+def _per_element_grid(run, grid, taus) -> None:
+    for method, k in grid:
+        try:
+            rows, gi = per_element_selection(k, method)
+        except Exception as err:  # DIRECT can fail on tiny/degenerate element sets
+            print(f"  {method} K={k} failed: {err}", flush=True)
+            continue
+        for tau in taus:
+            run(f"per element, union corpus, K/elem<={k} {method}, tau {tau:g}",
+                {"kind": "per_element", "k_per_element": k, "method": method, "tau": tau,
+                 "n_anchors": int(rows.size)},
+                lambda n, m, rows=rows, gi=gi, tau=tau: elem_coords(rows, gi, n, m, tau)[0],
+                with_mknn=True)
 
 
 def score(res: dict, names) -> float:
@@ -214,9 +264,9 @@ def score(res: dict, names) -> float:
 def stage_choose(args) -> dict:
     import json
 
-    grid = json.loads(args.grid.read_text())
-    cands = [c for c in grid["configs"] if c["kind"] == "per_element"]
-    out = {"provenance": provenance(), "grid": str(args.grid.relative_to(ROOT)),
+    cands = [c for g in args.grid for c in json.loads(g.read_text())["configs"]
+             if c["kind"] == "per_element"]
+    out = {"provenance": provenance(), "grid": [str(g.relative_to(ROOT)) for g in args.grid],
            "criterion": "mean cross-family top-5 over the selection split's sets "
                         "(ties: fewer anchors)", "choices": {}}
     for sel, rep in ((SPLIT1, SPLIT2), (SPLIT2, SPLIT1)):
@@ -232,17 +282,23 @@ def stage_choose(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["grid", "choose"], required=True)
+    p.add_argument("--stage", choices=["select", "grid", "choose"], required=True)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--grid", type=Path, default=ROOT / "results" / "coverage_grid.json")
+    p.add_argument("--grid", type=Path, nargs="+",
+                   default=[ROOT / "results" / "coverage_grid.json"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--ks", nargs="+", type=int, default=list(K_GRID))
+    p.add_argument("--taus", nargs="+", type=float, default=list(TAU_GRID))
+    p.add_argument("--only-per-element", action="store_true",
+                   help="skip the shipped / union / MP-20-only reference configurations")
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     if a.out is None:
-        a.out = ROOT / "results" / {"grid": "coverage_grid.json",
+        a.out = ROOT / "results" / {"select": "none", "grid": "coverage_grid.json",
                                     "choose": "coverage_selection.json"}[a.stage]
-    {"grid": stage_grid, "choose": stage_choose}[a.stage](a)
+    {"select": stage_select, "grid": stage_grid, "choose": stage_choose}[a.stage](a)
     return 0
 
 
