@@ -14,7 +14,7 @@ from ase.io import read, write
 from click.testing import CliRunner
 
 from platoscope.cli import main
-from platoscope.runner import count_frames
+from platoscope.records import count_frames
 
 pytestmark = pytest.mark.backend("chgnet")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.runner import status_line
+from platoscope.records import status_line
 from platoscope.writers import SidecarLockedError, read_events, read_sidecar, repair_run
 from platoscope.writers.runfiles import EVENTS, REPORT, SIDECAR, SUMMARY
 
