@@ -285,7 +285,7 @@ def _monitor_flags() -> list:
     """One ``--<monitor>-<option>`` flag per option a registered monitor declares."""
     from platoscope.monitors.registry import monitor_options
 
-    return [click.option(opt.flag(name), opt.key(name), type=click.Choice(opt.choices)
+    return [click.option(opt.flag(name), *opt.aliases, opt.key(name), type=click.Choice(opt.choices)
                          if opt.choices else opt.type, default=opt.default, show_default=True,
                          help=opt.help) for name, opt in monitor_options()]
 

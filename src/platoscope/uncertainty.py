@@ -50,7 +50,8 @@ class ForceErrorModel:
     """
 
     def __init__(self, bank: Any, *, k: int = 5, quantile: float = 0.68,
-                 terms: tuple[str, ...] = TERMS, c_grid: tuple[float, ...] = C_GRID):
+                 terms: tuple[str, ...] = TERMS, c_grid: tuple[float, ...] = C_GRID,
+                 per_element: bool = True):
         if getattr(bank, "embeddings", None) is None:
             raise InputError("ForceErrorModel needs a reference bank with raw embeddings")
         if not 0 < quantile < 1:
@@ -63,6 +64,8 @@ class ForceErrorModel:
         self.quantile = float(quantile)
         self.terms = tuple(t for t in TERMS if t in terms)
         self.c_grid = tuple(float(c) for c in c_grid)
+        self.per_element = bool(per_element)
+        self.offsets_: dict[int, float] = {}  # per-element intercept shift (log eV/Å)
         self._ref = np.asarray(bank.embeddings, dtype=np.float64)
         self._pool = {int(z): self._ref[bank.numbers == z] for z in np.unique(bank.numbers)}
         self.scales_: dict[int, float] | None = None
@@ -113,8 +116,10 @@ class ForceErrorModel:
                 u[idx] = np.log(np.maximum(d, 1e-12) / self.pooled_scale_)
         return u
 
-    def _design(self, fnorm: np.ndarray, u: np.ndarray, c: float) -> np.ndarray:
-        cols = []
+    def _design(self, fnorm: np.ndarray, u: np.ndarray, c: float,
+                numbers: np.ndarray | None = None,
+                elements: tuple[int, ...] = ()) -> np.ndarray:
+        cols = [(numbers == z).astype(np.float64) for z in elements[1:]]
         if "force" in self.terms:
             cols.append(np.log(fnorm + c))
         if "distance" in self.terms:
@@ -150,8 +155,10 @@ class ForceErrorModel:
         sub = (rng.choice(n, MAX_FIT_ATOMS, replace=False) if n > MAX_FIT_ATOMS
                else np.arange(n))
         best = None
+        zs = np.asarray(numbers)
+        elements = (tuple(int(z) for z in np.unique(zs[sub])) if self.per_element else ())
         for c in (self.c_grid if "force" in self.terms else (self.c_grid[0],)):
-            X = self._design(fnorm[sub], u[sub], c)
+            X = self._design(fnorm[sub], u[sub], c, zs[sub], elements)
             reg = QuantileRegressor(quantile=self.quantile, alpha=0.0, solver="highs")
             reg.fit(X, y[sub])
             loss = _pinball(y[sub] - reg.predict(X), self.quantile)
@@ -160,14 +167,17 @@ class ForceErrorModel:
         _, c, reg = best
         coef = np.zeros(3)
         coef[0] = reg.intercept_
-        j = 0
+        j = max(len(elements) - 1, 0)
+        self.offsets_ = ({elements[0]: 0.0, **{z: float(reg.coef_[i])
+                                                for i, z in enumerate(elements[1:])}}
+                         if elements else {})
         for i, t in ((1, "force"), (2, "distance")):
             if t in self.terms:
                 coef[i] = reg.coef_[j]
                 j += 1
         self.coef_, self.c_ = coef, float(c)
         self.provenance_ = {**(provenance or {}), "n_structures": int(n_struct),
-                            "n_atoms": int(n), "n_atoms_fit": int(len(sub)),
+                            "n_atoms": int(n), "n_atoms_fit": len(sub),
                             "bank_data_hash": self.bank.data_hash,
                             "bank_model": self.bank.model}
         return self
@@ -183,6 +193,9 @@ class ForceErrorModel:
             raise InputError(f"forces have shape {f.shape}, expected ({len(numbers)}, 3)")
         a, b, d = self.coef_
         out = np.full(len(f), a)
+        if self.offsets_:
+            worst = max(self.offsets_.values())
+            out += np.array([self.offsets_.get(int(z), worst) for z in numbers])
         if b:
             out += b * np.log(np.linalg.norm(f, axis=1) + self.c_)
         if d:
@@ -202,6 +215,9 @@ class ForceErrorModel:
                 "scale_numbers": np.array(zs, dtype=np.int64),
                 "scale_values": np.array([self.scales_[z] for z in zs]),
                 "pooled_scale": np.array(self.pooled_scale_),
+                "offset_numbers": np.array(sorted(self.offsets_), dtype=np.int64),
+                "offset_values": np.array([self.offsets_[z] for z in sorted(self.offsets_)],
+                                          dtype=np.float64),
                 "provenance": np.array(json.dumps(self.provenance_, sort_keys=True))}
 
     @classmethod
@@ -223,6 +239,9 @@ class ForceErrorModel:
         m.scales_ = {int(z): float(v) for z, v in zip(state["scale_numbers"],
                                                       state["scale_values"], strict=True)}
         m.pooled_scale_ = float(state["pooled_scale"])
+        m.offsets_ = {int(z): float(v) for z, v in zip(state["offset_numbers"],
+                                                       state["offset_values"], strict=True)}
+        m.per_element = bool(m.offsets_)
         m.provenance_ = prov
         return m
 
