@@ -288,3 +288,66 @@ def backend_provenance(backend: Any) -> dict[str, Any]:
     """model spec, weights sha256 and layer of ``backend``, for a fit's provenance."""
     return {"model": backend.spec, "weights_sha256": backend.weights_sha256(),
             "layer": backend.layer}
+
+
+def dft_forces_of(atoms: Any, key: str, where: str) -> np.ndarray:
+    """(N, 3) DFT forces (eV/Å) of ``atoms`` under ``key``: a per-atom array, or (``forces``)
+    the forces of an attached single-point calculator (extxyz); mlearn JSON stores
+    ``dft_forces``. ``where`` names the structure in errors."""
+    f = atoms.arrays.get(key)
+    if f is None and key == "forces" and atoms.calc is not None:
+        try:
+            f = atoms.calc.get_forces()
+        except Exception:
+            f = None
+    if f is None and key == "forces":
+        f = atoms.arrays.get("dft_forces")
+    if f is None:
+        keys = sorted(set(atoms.arrays) - {"numbers", "positions"})
+        raise InputError(f"{where}: no per-atom array {key!r} (has {keys or 'none'}); pass "
+                         "--dft-forces-key")
+    f = np.asarray(f, dtype=np.float64)
+    if f.shape != (len(atoms), 3):
+        raise InputError(f"{where}: {key!r} has shape {f.shape}, expected ({len(atoms)}, 3)")
+    return f
+
+
+def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str = "forces",
+              holdout: float = 0.2, seed: int = 0, names: list[str] | None = None,
+              **kwargs: Any) -> tuple[ForceErrorModel, dict[str, Any]]:
+    """Fit a ForceErrorModel of ``backend`` on DFT-labelled ``structures`` (list of Atoms).
+
+    One forward pass per structure (features and forces). Coverage of ``|ΔF| <= sigma`` is
+    first measured on a held-out ``holdout`` fraction of the structures (fit on the rest);
+    the returned model is then refitted on all. Returns (model, report)."""
+    if len(structures) < 2 * MIN_STRUCTURES:
+        raise InputError(f"need at least {2 * MIN_STRUCTURES} DFT-labelled structures to "
+                         f"calibrate and check on held-out ones, got {len(structures)}")
+    names = names or [f"structure {i}" for i in range(len(structures))]
+    X, F, G, Z, S = [], [], [], [], []
+    for i, atoms in enumerate(structures):
+        g = dft_forces_of(atoms, dft_forces_key, names[i])
+        a = atoms.copy()
+        a.calc = None
+        res, feats = backend.compute(a, ["energy", "forces"])
+        X.append(np.asarray(feats, dtype=np.float64))
+        F.append(np.asarray(res["forces"], dtype=np.float64))
+        G.append(g)
+        Z.append(atoms.numbers)
+        S.append(np.full(len(atoms), i))
+    X, F, G, Z, S = (np.concatenate(v) for v in (X, F, G, Z, S))
+    rng = np.random.default_rng(seed)
+    n_held = max(1, round(holdout * len(structures)))
+    held_ids = rng.choice(len(structures), n_held, replace=False)
+    held = np.isin(S, held_ids)
+    prov = backend_provenance(backend)
+    m = ForceErrorModel(bank, **kwargs).fit(X[~held], F[~held], G[~held], Z[~held], S[~held])
+    sig = m.predict(X[held], F[held], Z[held])
+    err = np.linalg.norm(F[held] - G[held], axis=1)
+    report = {"held_out_structures": int(n_held), "held_out_atoms": int(held.sum()),
+              "held_out_coverage_1sigma": float(np.mean(err <= sig)),
+              "held_out_coverage_2sigma": float(np.mean(err <= 2 * sig)),
+              "target_quantile": m.quantile}
+    final = ForceErrorModel(bank, **kwargs).fit(X, F, G, Z, S, provenance={
+        **prov, "held_out_check": report})
+    return final, report
