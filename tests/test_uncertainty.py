@@ -57,6 +57,15 @@ def test_fit_predict_shapes_units_and_round_trip(chgnet_backend, bank, structure
     back = ForceErrorModel.from_state(est.get_state(), bank)
     np.testing.assert_allclose(back.predict(feats, res["forces"], atoms.numbers), sigma,
                                rtol=1e-9)
+    # an element outside the calibration (Cu): largest element offset, and flagged
+    from ase.build import bulk
+
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    cu.rattle(0.05, seed=1)
+    r2, f2 = chgnet_backend.compute(cu, ["energy", "forces"])
+    s2 = back.predict(f2, r2["forces"], cu.numbers)
+    assert np.all(np.isfinite(s2)) and np.all(s2 > 0)
+    assert back.uncalibrated_elements_ == [29]
     # larger own force -> larger sigma when the force term has a positive slope
     if est.coef_[1] > 0:
         big = est.predict(feats, np.asarray(res["forces"]) * 10 + 1.0, atoms.numbers)

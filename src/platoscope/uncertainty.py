@@ -73,7 +73,8 @@ class ForceErrorModel:
         self.coef_: np.ndarray | None = None  # (a, b, d); unused terms 0
         self.c_: float = 0.1
         self.provenance_: dict[str, Any] = {}
-        self.unknown_elements_: list[int] = []
+        self.unknown_elements_: list[int] = []  # not in the bank: pooled distance scale
+        self.uncalibrated_elements_: list[int] = []  # not in the fit: largest element offset
 
     # -- distance term --------------------------------------------------------------------
     def _bank_scales(self) -> None:
@@ -195,6 +196,9 @@ class ForceErrorModel:
         out = np.full(len(f), a)
         if self.offsets_:
             worst = max(self.offsets_.values())
+            for z in set(np.unique(numbers).tolist()) - set(self.offsets_):
+                if int(z) not in self.uncalibrated_elements_:
+                    self.uncalibrated_elements_.append(int(z))
             out += np.array([self.offsets_.get(int(z), worst) for z in numbers])
         if b:
             out += b * np.log(np.linalg.norm(f, axis=1) + self.c_)

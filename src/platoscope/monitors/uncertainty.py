@@ -53,6 +53,9 @@ class UncertaintyMonitor(Monitor):
             est = ForceErrorModel.load(opts["model"], context.bank)
             if context.backend is not None:
                 est.check_backend(context.backend)
+        elif context.backend is None:
+            raise ConfigError("the uncertainty monitor needs the running model (for its "
+                              "shipped calibration) or --uncertainty-model model.npz")
         else:
             est = ForceErrorModel.default(context.backend, context.bank)
         return cls(est, max_force_error=opts["max_force_error"], **context.common)
@@ -92,5 +95,7 @@ class UncertaintyMonitor(Monitor):
                  coef_a_b_d=[float(x) for x in est.coef_], c=est.c_, k=est.k,
                  quantile=est.quantile, terms=list(est.terms),
                  elements_not_in_reference=[chemical_symbols[z]
-                                            for z in est.unknown_elements_])
+                                            for z in est.unknown_elements_],
+                 elements_not_in_calibration=[chemical_symbols[z]
+                                              for z in est.uncalibrated_elements_])
         return s
