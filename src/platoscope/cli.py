@@ -288,11 +288,53 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
                f"{res['resumed_chunks']} chunks resumed; cluster {res['cluster']['mode']}")
 
 
+@main.command()
+@_with(data_model_options)
+@click.option("--dft-forces-key", default="forces", show_default=True,
+              help="Per-atom DFT forces array (eV/Å) in FILES (extxyz: forces; mlearn JSON: "
+                   "dft_forces, also found under 'forces')")
+@click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
+              help="Reference bank (default: the model's default bank)")
+@click.option("--holdout", default=0.2, show_default=True,
+              help="Fraction of structures held out to check coverage before the final fit")
+@click.option("--out", "-o", required=True, type=click.Path())
+def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdout, out):
+    """Fit the uncertainty monitor's force-error model on DFT-labelled DATA (uses it with
+    --uncertainty-model OUT)."""
+    from platoscope import AnchorSet
+    from platoscope.backends import load_backend
+    from platoscope.errors import InputError
+    from platoscope.reference import ReferenceBank, default_bank
+    from platoscope.uncertainty import calibrate as fit_calibration
+
+    structures, _ = _read(data)
+    names = [f"{a.info.get('source', 'structure')} #{i}" for i, a in enumerate(structures)]
+    backend = load_backend(model, layer=layer, device=device)
+    if reference_path:
+        bank = ReferenceBank.load(reference_path)
+        bank.check_backend(backend)
+    else:
+        bank = default_bank(backend, AnchorSet.default())
+    try:
+        est, rep = fit_calibration(backend, bank, structures, dft_forces_key=dft_forces_key,
+                                   holdout=holdout, names=names)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from exc
+    est.save(out)
+    click.echo(f"held-out check: {rep['held_out_structures']} structures, "
+               f"{rep['held_out_atoms']} atoms: |dF| <= sigma for "
+               f"{100 * rep['held_out_coverage_1sigma']:.1f} % (target "
+               f"{100 * rep['target_quantile']:.0f} %), <= 2 sigma for "
+               f"{100 * rep['held_out_coverage_2sigma']:.1f} %")
+    click.echo(f"wrote {out}: fitted on {len(structures)} structures; use --monitor "
+               f"uncertainty --uncertainty-model {out}")
+
+
 # --------------------------------------------------------------------------- monitored runs
 monitor_option = click.option(
     "--monitor", "monitor_spec", default="atypical", show_default=True,
     help="Comma-separated monitors: atypical, symmetry, bias:<model spec> (e.g. "
-         "bias:sevenn:7net-0), switch:<model spec>; 'none' for no monitor")
+         "bias:sevenn:7net-0), switch:<model spec>, uncertainty; 'none' for no monitor")
 action_option = click.option("--action", type=click.Choice(["record", "warn", "stop", "dump"]),
                              default="record", show_default=True,
                              help="What a monitor does when a threshold is crossed")
@@ -302,7 +344,7 @@ def _monitor_flags() -> list:
     """One ``--<monitor>-<option>`` flag per option a registered monitor declares."""
     from platoscope.monitors.registry import monitor_options
 
-    return [click.option(opt.flag(name), opt.key(name), type=click.Choice(opt.choices)
+    return [click.option(opt.flag(name), *opt.aliases, opt.key(name), type=click.Choice(opt.choices)
                          if opt.choices else opt.type, default=opt.default, show_default=True,
                          help=opt.help) for name, opt in monitor_options()]
 

@@ -23,7 +23,7 @@ DEFAULT_INTERVAL = 10
 
 _MONITORS: Registry[type] = Registry(
     "monitor", tuple(f"platoscope.monitors.{m}" for m in ("atypical", "symmetry", "bias",
-                                                           "switch")))
+                                                           "switch", "uncertainty")))
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class MonitorOption:
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
+    aliases: tuple[str, ...] = ()
+    """Extra CLI flags for the same option (e.g. ``--max-force-error``)."""
 
     def flag(self, monitor: str) -> str:
         return f"--{monitor}-{self.name.replace('_', '-')}"

@@ -1,0 +1,101 @@
+"""Uncertainty monitor: predicted per-atom force-error norm sigma_i (eV/Å) of the running model.
+
+Score: :class:`platoscope.uncertainty.ForceErrorModel` on the frame's own features (the hooked
+layer's raw embeddings) and forces: no extra model call. Threshold: ``max_force_error`` (eV/Å;
+default 0.5). The estimator is the shipped calibration of the running model (CHGNet 0.3.0 only,
+fitted on mlearn Li/Si training) or the npz given as ``--uncertainty-model`` (made by
+``platoscope calibrate``). Measured ranking and coverage: docs/detection.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from platoscope.errors import ConfigError, InputError
+from platoscope.monitors.base import Frame, Monitor
+from platoscope.monitors.registry import MonitorOption, register_monitor
+from platoscope.uncertainty import ForceErrorModel
+
+DEFAULT_MAX_FORCE_ERROR = 0.5  # eV/Å
+
+
+@register_monitor
+class UncertaintyMonitor(Monitor):
+    """Flags atoms whose predicted force error sigma_i (eV/Å) exceeds ``max_force_error``.
+
+    estimator: a fitted ForceErrorModel of the running model and its bank.
+    """
+
+    name = "uncertainty"
+    units = "eV/Å"
+    options = (
+        MonitorOption("max_force_error", float, None,
+                      f"Uncertainty monitor threshold on the predicted per-atom force error "
+                      f"(eV/Å; default {DEFAULT_MAX_FORCE_ERROR})",
+                      aliases=("--max-force-error",)),
+        MonitorOption("model", str, None,
+                      "Force-error model npz for the uncertainty monitor (from platoscope "
+                      "calibrate); default: the running model's shipped calibration"),
+    )
+
+    @classmethod
+    def from_spec(cls, arg: str, context: Any) -> UncertaintyMonitor:
+        """The running model's bank (``context.bank``) and backend; options above."""
+        if arg:
+            raise ConfigError(f"the uncertainty monitor takes no argument, got {arg!r}")
+        if context.bank is None or getattr(context.bank, "embeddings", None) is None:
+            raise ConfigError("the uncertainty monitor needs the running model's reference "
+                              "bank with raw embeddings")
+        opts = context.options_for(cls)
+        if opts["model"]:
+            est = ForceErrorModel.load(opts["model"], context.bank)
+            if context.backend is not None:
+                est.check_backend(context.backend)
+        elif context.backend is None:
+            raise ConfigError("the uncertainty monitor needs the running model (for its "
+                              "shipped calibration) or --uncertainty-model model.npz")
+        else:
+            est = ForceErrorModel.default(context.backend, context.bank)
+        return cls(est, max_force_error=opts["max_force_error"], **context.common)
+
+    def __init__(self, estimator: ForceErrorModel, *, max_force_error: float | None = None,
+                 **kwargs: Any):
+        mfe = DEFAULT_MAX_FORCE_ERROR if max_force_error is None else float(max_force_error)
+        if not mfe > 0:
+            raise InputError(f"max_force_error must be > 0 eV/Å, got {mfe}")
+        kwargs.setdefault("threshold", mfe)
+        super().__init__(**kwargs)
+        if estimator.coef_ is None:
+            raise InputError("the uncertainty monitor needs a fitted ForceErrorModel")
+        self.estimator = estimator
+        self.max_force_error = mfe
+
+    def start(self, frame: Frame) -> None:
+        """Refuse a running model, weights or layer other than the estimator's."""
+        backend = getattr(frame.calc, "backend", None)
+        if backend is not None:
+            self.estimator.check_backend(backend)
+
+    def score(self, frame: Frame) -> np.ndarray:
+        """(N,) predicted force-error norm sigma_i in eV/Å from the frame's embeddings (N, D)
+        and forces (N, 3)."""
+        if frame.embeddings is None or frame.forces is None:
+            raise InputError("the uncertainty monitor needs the frame's raw embeddings and "
+                             "forces (the PlatonicCalculator's results)")
+        return self.estimator.predict(frame.embeddings, frame.forces, frame.atoms.numbers)
+
+    def summary(self) -> dict[str, Any]:
+        from ase.data import chemical_symbols
+
+        s = super().summary()
+        est = self.estimator
+        s.update(max_force_error=self.max_force_error, estimator=dict(est.provenance_),
+                 coef_a_b_d=[float(x) for x in est.coef_], c=est.c_, k=est.k,
+                 quantile=est.quantile, terms=list(est.terms),
+                 elements_not_in_reference=[chemical_symbols[z]
+                                            for z in est.unknown_elements_],
+                 elements_not_in_calibration=[chemical_symbols[z]
+                                              for z in est.uncalibrated_elements_])
+        return s
