@@ -20,6 +20,11 @@ MACE_MODEL = TEST_DATA / "mace_emt_tiny.model"
 AVAILABLE = available_backends()
 ANCHORS_PER_ELEMENT = 2
 REQUIRED = {b for b in os.environ.get("PLATOSCOPE_REQUIRE_BACKENDS", "").split(",") if b}
+# Starting a dask LocalCluster (test_distributed) writes OMP/MKL/OPENBLAS_NUM_THREADS=1 into this
+# process's environment; subprocesses started by later tests (the main job, README commands)
+# would then run their models on one thread. Restored after every test.
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_THREAD_ENV = {k: os.environ.get(k) for k in _THREAD_VARS}
 
 
 def pytest_report_header(config):
@@ -41,6 +46,17 @@ def pytest_collection_modifyitems(config, items):
             name = mark.args[0]
             if not AVAILABLE.get(name):
                 item.add_marker(pytest.mark.skip(reason=f"backend {name!r} not installed here"))
+
+
+@pytest.fixture(autouse=True)
+def _thread_environment():
+    """The thread settings this test session started with, for every subprocess it starts."""
+    yield
+    for key, val in _THREAD_ENV.items():
+        if val is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = val
 
 
 @pytest.fixture(autouse=True, scope="session")
