@@ -36,7 +36,7 @@ def test_main_job_demo(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), str(out)],
                           env={**os.environ, "PLATOSCOPE_DEMO_STEPS": "30"},
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     for f in ("frames.extxyz", "frames.h5", "events.jsonl", "summary.json", "report.txt",
               "worst_score.png", "scores_by_element.png", "symmetry_spread.png",
