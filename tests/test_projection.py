@@ -153,3 +153,94 @@ def test_projector_errors():
         Projector("whiten").fit(np.ones((2, 2)))
     with pytest.raises(RuntimeError, match="not fitted"):
         Projector().transform(np.ones((2, 2)))
+
+
+def _element_data(seed=0):
+    rng = np.random.default_rng(seed)
+    anchors = rng.normal(size=(60, 12))
+    za = np.repeat([1, 6, 8], 20)
+    za[-1] = 3  # a lone Li anchor
+    emb = rng.normal(size=(25, 12))
+    ze = rng.choice([1, 6, 8, 3], 25)
+    return anchors, za, emb, ze
+
+
+def test_element_projection_uses_own_element_anchors_centred_on_their_mean():
+    anchors, za, emb, ze = _element_data()
+    p = Projector("element", tau=0.05).fit(anchors, anchor_numbers=za)
+    z = p.transform(emb, ze)
+    assert z.shape == (25, 60)
+    for i in range(25):
+        own = za == ze[i]
+        assert np.all(z[i, ~own] == 0.0)
+        a = anchors[own]
+        m = a.mean(axis=0) if own.sum() > 1 else np.zeros(12)
+        u = (emb[i] - m) / np.linalg.norm(emb[i] - m)
+        v = (a - m) / np.linalg.norm(a - m, axis=1, keepdims=True)
+        c = v @ u / 0.05
+        want = np.sqrt(np.exp(c - c.max()) / np.exp(c - c.max()).sum())
+        np.testing.assert_allclose(z[i, own], want, atol=TOLERANCE)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=TOLERANCE)
+    np.testing.assert_allclose(z, project(emb, anchors, tau=0.05, numbers=ze, anchor_numbers=za),
+                               atol=TOLERANCE)
+    # atoms of different elements sit at sqrt(2): disjoint blocks
+    i, j = np.flatnonzero(ze == 1)[0], np.flatnonzero(ze == 8)[0]
+    assert np.linalg.norm(z[i] - z[j]) == pytest.approx(np.sqrt(2), abs=1e-12)
+
+
+def test_element_projection_refuses_an_element_without_anchors_naming_it():
+    anchors, za, emb, ze = _element_data()
+    p = Projector("element").fit(anchors, anchor_numbers=za)
+    ze = ze.copy()
+    ze[7] = 26
+    with pytest.raises(ValueError, match=r"element\(s\) Fe \(first at atom 7\).*anchors extend"):
+        p.transform(emb, ze)
+    with pytest.raises(ValueError, match="atomic numbers"):
+        p.transform(emb)
+    with pytest.raises(ValueError, match="anchor_numbers"):
+        Projector("element").fit(anchors)
+
+
+def test_element_projector_state_roundtrip_and_left_out_anchors():
+    anchors, za, emb, ze = _element_data(1)
+    anchors[3] = np.nan  # an anchor this model cannot embed
+    p = Projector("element").fit(anchors, anchor_numbers=za)
+    z = p.transform(emb, ze)
+    assert np.all(z[:, 3] == 0.0)
+    q = Projector.from_state(p.get_state())
+    np.testing.assert_allclose(q.transform(emb, ze), z, atol=TOLERANCE)
+
+
+def test_coverage_is_the_best_cosine_and_anchors_are_fully_covered():
+    anchors, za, emb, ze = _element_data(2)
+    for name in ("element", "shared", "paper"):
+        p = Projector(name).fit(anchors, anchor_numbers=za)
+        z, cov = p.transform_with_coverage(anchors, za)
+        np.testing.assert_allclose(cov, 1.0, atol=1e-12)  # every anchor covers itself
+        np.testing.assert_allclose(z, p.transform(anchors, za), atol=TOLERANCE)
+        z2, cov2 = p.transform_with_coverage(emb, ze)
+        assert np.all((cov2 > -1 - 1e-12) & (cov2 < 1))
+    p = Projector("paper").fit(anchors, anchor_numbers=za)
+    u = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
+    np.testing.assert_allclose(p.transform_with_coverage(emb)[1], (u @ a.T).max(axis=1),
+                               atol=1e-12)
+
+
+def test_coverage_threshold_is_the_anchors_leave_one_out_quantile():
+    rng = np.random.default_rng(3)
+    anchors = rng.normal(size=(40, 6))
+    za = np.array([6] * 30 + [8] * 10)
+    p = Projector("element").fit(anchors, anchor_numbers=za)
+    for el, n in ((6, 30), (8, 10)):
+        a = anchors[za == el] - anchors[za == el].mean(axis=0)
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        g = a @ a.T
+        np.fill_diagonal(g, -np.inf)
+        want = np.quantile(g.max(axis=1), 0.05)
+        assert p.coverage_threshold([el])[0] == pytest.approx(want, abs=1e-12)
+    # an element with too few anchors for its own quantile gets the pooled one
+    za2 = np.array([6] * 35 + [8] * 5)
+    p2 = Projector("element").fit(anchors, anchor_numbers=za2)
+    assert p2.coverage_threshold([8])[0] == pytest.approx(p2.coverage_threshold([1])[0])
+    assert p2.coverage_threshold([8])[0] != pytest.approx(p.coverage_threshold([8])[0])

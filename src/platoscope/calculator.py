@@ -20,7 +20,7 @@ from platoscope.errors import InputError, InvalidStructureError
 from platoscope.projection import DEFAULT_PROJECTION, Projector
 from platoscope.provenance import package_versions
 
-EXTRA_PROPERTIES = ["platonic", "embeddings"]
+EXTRA_PROPERTIES = ["platonic", "embeddings", "coverage"]
 
 
 class PlatonicCalculator(Calculator):
@@ -61,7 +61,8 @@ class PlatonicCalculator(Calculator):
         if proj.needs_reference:
             raise InputError(f"projection {proj.name!r} needs reference statistics: pass a "
                              "Projector fitted with reference_embeddings")
-        return proj.fit(self.anchors.embed(self.backend, cache=use_cache))
+        return proj.fit(self.anchors.embed(self.backend, cache=use_cache),
+                        anchor_numbers=self.anchors.numbers)
 
     def calculate(self, atoms: Atoms | None = None, properties: Any = ("energy",),
                   system_changes: Any = tuple(all_changes)) -> None:
@@ -72,8 +73,9 @@ class PlatonicCalculator(Calculator):
         results, feats = self.backend.compute(self.atoms, properties, system_changes)
         results["embeddings"] = feats
         if self.projector is not None:
-            z = self.projector.transform(feats)
+            z, cov = self.projector.transform_with_coverage(feats, self.atoms.numbers)
             results["platonic"] = z
+            results["coverage"] = cov
             if atoms is not None and self.array_name:
                 atoms.arrays[self.array_name] = z
         self.results = results

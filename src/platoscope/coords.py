@@ -144,9 +144,10 @@ def embed_structures(calc: Any, structures: list, *, data_hash: str, batch_size:
         feats = calc.backend.embed(structures, batch_size=batch_size, progress=progress)
     emb = np.concatenate(feats)
     sizes = [len(f) for f in feats]
+    numbers = np.concatenate([s.numbers for s in structures])
     return AtomCoordinates(
-        platonic=calc.projector.transform(emb),
-        numbers=np.concatenate([s.numbers for s in structures]),
+        platonic=calc.projector.transform(emb, numbers),
+        numbers=numbers,
         structure_index=np.repeat(np.arange(len(structures)), sizes),
         atom_index=np.concatenate([np.arange(n) for n in sizes]),
         anchor_set_hash=calc.anchors.hash,

@@ -545,7 +545,8 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                 if not good:
                     continue
                 feats = np.concatenate([f for _, f in good])
-                z = calc.projector.transform(feats)
+                z = calc.projector.transform(
+                    feats, np.concatenate([atoms[j].numbers for j, _ in good]))
                 m = len(feats)
                 for ds, val in (
                         (plat, z),

@@ -5,8 +5,17 @@
 paper's recipe with ``m = 0, W = I``) or the local kernel ``z_i = sqrt(softmax(c_i / tau))``.
 The kernel turns each atom into a distribution over anchors with unit norm, so Euclidean
 distance between coordinates is the Hellinger distance; it is what makes two models' spaces
-agree (docs/shared_space.md). :class:`Projector` learns ``m`` and ``W`` (scikit-learn style:
-parameters in ``__init__``, learned attributes end in ``_``, ``transform`` is pure).
+agree (docs/shared_space.md). In the ``element`` projection each atom is projected on the
+anchors of its own element only, each element centred on the mean of its own anchors
+(``m = m_Z``); its row is zero outside its element's block, so atoms of different elements sit
+at distance sqrt(2). :class:`Projector` learns ``m`` and ``W`` (scikit-learn style: parameters
+in ``__init__``, learned attributes end in ``_``, ``transform`` is pure).
+
+Every projection also gives a per-atom **coverage**: the largest (normalised) cosine of the atom
+to the anchors it is projected on, in [-1, 1] (1: an anchor has the same environment). The
+fitted projector holds a per-element threshold under which an atom is less covered than
+``1 - COVERAGE_QUANTILE`` of the anchors themselves are by the other anchors of their element
+(leave-one-out): coordinates of such atoms rest on anchors unlike them.
 """
 
 from __future__ import annotations
@@ -19,18 +28,21 @@ import torch
 
 from platoscope.errors import InputError
 
-NORMALIZATIONS = ("none", "center", "standardize", "whiten")
+NORMALIZATIONS = ("none", "center", "standardize", "whiten", "element")
 KERNELS = ("linear", "softmax")
 PRESETS: dict[str, dict[str, Any]] = {
+    "element": {"normalize": "element", "kernel": "softmax", "tau": 0.05},
     "shared": {"normalize": "center", "kernel": "softmax", "tau": 0.015},
     "paper": {"normalize": "none", "kernel": "linear"},
     "centered": {"normalize": "center", "kernel": "linear"},
     "standardized": {"normalize": "standardize", "kernel": "linear"},
     "whitened": {"normalize": "whiten", "kernel": "linear"},
 }
-"""Named projections. ``shared`` is the best measured cross-model configuration (centering on
-the anchor mean, softmax kernel at tau = 0.015; docs/shared_space.md); ``paper`` is Li & Walsh's
-recipe as written (plain cosines)."""
+"""Named projections. ``element``: per-element anchors, each element centred on its own anchor
+mean, softmax kernel (docs/shared_space.md: chosen on one split, measured on another);
+``shared``: one centring over all anchors, softmax kernel at tau = 0.015 (the cross-element
+view: elements can be compared, e.g. periodicity); ``paper``: Li & Walsh's recipe as written
+(plain cosines)."""
 DEFAULT_PROJECTION = "shared"
 """The projection PlatonicCalculator and reference banks use unless told otherwise."""
 BLOCK_ROWS = 512
@@ -44,6 +56,11 @@ absolute tolerance on any machine, BLAS build, thread count or row blocking (BLA
 in different orders, a few units in the last place). Bitwise equality is what one
 machine gives for the same input and block layout in practice, and is not promised: BLAS
 libraries may pick kernels by memory alignment or thread count."""
+COVERAGE_QUANTILE = 0.05
+"""Leave-one-out quantile of the anchors' own coverage that sets a fitted projector's per-element
+``coverage_threshold_``: an atom below it is less covered than 95 % of its element's anchors."""
+MIN_ANCHORS_FOR_THRESHOLD = 10
+"""Elements with fewer anchors than this use the threshold pooled over all anchors."""
 
 
 def _as_2d(x: Any, name: str) -> torch.Tensor:
@@ -57,16 +74,31 @@ def _as_2d(x: Any, name: str) -> torch.Tensor:
 
 
 def project(embeddings: Any, anchors: Any, *, mean: Any = None, transform: Any = None,
-            tau: float | None = None) -> np.ndarray:
+            tau: float | None = None, numbers: Any = None, anchor_numbers: Any = None
+            ) -> np.ndarray:
     """Cosine of each embedding to each anchor after optional affine normalisation.
 
     embeddings: (N, D); anchors: (K, D) (the *same model's* embeddings of the anchor atoms);
     mean: (D,) subtracted from both; transform: (D, D') applied after centering;
     tau: None for the cosines themselves, in [-1, 1] (zero vectors give 0, not NaN), or the
     temperature of the kernel ``sqrt(softmax(cos / tau))`` per row, in [0, 1] with unit rows.
+    numbers (N,) and anchor_numbers (K,): the ``element`` projection: each atom is projected on
+    its own element's anchors only, each element centred on its own anchors' mean (``mean`` and
+    ``transform`` must then be None); entries outside the atom's element are 0.
     Returns (N, K) float64.
     """
     _check_tau(tau)
+    if (numbers is None) != (anchor_numbers is None):
+        raise InputError("numbers and anchor_numbers go together (the element projection)")
+    if numbers is not None:
+        if mean is not None or transform is not None:
+            raise InputError("the element projection centres each element on its own anchor "
+                             "mean: mean and transform must be None")
+        a = _as_2d(anchors, "anchors")
+        blocks = _element_blocks(a, _atomic_numbers(anchor_numbers, a.shape[0], "anchor_numbers"))
+        e = _as_2d(embeddings, "embeddings")
+        return _apply_element(e, _atomic_numbers(numbers, e.shape[0], "numbers"), blocks, tau,
+                              a.shape[0])
     m = None if mean is None else torch.as_tensor(np.asarray(mean), dtype=torch.float64)
     w = None if transform is None else torch.as_tensor(np.asarray(transform), dtype=torch.float64)
     return _apply(_as_2d(embeddings, "embeddings"), _unit_rows(_as_2d(anchors, "anchors"), m, w),
@@ -78,6 +110,15 @@ def _check_tau(tau: float | None) -> None:
         raise InputError(f"tau must be a positive number, got {tau!r}")
 
 
+def _atomic_numbers(z: Any, n: int, name: str) -> np.ndarray:
+    a = np.asarray(z)
+    if a.shape != (n,):
+        raise InputError(f"{name} must have shape ({n},), got {a.shape}")
+    if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 1):
+        raise InputError(f"{name} must be positive integer atomic numbers")
+    return a.astype(np.int64)
+
+
 def _unit_rows(x: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None) -> torch.Tensor:
     if m is not None:
         x = x - m
@@ -86,12 +127,63 @@ def _unit_rows(x: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None) 
     return torch.nn.functional.normalize(x, dim=1)
 
 
+Block = tuple[np.ndarray, "torch.Tensor | None", torch.Tensor]
+"""One element's anchors: columns (k_Z,), centring mean (D,) or None, unit rows (k_Z, D)."""
+
+
+def _element_blocks(anchors: torch.Tensor, anchor_numbers: np.ndarray,
+                    cols: np.ndarray | None = None) -> dict[int, Block]:
+    """Per element: its anchors' columns, mean and centred unit rows. ``anchors`` are the valid
+    rows, ``cols`` their columns (default: 0..K-1). A lone anchor keeps its uncentred direction
+    (centred on itself it would be 0), and its element's atoms are then not centred either."""
+    cols = np.arange(anchors.shape[0]) if cols is None else cols
+    out: dict[int, Block] = {}
+    for z in np.unique(anchor_numbers):
+        sel = np.flatnonzero(anchor_numbers == z)
+        a = anchors[torch.from_numpy(sel)]
+        m = a.mean(dim=0) if sel.size > 1 else None
+        out[int(z)] = (cols[sel], m, _unit_rows(a, m, None))
+    return out
+
+
+def _missing_elements_error(numbers: np.ndarray, missing: np.ndarray) -> InputError:
+    from ase.data import chemical_symbols
+
+    names = ", ".join(chemical_symbols[int(z)] for z in missing)
+    first = int(np.flatnonzero(np.isin(numbers, missing))[0])
+    return InputError(
+        f"the anchor set has no anchor of element(s) {names} (first at atom {first}): the "
+        "element projection cannot place these atoms. Add anchors from structures holding "
+        "them: platoscope anchors extend ANCHORS FILES --out NEW")
+
+
+def _apply_element(e: torch.Tensor, numbers: np.ndarray, blocks: dict[int, Block],
+                   tau: float | None, k: int, coverage: np.ndarray | None = None) -> np.ndarray:
+    """The element projection of validated embeddings (N, D) with atomic numbers (N,)."""
+    present = np.unique(numbers)
+    missing = present[~np.isin(present, np.fromiter(blocks, dtype=np.int64, count=len(blocks)))]
+    if missing.size:
+        raise _missing_elements_error(numbers, missing)
+    full = np.zeros((e.shape[0], k), dtype=np.float64)
+    for z in present:
+        rows = np.flatnonzero(numbers == z)
+        cols, m, an = blocks[int(z)]
+        cov = None if coverage is None else np.empty(rows.size)
+        full[np.ix_(rows, cols)] = _apply(e[torch.from_numpy(rows)], an, m, None, tau,
+                                          coverage=cov)
+        if coverage is not None:
+            coverage[rows] = cov
+    return full
+
+
 def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None,
-           tau: float | None, cols: np.ndarray | None = None, k: int | None = None) -> np.ndarray:
+           tau: float | None, cols: np.ndarray | None = None, k: int | None = None,
+           coverage: np.ndarray | None = None) -> np.ndarray:
     """The projection of validated embeddings ``e`` onto prepared unit anchor rows ``an``.
 
     cols: the columns (of ``k``) that ``an``'s rows fill; the other anchors (those the model
-    cannot embed) get coordinate 0 and no softmax mass.
+    cannot embed) get coordinate 0 and no softmax mass. coverage: (N,) filled with each row's
+    largest cosine.
     """
     if e.shape[1] != (an.shape[1] if w is None else w.shape[0]):
         raise InputError(
@@ -102,6 +194,8 @@ def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.T
     out_t = torch.from_numpy(out)
     for s in range(0, e.shape[0], BLOCK_ROWS):
         torch.mm(_unit_rows(e[s:s + BLOCK_ROWS], m, w), an.T, out=out_t[s:s + BLOCK_ROWS])
+        if coverage is not None:
+            coverage[s:s + BLOCK_ROWS] = out[s:s + BLOCK_ROWS].max(axis=1, initial=-1.0)
         if tau is not None:
             _sqrt_softmax(out[s:s + BLOCK_ROWS], tau)
     if cols is None:
@@ -204,8 +298,16 @@ class Projector:
     def needs_reference(self) -> bool:
         return self.normalize in ("standardize", "whiten")
 
-    def fit(self, anchor_embeddings: Any, reference_embeddings: Any = None) -> Projector:
-        """anchor_embeddings: (K, D); reference_embeddings: (M, D), needed to standardize/whiten.
+    @property
+    def by_element(self) -> bool:
+        """Whether atoms are projected on their own element's anchors only (needs ``numbers``)."""
+        return self.normalize == "element"
+
+    def fit(self, anchor_embeddings: Any, reference_embeddings: Any = None, *,
+            anchor_numbers: Any = None) -> Projector:
+        """anchor_embeddings: (K, D); reference_embeddings: (M, D), needed to standardize/whiten;
+        anchor_numbers: (K,) the anchor atoms' atomic numbers, needed by the element projection
+        (kept by every projection for per-element coverage thresholds).
 
         A row of NaN marks an anchor this model cannot embed (its structure holds an element the
         model has no parameters for): it is left out (``valid_`` False), its coordinate is 0 for
@@ -214,11 +316,17 @@ class Projector:
         a_in = np.asarray(anchor_embeddings, dtype=np.float64)
         if a_in.ndim != 2:
             raise InputError(f"anchor_embeddings must be 2-D (K, D), got shape {a_in.shape}")
+        if anchor_numbers is None and self.by_element:
+            raise InputError("the element projection needs anchor_numbers (the anchors' atomic "
+                             "numbers, AnchorSet.numbers)")
+        zs = (None if anchor_numbers is None
+              else _atomic_numbers(anchor_numbers, a_in.shape[0], "anchor_numbers"))
         missing = np.isnan(a_in).all(axis=1)
         if missing.all():
             raise InputError("no anchor can be embedded by this model (every anchor row is NaN)")
         a = np.asarray(_as_2d(a_in[~missing], "anchor_embeddings").numpy())
         self.valid_: np.ndarray = ~missing
+        self.anchor_numbers_: np.ndarray | None = zs
         self.mean_: np.ndarray | None = None
         self.transform_: np.ndarray | None = None
         if self.normalize == "center":
@@ -244,21 +352,63 @@ class Projector:
         self._prepared = None
         return self
 
-    def transform(self, embeddings: Any) -> np.ndarray:
-        """(N, D) embeddings -> (N, K) Platonic coordinates."""
+    def _prepare(self) -> tuple:
         if not hasattr(self, "anchors_"):
             raise RuntimeError("Projector is not fitted: call fit(anchor_embeddings) first")
         if getattr(self, "_prepared", None) is None:
-            m = None if self.mean_ is None else torch.as_tensor(self.mean_, dtype=torch.float64)
-            w = (None if self.transform_ is None
-                 else torch.as_tensor(self.transform_, dtype=torch.float64))
             valid = self.valid_
-            cols = None if valid.all() else np.flatnonzero(valid)
-            an = _unit_rows(_as_2d(self.anchors_[valid], "anchors"), m, w)
-            self._prepared = (an, m, w, cols)
-        an, m, w, cols = self._prepared
-        return _apply(_as_2d(embeddings, "embeddings"), an, m, w, self.tau, cols,
-                      self.anchors_.shape[0])
+            cols = np.flatnonzero(valid)
+            a = _as_2d(self.anchors_[valid], "anchors")
+            if self.by_element:
+                blocks = _element_blocks(a, self.anchor_numbers_[valid], cols)
+                units = [(z, an) for z, (_, _, an) in blocks.items()]
+                self._prepared = ("element", blocks)
+            else:
+                m = None if self.mean_ is None else torch.as_tensor(self.mean_,
+                                                                    dtype=torch.float64)
+                w = (None if self.transform_ is None
+                     else torch.as_tensor(self.transform_, dtype=torch.float64))
+                an = _unit_rows(a, m, w)
+                units = [(0, an)]
+                self._prepared = ("shared", (an, m, w, None if valid.all() else cols))
+            self._thresholds = _coverage_thresholds(
+                units, None if self.anchor_numbers_ is None else self.anchor_numbers_[valid])
+        return self._prepared
+
+    def transform(self, embeddings: Any, numbers: Any = None) -> np.ndarray:
+        """(N, D) embeddings -> (N, K) Platonic coordinates. numbers: (N,) atomic numbers,
+        needed by the element projection."""
+        return self._transform(embeddings, numbers, None)
+
+    def transform_with_coverage(self, embeddings: Any, numbers: Any = None
+                                ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`transform` and each atom's coverage (N,): its largest normalised cosine to the
+        anchors it is projected on, in [-1, 1], from the same matrix product."""
+        cov = np.empty(np.shape(embeddings)[0] if np.ndim(embeddings) == 2 else 0)
+        return self._transform(embeddings, numbers, cov), cov
+
+    def _transform(self, embeddings: Any, numbers: Any, coverage: np.ndarray | None
+                   ) -> np.ndarray:
+        kind, prep = self._prepare()
+        e = _as_2d(embeddings, "embeddings")
+        if kind == "element":
+            if numbers is None:
+                raise InputError("the element projection needs the atoms' atomic numbers: "
+                                 "transform(embeddings, numbers)")
+            return _apply_element(e, _atomic_numbers(numbers, e.shape[0], "numbers"), prep,
+                                  self.tau, self.anchors_.shape[0], coverage)
+        an, m, w, cols = prep
+        return _apply(e, an, m, w, self.tau, cols, self.anchors_.shape[0], coverage)
+
+    def coverage_threshold(self, numbers: Any) -> np.ndarray:
+        """(N,) the coverage under which each atom (atomic numbers (N,)) is flagged as not
+        covered: the :data:`COVERAGE_QUANTILE` of its element's anchors' leave-one-out coverage
+        (pooled over all anchors for elements with fewer than
+        :data:`MIN_ANCHORS_FOR_THRESHOLD` anchors, and without ``anchor_numbers``)."""
+        self._prepare()
+        per, pooled = self._thresholds
+        z = np.asarray(numbers, dtype=np.int64).ravel()
+        return np.array([per.get(int(x), pooled) for x in z], dtype=np.float64)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Plain arrays (for npz files) that ``from_state`` turns back into this projector."""
@@ -270,6 +420,8 @@ class Projector:
             state["mean"] = self.mean_
         if self.transform_ is not None:
             state["transform"] = self.transform_
+        if getattr(self, "anchor_numbers_", None) is not None:
+            state["anchor_numbers"] = self.anchor_numbers_
         return state
 
     @classmethod
@@ -280,9 +432,45 @@ class Projector:
         p.valid_ = ~np.isnan(p.anchors_).all(axis=1)
         p.mean_ = np.asarray(state["mean"]) if "mean" in state else None
         p.transform_ = np.asarray(state["transform"]) if "transform" in state else None
+        p.anchor_numbers_ = (np.asarray(state["anchor_numbers"], dtype=np.int64)
+                             if "anchor_numbers" in state else None)
+        if p.by_element and p.anchor_numbers_ is None:
+            raise InputError("an element projector's state has no anchor_numbers")
         p._prepared = None
         return p
 
     def __repr__(self) -> str:
         tau = f", tau={self.tau:g}" if self.tau is not None else ""
         return f"Projector(normalize={self.normalize!r}, kernel={self.kernel!r}{tau})"
+
+
+def _coverage_thresholds(units: list[tuple[int, torch.Tensor]], numbers: np.ndarray | None
+                         ) -> tuple[dict[int, float], float]:
+    """Per-element and pooled :data:`COVERAGE_QUANTILE` of the anchors' leave-one-out coverage.
+
+    units: (block id, unit anchor rows) for each block the atoms are projected on (one block
+    for the shared projections); numbers: the valid anchors' atomic numbers, in block order."""
+    loo_all: list[np.ndarray] = []
+    for _, an in units:
+        k = an.shape[0]
+        if k < 2:
+            loo_all.append(np.full(k, np.nan))
+            continue
+        best = np.empty(k)
+        for s in range(0, k, 1024):
+            g = (an[s:s + 1024] @ an.T).numpy()
+            g[np.arange(g.shape[0]), np.arange(s, s + g.shape[0])] = -np.inf
+            best[s:s + 1024] = g.max(axis=1)
+        loo_all.append(best)
+    loo = np.concatenate(loo_all)
+    finite = loo[np.isfinite(loo)]
+    pooled = float(np.quantile(finite, COVERAGE_QUANTILE)) if finite.size else -1.0
+    per: dict[int, float] = {}
+    if numbers is not None:
+        zs = (np.concatenate([np.full(an.shape[0], z) for z, an in units]) if len(units) > 1
+              else numbers)
+        for z in np.unique(zs):
+            v = loo[(zs == z) & np.isfinite(loo)]
+            if v.size >= MIN_ANCHORS_FOR_THRESHOLD:
+                per[int(z)] = float(np.quantile(v, COVERAGE_QUANTILE))
+    return per, pooled

@@ -97,7 +97,7 @@ class ReferenceBank:
         emb = np.concatenate(feats)
         proj = Projector.coerce(projection)
         proj.fit(anchors.embed(backend, progress=progress, known=(list(structures), feats)),
-                 emb if proj.needs_reference else None)
+                 emb if proj.needs_reference else None, anchor_numbers=anchors.numbers)
         if data_hash is None:
             from platoscope.readers import structures_hash
 
@@ -132,7 +132,7 @@ class ReferenceBank:
     @cached_property
     def coords(self) -> np.ndarray:
         """(M, K) float64 projected coordinates of the reference atoms."""
-        return self.projector.transform(self.embeddings)
+        return self.projector.transform(self.embeddings, self.numbers)
 
     def check_backend(self, backend: Any) -> None:
         """Refuse a backend other than the one that built the bank (model, weights, layer)."""

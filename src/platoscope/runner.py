@@ -3,7 +3,8 @@
 Every run writes to one folder:
 
 - ``frames.extxyz``: one frame per recorded step with ``platonic`` (N, K) and
-  ``score_<monitor>`` (N,) per atom, energy and forces;
+  ``score_<monitor>`` (N,) per atom, energy and forces, and ``score_coverage`` (N,): each atom's
+  largest cosine to the anchors it is projected on (see :mod:`platoscope.projection`);
 - ``frames.h5``: HDF5 sidecar with full embeddings and coordinates, appended and flushed every
   frame (a SIGKILL leaves every completed frame readable);
 
@@ -47,6 +48,9 @@ are derived from the embeddings in frames.h5 (N x K float64 per frame is large: 
 STORE_COORDS = ("auto", "always", "never")
 PLATONIC_STORED = f"{FRAMES}, {SIDECAR}"
 PLATONIC_DERIVED = f"{SIDECAR} (derived from embeddings)"
+COVERAGE = "coverage"
+"""Stored score name of each atom's coverage (not a monitor: every projected frame has it)."""
+COVERAGE_UNITS = "cosine to the best-matching anchor (1 = an anchor has the same environment)"
 
 
 def store_coords_for(mode: str, n_anchors: int, *, embeddings: bool = True) -> bool:
@@ -86,7 +90,7 @@ class RunRecorder:
         self.sidecar = FrameSidecar(
             self.out / SIDECAR, mode="a" if append else "w",
             attrs={"provenance": provenance, "config": config,
-                   "score_units": dict(score_units or {})},
+                   "score_units": {**dict(score_units or {}), COVERAGE: COVERAGE_UNITS}},
             projector_state=projector.get_state() if projector is not None else None,
             store_platonic=self.store_platonic)
         self.events = EventLog(self.out / EVENTS, mode="a" if append else "w")
@@ -100,6 +104,8 @@ class RunRecorder:
     def frame(self, frame: Frame, scores: dict[str, np.ndarray]) -> None:
         if frame.step % self.interval:
             return
+        if frame.coverage is not None:
+            scores = {**scores, COVERAGE: np.asarray(frame.coverage, dtype=np.float64)}
         atoms = frame.atoms
         snap = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
                      pbc=atoms.pbc, momenta=atoms.get_momenta() if atoms.has("momenta") else None)
@@ -407,7 +413,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                     a = src.copy()
                     res_src = src.calc.results if src.calc is not None else {}
                     a.calc = None
-                    z = calc.projector.transform(e)
+                    z = calc.projector.transform(e, src.numbers)
                     a.arrays["platonic"] = z
                     watcher.step = step + 1
                     watcher.process(watcher.frame_from(

@@ -78,6 +78,7 @@ class Frame:
     forces: np.ndarray | None = None  # (N, 3) eV/Å
     energy: float | None = None  # eV
     calc: Any = None
+    coverage: np.ndarray | None = None  # (N,) largest cosine to the anchors projected on
 
 
 class Monitor(ABC):
@@ -242,7 +243,8 @@ class Watcher:
         else:
             z = res["platonic"]
         return Frame(step=step, atoms=atoms, platonic=z, embeddings=res.get("embeddings"),
-                     forces=res.get("forces"), energy=res.get("energy"), calc=calc)
+                     forces=res.get("forces"), energy=res.get("energy"), calc=calc,
+                     coverage=res.get("coverage"))
 
     def __call__(self, atoms: Atoms | None = None) -> None:
         if atoms is None:

@@ -74,8 +74,10 @@ def paired_distances(bank_a: ReferenceBank, bank_b: ReferenceBank) -> np.ndarray
     # in blocks: at K = 3000 one bank's coordinates alone are ~0.6 GB
     step = 2048
     return np.concatenate([
-        np.linalg.norm(bank_a.projector.transform(bank_a.embeddings[ia[s:s + step]])
-                       - bank_b.projector.transform(bank_b.embeddings[ib[s:s + step]]), axis=1)
+        np.linalg.norm(bank_a.projector.transform(bank_a.embeddings[ia[s:s + step]],
+                                                  bank_a.numbers[ia[s:s + step]])
+                       - bank_b.projector.transform(bank_b.embeddings[ib[s:s + step]],
+                                                    bank_b.numbers[ib[s:s + step]]), axis=1)
         for s in range(0, len(ia), step)])
 
 

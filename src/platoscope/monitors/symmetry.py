@@ -192,7 +192,7 @@ class SymmetryMonitor(Monitor):
             raise InputError("the symmetry reference has no 'platonic' array and the frame's "
                              "calculator cannot project it: pass a PlatonicCalculator")
         _, feats = calc.backend.compute(ref.copy(), ("energy",))
-        return calc.projector.transform(feats)
+        return calc.projector.transform(feats, ref.numbers)
 
     # -- scoring -------------------------------------------------------------------------
     def _classes(self, frame: Frame) -> np.ndarray:

@@ -580,7 +580,7 @@ class FrameSidecar:
             self._projector = Projector.from_state(self._state)
         return self._projector
 
-    def _derives(self, z: np.ndarray, e: np.ndarray | None) -> bool:
+    def _derives(self, z: np.ndarray, e: np.ndarray | None, numbers: np.ndarray) -> bool:
         """Whether readers will derive coordinates ``z`` (N, K) from embeddings ``e`` (N, D)
         exactly, so that they need not be stored."""
         if e is None:
@@ -591,7 +591,7 @@ class FrameSidecar:
             return True
         from platoscope.projection import TOLERANCE
 
-        derived = self.projector.transform(e)
+        derived = self.projector.transform(e, numbers)
         if derived.shape == z.shape and float(np.max(np.abs(derived - z), initial=0)) <= TOLERANCE:
             return True
         if not self._warned:
@@ -656,7 +656,7 @@ class FrameSidecar:
             if self.n_anchors is not None and arr.shape[1] != self.n_anchors:
                 raise SidecarMismatchError(f"{self.path}: platonic has K={arr.shape[1]} anchors, "
                                            f"the sidecar holds K={self.n_anchors}")
-            if self.store_platonic or not self._derives(arr, opt.get("embeddings")):
+            if self.store_platonic or not self._derives(arr, opt.get("embeddings"), numbers):
                 opt["platonic"] = arr
         if forces is not None:
             opt["forces"] = _as_array(forces, "forces", (n_at, 3), np.float64)
@@ -764,16 +764,17 @@ class SidecarReader:
                                        f"({exc!r})") from exc
         return self._projector
 
-    def _platonic(self, i: int, n_at: int, embeddings: np.ndarray | None) -> np.ndarray | None:
+    def _platonic(self, i: int, numbers: np.ndarray, embeddings: np.ndarray | None
+                  ) -> np.ndarray | None:
         """Frame ``i``'s stored coordinates, else those derived from its embeddings, else None."""
-        z = self._field("platonic", i, n_at)
+        z = self._field("platonic", i, len(numbers))
         if z is not None or embeddings is None or self.projector_state is None:
             return z
         dtype = self._groups["embeddings"]["data"].dtype
         if dtype != np.float64:
             raise CorruptFileError(f"{self.path}: embeddings are stored as {dtype}, not float64: "
                                    "the coordinates cannot be derived exactly")
-        return self.projector.transform(embeddings)
+        return self.projector.transform(embeddings, numbers)
 
     def _load(self, n: int | None = None) -> None:
         f = self._file
@@ -854,16 +855,17 @@ class SidecarReader:
             if val is not None:
                 scores[name] = val
         embeddings = self._field("embeddings", i, a1 - a0)
+        numbers = f["atoms/numbers"][a0:a1].astype(np.int64)
         return {
             "index": i,
             "step": int(f["frames/step"][i]),
-            "numbers": f["atoms/numbers"][a0:a1].astype(np.int64),
+            "numbers": numbers,
             "positions": f["atoms/positions"][a0:a1],
             "cell": f["frames/cell"][i],
             "pbc": f["frames/pbc"][i],
             "energy": None if math.isnan(energy) else energy,
             "forces": self._field("forces", i, a1 - a0),
-            "platonic": self._platonic(i, a1 - a0, embeddings) if platonic else None,
+            "platonic": self._platonic(i, numbers, embeddings) if platonic else None,
             "embeddings": embeddings,
             "scores": scores,
         }
