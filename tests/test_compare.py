@@ -13,9 +13,21 @@ import pytest
 from click.testing import CliRunner
 
 from platoscope import AnchorSet
-from platoscope.analysis import retrieval_accuracy, retrieval_chance
+from platoscope.analysis import (
+    element_structure_baseline,
+    retrieval_accuracy,
+    retrieval_chance,
+    site_resolved_retrieval,
+)
 from platoscope.cli import main
-from platoscope.coords import AtomCoordinates, check_comparable
+from platoscope.coords import (
+    SPARSE_FLOAT32_ERROR,
+    AtomCoordinates,
+    check_comparable,
+    dense_rows,
+    top_k_rows,
+    topk_to_csr,
+)
 from platoscope.errors import AnchorSetMismatchError, CorruptFileError
 from platoscope.readers import read_structures
 from platoscope.symmetry import symmetry_groups
@@ -45,6 +57,8 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     a = _embed("chgnet", anchor_file, tmp_path / "a.h5")
     b = _embed("chgnet:0.2.0", anchor_file, tmp_path / "b.h5")
     assert a.platonic.shape == (len(a), 40) and a.embeddings.shape[1] == 64
+    assert a.coverage.shape == (len(a),) and np.all(a.coverage <= 1 + 1e-12)
+    za, zb = dense_rows(a.platonic), dense_rows(b.platonic)
     assert a.provenance["model"] == "chgnet:0.3.0" and b.provenance["model"] == "chgnet:0.2.0"
     check_comparable(a, b)
     out = tmp_path / "cmp"
@@ -56,8 +70,18 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     assert top5[0, 1] > 5 * res["alignment"]["retrieval_chance_top5"]
     cos = np.array(res["alignment"]["cosine_agreement_mean"])
     assert cos[0, 1] == cos[1, 0] == pytest.approx(
-        np.mean(np.sum(a.platonic * b.platonic, axis=1)
-                / np.linalg.norm(a.platonic, axis=1) / np.linalg.norm(b.platonic, axis=1)))
+        np.mean(np.sum(za * zb, axis=1) / np.linalg.norm(za, axis=1)
+                / np.linalg.norm(zb, axis=1)), abs=1e-6)
+    al = res["alignment"]
+    S = a.structure_index
+    assert al["element_structure_baseline_top5"] == pytest.approx(
+        element_structure_baseline(a.numbers, S, k=5))
+    assert al["site_resolved_top1"][0][1] == pytest.approx(
+        site_resolved_retrieval(za, zb, a.numbers, S)[0])
+    lo, hi = al["mutual_knn10_projected_ci95"][0][1]
+    assert lo <= al["mutual_knn10_projected"][0][1] <= hi
+    text = (out / "compare.txt").read_text()
+    assert "element+structure baseline" in text and "site-resolved top-1" in text
     assert 0 < cos[0, 1] < 1
     assert {t["source"] for t in res["transport"]} == {"chgnet:0.3.0"}
     assert 0 <= res["transport"][0]["same_element_mass"] <= 1
@@ -85,7 +109,7 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     assert al["symmetry_aware"] and al["n_environments"] == len(np.unique(groups)) < len(a)
     assert al["retrieval_chance_top5"] == pytest.approx(retrieval_chance(len(a), 5, groups))
     assert np.array(al["retrieval_top5"])[0, 1] == pytest.approx(
-        retrieval_accuracy(a.platonic, b.platonic, k=5, groups=groups))
+        retrieval_accuracy(za, zb, k=5, groups=groups))
     assert "same-environment retrieval" in (sym / "compare.txt").read_text()
     r = CliRunner().invoke(main, ["compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
                                   "--structures", str(VAL), "--out", str(tmp_path / "no")])
@@ -124,3 +148,77 @@ def test_files_cross_environments(anchor_file, tmp_path):
     r = CliRunner().invoke(main, ["compare", str(tmp_path / "here.h5"),
                                   str(tmp_path / "there.h5"), "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
+
+
+def test_top_k_rows_bound_the_distance_error():
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(60, 500)) / 0.3
+    p = np.exp(c - c.max(axis=1, keepdims=True))
+    z = np.sqrt(p / p.sum(axis=1, keepdims=True))  # unit, non-negative rows
+    for k in (8, 64, 500):
+        idx, val, res = top_k_rows(z, k)
+        assert idx.shape == val.shape == (60, k) and val.dtype == np.float32
+        zs = topk_to_csr(idx, val, 500).toarray()
+        exact = np.linalg.norm(z[:, None] - z[None], axis=2)
+        approx = np.linalg.norm(zs[:, None] - zs[None], axis=2)
+        bound = res[:, None] + res[None, :] + SPARSE_FLOAT32_ERROR
+        assert np.all(np.abs(approx - exact) <= bound)
+        np.testing.assert_allclose(res, np.linalg.norm(z - zs, axis=1), atol=1e-6)
+    assert np.all(top_k_rows(z, 500)[2] < 1e-3)
+    with pytest.raises(ValueError, match="top-k"):
+        top_k_rows(z, 0)
+
+
+def test_coordinates_file_roundtrip_in_both_layouts(tmp_path):
+    rng = np.random.default_rng(1)
+    z = rng.random((30, 50))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    kw = dict(numbers=np.full(30, 14), structure_index=np.repeat(np.arange(3), 10),
+              atom_index=np.tile(np.arange(10), 3), anchor_set_hash="a" * 64,
+              data_hash="d" * 64, coverage=rng.random(30))
+    c = AtomCoordinates(platonic=z, **kw)
+    dense = AtomCoordinates.load(c.save(tmp_path / "d.h5", layout="dense"))
+    np.testing.assert_array_equal(dense.platonic, z)
+    sparse = AtomCoordinates.load(c.save(tmp_path / "s.h5", layout="topk", top_k=20))
+    assert sparse.platonic.shape == (30, 50) and hasattr(sparse.platonic, "toarray")
+    err = np.linalg.norm(dense_rows(sparse.platonic) - z, axis=1)
+    assert np.all(err <= sparse.residual + SPARSE_FLOAT32_ERROR)
+    np.testing.assert_array_equal(sparse.coverage, kw["coverage"])
+
+
+@pytest.mark.backend("chgnet")
+def test_embed_element_projection_stores_sparse_rows_and_coverage(tmp_path):
+    structs = read_structures(REPO / "data" / "mp20_partial" / "train.csv", limit=6)
+    pairs = []
+    for s in structs:
+        r = s.copy()
+        r.rattle(0.05, seed=1)
+        pairs += [(r, i) for i in range(len(r))]
+    anchors = AnchorSet.from_atoms(pairs).save(tmp_path / "anchors.npz")
+    data = tmp_path / "data.extxyz"
+    from ase.io import write
+
+    write(data, structs)
+    out = tmp_path / "e.h5"
+    r = CliRunner().invoke(main, ["embed", str(data), "--model", "chgnet", "--anchors",
+                                  str(anchors), "--projection", "element", "--top-k", "16",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    c = AtomCoordinates.load(out)
+    assert c.provenance["projection"] == "element"
+    z = dense_rows(c.platonic)
+    za = AnchorSet.load(anchors).numbers
+    for i in range(len(c)):  # only own-element anchors carry mass
+        assert np.all(z[i, za != c.numbers[i]] == 0)
+    assert np.median(c.coverage) > 0.9  # rattled copies of these very atoms are anchors
+    assert np.all(c.residual < 1) and c.platonic.shape == (len(c), len(za))
+
+    # an element without anchors is refused, naming it
+    from ase import Atoms
+
+    write(tmp_path / "u.extxyz", Atoms("U2", positions=[[0, 0, 0], [1.8, 1.8, 1.8]],
+                                       cell=[3.6] * 3, pbc=True))
+    r = CliRunner().invoke(main, ["embed", str(tmp_path / "u.extxyz"), "--model", "chgnet",
+                                  "--anchors", str(anchors), "--projection", "element",
+                                  "--out", str(tmp_path / "u.h5")])
+    assert r.exit_code != 0 and "element(s) U" in r.output

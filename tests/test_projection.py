@@ -218,7 +218,7 @@ def test_coverage_is_the_best_cosine_and_anchors_are_fully_covered():
         z, cov = p.transform_with_coverage(anchors, za)
         np.testing.assert_allclose(cov, 1.0, atol=1e-12)  # every anchor covers itself
         np.testing.assert_allclose(z, p.transform(anchors, za), atol=TOLERANCE)
-        z2, cov2 = p.transform_with_coverage(emb, ze)
+        _, cov2 = p.transform_with_coverage(emb, ze)
         assert np.all((cov2 > -1 - 1e-12) & (cov2 < 1))
     p = Projector("paper").fit(anchors, anchor_numbers=za)
     u = emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -232,7 +232,7 @@ def test_coverage_threshold_is_the_anchors_leave_one_out_quantile():
     anchors = rng.normal(size=(40, 6))
     za = np.array([6] * 30 + [8] * 10)
     p = Projector("element").fit(anchors, anchor_numbers=za)
-    for el, n in ((6, 30), (8, 10)):
+    for el in (6, 8):
         a = anchors[za == el] - anchors[za == el].mean(axis=0)
         a /= np.linalg.norm(a, axis=1, keepdims=True)
         g = a @ a.T

@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from platoscope.coords import TOP_K
 from platoscope.errors import PlatoscopeError
 from platoscope.projection import DEFAULT_PROJECTION, PRESETS
 
@@ -252,10 +253,13 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
               help="Structures per task and per model batch")
 @click.option("--strict", is_flag=True,
               help="Stop at the first structure that fails (default: report it, go on)")
+@click.option("--top-k", default=TOP_K, show_default=True, type=click.IntRange(min=1),
+              help="Softmax-kernel coordinates: entries kept per atom (the file records each "
+                   "atom's truncation bound)")
 @_with(cluster_options)
 @click.option("--out", "-o", required=True, type=click.Path())
 def embed(data, model, layer, device, anchors_path, reference_path, projection, limit,
-          no_embeddings, batch_size, strict, workers, scheduler, out):
+          no_embeddings, batch_size, strict, top_k, workers, scheduler, out):
     """Per-atom coordinates of DATA (structures or a trajectory) -> a portable .h5 file."""
     from platoscope.backends import load_backend
     from platoscope.calculator import PlatonicCalculator
@@ -275,7 +279,7 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
     try:
         with _executor(backend, device, workers, scheduler, batch_size) as ex:
             res = embed_to_file(structures, calc, out, ex, data_hash=data_hash,
-                                embeddings=not no_embeddings, strict=strict)
+                                embeddings=not no_embeddings, strict=strict, top_k=top_k)
     except KeyboardInterrupt:
         click.echo(f"interrupted: completed chunks are in {parts_folder(out)}; rerun the same "
                    "command to resume", err=True)
@@ -645,7 +649,10 @@ def repair_cmd(run):
                    "then counts symmetry-equivalent atoms as hits, one query per environment")
 @click.option("--limit", type=int, default=None, help="The --limit given to embed")
 @click.option("--symprec", default=1e-3, show_default=True, help="spglib tolerance (Å)")
-def compare_cmd(files, out, k, max_atoms, structure_files, limit, symprec):
+@click.option("--csls", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also rank retrieval by CSLS hubness correction with this many neighbours "
+                   "(0: off; 10 is usual)")
+def compare_cmd(files, out, k, max_atoms, structure_files, limit, symprec, csls):
     """Compare coordinate files of the same atoms from different models (``embed`` output)."""
     from platoscope.compare import compare
     from platoscope.coords import AtomCoordinates
@@ -663,7 +670,7 @@ def compare_cmd(files, out, k, max_atoms, structure_files, limit, symprec):
                 f"(data hash {data_hash[:12]} != {coords[0].data_hash[:12]}): pass the same "
                 "files, in the same order and with the same --limit, as to embed")
         groups = symmetry_groups(structures, symprec)
-    res = compare(coords, out, k=k, max_atoms=max_atoms, groups=groups)
+    res = compare(coords, out, k=k, max_atoms=max_atoms, groups=groups, csls=csls)
     click.echo((Path(out) / "compare.txt").read_text())
     click.echo(f"wrote {out}/compare.json, alignment.png, bias_per_element.png, "
                f"{len(res['periodicity'])} periodicity heat maps")

@@ -2,10 +2,14 @@
 
 Given two or more :class:`~platoscope.coords.AtomCoordinates` of the same atoms on the same
 anchors (possibly written in different environments), it computes the alignment matrix
-(same-atom retrieval, mutual k-NN in projected and raw space, CKA, per-atom cosine agreement),
-optimal transport between each pair, the periodicity score of each model and the per-element
-bias table, and writes ``compare.json``, ``compare.txt`` and PNG plots. Orthogonal Procrustes
-(:func:`platoscope.analysis.procrustes`, an SVD of a K x K matrix) is left to the library.
+(same-atom retrieval, mutual k-NN in projected and raw space with bootstrap intervals, CKA,
+per-atom cosine agreement), optimal transport between each pair, the periodicity score of each
+model and the per-element bias table, and writes ``compare.json``, ``compare.txt`` and PNG
+plots. Every retrieval figure stands beside chance and the element+structure baseline (what
+knowing only an atom's element and structure gives on the same pool), and the site-resolved
+top-1 beside its chance. Sparse (top-k) coordinates are densified for the scored subsample
+only. Orthogonal Procrustes (:func:`platoscope.analysis.procrustes`, an SVD of a K x K matrix)
+is left to the library.
 """
 
 from __future__ import annotations
@@ -16,20 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.coords import AtomCoordinates, check_comparable
+from platoscope.coords import AtomCoordinates, check_comparable, dense_rows
 from platoscope.errors import InputError
 from platoscope.paths import safe_file_name
 from platoscope.writers import write_json_atomic
 
 
 def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
-            max_atoms: int = 5000, seed: int = 0, groups: Any = None) -> dict[str, Any]:
+            max_atoms: int = 5000, seed: int = 0, groups: Any = None,
+            csls: int = 0) -> dict[str, Any]:
     """Compare models; subsample to ``max_atoms`` atoms for the O(N^2) metrics.
 
     groups: optional (N,) int ids of equivalent atoms (e.g. from
     :func:`platoscope.symmetry.symmetry_groups`): retrieval then counts a hit on any equivalent
     atom and queries each distinct environment once, and mutual k-NN uses one atom per
-    environment (equivalent copies would otherwise tie).
+    environment (equivalent copies would otherwise tie). csls: also report retrieval ranked by
+    CSLS with this many neighbours (0: not).
     """
     from ase.data import chemical_symbols
 
@@ -53,7 +59,8 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
             raise InputError(f"groups has shape {groups.shape}, the coordinates {n} atoms")
         g = groups[idx]
     rep = np.arange(len(idx)) if g is None else np.unique(g, return_index=True)[1]
-    proj = {nm: c.platonic[idx] for nm, c in zip(names, coords, strict=True)}
+    proj = {nm: dense_rows(c.platonic, idx) for nm, c in zip(names, coords, strict=True)}
+    S = coords[0].structure_index[idx]
     raw = {nm: c.embeddings[idx] for nm, c in zip(names, coords, strict=True)
            if c.embeddings is not None}
     m = len(names)
@@ -68,7 +75,11 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
                                           zip(names, coords, strict=True)}}
     top1 = np.eye(m)
     top5 = np.eye(m)
+    top1_csls = np.eye(m)
+    site = np.eye(m)
+    site_chance = n_site = None
     knn_p = np.eye(m)
+    knn_p_ci = [[[1.0, 1.0] for _ in range(m)] for _ in range(m)]
     knn_r = np.full((m, m), np.nan)
     for i, nm in enumerate(names):
         knn_r[i, i] = 1.0 if nm in raw else np.nan
@@ -79,9 +90,15 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
         a, b = names[i], names[j]
         top1[i, j] = an.retrieval_accuracy(proj[a], proj[b], k=1, groups=g)
         top5[i, j] = an.retrieval_accuracy(proj[a], proj[b], k=5, groups=g)
+        if csls:
+            top1_csls[i, j] = an.retrieval_accuracy(proj[a], proj[b], k=1, groups=g, csls=csls)
+        site[i, j], site_chance, n_site = an.site_resolved_retrieval(proj[a], proj[b], Z, S, g)
     for i, j in itertools.combinations(range(m), 2):
         a, b = names[i], names[j]
-        knn_p[i, j] = knn_p[j, i] = an.mutual_knn(proj[a][rep], proj[b][rep], k=k)
+        v, lo, hi = an.mutual_knn_interval(proj[a][rep], proj[b][rep], k=k, metric="euclidean",
+                                           seed=seed)
+        knn_p[i, j] = knn_p[j, i] = v
+        knn_p_ci[i][j] = knn_p_ci[j][i] = [lo, hi]
         cka[i, j] = cka[j, i] = an.linear_cka(proj[a], proj[b])
         cos[i, j] = cos[j, i] = float(np.mean(an.cosine_agreement(proj[a], proj[b])))
         if a in raw and b in raw:
@@ -91,7 +108,18 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
                         "same_atom_mass": t.same_atom_mass,
                         "same_element_mass": t.same_element_mass})
     res["alignment"] = {"retrieval_top1": top1.tolist(), "retrieval_top5": top5.tolist(),
+                        "retrieval_chance_top1": an.retrieval_chance(len(idx), 1, g),
                         "retrieval_chance_top5": an.retrieval_chance(len(idx), 5, g),
+                        "element_structure_baseline_top1":
+                            an.element_structure_baseline(Z, S, g, k=1),
+                        "element_structure_baseline_top5":
+                            an.element_structure_baseline(Z, S, g, k=5),
+                        "site_resolved_top1": site.tolist(),
+                        "site_resolved_chance": site_chance,
+                        "site_resolved_queries": n_site,
+                        "retrieval_top1_csls": top1_csls.tolist() if csls else None,
+                        "csls_k": int(csls),
+                        f"mutual_knn{k}_projected_ci95": knn_p_ci,
                         "symmetry_aware": g is not None, "n_environments": len(rep),
                         f"mutual_knn{k}_projected": knn_p.tolist(),
                         f"mutual_knn{k}_raw": knn_r.tolist(), "linear_cka": cka.tolist(),
@@ -99,16 +127,20 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     res["transport"] = ot_rows
     period = {}
     for nm, c in zip(names, coords, strict=True):
-        els, means = an.element_means(c.numbers, c.platonic)
+        blocks = (c.provenance.get("projection_params") or {}).get("normalize") == "element"
+        if blocks and nm not in raw:
+            continue
+        # element blocks are disjoint: elements compare in the model's own feature space
+        els, means = an.element_means(Z, raw[nm] if blocks else proj[nm])
         if len(els) >= 3:
             s = an.periodicity_score(els, means)
             period[nm] = {k2: s[k2] for k2 in ("group", "period", "group_chance",
                                                "period_chance", "n_elements")}
+            period[nm]["space"] = "raw features" if blocks else "projected"
             an.plot_periodicity_heatmap(els, means, out / f"periodicity_{safe_file_name(nm)}.png",
                                         title=f"{nm}: element-element similarity")
     res["periodicity"] = period
-    full = {nm: c.platonic for nm, c in zip(names, coords, strict=True)}
-    table = an.bias_table(full, coords[0].numbers, leave_one_out=m > 2)
+    table = an.bias_table(proj, Z, leave_one_out=m > 2)
     res["bias"] = {"elements": [chemical_symbols[z] for z in table.elements],
                    "counts": table.counts.tolist(), "models": table.models,
                    "deviation": table.deviation.tolist(), "excess": table.excess.tolist(),
@@ -181,13 +213,28 @@ def _text(res: dict[str, Any], k: int) -> str:
         lines.append(f"NOTE: alignment and transport use a random subsample of "
                      f"{res['n_scored']} of {res['n_atoms']} atoms (--max-atoms "
                      f"{sub['max_atoms']}, seed {sub['seed']}); raise --max-atoms to use all")
-    lines += ["", f"{what} top-1 / top-5 "
-             f"(chance top-5 {res['alignment']['retrieval_chance_top5']:.4f}); mutual "
-             f"k-NN@{k} projected / raw; linear CKA; mean per-atom cosine:"]
+    lines += ["", f"{what}, pool = all scored atoms:",
+              f"  chance: top-1 {al['retrieval_chance_top1']:.4f} / top-5 "
+              f"{al['retrieval_chance_top5']:.4f}",
+              f"  element+structure baseline (knowing only each atom's element and structure): "
+              f"top-1 {al['element_structure_baseline_top1']:.3f} / top-5 "
+              f"{al['element_structure_baseline_top5']:.3f}"]
+    if al["site_resolved_queries"]:
+        lines.append(f"  site-resolved top-1 (pool = same element in the same structure, "
+                     f"{al['site_resolved_queries']} queries): chance "
+                     f"{al['site_resolved_chance']:.3f}")
+    lines.append(f"  per pair: top-1 / top-5{' / top-1 CSLS' if al['csls_k'] else ''}; "
+                 f"site-resolved top-1; mutual k-NN@{k} projected [95 % CI] / raw; linear "
+                 "CKA; mean per-atom cosine")
     for i, j in itertools.permutations(range(len(names)), 2):
         raw = al[f"mutual_knn{k}_raw"][i][j]
+        lo, hi = al[f"mutual_knn{k}_projected_ci95"][i][j]
+        csls = (f" / {al['retrieval_top1_csls'][i][j]:.3f}" if al["csls_k"] else "")
+        site = al["site_resolved_top1"][i][j]
         lines.append(f"  {names[i]} -> {names[j]}: {al['retrieval_top1'][i][j]:.3f} / "
-                     f"{al['retrieval_top5'][i][j]:.3f}; {al[f'mutual_knn{k}_projected'][i][j]:.3f}"
+                     f"{al['retrieval_top5'][i][j]:.3f}{csls}; "
+                     f"{'n/a' if site != site else f'{site:.3f}'}; "
+                     f"{al[f'mutual_knn{k}_projected'][i][j]:.3f} [{lo:.3f}, {hi:.3f}]"
                      f" / {'n/a' if raw is None or raw != raw else f'{raw:.3f}'}; "
                      f"{al['linear_cka'][i][j]:.3f}; {al['cosine_agreement_mean'][i][j]:.3f}")
     lines.append("\noptimal transport:")
@@ -198,7 +245,8 @@ def _text(res: dict[str, Any], k: int) -> str:
     lines.append("\nperiodicity (nearest other element in the same group / period):")
     for nm, p in res["periodicity"].items():
         lines.append(f"  {nm}: group {p['group']:.2f} (chance {p['group_chance']:.2f}), "
-                     f"period {p['period']:.2f} (chance {p['period_chance']:.2f})")
+                     f"period {p['period']:.2f} (chance {p['period_chance']:.2f}) "
+                     f"[{p['space']}]")
     lines.append("\nmost deviant model per element: " + ", ".join(
         f"{el}:{m}" for el, m in list(res["bias"]["most_deviant"].items())[:40]))
     return "\n".join(lines) + "\n"

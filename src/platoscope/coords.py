@@ -6,9 +6,15 @@ process. Each file records the model's provenance, the anchor-set hash and the h
 structures whose atoms it holds; :func:`check_comparable` refuses files made with different
 anchor sets or different atoms.
 
-Layout (HDF5): datasets ``platonic`` (M, K) float64, optional ``embeddings`` (M, D) float32,
-``numbers`` (M,), ``structure_index`` (M,), ``atom_index`` (M,); root attributes
-``format``, ``provenance`` (JSON), ``anchor_set_hash``, ``data_hash``.
+Layout (HDF5): coordinates either ``dense`` (dataset ``platonic`` (M, K) float64) or ``topk``
+(root attribute ``platonic_layout``): ``platonic_indices`` (M, k) int32 anchor columns (-1:
+padding), ``platonic_values`` (M, k) float32 and ``platonic_residual`` (M,) float32, the L2
+norm of what was dropped. Softmax-kernel coordinates (unit rows; ``embed`` writes them
+``topk`` with :data:`TOP_K` entries) are stored sparse: the distance between two stored rows
+differs from the exact one by at most ``r_a + r_b + SPARSE_FLOAT32_ERROR``. Also optional
+``embeddings`` (M, D) float32, ``coverage`` (M,) (see :mod:`platoscope.projection`),
+``numbers`` (M,), ``structure_index`` (M,), ``atom_index`` (M,); root attributes ``format``,
+``provenance`` (JSON), ``anchor_set_hash``, ``data_hash``, ``n_anchors``.
 """
 
 from __future__ import annotations
@@ -24,13 +30,126 @@ import numpy as np
 from platoscope.errors import AnchorSetMismatchError, CorruptFileError, InputError
 
 FORMAT = "platoscope.coords/1"
+TOP_K = 192
+"""Entries per atom that ``embed`` stores of softmax-kernel coordinates (1.5 KB per atom)."""
+SPARSE_FLOAT32_ERROR = 1e-6
+"""Bound on the distance error from storing the kept entries as float32 (unit rows)."""
+LAYOUTS = ("dense", "topk")
+
+
+def top_k_rows(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` largest entries of each row of non-negative unit rows ``z`` (N, K).
+
+    Returns indices (N, k) int32 (descending value; -1 where the row has fewer non-zeros),
+    values (N, k) float32 and residual (N,) float32: the L2 norm of the dropped entries,
+    ``sqrt(1 - sum(kept**2))``, an exact bound on each row's truncation error.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2:
+        raise InputError(f"coordinates must be 2-D (N, K), got shape {z.shape}")
+    if int(k) < 1:
+        raise InputError(f"top-k must be >= 1, got {k!r}")
+    k = min(int(k), z.shape[1])
+    part = (np.argpartition(-z, k - 1, axis=1)[:, :k] if k < z.shape[1]
+            else np.tile(np.arange(z.shape[1]), (z.shape[0], 1)))
+    vals = np.take_along_axis(z, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    idx = np.take_along_axis(part, order, axis=1).astype(np.int32)
+    vals = np.take_along_axis(vals, order, axis=1)
+    idx[vals <= 0] = -1
+    vals[vals <= 0] = 0.0
+    residual = np.sqrt(np.clip(1.0 - np.sum(vals ** 2, axis=1), 0.0, None))
+    return idx, vals.astype(np.float32), residual.astype(np.float32)
+
+
+def topk_to_csr(indices: np.ndarray, values: np.ndarray, n_anchors: int) -> Any:
+    """scipy.sparse.csr_matrix (N, K) float64 of stored top-k rows (padding dropped)."""
+    from scipy.sparse import csr_matrix
+
+    keep = indices >= 0
+    rows = np.repeat(np.arange(indices.shape[0]), keep.sum(axis=1))
+    return csr_matrix((values[keep].astype(np.float64), (rows, indices[keep])),
+                      shape=(indices.shape[0], int(n_anchors)))
+
+
+def dense_rows(z: Any, rows: Any = None) -> np.ndarray:
+    """Rows of dense or scipy-sparse coordinates as a dense float64 array."""
+    sel = z if rows is None else z[rows]
+    return (np.asarray(sel.toarray(), dtype=np.float64) if hasattr(sel, "toarray")
+            else np.asarray(sel, dtype=np.float64))
+
+
+class CoordinateWriter:
+    """Appends coordinates (and coverage) to an open HDF5 file in one layout.
+
+    h: h5py.File; n_anchors: K; layout: ``dense`` or ``topk``; top_k: entries kept per atom.
+    """
+
+    def __init__(self, h: Any, n_anchors: int, layout: str = "topk", top_k: int = TOP_K,
+                 coverage: bool = True):
+        if layout not in LAYOUTS:
+            raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.k, self.layout, self.n = int(n_anchors), layout, 0
+        self.top_k = min(int(top_k), self.k)
+        h.attrs["platonic_layout"] = layout
+        h.attrs["n_anchors"] = self.k
+        opts = {"compression": "gzip", "compression_opts": 4}
+        if layout == "dense":
+            self.ds = {"platonic": h.create_dataset(
+                "platonic", shape=(0, self.k), maxshape=(None, self.k), dtype=np.float64,
+                chunks=(max(1, min(1024, 4096 // self.k + 1)), self.k), **opts)}
+        else:
+            kk = self.top_k
+            self.ds = {"platonic_indices": h.create_dataset(
+                "platonic_indices", shape=(0, kk), maxshape=(None, kk), dtype=np.int32,
+                chunks=(max(1, 65536 // kk), kk), **opts),
+                "platonic_values": h.create_dataset(
+                "platonic_values", shape=(0, kk), maxshape=(None, kk), dtype=np.float32,
+                chunks=(max(1, 65536 // kk), kk), **opts),
+                "platonic_residual": h.create_dataset(
+                "platonic_residual", shape=(0,), maxshape=(None,), dtype=np.float32,
+                chunks=(4096,))}
+        if coverage:
+            self.ds["coverage"] = h.create_dataset("coverage", shape=(0,), maxshape=(None,),
+                                                   dtype=np.float64, chunks=(4096,))
+
+    def append(self, z: Any, coverage: Any = None) -> None:
+        """z: (m, K) coordinates (dense, or scipy-sparse in the ``topk`` layout)."""
+        if hasattr(z, "toarray"):
+            z = z.toarray()
+        z = np.asarray(z, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != self.k:
+            raise InputError(f"coordinates have shape {z.shape}, the file holds K={self.k}")
+        if self.layout == "dense":
+            vals = {"platonic": z}
+        else:
+            idx, v, r = top_k_rows(z, self.top_k)
+            vals = {"platonic_indices": idx, "platonic_values": v, "platonic_residual": r}
+        if "coverage" in self.ds:
+            vals["coverage"] = (np.full(len(z), np.nan) if coverage is None
+                                else np.asarray(coverage, dtype=np.float64))
+        m = len(z)
+        for name, v in vals.items():
+            ds = self.ds[name]
+            ds.resize(self.n + m, axis=0)
+            ds[self.n:self.n + m] = v
+        self.n += m
+
+
+def layout_for(projector: Any) -> str:
+    """``topk`` for softmax-kernel coordinates (unit, non-negative rows), else ``dense``."""
+    return "topk" if getattr(projector, "kernel", None) == "softmax" else "dense"
 
 
 @dataclass
 class AtomCoordinates:
-    """Coordinates of M atoms from one model; rows follow (structure_index, atom_index)."""
+    """Coordinates of M atoms from one model; rows follow (structure_index, atom_index).
 
-    platonic: np.ndarray
+    platonic: (M, K) dense array or scipy.sparse matrix (files in the ``topk`` layout load
+    sparse; ``residual`` then holds each row's truncation bound); coverage: (M,) or None.
+    """
+
+    platonic: Any
     numbers: np.ndarray
     structure_index: np.ndarray
     atom_index: np.ndarray
@@ -39,12 +158,15 @@ class AtomCoordinates:
     provenance: dict[str, Any] = field(default_factory=dict)
     embeddings: np.ndarray | None = None
     path: str | None = None
+    coverage: np.ndarray | None = None
+    residual: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         m = len(self.numbers)
-        for name in ("platonic", "structure_index", "atom_index"):
-            if len(getattr(self, name)) != m:
-                raise InputError(f"{name} has {len(getattr(self, name))} rows, numbers has {m}")
+        for name in ("platonic", "structure_index", "atom_index", "coverage", "residual"):
+            v = getattr(self, name)
+            if v is not None and v.shape[0] != m:
+                raise InputError(f"{name} has {v.shape[0]} rows, numbers has {m}")
         if self.embeddings is not None and len(self.embeddings) != m:
             raise InputError(f"embeddings has {len(self.embeddings)} rows, numbers has {m}")
 
@@ -55,8 +177,20 @@ class AtomCoordinates:
     def __len__(self) -> int:
         return len(self.numbers)
 
-    def save(self, path: str | os.PathLike, *, embeddings: bool = True) -> Path:
+    @property
+    def n_anchors(self) -> int:
+        return int(self.platonic.shape[1])
+
+    def save(self, path: str | os.PathLike, *, embeddings: bool = True,
+             layout: str | None = None, top_k: int = TOP_K) -> Path:
+        """Write the file; layout: ``dense``, ``topk`` or None (``topk`` if the coordinates
+        are sparse or come from a softmax kernel, else ``dense``)."""
         import h5py
+
+        if layout is None:
+            layout = ("topk" if hasattr(self.platonic, "toarray")
+                      or (self.provenance.get("projection_params") or {}).get("kernel")
+                      == "softmax" else "dense")
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +200,11 @@ class AtomCoordinates:
             h.attrs["provenance"] = json.dumps(self.provenance, default=str)
             h.attrs["anchor_set_hash"] = self.anchor_set_hash
             h.attrs["data_hash"] = self.data_hash
-            h.create_dataset("platonic", data=np.asarray(self.platonic, dtype=np.float64),
-                             compression="gzip", compression_opts=4)
+            w = CoordinateWriter(h, self.n_anchors, layout, top_k,
+                                 coverage=self.coverage is not None)
+            for s in range(0, len(self), 4096):
+                w.append(self.platonic[s:s + 4096],
+                         None if self.coverage is None else self.coverage[s:s + 4096])
             h.create_dataset("numbers", data=np.asarray(self.numbers, dtype=np.int16))
             h.create_dataset("structure_index", data=np.asarray(self.structure_index, np.int32))
             h.create_dataset("atom_index", data=np.asarray(self.atom_index, np.int32))
@@ -89,8 +226,17 @@ class AtomCoordinates:
                 if h.attrs.get("format") != FORMAT:
                     raise CorruptFileError(f"{path}: not a platoscope coordinates file "
                                            f"(format {h.attrs.get('format')!r})")
+                layout = str(h.attrs.get("platonic_layout", "dense"))
+                if layout == "topk":
+                    platonic = topk_to_csr(h["platonic_indices"][()], h["platonic_values"][()],
+                                           int(h.attrs["n_anchors"]))
+                else:
+                    platonic = h["platonic"][()]
                 out = cls(
-                    platonic=h["platonic"][()],
+                    platonic=platonic,
+                    coverage=h["coverage"][()] if "coverage" in h else None,
+                    residual=(h["platonic_residual"][()].astype(np.float64)
+                              if "platonic_residual" in h else None),
                     numbers=h["numbers"][()].astype(np.int64),
                     structure_index=h["structure_index"][()].astype(np.int64),
                     atom_index=h["atom_index"][()].astype(np.int64),
@@ -145,8 +291,10 @@ def embed_structures(calc: Any, structures: list, *, data_hash: str, batch_size:
     emb = np.concatenate(feats)
     sizes = [len(f) for f in feats]
     numbers = np.concatenate([s.numbers for s in structures])
+    z, coverage = calc.projector.transform_with_coverage(emb, numbers)
     return AtomCoordinates(
-        platonic=calc.projector.transform(emb, numbers),
+        platonic=z,
+        coverage=coverage,
         numbers=numbers,
         structure_index=np.repeat(np.arange(len(structures)), sizes),
         atom_index=np.concatenate([np.arange(n) for n in sizes]),

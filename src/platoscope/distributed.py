@@ -490,19 +490,21 @@ class Progress:
 def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                   executor: Executor, *, data_hash: str, embeddings: bool = True,
                   strict: bool = False, progress: bool = True, resume: bool = True,
-                  on_chunk: Any = None) -> dict[str, Any]:
+                  on_chunk: Any = None, top_k: int | None = None) -> dict[str, Any]:
     """``platoscope embed`` on an executor: coordinates of every atom -> one .h5 file.
 
     The file has the layout of :class:`~platoscope.coords.AtomCoordinates` (read it with
     ``AtomCoordinates.load``), written chunk by chunk so that the (M, K) coordinates are never
     held whole. Structures that fail are left out (``structure_index`` keeps the input
     numbering) and listed in the provenance as ``failed_structures``. Completed chunks wait in
-    ``<out>.parts`` until the file is complete; a rerun resumes from them.
+    ``<out>.parts`` until the file is complete; a rerun resumes from them. Softmax-kernel
+    coordinates are stored as their ``top_k`` largest entries per atom (default
+    :data:`platoscope.coords.TOP_K`), others dense.
     Returns a summary (atoms, failures, resumed chunks, cluster).
     """
     import h5py
 
-    from platoscope.coords import FORMAT
+    from platoscope.coords import FORMAT, TOP_K, CoordinateWriter, layout_for
 
     if calc.projector is None:
         raise ValueError("the calculator has no anchors: nothing to project on")
@@ -513,6 +515,7 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                 "chunk_size": executor.chunk_size, "anchor_set_hash": calc.anchors.hash,
                 "n_structures": len(structures), "data_hash": data_hash}
     store = ChunkStore(parts_folder(out), settings) if resume else None
+    top_k = TOP_K if top_k is None else int(top_k)
     prov = calc.provenance()
     bar = Progress(len(structures), f"embed {calc.backend.spec}", progress)
     failures: list[StructureFailure] = []
@@ -526,11 +529,8 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
 
     try:
         with h5py.File(tmp, "w") as h:
-            k = len(calc.anchors)
             d = calc.backend.feature_dim
-            plat = h.create_dataset("platonic", shape=(0, k), maxshape=(None, k),
-                                    dtype=np.float64, chunks=(max(1, min(1024, 4096 // k + 1)), k),
-                                    compression="gzip", compression_opts=4)
+            plat = CoordinateWriter(h, len(calc.anchors), layout_for(calc.projector), top_k)
             cols = {name: h.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt,
                                            chunks=(4096,))
                     for name, dt in (("numbers", np.int16), ("structure_index", np.int32),
@@ -545,12 +545,11 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                 if not good:
                     continue
                 feats = np.concatenate([f for _, f in good])
-                z = calc.projector.transform(
-                    feats, np.concatenate([atoms[j].numbers for j, _ in good]))
+                numbers = np.concatenate([atoms[j].numbers for j, _ in good])
+                plat.append(*calc.projector.transform_with_coverage(feats, numbers))
                 m = len(feats)
                 for ds, val in (
-                        (plat, z),
-                        (cols["numbers"], np.concatenate([atoms[j].numbers for j, _ in good])),
+                        (cols["numbers"], numbers),
                         (cols["structure_index"],
                          np.repeat([res.start + j for j, _ in good], [len(f) for _, f in good])),
                         (cols["atom_index"], np.concatenate([np.arange(len(f)) for _, f in good])),

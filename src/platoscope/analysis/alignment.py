@@ -15,7 +15,7 @@ import numpy as np
 from scipy.linalg import orthogonal_procrustes
 
 from platoscope.analysis.inputs import as_labels, as_matrix, check_metric, same_cols, same_rows
-from platoscope.analysis.neighbors import knn_sets, ranks, unit_rows
+from platoscope.analysis.neighbors import knn_search, knn_sets, ranks, unit_rows
 from platoscope.errors import InputError
 
 _METRICS = ("cosine", "euclidean")
@@ -41,14 +41,37 @@ def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:
     check_metric(metric, _METRICS)
     if int(k) != k or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
-    k = int(k)
+    return float(np.mean(_knn_overlaps(X, Y, int(k), metric)))
+
+
+def _knn_overlaps(X: Any, Y: Any, k: int, metric: str) -> np.ndarray:
     x, y = _pair(X, Y, min_rows=k + 1)
     nx_, ny_ = knn_sets(x, k, metric), knn_sets(y, k, metric)
-    hits = 0
+    out = np.empty(x.shape[0])
     for s in range(0, x.shape[0], 4096):  # (chunk, k, k) comparisons
         a, b = nx_[s:s + 4096], ny_[s:s + 4096]
-        hits += int((a[:, :, None] == b[:, None, :]).any(axis=2).sum())
-    return hits / (k * x.shape[0])
+        out[s:s + 4096] = (a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1) / k
+    return out
+
+
+def mutual_knn_interval(X: Any, Y: Any, k: int = 10, metric: str = "cosine", *,
+                        n_boot: int = 1000, level: float = 0.95, seed: int = 0
+                        ) -> tuple[float, float, float]:
+    """:func:`mutual_knn` and its bootstrap interval over atoms: ``(value, low, high)``.
+
+    The neighbour sets are computed once on all rows; the per-atom overlaps are resampled
+    ``n_boot`` times (seeded), so the interval says how much the figure depends on which atoms
+    were scored, not on a refit of the neighbourhoods."""
+    check_metric(metric, _METRICS)
+    if int(k) != k or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    if not 0 < level < 1:
+        raise InputError(f"level must be in (0, 1), got {level!r}")
+    o = _knn_overlaps(X, Y, int(k), metric)
+    rng = np.random.default_rng(seed)
+    boots = np.array([o[rng.integers(0, o.size, o.size)].mean() for _ in range(int(n_boot))])
+    a = (1 - level) / 2
+    return float(o.mean()), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
 
 
 def linear_cka(X: Any, Y: Any) -> float:
@@ -103,7 +126,7 @@ def cosine_agreement(X: Any, Y: Any) -> np.ndarray:
 
 
 def retrieval_accuracy(X: Any, Y: Any, k: int = 1, groups: Any = None,
-                       metric: str = "euclidean") -> float:
+                       metric: str = "euclidean", csls: int = 0) -> float:
     """Fraction of atoms whose own row in Y is among the k rows of Y nearest to their row of X.
 
     X, Y: (N, D) in one space, row i is the same atom. For query X[i], Y's rows are ranked by
@@ -111,20 +134,91 @@ def retrieval_accuracy(X: Any, Y: Any, k: int = 1, groups: Any = None,
     groups: optional (N,) int equivalence-class ids (e.g. symmetry-equivalent atoms of one
     structure): then a hit is any atom of the query's class in the top k, and each distinct class
     is queried once (by its first atom), so every distinct environment weighs the same.
+    csls: if > 0, rank by CSLS (Conneau et al. 2018) with that many neighbours instead of plain
+    distance: ``2 cos(x, y) - r(y)``, where r(y) is the mean cosine of Y[j] to its ``csls``
+    nearest rows of X; it demotes "hubs" that are near every query.
     Chance: :func:`retrieval_chance`.
     """
     check_metric(metric, _METRICS)
     x, y = _pair(X, Y, same_dim=True)
     if int(k) != k or not 1 <= k <= x.shape[0]:
         raise InputError(f"k must be an integer in [1, N={x.shape[0]}], got {k!r}")
+    if int(csls) != csls or csls < 0:
+        raise InputError(f"csls must be a non-negative integer, got {csls!r}")
+    penalty = None
+    if csls:
+        x, y = unit_rows(x), unit_rows(y)
+        metric = "cosine"
+        dist, _ = knn_search(y, x, int(csls))
+        penalty = 0.5 * np.mean(1.0 - dist ** 2 / 2.0, axis=1)  # r(y) / 2 on the 1 - cos scale
     if groups is None:
-        r = ranks(x, y, np.arange(x.shape[0]), metric)
+        r = ranks(x, y, np.arange(x.shape[0]), metric, penalty)
     else:
         g = as_labels(groups, "groups", x.shape[0])
         _, first, inverse = np.unique(g, return_index=True, return_inverse=True)
         members = [np.flatnonzero(inverse == c) for c in range(first.size)]
-        r = ranks(x[first], y, members, metric)
+        r = ranks(x[first], y, members, metric, penalty)
     return float(np.mean(r < k))
+
+
+def site_resolved_retrieval(X: Any, Y: Any, numbers: Any, structure_index: Any,
+                            groups: Any = None) -> tuple[float, float, int]:
+    """Top-1 retrieval within the query's own element and structure, where it is a question.
+
+    Pool = the atoms of the query's element in the query's structure; only pools holding two or
+    more distinct environments (``groups``; default: every atom its own) are queried, one query
+    per environment. Returns ``(top-1, its chance, number of queries)`` (NaN, NaN, 0 if none):
+    what is left when element and structure are given away.
+    """
+    x, y = _pair(X, Y, same_dim=True)
+    n = x.shape[0]
+    z = as_labels(numbers, "numbers", n)
+    s = as_labels(structure_index, "structure_index", n)
+    g = np.arange(n) if groups is None else as_labels(groups, "groups", n)
+    _, pool = np.unique(np.stack([z, s]), axis=1, return_inverse=True)
+    pool = pool.ravel()
+    hits = chance = 0.0
+    nq = 0
+    for p in np.unique(pool):
+        rows = np.flatnonzero(pool == p)
+        n_classes = np.unique(g[rows]).size
+        if n_classes < 2:
+            continue
+        hits += retrieval_accuracy(x[rows], y[rows], k=1, groups=g[rows]) * n_classes
+        chance += retrieval_chance(rows.size, 1, g[rows]) * n_classes
+        nq += n_classes
+    if nq == 0:
+        return float("nan"), float("nan"), 0
+    return hits / nq, chance / nq, nq
+
+
+def element_structure_baseline(numbers: Any, structure_index: Any, groups: Any = None,
+                               k: int = 1) -> float:
+    """Exact retrieval accuracy of a representation that knows only element + structure.
+
+    numbers, structure_index, groups: (N,) per atom (groups: equivalence-class ids, default
+    every atom its own). One query per class; for a class of size s among the n atoms of its
+    element in its structure, a random order inside that indistinguishable set puts a member
+    in the top k with probability ``1 - C(n - s, k) / C(n, k)`` (1 when n <= k). The mean over
+    queries: the level a retrieval figure must beat to show more than "same element, same
+    compound".
+    """
+    from math import comb
+
+    z = as_labels(numbers, "numbers")
+    n_atoms = z.shape[0]
+    s = as_labels(structure_index, "structure_index", n_atoms)
+    g = np.arange(n_atoms) if groups is None else as_labels(groups, "groups", n_atoms)
+    if int(k) != k or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    _, pool = np.unique(np.stack([z, s]), axis=1, return_inverse=True)
+    pool = pool.ravel()
+    n_pool = np.bincount(pool)
+    _, first, size = np.unique(g, return_index=True, return_counts=True)
+    out = [1.0 if n_pool[pool[f]] <= k
+           else 1.0 - comb(int(n_pool[pool[f]] - c), int(k)) / comb(int(n_pool[pool[f]]), int(k))
+           for f, c in zip(first, size, strict=True)]
+    return float(np.mean(out))
 
 
 def retrieval_chance(n: int, k: int, groups: Any = None) -> float:

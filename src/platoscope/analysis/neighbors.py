@@ -31,12 +31,13 @@ def chunk_rows(n_cols: int) -> int:
 
 
 def ranks(queries: np.ndarray, pool: np.ndarray, true_sets: np.ndarray | list[np.ndarray],
-          metric: str) -> np.ndarray:
+          metric: str, pool_penalty: np.ndarray | None = None) -> np.ndarray:
     """Rank of the best correct item of each query among the pool (0 = nearest).
 
     queries: (n, D); pool: (M, D); true_sets: (n,) int pool index of the correct item per query,
     or a list of n index arrays (any of them counts as correct). rank_i = number of pool items
     strictly closer than the closest correct one, so ties break in favour of the correct item.
+    pool_penalty: (M,) added to every distance to that pool item (hubness corrections).
     Returns (n,) int64.
     """
     single = isinstance(true_sets, np.ndarray)
@@ -44,6 +45,8 @@ def ranks(queries: np.ndarray, pool: np.ndarray, true_sets: np.ndarray | list[np
     step = chunk_rows(pool.shape[0])
     for s in range(0, queries.shape[0], step):
         d = pairwise(queries[s:s + step], pool, metric)
+        if pool_penalty is not None:
+            d += pool_penalty[None, :]
         rows = np.arange(d.shape[0])
         if single:
             best = d[rows, true_sets[s:s + step]]
