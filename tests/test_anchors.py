@@ -143,3 +143,69 @@ def test_foreign_anchor_cache_is_refused(chgnet_backend, tmp_path):
     other = anchors.save(tmp_path / "anchors.npz")  # an anchor set, not a matrix cache
     with pytest.raises(CorruptFileError, match="anchor-matrix cache.*delete it to recompute"):
         anchors.embed(chgnet_backend, cache_path=other)
+
+
+def test_extend_adds_one_anchor_per_distinct_environment_and_chains_hashes(tmp_path):
+    base = AnchorSet.from_atoms(_pairs(), meta={"anchor_sources": [["manual", i, 0]
+                                                                   for i in range(4)]})
+    gaas = bulk("GaAs", "zincblende", a=5.65).repeat(2)  # 16 atoms, 2 environments
+    slab = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 3))
+    slab.center(vacuum=5.0, axis=2)  # a slab: Cu environments by depth
+    new = base.extend([gaas, slab], source="mine.extxyz")
+    assert new.hash != base.hash and new.hash_chain == [base.hash]
+    assert [new[k][1] for k in range(4)] == [base[k][1] for k in range(4)]
+    added = new.symbols[4:]
+    assert added.count("Ga") == 1 and added.count("As") == 1 and added.count("Cu") >= 2
+    src = new.sources
+    assert src[0] == ["manual", 0, 0] and all(s[0] == "mine.extxyz" for s in src[4:])
+    assert {s[1] for s in src[4:]} == {0, 1}
+    capped = base.extend([gaas, slab], max_per_element=1)
+    assert capped.symbols[4:].count("Cu") == 1
+    again = AnchorSet.load(new.save(tmp_path / "x.npz")).extend([bulk("Si", "diamond", a=5.4)])
+    assert again.hash_chain == [base.hash, new.hash] and len(again.meta["extensions"]) == 2
+    with pytest.raises(ValueError, match="max_per_element"):
+        base.extend([gaas], max_per_element=0)
+
+
+def test_anchors_extend_and_show_list_cli(tmp_path):
+    from ase.io import write
+    from click.testing import CliRunner
+
+    from platoscope.cli import main
+
+    base = AnchorSet.from_atoms(_pairs()).save(tmp_path / "a.npz")
+    write(tmp_path / "traj.extxyz", [bulk("GaAs", "zincblende", a=5.65 + 0.01 * i)
+                                     for i in range(4)])
+    r = CliRunner().invoke(main, ["anchors", "extend", str(base), str(tmp_path / "traj.extxyz"),
+                                  "--index", ":2", "--out", str(tmp_path / "b.npz")])
+    assert r.exit_code == 0, r.output
+    b = AnchorSet.load(tmp_path / "b.npz")
+    assert len(b) == 4 + 4 and "extends" in r.output  # 2 frames x (Ga, As)
+    r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "b.npz"), "--list",
+                                  "--element", "As"])
+    assert r.exit_code == 0, r.output
+    rows = r.output.strip().splitlines()[1:]
+    assert len(rows) == 2 and all("\tAs\ttraj.extxyz\t" in x for x in rows)
+    r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "b.npz"), "--list",
+                                  "--element", "Xx"])
+    assert r.exit_code != 0 and "no anchor of element" in r.output
+
+
+@pytest.mark.backend("chgnet")
+def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path):
+    from platoscope.projection import TOLERANCE
+    from platoscope.reference import ReferenceBank
+
+    anchors = AnchorSet.from_atoms(_pairs())
+    bank = ReferenceBank.build(chgnet_backend, [bulk("NaCl", "rocksalt", a=5.64),
+                                                bulk("Si", "diamond", a=5.43)], anchors)
+    extra = bulk("Cu", "fcc", a=3.6).repeat(2)
+    big = bank.extend(chgnet_backend, [extra], source="cu.extxyz")
+    assert len(big) == len(bank) + 8 and big.structure_index[-1] == 2
+    np.testing.assert_allclose(big.coords[:len(bank)], bank.coords, atol=TOLERANCE)
+    np.testing.assert_allclose(big.embeddings[len(bank):],
+                               chgnet_backend.embed([extra])[0], atol=1e-5)
+    assert big.data_hash != bank.data_hash
+    assert big.provenance["extensions"][0]["source"] == "cu.extxyz"
+    loaded = ReferenceBank.load(big.save(tmp_path / "big.npz"))
+    assert len(loaded) == len(big)

@@ -123,10 +123,66 @@ class AnchorSet:
                 "rebuild it with builders/build_default_data.py")
         return cls.load(path)
 
+    @property
+    def sources(self) -> list[list[Any]]:
+        """Per anchor ``[source, source_id, atom index]``: where it came from (``meta``
+        ``anchor_sources``; ``[None, None, None]`` where the set does not record it)."""
+        src = self.meta.get("anchor_sources")
+        if not isinstance(src, list) or len(src) != len(self):
+            return [[None, None, None] for _ in range(len(self))]
+        return [list(s) for s in src]
+
+    @property
+    def hash_chain(self) -> list[str]:
+        """The hashes of the sets this one was extended from, oldest first."""
+        return list(self.meta.get("hash_chain", []))
+
+    def extend(self, structures: Sequence[Atoms], *, max_per_element: int | None = None,
+               source: str = "user", symprec: float = 1e-3) -> AnchorSet:
+        """A new set: these anchors plus one atom per symmetry-distinct environment of each of
+        ``structures`` (spglib classes), at most ``max_per_element`` new anchors per element
+        (taken evenly through the candidates, deterministic).
+
+        The new set has a new hash (files made with either refuse to mix) and records the chain
+        (``hash_chain``), the extension and each new anchor's source (``source``, its index in
+        ``structures``, atom index); ``anchors show`` lists them.
+        """
+        from platoscope.symmetry import symmetry_groups
+
+        structures = [self._canonical(a) for a in structures]
+        if not structures:
+            raise InputError("no structures to extend the anchor set with")
+        if max_per_element is not None and int(max_per_element) < 1:
+            raise InputError(f"max_per_element must be >= 1, got {max_per_element!r}")
+        groups = symmetry_groups(structures, symprec)
+        owner = np.repeat(np.arange(len(structures)), [len(a) for a in structures])
+        local = np.concatenate([np.arange(len(a)) for a in structures])
+        numbers = np.concatenate([a.numbers for a in structures])
+        first = np.unique(groups, return_index=True)[1]
+        picked: list[int] = []
+        for z in np.unique(numbers[first]):
+            cand = np.sort(first[numbers[first] == z])
+            if max_per_element is not None and cand.size > max_per_element:
+                cand = cand[np.linspace(0, cand.size - 1, int(max_per_element)).round()
+                            .astype(int)]
+            picked.extend(int(r) for r in cand)
+        picked.sort()
+        new = [(structures[owner[r]], int(local[r])) for r in picked]
+        sources = self.sources + [[source, int(owner[r]), int(local[r])] for r in picked]
+        meta = {**self.meta, "hash_chain": [*self.hash_chain, self.hash],
+                "anchor_sources": sources,
+                "extensions": [*self.meta.get("extensions", []), {
+                    "source": source, "n_structures": len(structures),
+                    "n_added": len(new), "max_per_element": max_per_element,
+                    "symprec": symprec}]}
+        return AnchorSet.from_atoms([*list(self), *new], meta=meta)
+
     def subset(self, indices: Sequence[int]) -> AnchorSet:
         """A new set of the anchors at ``indices`` (structures re-packed)."""
+        src = self.sources
         return AnchorSet.from_atoms([self[int(k)] for k in indices], meta={
-            **self.meta, "subset_of": self.hash, "n_subset": len(indices)})
+            **self.meta, "subset_of": self.hash, "n_subset": len(indices),
+            "anchor_sources": [src[int(k)] for k in indices]})
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -159,10 +159,44 @@ def anchors_select(data, model, layer, device, k, method, per_element, seed, lim
                f"hash {s.hash[:12]}")
 
 
+@anchors.command("extend")
+@click.argument("anchors_path", metavar="ANCHORS")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--max-per-element", type=click.IntRange(min=1), default=None,
+              help="At most this many new anchors per element (default: every "
+                   "symmetry-distinct environment)")
+@click.option("--index", default=None,
+              help="Frames of each file to use, e.g. ':5' for the first five of a trajectory")
+@click.option("--symprec", default=1e-3, show_default=True, type=click.FloatRange(min=0.0,
+              min_open=True), help="spglib tolerance (Å) for distinct environments")
+@click.option("--out", "-o", required=True, type=click.Path())
+def anchors_extend(anchors_path, files, max_per_element, index, symprec, out):
+    """Add anchors from your own structures or trajectories (FILES) to ANCHORS (a file or
+    ``default``): one per symmetry-distinct environment. The new set has its own hash; files
+    made with the old and the new set refuse to mix."""
+    from platoscope.readers import read_structures
+
+    base = _anchors(anchors_path)
+    structures = []
+    for f in files:
+        structures.extend(read_structures(f, index=index or ":"))
+    if not structures:
+        raise click.ClickException(f"no structures read from {', '.join(files)}")
+    new = base.extend(structures, max_per_element=max_per_element,
+                      source=", ".join(Path(f).name for f in files), symprec=symprec)
+    path = new.save(out)
+    added = len(new) - len(base)
+    click.echo(f"wrote {path}: K={len(new)} ({added} new anchors from {len(structures)} "
+               f"structures), hash {new.hash[:16]} (extends {base.hash[:16]})")
+
+
 @anchors.command("show")
 @click.argument("path", default="default")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output")
-def anchors_show(path, as_json):
+@click.option("--list", "as_list", is_flag=True,
+              help="One line per anchor: element, source, structure and atom it came from")
+@click.option("--element", default=None, help="With --list: only this element's anchors")
+def anchors_show(path, as_json, as_list, element):
     """Summarise an anchor-set file (or the shipped ``default``): K, elements, how it was
     chosen."""
     from collections import Counter
@@ -174,12 +208,26 @@ def anchors_show(path, as_json):
     summary = {"path": str(path), "K": len(s), "hash": s.hash,
                "structures": len(s.structures), "elements": dict(sorted(counts.items())),
                "meta": s.meta}
+    if element is not None and element not in counts:
+        raise click.BadParameter(f"no anchor of element {element!r} in {path}",
+                                 param_hint="--element")
+    if as_list:
+        click.echo("anchor\telement\tsource\tsource_id\tatom")
+        for k, (sym, (src, sid, atom)) in enumerate(zip(s.symbols, s.sources, strict=True)):
+            if element is None or sym == element:
+                click.echo(f"{k}\t{sym}\t{src}\t{sid}\t{atom}")
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=1, default=str))
         return
     click.echo(f"{path}: K={len(s)} anchors in {len(s.structures)} structures, hash {s.hash[:16]}")
     click.echo("elements: " + " ".join(f"{el}:{n}" for el, n in sorted(counts.items())))
     for key, val in s.meta.items():
+        if key == "anchor_sources":
+            n_src = Counter(str(v[0]) for v in val)
+            click.echo("  anchor sources (--list for each anchor): " + ", ".join(
+                f"{k2}: {n}" for k2, n in n_src.most_common()))
+            continue
         if isinstance(val, dict):
             click.echo(f"  {key}:")
             for k2, v2 in val.items():
@@ -238,6 +286,31 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
     bank.save(out)
     store.remove()
     click.echo(f"wrote {out}: {len(bank)} atoms, {bank!r}")
+
+
+@reference.command("extend")
+@click.argument("bank_path", metavar="BANK", type=click.Path(exists=True))
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@_with([model_option, layer_option, device_option])
+@click.option("--index", default=":", show_default=True, help="Frames of each file to use")
+@click.option("--out", "-o", required=True, type=click.Path())
+def reference_extend(bank_path, files, model, layer, device, index, out):
+    """Add every atom of FILES (your own structures or trajectory frames) to the reference
+    bank BANK, embedded by the model that built it (--model/--layer must name it)."""
+    from platoscope.backends import load_backend
+    from platoscope.readers import read_structures
+    from platoscope.reference import ReferenceBank
+
+    bank = ReferenceBank.load(bank_path)
+    backend = load_backend(model, layer=layer, device=device)
+    structures = [a for f in files for a in read_structures(f, index=index)]
+    if not structures:
+        raise click.ClickException(f"no structures read from {', '.join(files)}")
+    new = bank.extend(backend, structures, source=", ".join(Path(f).name for f in files),
+                      progress=True)
+    new.save(out)
+    click.echo(f"wrote {out}: {len(new)} atoms ({len(new) - len(bank)} added from "
+               f"{len(structures)} structures), {new!r}")
 
 
 @main.command()

@@ -114,6 +114,39 @@ class ReferenceBank:
                    projector=proj, anchor_set_hash=anchors.hash, data_hash=data_hash,
                    provenance=prov)
 
+    def extend(self, backend: Any, structures: Sequence[Atoms], *, source: str = "user",
+               batch_size: int = 16, progress: bool = False) -> ReferenceBank:
+        """A new bank: these reference atoms plus every atom of ``structures``, embedded by
+        ``backend`` (the model that built this bank) and projected with the same projector.
+
+        New structures are numbered after this bank's; the data hash chains the old one and
+        the new structures', and ``provenance["extensions"]`` records each extension.
+        """
+        from platoscope.provenance import sha256_bytes
+        from platoscope.readers import structures_hash
+
+        self.check_backend(backend)
+        structures = list(structures)
+        if not structures:
+            raise InputError("no structures to extend the reference bank with")
+        feats = backend.embed(structures, batch_size=batch_size, progress=progress)
+        start = int(self.structure_index.max()) + 1
+        new_hash = structures_hash(structures)
+        prov = {**self.provenance, "extensions": [
+            *self.provenance.get("extensions", []),
+            {"source": source, "n_structures": len(structures),
+             "n_atoms": int(sum(len(f) for f in feats)), "data_hash": new_hash,
+             "extends": self.data_hash}]}
+        return ReferenceBank(
+            np.concatenate([self.embeddings, *[np.asarray(f, np.float32) for f in feats]]),
+            np.concatenate([self.numbers, *[a.numbers for a in structures]]),
+            np.concatenate([self.structure_index,
+                            np.repeat(np.arange(start, start + len(structures)),
+                                      [len(f) for f in feats])]),
+            projector=self.projector, anchor_set_hash=self.anchor_set_hash,
+            data_hash=sha256_bytes(self.data_hash.encode(), new_hash.encode()),
+            provenance=prov)
+
     def __len__(self) -> int:
         return len(self.numbers)
 
