@@ -34,6 +34,11 @@ from platoscope.provenance import sha256_bytes
 FORMAT = "platoscope.anchorset/1"
 CACHE_FORMAT = "platoscope.anchormatrix/1"
 DEFAULT_ANCHORS = "anchors_default.npz"
+NAMED_ANCHORS = {"default": DEFAULT_ANCHORS, "mp20": "anchors_mp20.npz"}
+"""Anchor sets shipped with platoscope, by name: ``default`` (per-element anchors from a broad
+corpus, for the ``element`` projection; builders/build_anchors_element.py) and ``mp20`` (K =
+3000 DIRECT anchors from MP-20 train, the set of the ``shared`` projection;
+builders/build_default_data.py)."""
 
 
 class AnchorSet:
@@ -115,12 +120,20 @@ class AnchorSet:
 
     @classmethod
     def default(cls) -> AnchorSet:
-        """The anchor set shipped with platoscope (rebuilt by builders/build_default_data.py)."""
-        path = default_data_path(DEFAULT_ANCHORS)
+        """The default anchor set shipped with platoscope."""
+        return cls.named("default")
+
+    @classmethod
+    def named(cls, name: str) -> AnchorSet:
+        """A shipped anchor set by name (:data:`NAMED_ANCHORS`)."""
+        if name not in NAMED_ANCHORS:
+            raise InputError(f"no shipped anchor set named {name!r}; shipped: "
+                             f"{', '.join(NAMED_ANCHORS)} (or give a file)")
+        path = default_data_path(NAMED_ANCHORS[name])
         if not path.is_file():
             raise FileNotFoundError(
-                f"the default anchor set is missing from the installation ({path}); "
-                "rebuild it with builders/build_default_data.py")
+                f"the shipped anchor set {name!r} is missing from the installation ({path}); "
+                "rebuild it with the builders/ scripts")
         return cls.load(path)
 
     @property

@@ -22,13 +22,16 @@ __all__ = ["Run", "RunConfig", "build_run", "load_anchors", "prepare_out"]
 
 
 def load_anchors(value: Any = "default") -> Any:
-    """An AnchorSet: ``"default"``/None (the shipped set), a path, or an AnchorSet."""
-    from platoscope.anchors import AnchorSet
+    """An AnchorSet: None or a shipped set's name (``default``, ``mp20``), a path, or an
+    AnchorSet."""
+    from platoscope.anchors import NAMED_ANCHORS, AnchorSet
 
     if isinstance(value, AnchorSet):
         return value
-    if value in (None, "default"):
+    if value is None:
         return AnchorSet.default()
+    if isinstance(value, str) and value in NAMED_ANCHORS:
+        return AnchorSet.named(value)
     return AnchorSet.load(value)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from platoscope.anchors import NAMED_ANCHORS
 from platoscope.coords import TOP_K
 from platoscope.errors import PlatoscopeError
 from platoscope.projection import DEFAULT_PROJECTION, PRESETS
@@ -57,6 +58,8 @@ def _anchors(value: str | None):
     return load_anchors(value)
 
 
+ANCHORS_HELP = (f"Anchor set: a shipped one ({', '.join(NAMED_ANCHORS)}: the K = 3000 MP-20 "
+                "set of the shared projection) or an anchors .npz file")
 model_option = click.option("--model", "-m", default="chgnet", show_default=True,
                             help="Backend spec, e.g. chgnet, sevenn:7net-0, mace:/path.model")
 layer_option = click.option(
@@ -201,7 +204,7 @@ def anchors_show(path, as_json, as_list, element):
     chosen."""
     from collections import Counter
 
-    if path != "default" and not Path(path).is_file():
+    if path not in NAMED_ANCHORS and not Path(path).is_file():
         raise click.BadParameter(f"no anchor-set file {path}", param_hint="PATH")
     s = _anchors(path)
     counts = Counter(s.symbols)
@@ -254,7 +257,8 @@ def reference() -> None:
 
 @reference.command("build")
 @_with(data_model_options)
-@click.option("--anchors", "anchors_path", default="default", show_default=True)
+@click.option("--anchors", "anchors_path", default="default", show_default=True,
+              help=ANCHORS_HELP)
 @click.option("--projection", default=DEFAULT_PROJECTION, show_default=True,
               help=f"Projection preset: {', '.join(PRESETS)}")
 @click.option("--limit", type=int, default=None)
@@ -315,7 +319,8 @@ def reference_extend(bank_path, files, model, layer, device, index, out):
 
 @main.command()
 @_with(data_model_options)
-@click.option("--anchors", "anchors_path", default="default", show_default=True)
+@click.option("--anchors", "anchors_path", default="default", show_default=True,
+              help=ANCHORS_HELP)
 @click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
               help="Use this bank's projector (needed for standardized/whitened projections)")
 @click.option("--projection", default=DEFAULT_PROJECTION, show_default=True,
@@ -516,7 +521,8 @@ def _read_structure(path: str):
 
 common_run_options = [
     model_option, layer_option, device_option,
-    click.option("--anchors", "anchors_path", default="default", show_default=True),
+    click.option("--anchors", "anchors_path", default="default", show_default=True,
+                 help=ANCHORS_HELP),
     click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
                  help="Reference bank (default: shipped or built once and cached)"),
     monitor_option, action_option, *_monitor_flags(),

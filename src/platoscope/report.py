@@ -2,8 +2,8 @@
 
 Reads only the run's files (sidecar, events, summary), so it also works on a folder left by a
 killed run. Plots: worst score per step relative to its threshold, score distributions per
-element, energy; and each monitor's own plots (``Monitor.report_plots``: symmetry spread per
-class, two-model disagreement).
+element, energy, anchor coverage per element against its threshold; and each monitor's own
+plots (``Monitor.report_plots``: symmetry spread per class, two-model disagreement).
 """
 
 from __future__ import annotations
@@ -48,10 +48,16 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         run / EVENTS).is_file() else []
     side = read_sidecar(run / SIDECAR)
     frames = [side.frame(i, platonic=False) for i in range(side.n_frames)]
+    cov_thr: dict[str, float] = {}
+    if side.projector_state is not None and frames:
+        els = np.unique(np.concatenate([f["numbers"] for f in frames]))
+        cov_thr = {chemical_symbols[z]: float(t) for z, t in
+                   zip(els, side.projector.coverage_threshold(els), strict=True)}
     side.close()
     mons = {m["name"]: m for m in summary.get("monitoring", {}).get("monitors", [])}
     return {"summary": summary, "events": events, "frames": frames, "monitors": mons,
-            "symbols": [[chemical_symbols[z] for z in f["numbers"]] for f in frames]}
+            "symbols": [[chemical_symbols[z] for z in f["numbers"]] for f in frames],
+            "coverage_threshold": cov_thr}
 
 
 def step_axis(ax: Any) -> None:
@@ -163,6 +169,21 @@ def make_report(run_dir: str | Path) -> list[Path]:
         if name in mons:
             paths.extend(cls.report_plots(data, run))
 
+    cov = _coverage(data)
+    if cov:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        for j, (el, c) in enumerate(sorted(cov["per_element"].items())):
+            line, = ax.plot(c["steps"], c["min"], label=f"{el} (lowest atom)")
+            if c["threshold"] is not None:
+                ax.axhline(c["threshold"], color=line.get_color(), ls="--", lw=1,
+                           label=f"{el} threshold" if j < 6 else None)
+        step_axis(ax)
+        ax.set_ylabel("coverage (cosine to best anchor)")
+        ax.set_title("Anchor coverage per element (below the dashed line: coordinates rest on "
+                     "anchors unlike the atom)", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+        paths.append(save_figure(fig, run / "coverage.png"))
+
     energies = [(f["step"], f["energy"]) for f in frames if f["energy"] is not None]
     if energies:
         fig, ax = plt.subplots(figsize=(8, 3))
@@ -179,6 +200,34 @@ def make_report(run_dir: str | Path) -> list[Path]:
     paths.append(run / REPORT)
     paths[-1].write_text(_text(data, steps))
     return paths
+
+
+def _coverage(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Per element: steps, the lowest coverage per step, the threshold; and the atom-frames
+    below their threshold (None if the run stored no coverage)."""
+    thr = data.get("coverage_threshold") or {}
+    per: dict[str, dict[str, Any]] = {}
+    below = total = 0
+    worst: tuple[float, str, int, int] | None = None
+    for f, sy in zip(data["frames"], data["symbols"], strict=True):
+        c = f["scores"].get("coverage")
+        if c is None:
+            continue
+        sy_arr = np.array(sy)
+        for el in np.unique(sy_arr):
+            rows = np.flatnonzero(sy_arr == el)
+            e = per.setdefault(el, {"steps": [], "min": [], "threshold": thr.get(el)})
+            e["steps"].append(f["step"])
+            e["min"].append(float(np.min(c[rows])))
+            if e["threshold"] is not None:
+                below += int(np.sum(c[rows] < e["threshold"]))
+        total += len(c)
+        i = int(np.argmin(c))
+        if worst is None or c[i] < worst[0]:
+            worst = (float(c[i]), sy[i], i, f["step"])
+    if not per:
+        return None
+    return {"per_element": per, "below": below, "total": total, "worst": worst}
 
 
 def _text(data: dict[str, Any], steps: np.ndarray) -> str:
@@ -219,6 +268,18 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         if atom_counts:
             lines.append("    most flagged atoms: " + ", ".join(
                 f"{a} ({n}x)" for a, n in atom_counts.most_common(5)))
+    cov = _coverage(data)
+    if cov:
+        c, el, i, st = cov["worst"]
+        frac = cov["below"] / max(cov["total"], 1)
+        lines.append(f"anchor coverage: {cov['below']} of {cov['total']} atom-frames "
+                     f"({100 * frac:.2g} %) below their element's threshold (their coordinates "
+                     "rest on anchors unlike them: comparisons there are less trustworthy; "
+                     "platoscope anchors extend adds anchors); lowest "
+                     f"{c:.3f} (atom {i}, {el}, step {st})")
+        lines.append("  thresholds: " + ", ".join(
+            f"{e} {v['threshold']:.3f}" for e, v in sorted(cov["per_element"].items())
+            if v["threshold"] is not None))
     skipped = s.get("skipped_frames") or []
     if skipped:
         lines.append(f"skipped frames: {len(skipped)} (not monitored)")
