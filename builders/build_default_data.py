@@ -2,6 +2,9 @@
 
     python builders/build_default_data.py [--k 3000] [--method direct] [--projection shared]
 
+(then builders/build_anchors_element.py and builders/build_default_bank.py for the default
+``element`` anchors and CHGNet's bank on them)
+
 1. ``reference_structures.extxyz.gz``: the reference set of every default bank:
    a. the MP-20 train subset in data/mp20_partial/train.csv (CC-BY-4.0, see
       data/PROVENANCE.md), less structures with an atom that has no neighbour within 5 Å
@@ -13,7 +16,9 @@
       supercell of at least 27 atoms, perfect and rattled with Gaussian sigma = 0.05, 0.1,
       0.2, 0.3 Å: every element's pool then holds its own bulk and its thermal noise, not only
       its compounds (docs/detection.md: this is what makes the atypical score track errors).
-2. ``anchors_default.npz``: K anchors chosen by DIRECT on CHGNet 0.3.0's per-atom embeddings of
+2. ``anchors_mp20.npz`` (the ``mp20`` set of the ``shared`` projection, the default before the
+   per-element ``element`` projection): K anchors chosen by DIRECT on CHGNet 0.3.0's per-atom
+   embeddings of
    the MP-20 structures only (as measured in docs/shared_space.md), at least one anchor per
    element present.
 3. ``anchors/<set>-<model>.npz``: CHGNet 0.3.0's anchor matrix, and
@@ -36,10 +41,10 @@ from ase import Atoms
 from ase.io import write
 from ase.neighborlist import neighbor_list
 
-from platoscope.anchors import DEFAULT_ANCHORS, select_anchor_set
+from platoscope.anchors import NAMED_ANCHORS, select_anchor_set
 from platoscope.backends import load_backend
 from platoscope.paths import cache_dir, default_data_path
-from platoscope.projection import DEFAULT_PROJECTION, Projector
+from platoscope.projection import Projector
 from platoscope.readers import read_structures, structures_hash
 from platoscope.reference import REFERENCE_STRUCTURES, ReferenceBank, bank_file_name
 
@@ -92,13 +97,19 @@ def main() -> None:
     p.add_argument("--k", type=int, default=3000)
     p.add_argument("--method", default="direct")
     p.add_argument("--model", default="chgnet")
-    p.add_argument("--projection", default=DEFAULT_PROJECTION)
+    p.add_argument("--projection", default="shared")
     args = p.parse_args()
 
     out = default_data_path("x").parent
     out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("reference_chgnet*.npz"), out / "anchors"]:
-        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+    mp20_file = out / NAMED_ANCHORS["mp20"]
+    if mp20_file.is_file():  # only this set's own bank and anchor matrix are replaced
+        from platoscope.anchors import AnchorSet
+
+        old = AnchorSet.load(mp20_file).hash
+        for f in [*out.glob(f"reference_*_{old[:12]}_*.npz"),
+                  *(out / "anchors").glob(f"{old[:16]}-*.npz")]:
+            f.unlink()
     mp20 = read_structures(args.data)
     kept = []
     for a in mp20:
@@ -119,7 +130,7 @@ def main() -> None:
     anchors = select_anchor_set(backend, kept, k=args.k, method=args.method,
                                 per_element=True, data_hash=structures_hash(kept), progress=True)
     anchors.meta["source"] = "data/mp20_partial/train.csv (MP-20, CC-BY-4.0)"
-    anchors.save(out / DEFAULT_ANCHORS)
+    anchors.save(mp20_file)
     print(f"anchors: K={len(anchors)}, {len(set(anchors.symbols))} elements, {anchors.hash[:12]}")
 
     proj = Projector(args.projection)

@@ -338,7 +338,7 @@ class AnchorSet:
                 f"{str(data['fingerprint'])[:12]}), not by {backend.spec} (layer "
                 f"{backend.layer}, fingerprint {fp[:12]}): another model or a changed weight "
                 "file; delete the file to recompute")
-        mat = data["matrix"]
+        mat = np.asarray(data["matrix"], dtype=np.float64)  # shipped matrices are float32
         if mat.shape[0] != len(self):
             raise CorruptFileError(f"{path}: {mat.shape[0]} rows for {len(self)} anchors")
         return mat

@@ -26,6 +26,8 @@ from platoscope.npzfiles import load_npz, savez_atomic
 from platoscope.projection import Projector
 
 FORMAT = "platoscope.reference/1"
+MAX_DENSE_BYTES = 2 * 2**30
+"""Largest dense (M, K) float64 coordinate array :attr:`ReferenceBank.coords` builds."""
 
 
 class ReferenceBank:
@@ -164,7 +166,16 @@ class ReferenceBank:
 
     @cached_property
     def coords(self) -> np.ndarray:
-        """(M, K) float64 projected coordinates of the reference atoms."""
+        """(M, K) float64 projected coordinates of the reference atoms (dense: refused above
+        :data:`MAX_DENSE_BYTES`; the monitors' default paths score raw embeddings instead)."""
+        k = self.projector.anchors_.shape[0]
+        need = 8 * len(self) * k
+        if need > MAX_DENSE_BYTES:
+            raise InputError(
+                f"the reference bank's coordinates would take {need / 2**30:.1f} GiB dense "
+                f"({len(self)} atoms x K={k}); what needs them (an atypical monitor in the "
+                "projected space, carrying thresholds across a model switch) is limited to "
+                "smaller sets: use --anchors mp20 --projection shared, or a smaller bank")
         return self.projector.transform(self.embeddings, self.numbers)
 
     def check_backend(self, backend: Any) -> None:

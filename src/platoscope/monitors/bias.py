@@ -71,8 +71,8 @@ def paired_distances(bank_a: ReferenceBank, bank_b: ReferenceBank) -> np.ndarray
     """(M,) distance between two models' coordinates of the M reference atoms both banks
     hold (rows :func:`shared_rows`)."""
     ia, ib = shared_rows(bank_a, bank_b)
-    # in blocks: at K = 3000 one bank's coordinates alone are ~0.6 GB
-    step = 2048
+    # in blocks of ~128 MiB per model: one bank's dense coordinates can be many GB
+    step = max(1, 2**27 // (8 * bank_a.projector.anchors_.shape[0]))
     return np.concatenate([
         np.linalg.norm(bank_a.projector.transform(bank_a.embeddings[ia[s:s + step]],
                                                   bank_a.numbers[ia[s:s + step]])

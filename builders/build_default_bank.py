@@ -1,0 +1,60 @@
+"""Ship CHGNet 0.3.0's anchor matrix and reference bank for the default anchor set.
+
+    python builders/build_default_bank.py [--model chgnet] [--projection element]
+
+Reads ``src/platoscope/data/anchors_default.npz`` (builders/build_anchors_element.py) and the
+shipped reference structures (builders/build_default_data.py), embeds both with the model and
+writes ``data/anchors/<set>-<model>.npz`` (the anchor matrix, stored as float32: the model's
+features are float32, so nothing is lost) and ``data/reference_<model>_<set>_<projection>.npz``,
+so that the main job needs no build step. Earlier files of the default set are replaced; the
+``mp20`` set's files are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from platoscope.anchors import CACHE_FORMAT, AnchorSet
+from platoscope.backends import load_backend
+from platoscope.npzfiles import load_npz, savez_atomic
+from platoscope.paths import cache_dir, default_data_path
+from platoscope.projection import DEFAULT_PROJECTION, Projector
+from platoscope.readers import structures_hash
+from platoscope.reference import ReferenceBank, bank_file_name, reference_structures
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="chgnet")
+    p.add_argument("--projection", default=DEFAULT_PROJECTION)
+    args = p.parse_args()
+
+    out = default_data_path("x").parent
+    anchors = AnchorSet.default()
+    backend = load_backend(args.model)
+    name = f"{anchors.hash[:16]}-{backend.fingerprint[:16]}.npz"
+    shipped = out / "anchors" / name
+    shipped.unlink(missing_ok=True)
+    matrix = anchors.embed(backend, progress=True)  # cached under cache_dir()
+    cached = load_npz(cache_dir() / "anchors" / name, CACHE_FORMAT, "anchor-matrix cache")
+    finite = matrix[np.isfinite(matrix).all(axis=1)]
+    if not np.array_equal(finite.astype(np.float32).astype(np.float64), finite):
+        raise SystemExit("the anchor matrix is not float32-exact: ship it as float64")
+    (out / "anchors").mkdir(exist_ok=True)
+    savez_atomic(shipped, compressed=True,
+                 **{k: (v.astype(np.float32) if k == "matrix" else v) for k, v in cached.items()})
+    print(f"anchor matrix of {backend.spec}: K={len(anchors)} -> {shipped} "
+          f"({shipped.stat().st_size / 1e6:.1f} MB)")
+
+    structures = reference_structures()
+    proj = Projector(args.projection)
+    bank = ReferenceBank.build(backend, structures, anchors, projection=proj,
+                               data_hash=structures_hash(structures), progress=True)
+    path = bank.save(out / bank_file_name(backend.spec, anchors.hash, proj.name))
+    print(f"bank: {bank!r} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
