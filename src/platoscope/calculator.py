@@ -3,7 +3,9 @@
 It delegates energy, forces and stress to the backend's own ASE calculator unchanged and reads
 the per-atom features from the same forward pass; the projection adds an (N, D) x (D, K)
 product. Coordinates are also written to ``atoms.arrays["platonic"]`` so that any ASE writer
-that keeps per-atom arrays (extxyz) stores them with every frame.
+that keeps per-atom arrays (extxyz) stores them with every frame, for anchor sets of at most
+:data:`ARRAY_MAX_K` anchors (dense (N, K) float64 rows: with the default set's tens of
+thousands of anchors a 64-atom frame would carry ~20 MB through every ``atoms.copy()``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from platoscope.projection import DEFAULT_PROJECTION, Projector
 from platoscope.provenance import package_versions
 
 EXTRA_PROPERTIES = ["platonic", "embeddings", "coverage"]
+ARRAY_MAX_K = 4096
+"""Largest K whose coordinates the calculator copies into ``atoms.arrays`` (see above)."""
 
 
 class PlatonicCalculator(Calculator):
@@ -29,11 +33,15 @@ class PlatonicCalculator(Calculator):
     backend: a spec string (``"chgnet"``, ``"sevenn:7net-0"``, ``"mace:/path.model"`` ...), a
         built :class:`~platoscope.backends.Backend`, or a supported ASE calculator.
     anchors: an :class:`AnchorSet` or a path to one; ``None`` computes embeddings only.
-    projection: a preset name (``"shared"``, the default; ``"paper"`` for Li & Walsh's plain
+    projection: a preset name (``"element"``, the default: each atom on its own element's
+        anchors; ``"shared"``: one centring over all anchors; ``"paper"`` for Li & Walsh's plain
         cosines; ``"centered"`` ...) or a fitted/unfitted :class:`Projector`. Presets that need
         reference statistics take a fitted Projector.
     layer, device: passed to :func:`load_backend` when ``backend`` is a spec or calculator.
-    array_name: key of ``atoms.arrays`` that receives the coordinates (``None``: do not write).
+    array_name: key of ``atoms.arrays`` that receives the coordinates (``None``: do not write;
+        not written above :data:`ARRAY_MAX_K` anchors: use :meth:`get_platonic`).
+    Results also hold ``coverage`` (N,): each atom's best cosine to the anchors it is projected
+    on (``projector.coverage_threshold(numbers)`` says where it is too low).
     """
 
     def __init__(self, backend: Any, anchors: AnchorSet | str | None = None, *,
@@ -76,7 +84,7 @@ class PlatonicCalculator(Calculator):
             z, cov = self.projector.transform_with_coverage(feats, self.atoms.numbers)
             results["platonic"] = z
             results["coverage"] = cov
-            if atoms is not None and self.array_name:
+            if atoms is not None and self.array_name and z.shape[1] <= ARRAY_MAX_K:
                 atoms.arrays[self.array_name] = z
         self.results = results
 

@@ -35,6 +35,7 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
+from platoscope.calculator import ARRAY_MAX_K
 from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
 from platoscope.provenance import package_versions
@@ -413,11 +414,13 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                     a = src.copy()
                     res_src = src.calc.results if src.calc is not None else {}
                     a.calc = None
-                    z = calc.projector.transform(e, src.numbers)
-                    a.arrays["platonic"] = z
+                    z, cov = calc.projector.transform_with_coverage(e, src.numbers)
+                    if z.shape[1] <= ARRAY_MAX_K:
+                        a.arrays["platonic"] = z
                     watcher.step = step + 1
                     watcher.process(watcher.frame_from(
                         a, step, calc=calc, results={"platonic": z, "embeddings": e,
+                                                     "coverage": cov,
                                                      "forces": res_src.get("forces"),
                                                      "energy": res_src.get("energy")}))
                     n_atoms += len(a)
