@@ -50,7 +50,6 @@ def build(out: Path = OUT, method: str | None = None, cap: int | None = None,
           tau: float | None = None, budget: int | str | None = None) -> Path:
     """Select, check against the corpus and write the anchor set; None = the chosen default."""
     import ase.io
-    import numpy as np
     from common import CACHE
     from default_set import FLOOR, MAX_ATOMS, SEED, describe, meta, select
 
@@ -71,16 +70,14 @@ def build(out: Path = OUT, method: str | None = None, cap: int | None = None,
     if len(structures) != m["struct_size"].size:
         raise RuntimeError("corpus.extxyz.gz does not match the cached corpus embeddings: "
                            "rerun research/coverage/embed.py")
-    pairs, source, source_id, atom_index, seen = [], [], [], [], set()
+    pairs, source, source_id, atom_index = [], [], [], []
     for r in rows:
         s, i = int(m["sidx"][r]), int(m["aidx"][r])
         a = structures[s]
         if int(a.numbers[i]) != int(m["numbers"][r]):
             raise RuntimeError(f"corpus row {r}: element differs from the embedding cache")
-        key = (a.numbers.tobytes(), np.round(a.positions, 8).tobytes(), i)
-        if key in seen:  # the same atom of an identical structure from two sources: keep one
-            continue
-        seen.add(key)
+        # identical structures from two sources are stored once by AnchorSet, but their anchor
+        # pairs are kept (as measured): the shipped set is exactly the evaluated one
         pairs.append((a, i))
         source.append(str(a.info["source"]))
         source_id.append(str(a.info["source_id"]))
@@ -97,8 +94,9 @@ def build(out: Path = OUT, method: str | None = None, cap: int | None = None,
                    "builder": "research/coverage/build_corpus.py",
                    "excluded": "mlearn test splits; odd rows of Perov-5/Carbon-24 val.csv "
                                "(evaluation halves); MP-20 val.csv"},
-        "selection_model": "chgnet:0.3.0 (atom_fea) only for struct_vote; validity: atoms "
-                           "embedded by chgnet:0.3.0, chgnet:0.2.0 and sevenn:7net-0",
+        "selection_model": "chgnet:0.3.0 atom_fea, element-centred (atom_direct, struct_vote); "
+                           "candidates: corpus atoms embedded by chgnet:0.3.0, chgnet:0.2.0 "
+                           "and sevenn:7net-0",
         "provenance": {"source": source, "source_id": source_id, "atom_index": atom_index},
         "built_by": invocation(),
     }
