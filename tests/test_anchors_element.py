@@ -9,15 +9,11 @@ import numpy as np
 import pytest
 
 from platoscope.anchors import AnchorSet
-from platoscope.paths import default_data_path
-
-PATH = default_data_path("anchors_element.npz")
-pytestmark = pytest.mark.skipif(not PATH.is_file(), reason="anchors_element.npz not built")
-
+from platoscope.projection import PRESETS
 
 @pytest.fixture(scope="module")
 def aset() -> AnchorSet:
-    return AnchorSet.load(PATH)
+    return AnchorSet.default()
 
 
 def test_budget_and_configuration(aset):
@@ -28,21 +24,20 @@ def test_budget_and_configuration(aset):
     assert atoms <= 53470
     cfg = aset.meta["config"]
     assert aset.meta["projection"] == "element"
-    assert aset.meta["tau"] > 0
+    assert aset.meta["tau"] == PRESETS["element"]["tau"]
     for key in ("method", "cap_per_element", "seed", "chosen_on"):
         assert key in cfg
     assert cfg["n_anchors"] == len(aset)
 
 
 def test_every_anchor_has_provenance(aset):
-    prov = aset.meta["provenance"]
-    assert len(prov["source"]) == len(prov["source_id"]) == len(prov["atom_index"]) == len(aset)
-    assert [aset.pairs[k, 1] for k in range(len(aset))] == prov["atom_index"]
+    src = aset.sources
+    assert len(src) == len(aset) and all(s[0] is not None for s in src)
+    assert [int(aset.pairs[k, 1]) for k in range(len(aset))] == [s[2] for s in src]
 
 
 def test_no_evaluation_or_test_data(aset):
-    prov = aset.meta["provenance"]
-    for src, sid in zip(prov["source"], prov["source_id"], strict=True):
+    for src, sid, _ in aset.sources:
         assert "test" not in src and "test" not in sid, (src, sid)
         assert src != "mp20_val"
         if src in ("perov5_anchor", "carbon24_anchor"):  # only the even rows are anchors

@@ -31,7 +31,7 @@ from platoscope.errors import InputError
 NORMALIZATIONS = ("none", "center", "standardize", "whiten", "element")
 KERNELS = ("linear", "softmax")
 PRESETS: dict[str, dict[str, Any]] = {
-    "element": {"normalize": "element", "kernel": "softmax", "tau": 0.05},
+    "element": {"normalize": "element", "kernel": "softmax", "tau": 0.015},
     "shared": {"normalize": "center", "kernel": "softmax", "tau": 0.015},
     "paper": {"normalize": "none", "kernel": "linear"},
     "centered": {"normalize": "center", "kernel": "linear"},
@@ -43,7 +43,7 @@ mean, softmax kernel (docs/shared_space.md: chosen on one split, measured on ano
 ``shared``: one centring over all anchors, softmax kernel at tau = 0.015 (the cross-element
 view: elements can be compared, e.g. periodicity); ``paper``: Li & Walsh's recipe as written
 (plain cosines)."""
-DEFAULT_PROJECTION = "shared"
+DEFAULT_PROJECTION = "element"
 """The projection PlatonicCalculator and reference banks use unless told otherwise."""
 BLOCK_ROWS = 512
 """Rows (atoms) per block of the projection, fixed and counted from row 0 of each call: the same
