@@ -41,8 +41,9 @@ def main() -> None:
     backend = load_backend("chgnet")  # bundled CHGNet 0.3.0, real weights, offline
     anchors = AnchorSet.from_atoms(anchor_pairs())
     atoms = bulk("NaCl", "rocksalt", a=5.64).repeat(2)
-    # Eight hand-made anchors: plain cosines ("paper"). The default "shared" projection (a softmax
-    # kernel) is meant for many anchors: PlatonicCalculator(backend, AnchorSet.default()), K=3000.
+    # Eight hand-made anchors: plain cosines ("paper"). The default "element" projection (each
+    # atom on its own element's anchors, a softmax kernel) is meant for many anchors:
+    # PlatonicCalculator(backend, AnchorSet.default()), K = 38,076.
     atoms.calc = PlatonicCalculator(backend, anchors=anchors, projection="paper")
 
     frames = []
