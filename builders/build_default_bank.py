@@ -1,18 +1,21 @@
-"""Ship CHGNet 0.3.0's anchor matrix and reference bank for the default anchor set.
+"""Ship the bundled models' anchor matrices and CHGNet 0.3.0's reference bank for the default
+anchor set.
 
-    python builders/build_default_bank.py [--model chgnet] [--projection element]
+    python builders/build_default_bank.py [--matrices chgnet sevenn:7net-0] [--bank chgnet]
 
 Reads ``src/platoscope/data/anchors_default.npz`` (builders/build_anchors_element.py) and the
-shipped reference structures (builders/build_default_data.py), embeds both with the model and
-writes ``data/anchors/<set>-<model>.npz`` (the anchor matrix, stored as float32: the model's
-features are float32, so nothing is lost) and ``data/reference_<model>_<set>_<projection>.npz``,
-so that the main job needs no build step. Earlier files of the default set are replaced; the
-``mp20`` set's files are kept.
+shipped reference structures (builders/build_default_data.py) and writes, per model of
+``--matrices``, ``data/anchors/<set>-<model>.npz`` (the anchor matrix, stored as float32: the
+models' features are float32, so nothing is lost; 50,038 atoms would otherwise be embedded on
+first use), and for ``--bank`` ``data/reference_<model>_<set>_<projection>.npz``, so that the
+main job needs no build step. Earlier files of the default set are replaced; the ``mp20`` set's
+files are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -27,13 +30,28 @@ from platoscope.reference import ReferenceBank, bank_file_name, reference_struct
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="chgnet")
+    p.add_argument("--matrices", nargs="+", default=["chgnet", "sevenn:7net-0"])
+    p.add_argument("--bank", default="chgnet", help="model of the shipped bank ('' for none)")
     p.add_argument("--projection", default=DEFAULT_PROJECTION)
     args = p.parse_args()
 
     out = default_data_path("x").parent
     anchors = AnchorSet.default()
-    backend = load_backend(args.model)
+    for spec in args.matrices:
+        ship_matrix(anchors, load_backend(spec), out)
+    if not args.bank:
+        return
+    backend = load_backend(args.bank)
+    structures = reference_structures()
+    proj = Projector(args.projection)
+    bank = ReferenceBank.build(backend, structures, anchors, projection=proj,
+                               data_hash=structures_hash(structures), progress=True)
+    path = bank.save(out / bank_file_name(backend.spec, anchors.hash, proj.name))
+    print(f"bank: {bank!r} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def ship_matrix(anchors: AnchorSet, backend: object, out: Path) -> None:
+    """Copy ``backend``'s anchor matrix (computed once, cached) into the package as float32."""
     name = f"{anchors.hash[:16]}-{backend.fingerprint[:16]}.npz"
     shipped = out / "anchors" / name
     shipped.unlink(missing_ok=True)
@@ -47,13 +65,6 @@ def main() -> None:
                  **{k: (v.astype(np.float32) if k == "matrix" else v) for k, v in cached.items()})
     print(f"anchor matrix of {backend.spec}: K={len(anchors)} -> {shipped} "
           f"({shipped.stat().st_size / 1e6:.1f} MB)")
-
-    structures = reference_structures()
-    proj = Projector(args.projection)
-    bank = ReferenceBank.build(backend, structures, anchors, projection=proj,
-                               data_hash=structures_hash(structures), progress=True)
-    path = bank.save(out / bank_file_name(backend.spec, anchors.hash, proj.name))
-    print(f"bank: {bank!r} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -107,21 +107,37 @@ def test_known_features_are_reused_not_recomputed(chgnet_backend, tmp_path):
 @pytest.mark.backend("chgnet")
 def test_default_anchor_matrix_ships_for_chgnet(chgnet_backend):
     """The default set's CHGNet matrix comes from the package, with no model call."""
+    _check_shipped_matrix(chgnet_backend, 64)
+
+
+@pytest.mark.backend("sevenn")
+def test_default_anchor_matrix_ships_for_sevenn():
+    from platoscope.backends import load_backend
+
+    _check_shipped_matrix(load_backend("sevenn:7net-0"), 128)
+
+
+def _check_shipped_matrix(backend, dim):
     anchors = AnchorSet.default()
-    counting = _CountingBackend(chgnet_backend)
+    counting = _CountingBackend(backend)
     mat = anchors.embed(counting)
-    assert counting.seen == 0 and mat.shape == (len(anchors), 64)
-    s, i = anchors[7]
-    np.testing.assert_allclose(chgnet_backend.embed([s])[0][i], mat[7], rtol=1e-4, atol=1e-5)
+    assert counting.seen == 0 and mat.shape == (len(anchors), dim) and mat.dtype == np.float64
+    for k in (7, len(anchors) // 2):
+        s, i = anchors[k]
+        np.testing.assert_allclose(backend.embed([s])[0][i], mat[k], rtol=1e-4, atol=1e-5)
 
 
-def test_default_anchor_set_covers_every_reference_element():
+def test_shipped_anchor_sets_cover_every_reference_element():
     from platoscope.reference import reference_structures
 
-    anchors = AnchorSet.default()
     mp20 = [a for a in reference_structures() if "material_id" in a.info]
-    assert len(anchors) == anchors.meta["k"] == 3000 and anchors.meta["method"] == "direct"
-    assert set(anchors.numbers) == set(np.concatenate([a.numbers for a in mp20]))
+    elements = set(np.concatenate([a.numbers for a in mp20]))
+    old = AnchorSet.named("mp20")
+    assert len(old) == old.meta["k"] == 3000 and old.meta["method"] == "direct"
+    assert set(old.numbers) == elements
+    assert elements <= set(AnchorSet.default().numbers)
+    with pytest.raises(ValueError, match="no shipped anchor set named 'x'"):
+        AnchorSet.named("x")
 
 
 def test_damaged_reference_bank_and_anchor_cache_are_named(tmp_path):

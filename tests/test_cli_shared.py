@@ -41,7 +41,9 @@ def test_select_show_and_build_a_bank(tmp_path):
     assert shown["K"] == len(s) and shown["hash"] == s.hash
     assert sum(shown["elements"].values()) == len(s)
     text = _run("anchors", "show")  # the shipped default
-    assert text.startswith("default: K=3000") and "(3000 values)" in text
+    k = len(AnchorSet.default())
+    assert text.startswith(f"default: K={k}") and "anchor sources (--list" in text
+    assert _run("anchors", "show", "mp20").startswith("mp20: K=3000")
 
     bank_path = tmp_path / "bank.npz"
     _run("reference", "build", str(TRAIN), "--limit", "5", "--anchors", str(anchors),
