@@ -45,8 +45,11 @@ def anchor_file(tmp_path_factory):
 
 
 def _embed(model, anchor_file, out, python=None, limit=12):
+    """A small anchor set from other structures: the shared projection (the element default
+    refuses elements without anchors, tested below)."""
     cmd = [python or sys.executable, "-m", "platoscope.cli", "embed", str(VAL), "--limit",
-           str(limit), "--model", model, "--anchors", str(anchor_file), "--out", str(out)]
+           str(limit), "--model", model, "--anchors", str(anchor_file), "--projection",
+           "shared", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return AtomCoordinates.load(out)

@@ -59,7 +59,7 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
             raise InputError(f"groups has shape {groups.shape}, the coordinates {n} atoms")
         g = groups[idx]
     rep = np.arange(len(idx)) if g is None else np.unique(g, return_index=True)[1]
-    proj = {nm: dense_rows(c.platonic, idx) for nm, c in zip(names, coords, strict=True)}
+    proj = _scored_rows(coords, names, idx)
     S = coords[0].structure_index[idx]
     raw = {nm: c.embeddings[idx] for nm, c in zip(names, coords, strict=True)
            if c.embeddings is not None}
@@ -150,6 +150,18 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     write_json_atomic(out / "compare.json", res)
     (out / "compare.txt").write_text(_text(res, k))
     return res
+
+
+def _scored_rows(coords: list[AtomCoordinates], names: list[str], idx: np.ndarray
+                 ) -> dict[str, np.ndarray]:
+    """Dense rows ``idx`` of every model, on the anchor columns any of them uses there: a
+    column that is zero for every scored atom of every model changes no distance, cosine, CKA
+    or transport cost, and sparse (top-k) files use a small part of a large K."""
+    rows = {nm: c.platonic[idx] for nm, c in zip(names, coords, strict=True)}
+    if not all(hasattr(r, "tocsc") for r in rows.values()):
+        return {nm: dense_rows(r) for nm, r in rows.items()}
+    cols = np.unique(np.concatenate([r.tocsr().indices for r in rows.values()]))
+    return {nm: dense_rows(r.tocsc()[:, cols]) for nm, r in rows.items()}
 
 
 def _unique_names(coords: list[AtomCoordinates]) -> list[str]:

@@ -411,9 +411,13 @@ class Projector:
         return np.array([per.get(int(x), pooled) for x in z], dtype=np.float64)
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """Plain arrays (for npz files) that ``from_state`` turns back into this projector."""
+        """Plain arrays (for npz files) that ``from_state`` turns back into this projector.
+        The anchor matrix is stored as float32 when that is exact (models' features are
+        float32): half the size, the same projector."""
+        a32 = self.anchors_.astype(np.float32)
+        exact = np.array_equal(a32.astype(np.float64), self.anchors_, equal_nan=True)
         state = {"normalize": np.array(self.normalize), "kernel": np.array(self.kernel),
-                 "eps": np.array(self.eps), "anchors": self.anchors_}
+                 "eps": np.array(self.eps), "anchors": a32 if exact else self.anchors_}
         if self.tau is not None:
             state["tau"] = np.array(self.tau)
         if self.mean_ is not None:
