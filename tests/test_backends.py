@@ -167,6 +167,27 @@ class TestSevenNet:
             counter.handle.remove()
         assert counter.n == 1
 
+    def test_embed_stops_at_the_layer(self, sevenn_backend):
+        """Bank building: embed runs the model only up to the hooked layer (no later block,
+        no force backward pass) and gives the features compute gives."""
+        structs = [nacl(), bulk("Si", "diamond", a=5.43, cubic=True), nacl(0.2)]
+        later = ForwardCounter(sevenn_backend.torch_model, "4_equivariant_gate")
+        try:
+            feats = sevenn_backend.embed(structs)
+        finally:
+            later.handle.remove()
+        assert later.n == 0
+        for atoms, got in zip(structs, feats, strict=True):
+            want = sevenn_backend.compute(atoms, ["energy", "forces"])[1]
+            assert got.shape == want.shape and got.dtype == np.float64
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+        with pytest.raises(UnsupportedElementError, match="structure 1: .*Am"):
+            sevenn_backend.embed([nacl(), Atoms("Am", positions=[[0, 0, 0]], cell=[3, 3, 3],
+                                                pbc=True)])
+        # a full pass after interrupted ones still gives the same features (hooks removed)
+        np.testing.assert_allclose(sevenn_backend.compute(nacl())[1],
+                                   sevenn_backend.embed([nacl()])[0], rtol=1e-5, atol=1e-6)
+
     def test_multifidelity_modal(self):
         b = load_backend("sevenn:7net-mf-0@PBE")
         assert b.spec == "sevenn:7net-mf-0@PBE"

@@ -39,12 +39,22 @@ class LayerSpec:
     description: str = ""
 
 
-class FeatureTap:
-    """Context manager that collects a submodule's features during forward passes."""
+class StopForward(Exception):
+    """Raised by a FeatureTap with ``stop=True`` once it has the features: the rest of the
+    forward pass (later layers, the force backward pass) is skipped."""
 
-    def __init__(self, module: torch.nn.Module, spec: LayerSpec):
+
+class FeatureTap:
+    """Context manager that collects a submodule's features during forward passes.
+
+    stop: raise :class:`StopForward` right after capturing (embedding only: the caller
+    catches it; the model's outputs of that call are then not computed).
+    """
+
+    def __init__(self, module: torch.nn.Module, spec: LayerSpec, *, stop: bool = False):
         self.module = module
         self.spec = spec
+        self.stop = stop
         self.chunks: list[torch.Tensor] = []
         self._handle: Any = None
 
@@ -53,6 +63,8 @@ class FeatureTap:
         if self.spec.columns is not None:
             t = t[:, self.spec.columns]
         self.chunks.append(t.detach().to("cpu", copy=True))
+        if self.stop:
+            raise StopForward
 
     def __enter__(self) -> FeatureTap:
         if self.spec.pre:
@@ -220,10 +232,10 @@ class Backend(ABC):
         validate_atoms(atoms, model=self.spec, supported=self.supported_numbers)
 
     @contextmanager
-    def tap(self) -> Iterator[FeatureTap]:
-        """Arm the feature hook for the duration of the block."""
+    def tap(self, *, stop: bool = False) -> Iterator[FeatureTap]:
+        """Arm the feature hook for the duration of the block (``stop``: see FeatureTap)."""
         module = self.torch_model.get_submodule(self._layer_spec.module)
-        with FeatureTap(module, self._layer_spec) as t:
+        with FeatureTap(module, self._layer_spec, stop=stop) as t:
             yield t
 
     def compute(self, atoms: Atoms, properties: Sequence[str] = ("energy", "forces"),

@@ -18,7 +18,7 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import all_changes
 
-from platoscope.backends.base import Backend, LayerSpec, invariant_columns
+from platoscope.backends.base import Backend, LayerSpec, StopForward, invariant_columns
 from platoscope.errors import BackendUnavailableError, UnknownBackendError
 
 OFFLINE_MODELS = ("7net-0", "7net-0_22May2024", "7net-0_11Jul2024", "7net-l3i5", "7net-mf-0")
@@ -89,13 +89,55 @@ class SevenNetBackend(Backend):
                 system_changes: Sequence[str] = tuple(all_changes)
                 ) -> tuple[dict[str, Any], np.ndarray]:
         results, feats = super().compute(atoms, properties, system_changes)
+        self._warn_isolated()
+        return results, feats
+
+    def features(self, atoms: Atoms) -> np.ndarray:
+        """(N, D) float64 features of ``atoms`` at the chosen layer, without energy or forces:
+        the model runs only up to that layer, without autograd (the same numbers as
+        :meth:`compute` gives; for building reference banks)."""
+        from sevenn import _keys as KEY
+        from sevenn.atom_graph_data import AtomGraphData
+        from sevenn.train.dataload import unlabeled_atoms_to_graph
+
+        self.check_atoms(atoms)
+        data = AtomGraphData.from_numpy_dict(
+            unlabeled_atoms_to_graph(atoms, self.calc.cutoff, with_shift=False))
+        if self.calc.modal:
+            data[KEY.DATA_MODALITY] = self.calc.modal
+        data.to(self.calc.device)
+        with self.tap(stop=True) as t, torch.no_grad():
+            try:
+                self.calc.model(data)
+            except StopForward:
+                pass
+        feats = t.features()[: len(atoms)]
+        self._check_rows(feats, len(atoms))
+        self._warn_isolated()
+        return feats
+
+    def embed(self, structures: Sequence[Atoms], *, batch_size: int = 16,
+              progress: bool = False) -> list[np.ndarray]:
+        """Per-atom features (N_i, D) of each structure via :meth:`features` (no energy,
+        no force backward pass, no layer after the chosen one). Errors name the structure."""
+        from tqdm.auto import tqdm
+
+        out = []
+        for i, atoms in enumerate(tqdm(structures, disable=not progress,
+                                       desc=f"embed {self.spec}", unit="struct")):
+            try:
+                out.append(self.features(atoms))
+            except Exception as err:
+                raise type(err)(f"structure {i}: {err}") from err
+        return out
+
+    def _warn_isolated(self) -> None:
         if self._isolated:
             warnings.warn(
                 f"{self.spec}: atom(s) {self._isolated[:10]} have no neighbour within "
                 f"{self.calc.cutoff:g} Å; SevenNet embeds them as bare elements, so their "
                 "coordinates say nothing about an environment",
-                IsolatedAtomWarning, stacklevel=2)
-        return results, feats
+                IsolatedAtomWarning, stacklevel=3)
 
     def provenance_extra(self) -> dict[str, Any]:
         return {"modal": self.modal} if self.modal else {}
