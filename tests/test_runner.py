@@ -66,6 +66,17 @@ def test_md_writes_every_output(small_setup, chgnet_backend, tmp_path):
     assert mon["space"] == "raw"
 
 
+def test_langevin_friction_is_per_fs():
+    """--friction is documented in 1/fs; ASE's Langevin takes it per ASE time unit."""
+    from ase import units
+
+    from platoscope.runner import make_dynamics
+
+    dyn = make_dynamics(nacl(), ensemble="nvt", timestep_fs=1.0, temperature_K=300,
+                        friction=0.02)
+    assert dyn.fr * units.fs == pytest.approx(0.02, rel=1e-12)
+
+
 def test_temperature_ramp(small_setup, chgnet_backend, tmp_path):
     """--temperature-end: the thermostat target moves linearly; a crystal at rest at 0 K stays
     at rest without the ramp and is heated with it; recorded in the run config; nve refused."""
@@ -83,7 +94,7 @@ def test_temperature_ramp(small_setup, chgnet_backend, tmp_path):
                                         projection=bank.projector)
         out = tmp_path / str(end)
         run_md(atoms, [], out, steps=8, temperature_K=0.0, temperature_end_K=end,
-               friction=0.5, progress=False)
+               friction=0.1, progress=False)
         kinetic[end] = atoms.get_kinetic_energy()
         config = json.loads((out / "summary.json").read_text())["config"]
         assert config.get("temperature_end_K") == end

@@ -192,7 +192,8 @@ def ramp_temperature(step: int, steps: int, temperature_K: float,
 def make_dynamics(atoms: Atoms, *, ensemble: str, timestep_fs: float, temperature_K: float,
                   friction: float = 0.01, pressure_GPa: float = 0.0, seed: int = 0):
     """An ASE integrator for ``nve`` (velocity Verlet), ``nvt`` (Langevin) or ``npt``
-    (Berendsen barostat and thermostat). Langevin runs with ``fixcm=False`` (ASE >= 3.28
+    (Berendsen barostat and thermostat). friction: 1/fs (converted to ASE's time unit, about
+    10.18 fs, for ASE's Langevin). Langevin runs with ``fixcm=False`` (ASE >= 3.28
     deprecates its centre-of-mass fix as not sampling NVT exactly): the centre of mass may
     drift, which changes no energy, force or score of a periodic system; add
     :class:`ase.constraints.FixCom` to the atoms to pin it."""
@@ -204,7 +205,7 @@ def make_dynamics(atoms: Atoms, *, ensemble: str, timestep_fs: float, temperatur
     if ensemble == "nvt":
         from ase.md.langevin import Langevin
 
-        return Langevin(atoms, dt, temperature_K=temperature_K, friction=friction,
+        return Langevin(atoms, dt, temperature_K=temperature_K, friction=friction / units.fs,
                         fixcm=False, rng=np.random.default_rng(seed))
     if ensemble == "npt":
         from ase.md.nptberendsen import NPTBerendsen
