@@ -55,6 +55,7 @@ def test_comparison_numbers_and_words(tmp_path):
     assert c["worst_force"][4] == worst["scores"]["uncertainty"][j]
     s = np.concatenate([f["scores"]["uncertainty"] for f in evaluated])
     d = np.concatenate([f["scores"]["bias_force"] for f in evaluated])
+    assert c["worst_force_sigma_rank"] == pytest.approx(np.mean(s < c["worst_force"][4]))
     assert c["n_atom_frames"] == 30
     assert c["spearman"] == pytest.approx(spearmanr(s, d)[0], abs=1e-12)
     assert c["over_run"] == pytest.approx(spearmanr(
@@ -67,7 +68,8 @@ def test_comparison_numbers_and_words(tmp_path):
 
     text = "\n".join(sigma_vs_disagreement_text(c))
     t_first = 300 + 3000 * fr[first]["step"] / 20
-    assert f"sigma first exceeded 0.5 eV/Å at step {first} (thermostat {t_first:.0f} K)" in text
+    assert (f"sigma first exceeded 0.5 eV/Å at step {first} (thermostat target "
+            f"{t_first:.0f} K)") in text
     assert f"differed by up to {after['scores']['bias_force'].max():.2f} eV/Å" in text
     assert f"over 30 evaluated atom-frames: {c['spearman']:.2f}" in text
     assert "sevenn:7net-0" in text and "chgnet:0.3.0" in text

@@ -97,7 +97,9 @@ def sigma_vs_disagreement(data: dict[str, Any]) -> dict[str, Any] | None:
     (``force``: (step, max |dF|, atom, sigma of that atom)); ``threshold``, the first step
     whose largest sigma exceeds it (``first_over``: (step, sigma, atom) or None); the
     disagreement at or after that step (``force_at_first_over``); the largest disagreement
-    (``worst_force``); every evaluated atom-frame (``atom_frames``: (n, 3) step, sigma, |dF|);
+    (``worst_force``) and the share of evaluated atom-frames whose sigma is below that atom's
+    (``worst_force_sigma_rank``, 0..1); every evaluated atom-frame (``atom_frames``: (n, 3)
+    step, sigma, |dF|);
     the Spearman correlation of sigma and |dF| over them (``spearman``, ``n_atom_frames``) and
     within each frame (``per_frame``:
     median over frames, None under 3 frames with a defined value; ``per_frame_halves``: the
@@ -129,7 +131,7 @@ def sigma_vs_disagreement(data: dict[str, Any]) -> dict[str, Any] | None:
             per_frame.append(float(spearmanr(sig[ok], df[ok])[0]))
     if not sig_rows or not force_rows:
         return None
-    both = np.concatenate(pairs)
+    both = np.concatenate(pairs)  # (n, 3): step, sigma, |dF|
     rho = (float(spearmanr(both[:, 1], both[:, 2])[0])
            if len(both) > 2 and np.ptp(both[:, 1]) > 0 and np.ptp(both[:, 2]) > 0 else None)
     thr = (data["monitors"].get("uncertainty") or {}).get("threshold")
@@ -137,6 +139,8 @@ def sigma_vs_disagreement(data: dict[str, Any]) -> dict[str, Any] | None:
     at_first = (next((r for r in force_rows if r[0] >= first[0]), None)
                 if first is not None else None)
     bias = data["monitors"].get("bias") or {}
+    worst = max(force_rows, key=lambda r: r[1])
+    worst_rank = float(np.mean(both[:, 1] < worst[4]))  # share of atom-frames with lower sigma
     fr_sig = [r[1] for r in sig_rows if r[0] in {fr[0] for fr in force_rows}]
     fr_df = [r[1] for r in force_rows]
     over_run = (float(spearmanr(fr_sig, fr_df)[0]) if len(fr_df) >= 3 and len(fr_sig) == len(fr_df)
@@ -146,7 +150,7 @@ def sigma_vs_disagreement(data: dict[str, Any]) -> dict[str, Any] | None:
               if half >= 3 else None)
     return {"sigma": sig_rows, "force": force_rows, "threshold": thr,
             "first_over": first, "force_at_first_over": at_first,
-            "worst_force": max(force_rows, key=lambda r: r[1]),
+            "worst_force": worst, "worst_force_sigma_rank": worst_rank,
             "spearman": rho, "n_atom_frames": len(both), "atom_frames": both,
             "per_frame": float(np.median(per_frame)) if len(per_frame) >= 3 else None,
             "per_frame_halves": halves, "over_run": over_run,
@@ -155,14 +159,14 @@ def sigma_vs_disagreement(data: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _thermostat(step: int, config: dict[str, Any]) -> str:
-    """`` (thermostat N K)`` for an MD run's step (its ramp, if any), else ``""``."""
+    """`` (thermostat target N K)`` for an MD run's step (its ramp, if any), else ``""``."""
     if config.get("kind") != "md" or config.get("ensemble") == "nve":
         return ""
     from platoscope.runner import ramp_temperature
 
     t = ramp_temperature(step, int(config.get("steps", 0)), float(config["temperature_K"]),
                          config.get("temperature_end_K"))
-    return f" (thermostat {t:.0f} K)"
+    return f" (thermostat target {t:.0f} K)"
 
 
 def sigma_vs_disagreement_text(c: dict[str, Any]) -> list[str]:
@@ -192,7 +196,11 @@ def sigma_vs_disagreement_text(c: dict[str, Any]) -> list[str]:
         lines.append(msg)
     lines.append(f"  Largest disagreement |F_A - F_B|: {w[1]:.2f} eV/Å at step {w[0]}"
                  f"{_thermostat(w[0], cfg)} on atom {w[2]} ({w[3]}), where sigma was "
-                 f"{w[4]:.2f} eV/Å.")
+                 f"{w[4]:.2f} eV/Å, " + (
+                     "the highest sigma of all evaluated atom-frames."
+                     if c["worst_force_sigma_rank"] >= 1 - 1 / c["n_atom_frames"] else
+                     f"higher than for {100 * c['worst_force_sigma_rank']:.1f} % of the "
+                     "evaluated atom-frames."))
     rho = "undefined" if c["spearman"] is None else f"{c['spearman']:.2f}"
     per = "" if c["per_frame"] is None else (
         f"; within one frame, median over frames {c['per_frame']:.2f}")
