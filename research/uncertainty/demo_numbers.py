@@ -32,13 +32,35 @@ def main(run_dir: str, out: str = "results/demo.json") -> None:
     steps = np.array([r[0] for r in c["force"]])
     thirds = np.array_split(np.unique(steps), 3)
     stages = []
+    # trivial baseline: the running model's own |F| (sigma is mostly a calibrated |F|)
+    fmag = np.concatenate([np.linalg.norm(f["forces"], axis=1) for f in data["frames"]
+                           if "bias_force" in f["scores"] and "uncertainty" in f["scores"]])
+    assert len(fmag) == len(af)
+    c["spearman_own_force_baseline"] = float(spearmanr(fmag, af[:, 2])[0])
     for part in thirds:
         m = np.isin(af[:, 0], part)
         sig, df = af[m, 1], af[m, 2]
         stages.append({"steps": [int(part[0]), int(part[-1])], "atom_frames": int(m.sum()),
                        "mean_sigma": float(sig.mean()), "mean_abs_dF": float(df.mean()),
                        "max_abs_dF": float(df.max()),
-                       "spearman": float(spearmanr(sig, df)[0])})
+                       "spearman": float(spearmanr(sig, df)[0]),
+                       "spearman_own_force_baseline": float(spearmanr(fmag[m], df)[0])})
+    from ase.geometry import find_mic
+    from ase.io import read
+
+    traj = read(Path(run_dir) / "frames.extxyz", ":")
+    by_step = {int(a.info["step"]): a for a in traj}
+
+    def state(step: int) -> dict[str, float]:
+        """Kinetic temperature (K) and displacement from step 0 (Å) at ``step``."""
+        a = by_step[step]
+        d = np.linalg.norm(find_mic(a.positions - traj[0].positions, a.cell, True)[0], axis=1)
+        return {"step": step, "kinetic_T_K": float(a.get_temperature()),
+                "rms_displacement_A": float(np.sqrt((d ** 2).mean())),
+                "fraction_moved_over_1.5A": float((d > 1.5).mean())}
+
+    for st, part in zip(stages, thirds, strict=True):
+        st["end_state"] = state(int(part[-1]))
     energies = [(f["step"], f["energy"] / len(f["numbers"])) for f in data["frames"]]
     relax_dir = Path(run_dir) / "symmetry_relax"
     relax = (json.loads((relax_dir / "summary.json").read_text())
@@ -66,7 +88,8 @@ def main(run_dir: str, out: str = "results/demo.json") -> None:
     print(json.dumps({k: res[k] for k in ("stages", "energy_eV_per_atom", "symmetry_relax")}
                      | {k: c[k] for k in ("first_over", "force_at_first_over", "worst_force",
                                           "sigma_peak", "spearman", "per_frame",
-                                          "per_frame_halves", "over_run")}, default=str))
+                                          "per_frame_halves", "over_run",
+                                          "spearman_own_force_baseline")}, default=str))
 
 
 if __name__ == "__main__":
