@@ -97,6 +97,7 @@ def test_known_features_are_reused_not_recomputed(chgnet_backend, tmp_path):
     anchors = AnchorSet.from_atoms(_pairs())
     counting = _CountingBackend(chgnet_backend)
     structures = [a.copy() for a in anchors.structures[:2]]
+    structures[1].positions += 4e-9  # as a file rounding to 1e-8 Å would leave it
     known = (structures, chgnet_backend.embed(structures))
     mat = anchors.embed(counting, cache_path=tmp_path / "m.npz", known=known)
     assert counting.seen == len(anchors.structures) - 2  # only the unknown ones

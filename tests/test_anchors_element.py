@@ -11,6 +11,7 @@ import pytest
 from platoscope.anchors import AnchorSet
 from platoscope.projection import PRESETS
 
+
 @pytest.fixture(scope="module")
 def aset() -> AnchorSet:
     return AnchorSet.default()

@@ -94,6 +94,13 @@ def test_md_scores_every_interval(models):
     assert si["atoms_scored"] == 32 and si["threshold"] == mon.element_thresholds_[14]
     assert si["max"] >= si["mean"] > 0 and si["mean_force_disagreement"] > 0
     assert summ["most_disagreeing"] == ["Si"] and summ["model_b"] == "sevenn:7net-0"
+    fd = summ["force_disagreement"]  # run level, eV/Å, from the same per-frame arrays
+    worst = max(scored, key=lambda k: seen[k]["bias_force"].max())
+    assert fd["units"] == "eV/Å" and fd["frames_evaluated"] == 4 and fd["atom_frames"] == 32
+    assert fd["max"] == pytest.approx(seen[worst]["bias_force"].max(), rel=1e-12)
+    assert (fd["max_step"], fd["max_atom"], fd["max_element"]) == (
+        worst, int(np.argmax(seen[worst]["bias_force"])), "Si")
+    assert fd["mean"] == pytest.approx(np.mean([seen[k]["bias_force"] for k in scored]))
     assert summ["expected_false_alarm_rate"] == pytest.approx(1e-3)
 
 

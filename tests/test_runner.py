@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from platoscope import AnchorSet, PlatonicCalculator
 from platoscope.cli import main
+from platoscope.errors import InputError
 from platoscope.monitors.atypical import AtypicalMonitor
 from platoscope.monitors.base import Monitor
 from platoscope.monitors.symmetry import SymmetryMonitor
@@ -63,6 +64,46 @@ def test_md_writes_every_output(small_setup, chgnet_backend, tmp_path):
     assert mon["expected_false_alarm_rate"] == pytest.approx(0.01)
     assert set(mon["element_thresholds"]) == {"Na", "Cl", "K", "Br"}
     assert mon["space"] == "raw"
+
+
+def test_langevin_friction_is_per_fs():
+    """--friction is documented in 1/fs; ASE's Langevin takes it per ASE time unit."""
+    from ase import units
+
+    from platoscope.runner import make_dynamics
+
+    dyn = make_dynamics(nacl(), ensemble="nvt", timestep_fs=1.0, temperature_K=300,
+                        friction=0.02)
+    assert dyn.fr * units.fs == pytest.approx(0.02, rel=1e-12)
+
+
+def test_temperature_ramp(small_setup, chgnet_backend, tmp_path):
+    """--temperature-end: the thermostat target moves linearly; a crystal at rest at 0 K stays
+    at rest without the ramp and is heated with it; recorded in the run config; nve refused."""
+    from platoscope.runner import ramp_temperature
+
+    assert ramp_temperature(0, 10, 300, 4000) == 300
+    assert ramp_temperature(5, 10, 300, 4000) == pytest.approx(2150)
+    assert ramp_temperature(10, 10, 300, 4000) == 4000 == ramp_temperature(12, 10, 300, 4000)
+    assert ramp_temperature(5, 10, 300, None) == 300
+    anchors, bank, *_ = small_setup
+    kinetic = {}
+    for end in (None, 3000.0):
+        atoms = nacl()
+        atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors,
+                                        projection=bank.projector)
+        out = tmp_path / str(end)
+        run_md(atoms, [], out, steps=8, temperature_K=0.0, temperature_end_K=end,
+               friction=0.1, progress=False)
+        kinetic[end] = atoms.get_kinetic_energy()
+        config = json.loads((out / "summary.json").read_text())["config"]
+        assert config.get("temperature_end_K") == end
+    assert kinetic[None] < 1e-6 < 0.01 < kinetic[3000.0]  # eV
+    atoms = nacl()
+    atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    with pytest.raises(InputError, match="needs a thermostat"):
+        run_md(atoms, [], tmp_path / "nve", steps=2, ensemble="nve", temperature_end_K=500.0,
+               progress=False)
 
 
 def test_distorted_frame_raises_event_and_stop(small_setup, chgnet_backend, tmp_path):

@@ -276,19 +276,28 @@ class AnchorSet:
                     if np.isnan(mat).all(axis=1).any():
                         self._warn_left_out(backend, mat)
                     return mat
-        have: dict[bytes, np.ndarray] = {}
+        # known structures match an anchor structure within 1e-6 Å (files round positions,
+        # e.g. extxyz to 1e-8 Å: exact bytes would miss them and embed them all again)
+        have: dict[bytes, list[tuple[Atoms, np.ndarray]]] = {}
         if known is not None:
-            have = {_structure_bytes(self._canonical(a)): np.asarray(f)
-                    for a, f in zip(*known, strict=True)}
-        keys = [_structure_bytes(a) for a in self.structures]
+            for a, f in zip(*known, strict=True):
+                a = self._canonical(a)
+                have.setdefault(_coarse_key(a), []).append((a, np.asarray(f)))
+        found: dict[int, np.ndarray] = {}
+        for s, a in enumerate(self.structures):
+            for b, f in have.get(_coarse_key(a), []):
+                if np.allclose(a.positions, b.positions, rtol=0, atol=1e-6) and np.allclose(
+                        a.cell.array, b.cell.array, rtol=0, atol=1e-6):
+                    found[s] = f
+                    break
         left_out = set(self.unsupported_structures(backend))
-        todo = [s for s, key in enumerate(keys) if key not in have and s not in left_out]
+        todo = [s for s in range(len(self.structures)) if s not in found and s not in left_out]
         fresh = dict(zip(todo, backend.embed([self.structures[s] for s in todo],
                                              progress=progress), strict=True)) if todo else {}
         dim = next(iter(fresh.values())).shape[1] if fresh else (
-            next(iter(have.values())).shape[1] if have else backend.feature_dim)
+            next(iter(found.values())).shape[1] if found else backend.feature_dim)
         nan_row = np.full(dim, np.nan)
-        mat = np.stack([nan_row if s in left_out else (fresh[s] if s in fresh else have[keys[s]])[i]
+        mat = np.stack([nan_row if s in left_out else (fresh[s] if s in fresh else found[s])[i]
                         for s, i in self.pairs]).astype(np.float64)
         if left_out:
             self._warn_left_out(backend, mat)
@@ -342,6 +351,13 @@ class AnchorSet:
         if mat.shape[0] != len(self):
             raise CorruptFileError(f"{path}: {mat.shape[0]} rows for {len(self)} anchors")
         return mat
+
+
+def _coarse_key(a: Atoms) -> bytes:
+    """Numbers, cell to 1e-3 Å and pbc: candidates for a match within 1e-6 Å."""
+    return b"".join([a.numbers.astype("<i8").tobytes(),
+                     (np.round(a.cell.array, 3) + 0.0).astype("<f8").tobytes(),
+                     np.asarray(a.pbc, dtype=np.uint8).tobytes()])
 
 
 def _structure_bytes(a: Atoms) -> bytes:

@@ -563,6 +563,9 @@ def _end(result: dict, out: str, report: bool) -> None:
               show_default=True)
 @click.option("--temperature", default=300.0, show_default=True, type=_POSITIVE_OR_ZERO,
               help="K")
+@click.option("--temperature-end", default=None, type=_POSITIVE_OR_ZERO,
+              help="K: ramp the thermostat linearly from --temperature at step 0 to this at "
+                   "the last step (nvt, npt), e.g. heating through a melt")
 @click.option("--pressure", default=0.0, show_default=True, type=_FINITE, help="GPa (npt)")
 @click.option("--steps", default=1000, show_default=True, type=_COUNT,
               help="MD steps (on --restart: the total, counting those already done)")
@@ -576,8 +579,8 @@ def _end(result: dict, out: str, report: bool) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--restart", is_flag=True,
               help="Continue from the last frame in --out (with the recorded settings)")
-def md(structure, ensemble, temperature, pressure, steps, timestep, friction, interval,
-       repeat, seed, restart, report, **kw):
+def md(structure, ensemble, temperature, temperature_end, pressure, steps, timestep, friction,
+       interval, repeat, seed, restart, report, **kw):
     """Monitored molecular dynamics of STRUCTURE (any file ASE reads)."""
     config = _config(kw)
     atoms = _read_structure(structure).repeat(repeat)
@@ -586,6 +589,7 @@ def md(structure, ensemble, temperature, pressure, steps, timestep, friction, in
     try:
         result = run.md(atoms, steps=steps, ensemble=ensemble, timestep_fs=timestep,
                         temperature_K=temperature, friction=friction, pressure_GPa=pressure,
+                        temperature_end_K=temperature_end,
                         interval=interval, seed=seed, restart=restart)
     except KeyboardInterrupt:
         click.echo(f"interrupted: every completed frame is in {config.out}; continue with "

@@ -93,6 +93,168 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
+def sigma_vs_disagreement(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The uncertainty monitor's sigma beside the second model's force disagreement.
+
+    From a :func:`load_run` result holding both ``uncertainty`` (sigma_i, eV/Å) and
+    ``bias_force`` (|F_A - F_B|, eV/Å) scores; None when either is missing. Returns plain
+    numbers (eV/Å, steps, 0-based atom indices): per scored frame the largest sigma (``sigma``:
+    list of (step, max sigma, atom)); per frame where B was evaluated the largest disagreement
+    (``force``: (step, max |dF|, atom, sigma of that atom)); ``threshold``, the first step
+    whose largest sigma exceeds it (``first_over``: (step, sigma, atom) or None); the
+    disagreement at or after that step (``force_at_first_over``); the largest disagreement
+    (``worst_force``) and the share of evaluated atom-frames whose sigma is below that atom's
+    (``worst_force_sigma_rank``, 0..1); every evaluated atom-frame (``atom_frames``: (n, 3)
+    step, sigma, |dF|);
+    the Spearman correlation of sigma and |dF| over them (``spearman``, ``n_atom_frames``) and
+    within each frame (``per_frame``:
+    median over frames, None under 3 frames with a defined value; ``per_frame_halves``: the
+    medians over the first and second half of those frames, None under 6); element symbols
+    beside atoms; the Spearman correlation of the evaluated frames' largest sigma and largest
+    |dF| over the run (``over_run``: do they rise together; None under 3 frames); the run's
+    ``config``.
+    """
+    from scipy.stats import spearmanr
+
+    sig_rows, force_rows, pairs = [], [], []
+    per_frame: list[float] = []
+    for f, sy in zip(data["frames"], data["symbols"], strict=True):
+        sc = f["scores"]
+        if "uncertainty" not in sc:
+            continue
+        sig = np.asarray(sc["uncertainty"], dtype=float)
+        i = int(np.nanargmax(sig))
+        sig_rows.append((f["step"], float(sig[i]), i, sy[i]))
+        df = sc.get("bias_force")
+        if df is None or not np.isfinite(df).any():
+            continue
+        df = np.asarray(df, dtype=float)
+        j = int(np.nanargmax(df))
+        force_rows.append((f["step"], float(df[j]), j, sy[j], float(sig[j])))
+        ok = np.isfinite(df) & np.isfinite(sig)
+        pairs.append(np.stack([np.full(ok.sum(), f["step"]), sig[ok], df[ok]], axis=1))
+        if ok.sum() > 2 and np.ptp(sig[ok]) > 0 and np.ptp(df[ok]) > 0:
+            per_frame.append(float(spearmanr(sig[ok], df[ok])[0]))
+    if not sig_rows or not force_rows:
+        return None
+    both = np.concatenate(pairs)  # (n, 3): step, sigma, |dF|
+    rho = (float(spearmanr(both[:, 1], both[:, 2])[0])
+           if len(both) > 2 and np.ptp(both[:, 1]) > 0 and np.ptp(both[:, 2]) > 0 else None)
+    thr = (data["monitors"].get("uncertainty") or {}).get("threshold")
+    first = next((r for r in sig_rows if thr is not None and r[1] > float(thr)), None)
+    at_first = (next((r for r in force_rows if r[0] >= first[0]), None)
+                if first is not None else None)
+    bias = data["monitors"].get("bias") or {}
+    worst = max(force_rows, key=lambda r: r[1])
+    worst_rank = float(np.mean(both[:, 1] < worst[4]))  # share of atom-frames with lower sigma
+    fr_sig = [r[1] for r in sig_rows if r[0] in {fr[0] for fr in force_rows}]
+    fr_df = [r[1] for r in force_rows]
+    over_run = (float(spearmanr(fr_sig, fr_df)[0]) if len(fr_df) >= 3 and len(fr_sig) == len(fr_df)
+                and np.ptp(fr_sig) > 0 and np.ptp(fr_df) > 0 else None)
+    half = len(per_frame) // 2
+    halves = ((float(np.median(per_frame[:half])), float(np.median(per_frame[half:])))
+              if half >= 3 else None)
+    return {"sigma": sig_rows, "force": force_rows, "threshold": thr,
+            "first_over": first, "force_at_first_over": at_first,
+            "worst_force": worst, "worst_force_sigma_rank": worst_rank,
+            "spearman": rho, "n_atom_frames": len(both), "atom_frames": both,
+            "per_frame": float(np.median(per_frame)) if len(per_frame) >= 3 else None,
+            "per_frame_halves": halves, "over_run": over_run,
+            "config": data["summary"].get("config") or {},
+            "model_a": model_of(data), "model_b": bias.get("model_b", "second model")}
+
+
+def _thermostat(step: int, config: dict[str, Any]) -> str:
+    """`` (thermostat target N K)`` for an MD run's step (its ramp, if any), else ``""``."""
+    if config.get("kind") != "md" or config.get("ensemble") == "nve":
+        return ""
+    from platoscope.runner import ramp_temperature
+
+    t = ramp_temperature(step, int(config.get("steps", 0)), float(config["temperature_K"]),
+                         config.get("temperature_end_K"))
+    return f" (thermostat target {t:.0f} K)"
+
+
+def sigma_vs_disagreement_text(c: dict[str, Any]) -> list[str]:
+    """Plain-words lines of :func:`sigma_vs_disagreement`'s result (numbers from this run)."""
+    a, b = c["model_a"], c["model_b"]
+    cfg = c.get("config") or {}
+    sig0, sig_max = c["sigma"][0], max(c["sigma"], key=lambda r: r[1])
+    w = c["worst_force"]
+    lines = [f"uncertainty vs the second model ({b}) at the {len(c['force'])} frames where "
+             "both were computed:",
+             f"  {a}'s predicted force error sigma (largest atom) went from {sig0[1]:.2f} eV/Å "
+             f"at step {sig0[0]} to a peak of {sig_max[1]:.2f} eV/Å at step {sig_max[0]}"
+             f"{_thermostat(sig_max[0], cfg)} (atom {sig_max[2]}, {sig_max[3]})."]
+    thr = c["threshold"]
+    if c["first_over"] is None:
+        lines.append(f"  sigma never exceeded the threshold ({thr} eV/Å).")
+    else:
+        st, sv, at, el = c["first_over"]
+        msg = (f"  sigma first exceeded {float(thr):g} eV/Å at step {st}{_thermostat(st, cfg)} "
+               f"(atom {at}, {el}: {sv:.2f} eV/Å)")
+        fa = c["force_at_first_over"]
+        if fa is None:
+            msg += f"; {b} was not evaluated at or after that step."
+        else:
+            msg += (f"; at step {fa[0]} (the first frame {b} evaluated from then on) the two "
+                    f"models' forces differed by up to {fa[1]:.2f} eV/Å (atom {fa[2]}, {fa[3]}).")
+        lines.append(msg)
+    lines.append(f"  Largest disagreement |F_A - F_B|: {w[1]:.2f} eV/Å at step {w[0]}"
+                 f"{_thermostat(w[0], cfg)} on atom {w[2]} ({w[3]}), where sigma was "
+                 f"{w[4]:.2f} eV/Å, " + (
+                     "the highest sigma of all evaluated atom-frames."
+                     if c["worst_force_sigma_rank"] >= 1 - 1 / c["n_atom_frames"] else
+                     f"higher than for {100 * c['worst_force_sigma_rank']:.1f} % of the "
+                     "evaluated atom-frames."))
+    rho = "undefined" if c["spearman"] is None else f"{c['spearman']:.2f}"
+    per = "" if c["per_frame"] is None else (
+        f"; within one frame, median over frames {c['per_frame']:.2f}")
+    if c.get("per_frame_halves") is not None:
+        h1, h2 = c["per_frame_halves"]
+        per += f" (first half of the run {h1:.2f}, second half {h2:.2f})"
+    if c.get("over_run") is not None:
+        lines.append(f"  Over the run, the largest sigma and the largest |F_A - F_B| of the "
+                     f"evaluated frames rose and fell together with Spearman {c['over_run']:.2f} "
+                     "(1: always together, 0: unrelated, below 0: opposite).")
+    lines.append(f"  Spearman correlation of sigma and |F_A - F_B| over {c['n_atom_frames']} "
+                 f"evaluated atom-frames: {rho}{per} (1: sigma ranks atoms exactly as the "
+                 "two-model disagreement does; 0: no relation). Disagreement between two "
+                 "models is not the error against DFT: it is the committee-style check, "
+                 "sigma the single-model estimate.")
+    return lines
+
+
+def plot_sigma_vs_disagreement(c: dict[str, Any], run_dir: Path) -> Path:
+    """``uncertainty_vs_disagreement.png``: largest sigma and largest |F_A - F_B| per step
+    (eV/Å), and sigma against |F_A - F_B| at the evaluated frames' atoms."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(3, 2))
+    s = np.array([r[:2] for r in c["sigma"]], dtype=float)
+    f = np.array([(r[0], r[1], r[4]) for r in c["force"]], dtype=float)
+    ax.plot(s[:, 0], s[:, 1], lw=1, label=f"largest sigma ({c['model_a']}, predicted error)")
+    ax.plot(f[:, 0], f[:, 1], "o-", ms=3, lw=1,
+            label=f"largest |F_A - F_B| ({c['model_a']} vs {c['model_b']})")
+    if c["threshold"] is not None:
+        ax.axhline(float(c["threshold"]), color="k", ls="--", lw=1, label="sigma threshold")
+    step_axis(ax)
+    ax.set_ylabel("force (error) per atom (eV/Å)")
+    ax.set_title("Predicted error vs two-model disagreement, worst atom per step", fontsize=9)
+    ax.legend(fontsize=7)
+    af = c["atom_frames"]
+    pts = ax2.scatter(af[:, 1], af[:, 2], c=af[:, 0], s=4, cmap="viridis")
+    fig.colorbar(pts, ax=ax2, label="step")
+    ax2.set_xlabel(f"sigma, {c['model_a']} (eV/Å)")
+    ax2.set_ylabel(f"|F_A - F_B|, B = {c['model_b']} (eV/Å)")
+    rho = "n/a" if c["spearman"] is None else f"{c['spearman']:.2f}"
+    ax2.set_title(f"Every atom of the evaluated frames: Spearman {rho}", fontsize=9)
+    lim = max(float(np.nanmax(af[:, 1:])), 1e-3) * 1.05
+    ax2.plot([0, lim], [0, lim], "k:", lw=1, label="y = x")
+    ax2.legend(fontsize=7)
+    return save_figure(fig, Path(run_dir) / "uncertainty_vs_disagreement.png")
+
+
 def make_report(run_dir: str | Path) -> list[Path]:
     """Write ``report.txt`` and PNG plots into ``run_dir``; return their paths."""
     import matplotlib
@@ -184,6 +346,10 @@ def make_report(run_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=7, ncol=2)
         paths.append(save_figure(fig, run / "coverage.png"))
 
+    comparison = sigma_vs_disagreement(data)
+    if comparison is not None:
+        paths.append(plot_sigma_vs_disagreement(comparison, run))
+
     energies = [(f["step"], f["energy"]) for f in frames if f["energy"] is not None]
     if energies:
         fig, ax = plt.subplots(figsize=(8, 3))
@@ -198,7 +364,10 @@ def make_report(run_dir: str | Path) -> list[Path]:
         plt.close(fig)
 
     paths.append(run / REPORT)
-    paths[-1].write_text(_text(data, steps))
+    text = _text(data, steps)
+    if comparison is not None:
+        text += "\n".join(sigma_vs_disagreement_text(comparison)) + "\n"
+    paths[-1].write_text(text)
     return paths
 
 

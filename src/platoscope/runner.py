@@ -176,17 +176,31 @@ def first_frame(out: str | Path) -> Atoms:
 
 def _md_config(atoms: Atoms, ensemble: str, steps: int, timestep_fs: float,
                temperature_K: float, friction: float, pressure_GPa: float, interval: int,
-               seed: int) -> dict[str, Any]:
-    return {"kind": "md", "ensemble": ensemble, "steps": steps, "timestep_fs": timestep_fs,
-            "temperature_K": temperature_K, "friction": friction, "pressure_GPa": pressure_GPa,
-            "interval": interval, "seed": seed, "n_atoms": len(atoms),
-            "formula": atoms.get_chemical_formula()}
+               seed: int, temperature_end_K: float | None = None) -> dict[str, Any]:
+    cfg = {"kind": "md", "ensemble": ensemble, "steps": steps, "timestep_fs": timestep_fs,
+           "temperature_K": temperature_K, "friction": friction, "pressure_GPa": pressure_GPa,
+           "interval": interval, "seed": seed, "n_atoms": len(atoms),
+           "formula": atoms.get_chemical_formula()}
+    if temperature_end_K is not None:  # only when set: older runs' configs stay comparable
+        cfg["temperature_end_K"] = temperature_end_K
+    return cfg
+
+
+def ramp_temperature(step: int, steps: int, temperature_K: float,
+                     temperature_end_K: float | None) -> float:
+    """Thermostat target (K) at MD ``step`` of ``steps``: ``temperature_K`` without a ramp,
+    else linear from ``temperature_K`` (step 0) to ``temperature_end_K`` (step ``steps``)."""
+    if temperature_end_K is None or steps <= 0:
+        return temperature_K
+    frac = min(max(step / steps, 0.0), 1.0)
+    return temperature_K + (temperature_end_K - temperature_K) * frac
 
 
 def make_dynamics(atoms: Atoms, *, ensemble: str, timestep_fs: float, temperature_K: float,
                   friction: float = 0.01, pressure_GPa: float = 0.0, seed: int = 0):
     """An ASE integrator for ``nve`` (velocity Verlet), ``nvt`` (Langevin) or ``npt``
-    (Berendsen barostat and thermostat). Langevin runs with ``fixcm=False`` (ASE >= 3.28
+    (Berendsen barostat and thermostat). friction: 1/fs (converted to ASE's time unit, about
+    10.18 fs, for ASE's Langevin). Langevin runs with ``fixcm=False`` (ASE >= 3.28
     deprecates its centre-of-mass fix as not sampling NVT exactly): the centre of mass may
     drift, which changes no energy, force or score of a periodic system; add
     :class:`ase.constraints.FixCom` to the atoms to pin it."""
@@ -198,7 +212,7 @@ def make_dynamics(atoms: Atoms, *, ensemble: str, timestep_fs: float, temperatur
     if ensemble == "nvt":
         from ase.md.langevin import Langevin
 
-        return Langevin(atoms, dt, temperature_K=temperature_K, friction=friction,
+        return Langevin(atoms, dt, temperature_K=temperature_K, friction=friction / units.fs,
                         fixcm=False, rng=np.random.default_rng(seed))
     if ensemble == "npt":
         from ase.md.nptberendsen import NPTBerendsen
@@ -269,10 +283,13 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
            ensemble: str = "nvt", timestep_fs: float = 1.0, temperature_K: float = 300.0,
            friction: float = 0.01, pressure_GPa: float = 0.0, interval: int = 1,
            seed: int = 0, restart: bool = False, strict: bool = False, progress: bool = True,
-           embeddings: bool = True, store_coords: str = "auto") -> dict[str, Any]:
+           embeddings: bool = True, store_coords: str = "auto",
+           temperature_end_K: float | None = None) -> dict[str, Any]:
     """Molecular dynamics of ``atoms`` (whose calc is a PlatonicCalculator) with monitors.
 
     steps: MD steps to run (on restart: the total, counting those already done);
+    temperature_end_K: ramp the thermostat linearly from ``temperature_K`` at step 0 to this
+    (K) at the last step (``nvt`` and ``npt``; e.g. heating through a melt);
     store_coords: ``auto``, ``always`` or ``never`` (:func:`store_coords_for`);
     interval: record every ``interval``-th step. On restart, every monitor's ``on_restart``
     gets the run's original first frame (:func:`first_frame`), not the thermal frame the run
@@ -292,31 +309,41 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
             atoms.set_momenta(prev.get_momenta())
         first_step, n_steps = last + 1, steps - last
         check_restart(out, _md_config(atoms, ensemble, steps, timestep_fs, temperature_K,
-                                      friction, pressure_GPa, interval, seed),
+                                      friction, pressure_GPa, interval, seed,
+                                      temperature_end_K),
                       calc.provenance(), monitors)
         start = first_frame(out)
         for m in monitors:
             m.on_restart(start)
-    elif ensemble != "nve" or not atoms.has("momenta"):
+    if temperature_end_K is not None and ensemble == "nve":
+        raise InputError("a temperature ramp (temperature_end_K) needs a thermostat: "
+                         "ensemble nvt or npt, not nve")
+    if not restart and (ensemble != "nve" or not atoms.has("momenta")):
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K,
                                      rng=np.random.default_rng(seed))
     config = _md_config(atoms, ensemble, steps, timestep_fs, temperature_K, friction,
-                        pressure_GPa, interval, seed)
+                        pressure_GPa, interval, seed, temperature_end_K)
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors), interval=interval,
                            embeddings=embeddings, append=restart,
                            projector=getattr(calc, "projector", None), store_coords=store_coords)
     watcher = Watcher(monitors, sinks=[recorder], strict=strict, start_step=first_step)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
+
+    def target(step: int) -> float:  # thermostat target of the step about to be taken
+        return ramp_temperature(step, steps, temperature_K, temperature_end_K)
+
     dyn = make_dynamics(atoms, ensemble=ensemble, timestep_fs=timestep_fs,
-                        temperature_K=temperature_K, friction=friction,
-                        pressure_GPa=pressure_GPa, seed=seed + first_step)
+                        temperature_K=target(first_step),
+                        friction=friction, pressure_GPa=pressure_GPa, seed=seed + first_step)
     bar = _progress(max(n_steps, 0) + (0 if restart else 1), f"md {ensemble}", progress)
     with _lifecycle(recorder, watcher, bar) as state:
         for i, _ in enumerate(dyn.irun(steps=max(n_steps, 0))):
             if restart and i == 0:
                 continue  # the restored frame is already on disk
             _observe(watcher, atoms, bar)
+            if temperature_end_K is not None:
+                dyn.set_temperature(temperature_K=target(watcher.step))
     return state["result"]
 
 

@@ -120,6 +120,8 @@ class BiasMonitor(Monitor):
         self.expected_false_alarm_rate = 1.0 - quantile if self.threshold is None else None
         self._stats: dict[int, np.ndarray] = {}  # Z -> [n, sum s, max s, n over, sum f, max f]
         self._force: np.ndarray | None = None
+        self._frames_evaluated = 0
+        self._worst_force: tuple[float, int, int, int] | None = None  # (eV/Å, step, atom, Z)
         self._checked = False
         if atoms is not None:
             self.check(atoms)
@@ -222,6 +224,12 @@ class BiasMonitor(Monitor):
                        if frame.forces is not None and f_b is not None
                        else np.full(len(s), np.nan))
         self._accumulate(frame.atoms.numbers, s, self.thresholds_for(frame), self._force)
+        self._frames_evaluated += 1
+        if np.isfinite(self._force).any():
+            i = int(np.nanargmax(self._force))
+            if self._worst_force is None or self._force[i] > self._worst_force[0]:
+                self._worst_force = (float(self._force[i]), frame.step, i,
+                                     int(frame.atoms.numbers[i]))
         return s
 
     def extra_scores(self, frame: Frame) -> dict[str, np.ndarray]:
@@ -263,6 +271,19 @@ class BiasMonitor(Monitor):
                 "mean_force_disagreement": fs / n, "max_force_disagreement": fmax}
         return dict(sorted(out.items(), key=lambda kv: -kv[1]["mean_over_threshold"]))
 
+    def force_summary(self) -> dict[str, Any]:
+        """Run-level |F_A - F_B| (eV/Å): frames where B was evaluated, atom-frames, mean, and
+        the largest with its step, atom and element (None before any evaluation)."""
+        n = sum(int(st[0]) for st in self._stats.values())
+        mean = sum(float(st[4]) for st in self._stats.values()) / n if n else None
+        worst = self._worst_force
+        return {"units": "eV/Å", "frames_evaluated": self._frames_evaluated,
+                "atom_frames": n, "mean": mean,
+                "max": None if worst is None else worst[0],
+                "max_step": None if worst is None else worst[1],
+                "max_atom": None if worst is None else worst[2],
+                "max_element": None if worst is None else chemical_symbols[worst[3]]}
+
     def summary(self) -> dict[str, Any]:
         s = super().summary()
         per = self.element_summary()
@@ -271,6 +292,7 @@ class BiasMonitor(Monitor):
                  element_thresholds={chemical_symbols[z]: round(t, 6)
                                      for z, t in sorted(self.element_thresholds_.items())},
                  global_threshold=self.global_threshold_, elements=per,
+                 force_disagreement=self.force_summary(),
                  most_disagreeing=list(per)[:5],
                  note="two models: the score is symmetric; it locates disagreement, not blame")
         return s
