@@ -123,20 +123,29 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def small_anchors():
-    """Each element's first ``ANCHORS_PER_ELEMENT`` default anchors, those in its smallest
-    structures (quick to embed: K = 170 in 125 structures of the K = 3000 default). Picked per
-    element, so it works whatever K the default has; more than one per element because with
-    one the shared (softmax) projection loses the resolution that the symmetry tests need
-    (diamond Si displaced by 0.005 Å: 0.001x the threshold with one, 250x with two)."""
+    """The shipped default anchor set: CHGNet 0.3.0's and SevenNet-0's anchor matrices ship
+    with it (no model call), so it is the quickest set for those models' default layers."""
+    from platoscope.anchors import AnchorSet
+
+    return AnchorSet.default()
+
+
+@pytest.fixture(scope="session")
+def few_anchors():
+    """Each element's first ``ANCHORS_PER_ELEMENT`` anchors of the ``mp20`` set, those in its
+    smallest structures (quick to embed for a layer whose matrix does not ship: K = 170 in 125
+    structures); use with ``projection="shared"`` (two anchors per element leave the element
+    projection one direction per element)."""
     import numpy as np
 
     from platoscope.anchors import AnchorSet
 
-    full = AnchorSet.default()
+    full = AnchorSet.named("mp20")
+    numbers = full.numbers
     sizes = np.array([len(full[k][0]) for k in range(len(full))])
     per_element: dict[int, list[int]] = {}
     for k in np.argsort(sizes, kind="stable"):
-        picked = per_element.setdefault(int(full.numbers[k]), [])
+        picked = per_element.setdefault(int(numbers[k]), [])
         if len(picked) < ANCHORS_PER_ELEMENT:
             picked.append(int(k))
     return full.subset(sorted(k for ks in per_element.values() for k in ks))

@@ -203,7 +203,7 @@ def test_reference_without_symmetry_is_inert(calc, caplog):
 
 
 @pytest.mark.backend("sevenn")
-def test_classes_the_model_does_not_respect_are_split(small_anchors):
+def test_classes_the_model_does_not_respect_are_split(few_anchors):
     """SevenNet-0's pre-readout features are not inversion invariant (its default layer, the
     0e part of a gate, is): in corundum (R-3c) they see the two halves of the Al and O sites
     (related only by improper operations) as different. The monitor splits those classes at
@@ -211,7 +211,8 @@ def test_classes_the_model_does_not_respect_are_split(small_anchors):
     from platoscope.backends import load_backend
     from platoscope.calculator import PlatonicCalculator
 
-    calc = PlatonicCalculator(load_backend("sevenn:7net-0", layer="pre_readout"), small_anchors)
+    calc = PlatonicCalculator(load_backend("sevenn:7net-0", layer="pre_readout"), few_anchors,
+                              projection="shared")
     corundum = crystal(["Al", "O"], basis=[(0, 0, 0.352), (0.306, 0, 0.25)], spacegroup=167,
                        cellpar=[4.759, 4.759, 12.99, 90, 90, 120])
     moved = corundum.copy()

@@ -107,8 +107,11 @@ class AnchorSet:
 
     @property
     def numbers(self) -> np.ndarray:
-        """(K,) atomic numbers of the anchor atoms."""
-        return np.array([self.structures[s].numbers[i] for s, i in self.pairs], dtype=np.int64)
+        """(K,) atomic numbers of the anchor atoms (a copy)."""
+        if getattr(self, "_numbers", None) is None:
+            self._numbers = np.array([self.structures[s].numbers[i] for s, i in self.pairs],
+                                     dtype=np.int64)
+        return self._numbers.copy()
 
     @property
     def symbols(self) -> list[str]:
