@@ -74,8 +74,8 @@ def test_flags_5_milliangstrom_and_names_class_and_atom(calc, name, atoms, atom)
     assert broken and broken[0]["spread"] == pytest.approx(ev.score)
     assert all(b["spread"] > ev.threshold for b in broken)
     assert {b["element"] for b in broken} <= set(atoms.get_chemical_symbols())
-    # the worst atom is the displaced one or a near neighbour of it
-    assert moved.get_distance(atom, ev.atoms[0], mic=True) < 3.0
+    # the worst atom is the displaced one or a first/second-shell neighbour of it
+    assert moved.get_distance(atom, ev.atoms[0], mic=True) < 3.5
     assert ev.score / ev.threshold > 2
 
 

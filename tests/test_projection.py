@@ -65,10 +65,13 @@ def test_projection_is_a_function_of_each_row_alone():
     contract): what run files rely on when they rebuild a frame from its embeddings."""
     rng = np.random.default_rng(4)
     e, a = rng.normal(size=(1500, 16)), rng.normal(size=(3000, 16))
-    proj = Projector().fit(a)
-    batch = proj.transform(e)
-    for s, t in ((0, 64), (700, 1213), (1499, 1500)):
-        np.testing.assert_allclose(proj.transform(e[s:t]), batch[s:t], rtol=0, atol=TOLERANCE)
+    ze, za = rng.choice([1, 8, 26], 1500), rng.choice([1, 8, 26], 3000)
+    for name in ("element", "shared"):  # element: rows are regrouped by element per call
+        proj = Projector(name).fit(a, anchor_numbers=za)
+        batch = proj.transform(e, ze)
+        for s, t in ((0, 64), (700, 1213), (1499, 1500)):
+            np.testing.assert_allclose(proj.transform(e[s:t], ze[s:t]), batch[s:t], rtol=0,
+                                       atol=TOLERANCE)
 
 
 def test_centered_subtracts_anchor_mean():
@@ -94,11 +97,14 @@ def test_whiten_makes_reference_covariance_identity():
 def test_projector_state_roundtrip():
     rng = np.random.default_rng(5)
     ref = rng.normal(size=(100, 4))
-    for p in (Projector("standardize").fit(ref[:3], ref), Projector().fit(ref[:9]),
+    z = rng.choice([3, 14], 100)
+    for p in (Projector("standardize").fit(ref[:3], ref), Projector("shared").fit(ref[:9]),
+              Projector().fit(ref[:30], anchor_numbers=z[:30]),
               Projector("whiten", kernel="softmax", tau=0.1).fit(ref[:5], ref)):
         q = Projector.from_state(p.get_state())
         assert q.get_params() == p.get_params() and q.name == p.name
-        np.testing.assert_allclose(p.transform(ref), q.transform(ref), rtol=0, atol=TOLERANCE)
+        np.testing.assert_allclose(p.transform(ref, z), q.transform(ref, z), rtol=0,
+                                   atol=TOLERANCE)
 
 
 def test_softmax_kernel_is_sqrt_softmax_of_cosines():
@@ -115,14 +121,17 @@ def test_softmax_kernel_is_sqrt_softmax_of_cosines():
 
 
 def test_presets_and_names():
-    assert Projector().get_params() == {"normalize": "center", "kernel": "softmax",
+    assert Projector().get_params() == {"normalize": "element", "kernel": "softmax",
                                         "tau": 0.015, "eps": 1e-6}
-    assert Projector().name == "shared" and Projector("paper").name == "paper"
+    assert Projector("shared").get_params() == {"normalize": "center", "kernel": "softmax",
+                                                "tau": 0.015, "eps": 1e-6}
+    assert Projector().name == "element" and Projector("paper").name == "paper"
+    assert Projector("shared").name == "shared" and Projector().by_element
     assert Projector("none").name == "paper" and Projector("center").name == "centered"
     assert Projector("center", kernel="softmax", tau=0.02).name == "center-softmax0.02"
     assert Projector.coerce(Projector("whitened")).get_params() == Projector("whiten").get_params()
-    # the shared default centres on the anchor mean, so it needs no reference statistics
-    assert not Projector().needs_reference
+    # the element default and shared centre on anchor means: no reference statistics needed
+    assert not Projector().needs_reference and not Projector("shared").needs_reference
 
 
 @pytest.mark.parametrize(

@@ -395,11 +395,12 @@ def test_write_json_atomic(tmp_path):
 # coordinates derived from embeddings (store_platonic=False)
 # --------------------------------------------------------------------------------------------
 
-def _projector(k: int, d: int, seed: int = 7, preset: str | None = None):
+def _projector(k: int, d: int, seed: int = 7, preset: str = "shared"):
+    """A fitted projector on random anchors, all of element 11 (Na) like the test frames."""
     from platoscope.projection import Projector
 
     anchors = np.random.default_rng(seed).standard_normal((k, d))
-    return (Projector() if preset is None else Projector(preset)).fit(anchors)
+    return Projector(preset).fit(anchors, anchor_numbers=np.full(k, 11))
 
 
 def _within_contract(a: np.ndarray, b: np.ndarray) -> bool:
@@ -411,7 +412,7 @@ def _within_contract(a: np.ndarray, b: np.ndarray) -> bool:
             and float(np.max(np.abs(a - b), initial=0)) <= TOLERANCE)
 
 
-@pytest.mark.parametrize("preset", [None, "paper"])  # the default projection, plain cosines
+@pytest.mark.parametrize("preset", ["element", "shared", "paper"])
 def test_derived_platonic_round_trip(tmp_path, preset):
     """K = 3000: coordinates are not stored, read back within the contract, file ~10x smaller."""
     k, d, n = 3000, 64, 64
@@ -421,7 +422,8 @@ def test_derived_platonic_round_trip(tmp_path, preset):
     for i in range(8):
         e = rng.standard_normal((n - (i % 3), d)).astype(np.float32)  # a backend's float32
         frames.append(dict(numbers=np.full(len(e), 11), positions=rng.random((len(e), 3)),
-                           cell=np.eye(3) * 9, embeddings=e, platonic=proj.transform(e),
+                           cell=np.eye(3) * 9, embeddings=e,
+                           platonic=proj.transform(e, np.full(len(e), 11)),
                            forces=rng.random((len(e), 3)), scores={"a": rng.random(len(e))}))
     sizes, growth = {}, {}
     for store in (True, False):
@@ -517,7 +519,7 @@ CHILD_DERIVED = GEN_SRC + textwrap.dedent("""
     from platoscope.writers import FrameSidecar
 
     path, mode = sys.argv[1], sys.argv[2]
-    proj = Projector().fit(np.random.default_rng(7).standard_normal((100, 128)))
+    proj = Projector("shared").fit(np.random.default_rng(7).standard_normal((100, 128)))
     sc = FrameSidecar(path, mode=mode, attrs={"n_anchors": 100, "feature_dim": 128},
                       score_names=["knn", "sym"], projector_state=proj.get_state(),
                       store_platonic=False)
