@@ -83,12 +83,25 @@ def test_results_equal_backend_and_coordinates_are_the_projection(backend, name,
     np.testing.assert_allclose(emb, feats, rtol=1e-6, atol=1e-7)
     mat = anchors.embed(backend)
     np.testing.assert_array_equal(atoms.arrays["platonic"], z)
-    # default "shared": centred cosines through sqrt(softmax(cos / 0.015))
+    # default "element": each atom on its own element's anchors, centred on their mean, through
+    # sqrt(softmax(cos / 0.015)); zero elsewhere
+    za = anchors.numbers
+    for i, el in enumerate(atoms.numbers):
+        own = za == el
+        m = mat[own].mean(axis=0) if own.sum() > 1 else np.zeros(mat.shape[1])
+        c = _unit((emb[i] - m)[None]) @ _unit(mat[own] - m).T
+        w = np.exp((c - c.max()) / 0.015)
+        np.testing.assert_allclose(z[i, own], np.sqrt(w / w.sum())[0], atol=1e-10)
+        assert np.all(z[i, ~own] == 0)
+        assert calc.get_property("coverage")[i] == pytest.approx(c.max(), abs=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-12)
+    # "shared": one centring over all anchors, the same kernel
+    shared = PlatonicCalculator(backend, anchors=anchors, projection="shared")
     m = mat.mean(axis=0)
     c = _unit(emb - m) @ _unit(mat - m).T
     w = np.exp((c - c.max(axis=1, keepdims=True)) / 0.015)
-    np.testing.assert_allclose(z, np.sqrt(w / w.sum(axis=1, keepdims=True)), atol=1e-10)
-    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(shared.get_platonic(atoms.copy()),
+                               np.sqrt(w / w.sum(axis=1, keepdims=True)), atol=1e-10)
     # "paper": the plain cosines of Li & Walsh
     paper = PlatonicCalculator(backend, anchors=anchors, projection="paper")
     np.testing.assert_allclose(paper.get_platonic(atoms.copy()), _unit(emb) @ _unit(mat).T,

@@ -186,5 +186,8 @@ def test_bank_skips_structures_a_model_cannot_embed(sevenn_backend, small_anchor
     d = paired_distances(bank_a, bank_b)
     assert len(d) == len(bank_b) < len(bank_a)
     keep = bank_a.structure_index != 1
-    np.testing.assert_allclose(
-        d, np.linalg.norm(bank_a.coords[keep] - bank_b.coords, axis=1), rtol=0, atol=1e-11)
+    z_a = bank_a.projector.transform(bank_a.embeddings[keep], bank_a.numbers[keep])
+    np.testing.assert_allclose(d, np.linalg.norm(z_a - bank_b.coords, axis=1), rtol=0,
+                               atol=1e-11)
+    with pytest.raises(ValueError, match=r"element\(s\) Po"):  # no anchor of Po: refused
+        bank_a.coords

@@ -92,7 +92,7 @@ def test_switching_calculator_rule_and_results(chgnet_pair):
         f = atoms.get_forces()
         assert calc.switched == (k >= 2) and calc.calc is (b if k >= 2 else a)
         np.testing.assert_array_equal(f, calc.calc.results["forces"])
-        assert atoms.arrays["platonic"].shape == (8, len(a.anchors))
+        assert calc.results["platonic"].shape == (8, len(a.anchors))
     assert calc.record.call == 2 and calc.n_calls == 4
     assert calc.provenance()["switching"]["switched_at_call"] == 2
     with pytest.raises(ValueError, match="rule"):
