@@ -190,4 +190,4 @@ def test_bank_skips_structures_a_model_cannot_embed(sevenn_backend, small_anchor
     np.testing.assert_allclose(d, np.linalg.norm(z_a - bank_b.coords, axis=1), rtol=0,
                                atol=1e-11)
     with pytest.raises(ValueError, match=r"element\(s\) Po"):  # no anchor of Po: refused
-        bank_a.coords
+        _ = bank_a.coords
