@@ -300,7 +300,8 @@ def test_default_anchors_with_a_model_covering_part_of_the_table(mace_backend, t
 
     back = Projector.from_state(calc.projector.get_state())
     np.testing.assert_array_equal(back.valid_, valid)
-    np.testing.assert_allclose(back.transform(calc.get_embeddings(atoms)), z, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(back.transform(calc.get_embeddings(atoms), atoms.numbers), z,
+                               rtol=0, atol=1e-12)
     # a set made only of structures the model lacks elements for: refused, naming the way out
     none = AnchorSet.from_atoms([(anchors.structures[s], 0) for s in left[:3]])
     with pytest.raises(UnsupportedElementError, match=r"can embed none.*anchors select"):

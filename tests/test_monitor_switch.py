@@ -121,6 +121,30 @@ def test_same_model_hand_over_matches_every_atom_to_itself(chgnet_pair, chgnet_b
     assert switch.summary()["switches"][0]["step"] == 3
 
 
+def test_thresholds_too_large_to_carry_are_reported_and_the_run_goes_on(
+        chgnet_pair, chgnet_bank, monkeypatch):
+    """Banks whose dense coordinates exceed reference.MAX_DENSE_BYTES (the default anchors
+    with a full reference set) cannot be carried: the switch still happens and is checked, the
+    run goes on, and the summary says why the thresholds were not carried."""
+    from platoscope import reference
+
+    a, b = chgnet_pair
+    monkeypatch.setattr(reference, "MAX_DENSE_BYTES", 1)
+    bank = reference.ReferenceBank(  # a fresh object: coords are cached per bank
+        chgnet_bank.embeddings, chgnet_bank.numbers, chgnet_bank.structure_index,
+        projector=chgnet_bank.projector, anchor_set_hash=chgnet_bank.anchor_set_hash,
+        data_hash=chgnet_bank.data_hash, provenance=chgnet_bank.provenance)
+    atypical = AtypicalMonitor(bank, quantile=0.99)
+    switch = SwitchMonitor(atypical=atypical)
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    with pytest.warns(UserWarning, match="not carried"):
+        rec = run_md(atoms, SwitchingCalculator(a, b, rule=2), [switch, atypical], steps=3)
+    assert [e.step for e in rec.events if e.monitor == "switch"] == [2]
+    s = switch.summary()
+    assert s["carried_thresholds"] is None and "GiB dense" in s["thresholds_not_carried"]
+    assert atypical.space == "raw"  # left as it was
+
+
 @pytest.mark.backend("sevenn")
 def test_chgnet_to_sevenn_hand_over_in_md(chgnet_pair, chgnet_bank, sevenn_backend,
                                           small_anchors):

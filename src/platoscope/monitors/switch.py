@@ -97,6 +97,7 @@ class SwitchMonitor(Monitor):
         self.checks_: list[dict[str, Any]] = []
         self.carried_: Any = None
         self.carried_thresholds_: dict[str, float] | None = None
+        self.not_carried_: str | None = None
         self._pending: tuple[SwitchRecord, HandOver] | None = None
         self._last: dict[str, Any] | None = None
         self._listening: set[int] = set()
@@ -167,7 +168,14 @@ class SwitchMonitor(Monitor):
                       self._classes(len(rec.atoms)))
         self._pending = (rec, h)
         if self.atypical is not None:
-            self.carry(self.atypical, rec.platonic_a, rec.platonic_b, rec.atoms.numbers)
+            try:
+                self.carry(self.atypical, rec.platonic_a, rec.platonic_b, rec.atoms.numbers)
+            except InputError as err:  # e.g. banks too large to carry densely: run on, say so
+                import warnings
+
+                self.not_carried_ = str(err)
+                warnings.warn(f"switch: the atypical thresholds were not carried into "
+                              f"{self._model_b()}'s space: {err}", UserWarning, stacklevel=2)
 
     # -- carrying thresholds ---------------------------------------------------------------
     def carry(self, atypical: Any, z_a: np.ndarray, z_b: np.ndarray, numbers: np.ndarray
@@ -277,6 +285,7 @@ class SwitchMonitor(Monitor):
                  n_checks=sum(c["kind"] == "check" for c in self.checks_),
                  n_flagged=sum(c["flagged"] for c in self.checks_),
                  carried_thresholds=self.carried_thresholds_,
+                 thresholds_not_carried=self.not_carried_,
                  documentation="docs/symmetry_switch.md (measured elsewhere, not in this run)")
         checks = [c for c in self.checks_ if c["kind"] == "check"]
         if checks:
