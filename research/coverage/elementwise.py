@@ -53,12 +53,9 @@ def _matrix(x: Any, name: str) -> np.ndarray:
 
 
 def _numbers(z: Any, n: int, name: str) -> np.ndarray:
-    a = np.asarray(z)
-    if a.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
-    if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 1):
-        raise ValueError(f"{name} must be positive integer atomic numbers")
-    return a.astype(np.int64)
+    from platoscope.projection import _atomic_numbers  # the library's one check
+
+    return _atomic_numbers(z, n, name)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
