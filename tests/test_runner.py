@@ -320,18 +320,17 @@ class _Spy(Monitor):
 
     def __init__(self):
         super().__init__(threshold=1.0)
-        self.coords: list[np.ndarray] = []
+        self.coords: list = []
 
     def score(self, frame):
-        self.coords.append(np.array(frame.platonic, copy=True))
+        self.coords.append(frame.platonic.copy())  # ndarray, or CSR (element projection)
         return np.zeros(len(frame.atoms))
 
 
 def _within_contract(a, b) -> bool:
     """Equal within the projection's reproducibility contract (not bit patterns)."""
-    from platoscope.projection import TOLERANCE
-
     from platoscope.coords import as_coords, max_abs_diff
+    from platoscope.projection import TOLERANCE
 
     if not (a.dtype == b.dtype == np.float64):  # dense or sparse (element projection: CSR)
         return False

@@ -405,9 +405,8 @@ def _projector(k: int, d: int, seed: int = 7, preset: str = "shared"):
 
 def _within_contract(a: np.ndarray, b: np.ndarray) -> bool:
     """Equal within the projection's reproducibility contract (projection.TOLERANCE)."""
-    from platoscope.projection import TOLERANCE
-
     from platoscope.coords import as_coords, max_abs_diff
+    from platoscope.projection import TOLERANCE
 
     if not (a.dtype == b.dtype == np.float64):  # dense or sparse (element projection: CSR)
         return False

@@ -15,6 +15,11 @@ differs from the exact one by at most ``r_a + r_b + SPARSE_FLOAT32_ERROR``. Also
 ``embeddings`` (M, D) float32, ``coverage`` (M,) (see :mod:`platoscope.projection`),
 ``numbers`` (M,), ``structure_index`` (M,), ``atom_index`` (M,); root attributes ``format``,
 ``provenance`` (JSON), ``anchor_set_hash``, ``data_hash``, ``n_anchors``.
+
+In memory, coordinates are a dense ndarray or a ``scipy.sparse.csr_array`` (the element
+projection's exact per-frame form, see :meth:`platoscope.projection.Projector.transform`); the
+helpers below (``row_distances``, ``compact_columns``, ``pairwise_sq_distances``, ``top_k_rows``
+...) are the one place that takes either form.
 """
 
 from __future__ import annotations

@@ -182,10 +182,9 @@ class SwitchMonitor(Monitor):
     def carry(self, atypical: Any, z_a: Any, z_b: Any, numbers: np.ndarray) -> Any:
         """An AtypicalMonitor for B's space: A's reference coordinates moved by a TransportMap
         (fitted on the two banks, else on the frame's pair z_a (N, K) -> z_b (N, K), dense or
-        sparse) and the
-        per-element thresholds recalibrated on them. Updates ``atypical`` in place when
-        ``retarget``; returns the carried monitor. It scores in the projected space whatever
-        ``atypical.space`` was: two models' raw embeddings share no axes."""
+        sparse) and the per-element thresholds recalibrated on them. Updates ``atypical`` in
+        place when ``retarget``; returns the carried monitor. It scores in the projected space
+        whatever ``atypical.space`` was: two models' raw embeddings share no axes."""
         from platoscope.monitors.atypical import AtypicalMonitor
 
         bank_a = atypical.bank
