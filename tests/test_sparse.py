@@ -271,3 +271,23 @@ def test_sidecar_keeps_sparse_frames_derived_and_readers_rebuild_them(chgnet_def
     with read_sidecar(tmp_path / "f.h5") as r:
         back = r.frame(0)["platonic"]
         assert is_sparse(back) and max_abs_diff(back, f.platonic) <= TOLERANCE
+
+
+def test_transport_takes_sparse_frames_and_gives_the_dense_result():
+    from platoscope.analysis import transport
+
+    p, _, _, e, ze = _element_setup(3)
+    rng = np.random.default_rng(0)
+    za_ = p.transform(e, ze)
+    zb_ = p.transform(e + 0.05 * rng.normal(size=e.shape), ze)
+    for method in ("auto", "emd", "blocks"):
+        rs = transport(za_, zb_, method=method, elements=ze)
+        rd = transport(dense_rows(za_), dense_rows(zb_), method=method, elements=ze)
+        np.testing.assert_array_equal(rs.matching, rd.matching)
+        assert rs.cost == pytest.approx(rd.cost, rel=0, abs=DIST_TOL)
+        assert is_sparse(rs.images) and rs.images.shape == rd.images.shape
+        np.testing.assert_allclose(rs.images.toarray(), rd.images, rtol=0, atol=DIST_TOL)
+    from platoscope.analysis import TransportMap
+
+    with pytest.raises(InputError, match="scipy.sparse array of shape"):
+        TransportMap().fit(za_, zb_)

@@ -109,6 +109,17 @@ def compact_columns(*zs: Any) -> tuple[list[np.ndarray], np.ndarray | None]:
     return [z[:, cols].toarray() if sp.issparse(z) else z[:, cols] for z in zs], cols
 
 
+def expand_columns(x: np.ndarray, cols: np.ndarray, n_cols: int) -> Any:
+    """The inverse of :func:`compact_columns` for one array: dense (n, len(cols)) rows put back
+    on their ``cols`` of ``n_cols`` columns, as a ``csr_array`` (zeros elsewhere)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(cols):
+        raise InputError(f"rows of shape {x.shape} do not match {len(cols)} columns")
+    c = sp.csr_array(x)
+    return sp.csr_array((c.data, np.asarray(cols, dtype=np.int64)[c.indices], c.indptr),
+                        shape=(x.shape[0], int(n_cols)))
+
+
 def row_norms(z: Any) -> np.ndarray:
     """(N,) Euclidean norm of each row of ``z`` (dense or sparse)."""
     z = as_coords(z)
