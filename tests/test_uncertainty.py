@@ -153,7 +153,7 @@ def test_bad_input(bank, structures, fitted):
     with pytest.raises(ConfigError, match="reference bank"):
         ForceErrorModel.from_state(est.get_state(), other)
     with pytest.raises(ConfigError, match="platoscope calibrate"):
-        ForceErrorModel.default(SimpleNamespace(spec="sevenn:7net-0"), bank)
+        ForceErrorModel.default(SimpleNamespace(spec="sevenn:7net-l3i5"), bank)
 
 
 def test_shipped_default(chgnet_backend, bank):
@@ -162,6 +162,12 @@ def test_shipped_default(chgnet_backend, bank):
     assert est.provenance_["data"] == "mlearn Li+Si training"
     # the shipped file has the form that `platoscope calibrate` fits by default
     assert est.form == DEFAULT_FORM["form"] and est.terms == tuple(DEFAULT_FORM["terms"])
+    assert est.unseen == DEFAULT_FORM["unseen"]
+    # SevenNet-0's calibration ships too (same form; its bank is built on first use)
+    with np.load(default_file("sevenn:7net-0"), allow_pickle=False) as z:
+        prov = json.loads(str(z["provenance"]))
+        assert str(z["form"]) == DEFAULT_FORM["form"]
+    assert prov["model"] == "sevenn:7net-0" and prov["data"] == "mlearn Li+Si training"
 
 
 def test_calibrate_cli_and_monitor_in_md(tmp_path, structures):

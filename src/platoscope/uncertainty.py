@@ -48,8 +48,8 @@ MAX_FIT_ATOMS = 4000
 ERR_FLOOR = 0.01  # eV/Å: smaller errors (about the precision of DFT forces) count as this
 MIN_STRUCTURES = 2
 DATA_DIR = Path(__file__).resolve().parent / "data"
-DEFAULT_FORM: dict[str, Any] = {"terms": ("force", "distance"), "form": "mult",
-                                "per_element": True, "unseen": "max"}
+DEFAULT_FORM: dict[str, Any] = {"terms": ("force", "context", "distance"), "form": "additive",
+                                "per_element": True, "unseen": "mean"}
 """Form of the shipped calibrations and of ``platoscope calibrate`` (chosen on mlearn Li/Si
 training: results/uncertainty_variants_chgnet_0.3.0.json)."""
 
@@ -318,8 +318,8 @@ class ForceErrorModel:
             return float(np.mean(q * r + tau * np.logaddexp(0, -r / tau)))
 
         x0 = np.r_[np.log(0.05), np.log(0.3), np.full(len(names) - 2, 0.0), np.zeros(k)]
-        if "e" in names:  # start the floor proportional to the local force scale
-            x0[names.index("e")] = 1.0
+        if "e" in names:  # start: floor growing with the local force scale
+            x0[names.index("e")] = 0.5
         res = minimize(loss, x0, method="L-BFGS-B")
         res = minimize(loss, res.x, method="Nelder-Mead",
                        options={"maxiter": 4000, "xatol": 1e-4, "fatol": 1e-7})
