@@ -125,6 +125,16 @@ def test_forms_fit_and_round_trip(chgnet_backend, bank, structures, form, terms,
         m.predict(X, F, Z)
     with pytest.raises(InputError, match="force_scale"):
         ForceErrorModel(bank, form=form, terms=terms).fit(X, F, G, Z, S)
+    if form == "mult":  # a format-1 file (before the local-force-scale term) still loads
+        old = ForceErrorModel(bank, terms=("force", "distance")).fit(X, F, G, Z, S)
+        st = old.get_state()
+        p = old.params_
+        st1 = {k: v for k, v in st.items() if k not in ("form", "params", "unseen", "radius")}
+        st1.update(format=np.array("platoscope.uncertainty/1"),
+                   coef=np.array([p["a"], p["b"], p["d"]]))
+        back1 = ForceErrorModel.from_state(st1, bank)
+        np.testing.assert_allclose(back1.predict(X, F, Z), old.predict(X, F, Z), rtol=1e-9)
+        assert back1.unseen == "max"
 
 
 def test_bad_input(bank, structures, fitted):
