@@ -196,6 +196,11 @@ def test_calibrate_cli_and_monitor_in_md(tmp_path, structures):
     bad = r.invoke(main, ["calibrate", str(tmp_path / "dft.extxyz"), "--model", "chgnet",
                           "--dft-forces-key", "dft_f", "--out", str(tmp_path / "x.npz")])
     assert bad.exit_code != 0 and "no per-atom array 'dft_f'" in bad.output
+    old_form = r.invoke(main, ["calibrate", str(tmp_path / "dft.extxyz"), "--model", "chgnet",
+                               "--form", "mult", "--out", str(tmp_path / "mult.npz")])
+    assert old_form.exit_code == 0, old_form.output
+    with np.load(tmp_path / "mult.npz") as z:
+        assert str(z["form"]) == "mult" and str(z["terms"]) == "force,distance"
 
     start = structures[4].copy()  # Si
     del start.arrays["dft_forces"]
