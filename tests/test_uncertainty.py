@@ -17,7 +17,13 @@ from click.testing import CliRunner
 from platoscope.cli import main
 from platoscope.errors import ConfigError, InputError
 from platoscope.readers import read_structures
-from platoscope.uncertainty import ForceErrorModel, calibrate, default_file
+from platoscope.uncertainty import (
+    DEFAULT_FORM,
+    ForceErrorModel,
+    calibrate,
+    default_file,
+    local_force_scale,
+)
 
 pytestmark = [pytest.mark.backend("chgnet"), pytest.mark.usefixtures("one_torch_thread")]
 MLEARN = Path(__file__).resolve().parents[1] / "data" / "mlearn"
@@ -50,26 +56,85 @@ def test_fit_predict_shapes_units_and_round_trip(chgnet_backend, bank, structure
     assert 0.0 <= report["held_out_coverage_1sigma"] <= report["held_out_coverage_2sigma"] <= 1
     atoms = structures[5].copy()
     res, feats = chgnet_backend.compute(atoms, ["energy", "forces"])
-    sigma = est.predict(feats, res["forces"], atoms.numbers)
+    sigma = est.predict(feats, res["forces"], atoms.numbers, atoms=atoms)
     assert sigma.shape == (len(atoms),)
     assert np.all(np.isfinite(sigma)) and np.all(sigma > 0)
     assert np.all(sigma < 50.0)  # eV/Å: a force error, not a log or a squared norm
     back = ForceErrorModel.from_state(est.get_state(), bank)
-    np.testing.assert_allclose(back.predict(feats, res["forces"], atoms.numbers), sigma,
-                               rtol=1e-9)
-    # an element outside the calibration (Cu): largest element offset, and flagged
+    np.testing.assert_allclose(back.predict(feats, res["forces"], atoms.numbers, atoms=atoms),
+                               sigma, rtol=1e-9)
+    assert back.form == est.form and back.terms == est.terms and back.unseen == est.unseen
+    # an element outside the calibration (Cu): the ``unseen`` offset rule, and flagged
     from ase.build import bulk
 
     cu = bulk("Cu", "fcc", a=3.6, cubic=True)
     cu.rattle(0.05, seed=1)
     r2, f2 = chgnet_backend.compute(cu, ["energy", "forces"])
-    s2 = back.predict(f2, r2["forces"], cu.numbers)
+    s2 = back.predict(f2, r2["forces"], cu.numbers, atoms=cu)
     assert np.all(np.isfinite(s2)) and np.all(s2 > 0)
     assert back.uncalibrated_elements_ == [29]
-    # larger own force -> larger sigma when the force term has a positive slope
-    if est.coef_[1] > 0:
-        big = est.predict(feats, np.asarray(res["forces"]) * 10 + 1.0, atoms.numbers)
+    # larger forces everywhere -> larger sigma when the force slopes are positive
+    if est.params_.get("b", 1.0) > 0 and est.params_.get("e", 1.0) >= 0:
+        big = est.predict(feats, np.asarray(res["forces"]) * 10 + 1.0, atoms.numbers,
+                          atoms=atoms)
         assert np.all(big > sigma)
+
+
+def test_local_force_scale_contract():
+    from ase.build import bulk
+
+    si = bulk("Si", "diamond", a=5.43)  # 2 atoms, 4 neighbours each at 2.35 Å
+    f = np.array([[3.0, 0.0, 0.0], [0.0, 4.0, 0.0]])  # eV/Å
+    L = local_force_scale(si, f, radius=2.5)
+    # atom 0: itself (9) and 4 images of atom 1 (16 each): sqrt((9 + 64) / 5)
+    np.testing.assert_allclose(L, [np.sqrt(73 / 5), np.sqrt((16 + 36) / 5)], rtol=1e-12)
+    np.testing.assert_allclose(local_force_scale(si, f, radius=1.0), [3.0, 4.0], rtol=1e-12)
+    with pytest.raises(InputError, match="expected"):
+        local_force_scale(si, np.zeros((3, 3)))
+    with pytest.raises(InputError, match="radius"):
+        local_force_scale(si, f, radius=0.0)
+
+
+@pytest.mark.parametrize("form,terms,per_element", [
+    ("mult", ("force", "context", "distance"), True),
+    ("additive", ("force", "context", "distance"), False),
+])
+def test_forms_fit_and_round_trip(chgnet_backend, bank, structures, form, terms, per_element):
+    X, F, G, Z, S, L = [], [], [], [], [], []
+    for i, a in enumerate(structures):
+        b = a.copy()
+        res, feats = chgnet_backend.compute(b, ["energy", "forces"])
+        X.append(feats)
+        F.append(res["forces"])
+        G.append(a.arrays["dft_forces"])
+        Z.append(a.numbers)
+        S.append(np.full(len(a), i))
+        L.append(local_force_scale(b, res["forces"]))
+    X, F, G, Z, S, L = (np.concatenate(v) for v in (X, F, G, Z, S, L))
+    m = ForceErrorModel(bank, form=form, terms=terms, per_element=per_element,
+                        unseen="mean").fit(X, F, G, Z, S, force_scale=L)
+    assert set(m.params_) >= {"a", "e", "d"}
+    sig = m.predict(X, F, Z, force_scale=L)
+    assert sig.shape == (len(Z),) and np.all(np.isfinite(sig)) and np.all(sig > 0)
+    err = np.linalg.norm(F - G, axis=1)
+    # in-sample coverage of a 0.68-quantile fit: near 68 % (tolerance for the smoothed loss)
+    assert 0.55 <= np.mean(err <= sig) <= 0.80
+    back = ForceErrorModel.from_state(m.get_state(), bank)
+    np.testing.assert_allclose(back.predict(X, F, Z, force_scale=L), sig, rtol=1e-9)
+    with pytest.raises(InputError, match="atoms"):
+        m.predict(X, F, Z)
+    with pytest.raises(InputError, match="force_scale"):
+        ForceErrorModel(bank, form=form, terms=terms).fit(X, F, G, Z, S)
+    if form == "mult":  # a format-1 file (before the local-force-scale term) still loads
+        old = ForceErrorModel(bank, terms=("force", "distance")).fit(X, F, G, Z, S)
+        st = old.get_state()
+        p = old.params_
+        st1 = {k: v for k, v in st.items() if k not in ("form", "params", "unseen", "radius")}
+        st1.update(format=np.array("platoscope.uncertainty/1"),
+                   coef=np.array([p["a"], p["b"], p["d"]]))
+        back1 = ForceErrorModel.from_state(st1, bank)
+        np.testing.assert_allclose(back1.predict(X, F, Z), old.predict(X, F, Z), rtol=1e-9)
+        assert back1.unseen == "max"
 
 
 def test_bad_input(bank, structures, fitted):
@@ -81,7 +146,14 @@ def test_bad_input(bank, structures, fitted):
         ForceErrorModel(bank).fit(x, np.zeros((3, 3)), np.ones((3, 3)), np.array([3, 3, 3]),
                                   np.zeros(3))
     with pytest.raises(InputError, match="expected"):
-        est.predict(np.zeros((3, 7)), np.zeros((3, 3)), np.array([3, 3, 3]))
+        est.predict(np.zeros((3, 7)), np.zeros((3, 3)), np.array([3, 3, 3]),
+                    force_scale=np.ones(3))
+    with pytest.raises(InputError, match="form must be"):
+        ForceErrorModel(bank, form="sum")
+    with pytest.raises(InputError, match="additive form needs"):
+        ForceErrorModel(bank, form="additive", terms=("context",))
+    with pytest.raises(InputError, match="unseen must be"):
+        ForceErrorModel(bank, unseen="min")
     with pytest.raises(InputError, match="no per-atom array 'nope'"):
         calibrate(None, bank, structures, dft_forces_key="nope")
     with pytest.raises(InputError, match="at least 4"):
@@ -91,13 +163,21 @@ def test_bad_input(bank, structures, fitted):
     with pytest.raises(ConfigError, match="reference bank"):
         ForceErrorModel.from_state(est.get_state(), other)
     with pytest.raises(ConfigError, match="platoscope calibrate"):
-        ForceErrorModel.default(SimpleNamespace(spec="sevenn:7net-0"), bank)
+        ForceErrorModel.default(SimpleNamespace(spec="sevenn:7net-l3i5"), bank)
 
 
 def test_shipped_default(chgnet_backend, bank):
     assert default_file("chgnet:0.3.0").is_file()
     est = ForceErrorModel.default(chgnet_backend, bank)
     assert est.provenance_["data"] == "mlearn Li+Si training"
+    # the shipped file has the form that `platoscope calibrate` fits by default
+    assert est.form == DEFAULT_FORM["form"] and est.terms == tuple(DEFAULT_FORM["terms"])
+    assert est.unseen == DEFAULT_FORM["unseen"]
+    # SevenNet-0's calibration ships too (same form; its bank is built on first use)
+    with np.load(default_file("sevenn:7net-0"), allow_pickle=False) as z:
+        prov = json.loads(str(z["provenance"]))
+        assert str(z["form"]) == DEFAULT_FORM["form"]
+    assert prov["model"] == "sevenn:7net-0" and prov["data"] == "mlearn Li+Si training"
 
 
 def test_calibrate_cli_and_monitor_in_md(tmp_path, structures):
@@ -116,6 +196,11 @@ def test_calibrate_cli_and_monitor_in_md(tmp_path, structures):
     bad = r.invoke(main, ["calibrate", str(tmp_path / "dft.extxyz"), "--model", "chgnet",
                           "--dft-forces-key", "dft_f", "--out", str(tmp_path / "x.npz")])
     assert bad.exit_code != 0 and "no per-atom array 'dft_f'" in bad.output
+    old_form = r.invoke(main, ["calibrate", str(tmp_path / "dft.extxyz"), "--model", "chgnet",
+                               "--form", "mult", "--out", str(tmp_path / "mult.npz")])
+    assert old_form.exit_code == 0, old_form.output
+    with np.load(tmp_path / "mult.npz") as z:
+        assert str(z["form"]) == "mult" and str(z["terms"]) == "force,distance"
 
     start = structures[4].copy()  # Si
     del start.arrays["dft_forces"]

@@ -379,8 +379,13 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
               help="Reference bank (default: the model's default bank)")
 @click.option("--holdout", default=0.2, show_default=True,
               help="Fraction of structures held out to check coverage before the final fit")
+@click.option("--form", type=click.Choice(["additive", "mult"]), default="additive",
+              show_default=True,
+              help="additive: sqrt((beta|F|)^2 + floor^2), the shipped form (better on relative "
+                   "errors); mult: |F|^b times a feature-distance term, the earlier form "
+                   "(better on absolute errors on mlearn Li/Si test; docs/detection.md)")
 @click.option("--out", "-o", required=True, type=click.Path())
-def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdout, out):
+def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdout, form, out):
     """Fit the uncertainty monitor's force-error model on DFT-labelled DATA (uses it with
     --uncertainty-model OUT)."""
     from platoscope import AnchorSet
@@ -398,8 +403,10 @@ def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdou
     else:
         bank = default_bank(backend, AnchorSet.default())
     try:
+        shape = ({} if form == "additive" else
+                 {"form": "mult", "terms": ("force", "distance"), "unseen": "max"})
         est, rep = fit_calibration(backend, bank, structures, dft_forces_key=dft_forces_key,
-                                   holdout=holdout, names=names)
+                                   holdout=holdout, names=names, **shape)
     except InputError as exc:
         raise click.ClickException(str(exc)) from exc
     est.save(out)

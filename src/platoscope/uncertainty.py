@@ -1,16 +1,29 @@
 """Per-atom force-error estimate of one model: sigma_i in eV/Å (issue 11).
 
-    sigma_i = exp(a + b * log(|F_i| + c) + d * u_i)
+Two forms (``form``), every term optional (``terms``):
 
-``|F_i|``: the model's own force norm (eV/Å); ``u_i = log(D_i / s_Z)``: ``D_i`` the mean
-distance of the atom's hooked-layer features to its ``k`` nearest reference-bank atoms of the
-same element, ``s_Z`` that element's median leave-one-structure-out k-NN distance in the bank
-(elements absent from the bank: distance to all bank atoms over the pooled median; flagged in
-``unknown_elements_``). ``a, b, d`` are the 0.68-quantile linear regression of ``log|ΔF_i|``
-(``ΔF`` = model minus DFT force, eV/Å) on labelled atoms, ``c`` (eV/Å) picked on a grid by the
-pinball loss; so on data like the calibration set about 68 % of atoms have
-``|ΔF_i| <= sigma_i``. How well it ranks and covers on held-out data, beside |F| and committees:
-docs/detection.md. No extra model call: features and forces of the same forward pass.
+    mult:      log sigma_i = a + o_Z + b log(|F_i| + c) + e log(L_i + c) + d u_i
+    additive:  sigma_i = sqrt((beta |F_i|)^2 + s_i^2),
+               log s_i = a + o_Z + e log(L_i + c) + d u_i
+
+``|F_i|``: the model's own force norm (eV/Å). ``L_i`` (``context`` term): the local force scale,
+the RMS of the model's |F_j| over atom i and its neighbours within ``radius`` Å
+(:func:`local_force_scale`; element-free, how hot or strained the neighbourhood is): an atom
+near equilibrium in a hot neighbourhood keeps a floor instead of a sigma that falls with its own
+force. ``u_i = log(D_i / s_Z)`` (``distance`` term): ``D_i`` the mean distance of the atom's
+hooked-layer features to its ``k`` nearest reference-bank atoms of the same element, ``s_Z``
+that element's median leave-one-structure-out k-NN distance in the bank (elements absent from
+the bank: distance to all bank atoms over the pooled median; flagged in ``unknown_elements_``).
+``o_Z``: per-element offset (``per_element``); an element absent from the fit gets the offset
+named by ``unseen`` (``max``, ``mean`` of the fitted ones, or ``none`` = 0) and is flagged in
+``uncalibrated_elements_``. Parameters: the 0.68-quantile regression of ``log|ΔF_i|`` (``ΔF`` =
+model minus DFT force, eV/Å; errors below ``ERR_FLOOR`` = 0.01 eV/Å, about the precision of DFT
+forces, count as 0.01 so that atoms of perfect crystals do not dominate the fit) on labelled
+atoms (pinball loss; linear programme for ``mult``,
+smoothed pinball minimised for ``additive``), ``c`` (eV/Å) picked on a grid by the pinball
+loss; so on data like the calibration set about 68 % of atoms have ``|ΔF_i| <= sigma_i``.
+How well it ranks and covers on held-out data, beside |F| and committees: docs/detection.md.
+No extra model call: features and forces of the same forward pass.
 """
 
 from __future__ import annotations
@@ -24,12 +37,21 @@ import numpy as np
 from platoscope.analysis.neighbors import knn_distance
 from platoscope.errors import ConfigError, InputError
 
-FORMAT = "platoscope.uncertainty/1"
-C_GRID = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # eV/Å
-TERMS = ("force", "distance")
-MAX_FIT_ATOMS = 6000
+FORMAT = "platoscope.uncertainty/2"
+OLD_FORMATS = ("platoscope.uncertainty/1",)
+C_GRID = (0.02, 0.1, 0.5)  # eV/Å
+TERMS = ("force", "context", "distance")
+FORMS = ("mult", "additive")
+UNSEEN = ("max", "mean", "none")
+CONTEXT_RADIUS = 3.2  # Å: first neighbour shell of most elemental solids (Si 2.35, Li 3.0)
+MAX_FIT_ATOMS = 4000
+ERR_FLOOR = 0.01  # eV/Å: smaller errors (about the precision of DFT forces) count as this
 MIN_STRUCTURES = 2
 DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_FORM: dict[str, Any] = {"terms": ("force", "context", "distance"), "form": "additive",
+                                "per_element": True, "unseen": "mean"}
+"""Form of the shipped calibrations and of ``platoscope calibrate`` (chosen on mlearn Li/Si
+training: results/uncertainty_variants_chgnet_0.3.0.json)."""
 
 
 def default_file(spec: str) -> Path:
@@ -41,17 +63,41 @@ def _pinball(r: np.ndarray, q: float) -> float:
     return float(np.mean(np.maximum(q * r, (q - 1) * r)))
 
 
+def local_force_scale(atoms: Any, forces: np.ndarray,
+                      radius: float = CONTEXT_RADIUS) -> np.ndarray:
+    """(N,) RMS (eV/Å) of the force norms of each atom and its neighbours within ``radius`` Å.
+
+    atoms: ase Atoms (positions, cell, pbc); forces: (N, 3) eV/Å, the model's forces on them.
+    """
+    from ase.neighborlist import neighbor_list
+
+    f = np.asarray(forces, dtype=np.float64)
+    if f.shape != (len(atoms), 3):
+        raise InputError(f"forces have shape {f.shape}, expected ({len(atoms)}, 3)")
+    if not radius > 0:
+        raise InputError(f"radius must be > 0 Å, got {radius}")
+    fn2 = (f * f).sum(1)
+    i, j = neighbor_list("ij", atoms, float(radius))
+    s2 = fn2 + np.bincount(i, weights=fn2[j], minlength=len(atoms))
+    n = 1 + np.bincount(i, minlength=len(atoms))
+    return np.sqrt(s2 / n)
+
+
 class ForceErrorModel:
-    """sigma_i (eV/Å) from the model's force norm and the feature distance to the bank.
+    """sigma_i (eV/Å) from the model's force norm, the local force scale and the feature
+    distance to the bank (module docstring).
 
     bank: ReferenceBank of the running model and layer (raw embeddings (M, D)); k: neighbours;
-    quantile: target coverage of ``|ΔF| <= sigma``; terms: which of ``force``, ``distance`` enter
-    (``("force",)`` or ``("distance",)`` for the one-term baselines).
+    quantile: target coverage of ``|ΔF| <= sigma``; terms: subset of ``force``, ``context``,
+    ``distance``; form: ``mult`` or ``additive`` (``additive`` needs ``force``); per_element:
+    fit per-element offsets; unseen: offset of an element absent from the fit (``max``,
+    ``mean``, ``none``); radius: Å of the local force scale.
     """
 
     def __init__(self, bank: Any, *, k: int = 5, quantile: float = 0.68,
-                 terms: tuple[str, ...] = TERMS, c_grid: tuple[float, ...] = C_GRID,
-                 per_element: bool = True):
+                 terms: tuple[str, ...] = ("force", "distance"), form: str = "mult",
+                 c_grid: tuple[float, ...] = C_GRID, per_element: bool = True,
+                 unseen: str = "max", radius: float = CONTEXT_RADIUS):
         if getattr(bank, "embeddings", None) is None:
             raise InputError("ForceErrorModel needs a reference bank with raw embeddings")
         if not 0 < quantile < 1:
@@ -59,22 +105,33 @@ class ForceErrorModel:
         bad = set(terms) - set(TERMS)
         if bad or not terms:
             raise InputError(f"terms must be a non-empty subset of {TERMS}, got {terms}")
+        if form not in FORMS:
+            raise InputError(f"form must be one of {FORMS}, got {form!r}")
+        if form == "additive" and "force" not in terms:
+            raise InputError("the additive form needs the 'force' term")
+        if unseen not in UNSEEN:
+            raise InputError(f"unseen must be one of {UNSEEN}, got {unseen!r}")
+        if not radius > 0:
+            raise InputError(f"radius must be > 0 Å, got {radius}")
         self.bank = bank
         self.k = int(k)
         self.quantile = float(quantile)
         self.terms = tuple(t for t in TERMS if t in terms)
+        self.form = form
         self.c_grid = tuple(float(c) for c in c_grid)
         self.per_element = bool(per_element)
+        self.unseen = unseen
+        self.radius = float(radius)
         self.offsets_: dict[int, float] = {}  # per-element intercept shift (log eV/Å)
         self._ref = np.asarray(bank.embeddings, dtype=np.float64)
         self._pool = {int(z): self._ref[bank.numbers == z] for z in np.unique(bank.numbers)}
         self.scales_: dict[int, float] | None = None
         self.pooled_scale_: float | None = None
-        self.coef_: np.ndarray | None = None  # (a, b, d); unused terms 0
+        self.params_: dict[str, float] | None = None  # a, b, e, d (mult) / log_beta (additive)
         self.c_: float = 0.1
         self.provenance_: dict[str, Any] = {}
         self.unknown_elements_: list[int] = []  # not in the bank: pooled distance scale
-        self.uncalibrated_elements_: list[int] = []  # not in the fit: largest element offset
+        self.uncalibrated_elements_: list[int] = []  # not in the fit: the ``unseen`` offset
 
     # -- distance term --------------------------------------------------------------------
     def _bank_scales(self) -> None:
@@ -117,25 +174,71 @@ class ForceErrorModel:
                 u[idx] = np.log(np.maximum(d, 1e-12) / self.pooled_scale_)
         return u
 
-    def _design(self, fnorm: np.ndarray, u: np.ndarray, c: float,
-                numbers: np.ndarray | None = None,
-                elements: tuple[int, ...] = ()) -> np.ndarray:
-        cols = [(numbers == z).astype(np.float64) for z in elements[1:]]
+    # -- the log-sigma function -------------------------------------------------------------
+    def _inputs(self, features, forces, numbers, force_scale=None, atoms=None):
+        """fnorm (N,), local scale L (N,) or None, u (N,) or None, after shape checks."""
+        numbers = np.asarray(numbers)
+        f = np.asarray(forces, dtype=np.float64)
+        if f.shape != (len(numbers), 3):
+            raise InputError(f"forces have shape {f.shape}, expected ({len(numbers)}, 3)")
+        L = None
+        if "context" in self.terms:
+            if force_scale is None and atoms is None:
+                raise InputError("this force-error model has the local-force-scale term: pass "
+                                 "atoms (positions of the frame) or force_scale (N,)")
+            L = (local_force_scale(atoms, f, self.radius) if force_scale is None
+                 else np.asarray(force_scale, dtype=np.float64))
+            if L.shape != (len(numbers),):
+                raise InputError(f"force_scale has shape {L.shape}, expected ({len(numbers)},)")
+        u = self.distance_term(features, numbers) if "distance" in self.terms else None
+        return np.linalg.norm(f, axis=1), L, u
+
+    def _offset_column(self, numbers: np.ndarray, offsets: dict[int, float],
+                       flag: bool = False) -> np.ndarray:
+        if not offsets:
+            return np.zeros(len(numbers))
+        known = list(offsets.values())
+        fill = {"max": max(known), "mean": float(np.mean(known)), "none": 0.0}[self.unseen]
+        if flag:
+            for z in set(np.unique(numbers).tolist()) - set(offsets):
+                if int(z) not in self.uncalibrated_elements_:
+                    self.uncalibrated_elements_.append(int(z))
+        return np.array([offsets.get(int(z), fill) for z in numbers])
+
+    def _log_sigma(self, p: dict[str, float], c: float, fnorm, L, u, off) -> np.ndarray:
+        floor = p["a"] + off
+        if L is not None:
+            floor = floor + p["e"] * np.log(L + c)
+        if u is not None:
+            floor = floor + p["d"] * u
+        if self.form == "additive":
+            return 0.5 * np.logaddexp(2 * (p["log_beta"] + np.log(fnorm + 1e-12)), 2 * floor)
         if "force" in self.terms:
-            cols.append(np.log(fnorm + c))
+            floor = floor + p["b"] * np.log(fnorm + c)
+        return floor
+
+    def _names(self) -> list[str]:
+        names = ["a"]
+        if self.form == "additive":
+            names.append("log_beta")
+        elif "force" in self.terms:
+            names.append("b")
+        if "context" in self.terms:
+            names.append("e")
         if "distance" in self.terms:
-            cols.append(u)
-        return np.stack(cols, axis=1)
+            names.append("d")
+        return names
 
     # -- fit / predict --------------------------------------------------------------------
     def fit(self, features: np.ndarray, forces: np.ndarray, dft_forces: np.ndarray,
             numbers: np.ndarray, structure_index: np.ndarray, *,
+            force_scale: np.ndarray | None = None,
             provenance: dict[str, Any] | None = None, seed: int = 0) -> ForceErrorModel:
         """Fit on labelled atoms. features (N, D); forces, dft_forces (N, 3) eV/Å (model and
-        DFT); numbers (N,); structure_index (N,) which structure each atom is in. Returns self.
+        DFT); numbers (N,); structure_index (N,) which structure each atom is in; force_scale
+        (N,) eV/Å, the local force scale of each atom in its own structure
+        (:func:`local_force_scale`), needed with the ``context`` term. Returns self.
         """
-        from sklearn.linear_model import QuantileRegressor
-
         f = np.asarray(forces, dtype=np.float64)
         g = np.asarray(dft_forces, dtype=np.float64)
         n = len(np.asarray(numbers))
@@ -149,73 +252,106 @@ class ForceErrorModel:
         if n_struct < MIN_STRUCTURES:
             raise InputError(f"need DFT forces of at least {MIN_STRUCTURES} structures to "
                              f"calibrate, got {n_struct}")
-        u = self.distance_term(features, numbers)
-        fnorm = np.linalg.norm(f, axis=1)
-        y = np.log(np.maximum(np.linalg.norm(f - g, axis=1), 1e-6))
+        if "context" in self.terms and force_scale is None:
+            raise InputError("the context term needs force_scale (N,): local_force_scale() of "
+                             "each structure")
+        fnorm, L, u = self._inputs(features, f, numbers, force_scale=force_scale)
+        y = np.log(np.maximum(np.linalg.norm(f - g, axis=1), ERR_FLOOR))
         rng = np.random.default_rng(seed)
-        sub = (rng.choice(n, MAX_FIT_ATOMS, replace=False) if n > MAX_FIT_ATOMS
+        sub = (np.sort(rng.choice(n, MAX_FIT_ATOMS, replace=False)) if n > MAX_FIT_ATOMS
                else np.arange(n))
+        zs = np.asarray(numbers)[sub]
+        elements = tuple(int(z) for z in np.unique(zs)) if self.per_element else ()
+        onehot = np.stack([(zs == z).astype(np.float64) for z in elements[1:]], 1) \
+            if len(elements) > 1 else np.zeros((len(sub), 0))
+        parts = (fnorm[sub], None if L is None else L[sub], None if u is None else u[sub])
+        uses_c = "context" in self.terms or ("force" in self.terms and self.form == "mult")
         best = None
-        zs = np.asarray(numbers)
-        elements = (tuple(int(z) for z in np.unique(zs[sub])) if self.per_element else ())
-        for c in (self.c_grid if "force" in self.terms else (self.c_grid[0],)):
-            X = self._design(fnorm[sub], u[sub], c, zs[sub], elements)
-            reg = QuantileRegressor(quantile=self.quantile, alpha=0.0, solver="highs")
-            reg.fit(X, y[sub])
-            loss = _pinball(y[sub] - reg.predict(X), self.quantile)
+        for c in (self.c_grid if uses_c else self.c_grid[:1]):
+            fit = (self._fit_additive if self.form == "additive" else self._fit_mult)
+            p, offs = fit(c, parts, onehot, y[sub])
+            off = onehot @ offs if len(offs) else 0.0
+            loss = _pinball(y[sub] - self._log_sigma(p, c, *parts, off), self.quantile)
             if best is None or loss < best[0]:
-                best = (loss, c, reg)
-        _, c, reg = best
-        coef = np.zeros(3)
-        coef[0] = reg.intercept_
-        j = max(len(elements) - 1, 0)
-        self.offsets_ = ({elements[0]: 0.0, **{z: float(reg.coef_[i])
-                                                for i, z in enumerate(elements[1:])}}
+                best = (loss, c, p, offs)
+        _, c, p, offs = best
+        self.params_, self.c_ = p, float(c)
+        self.offsets_ = ({elements[0]: 0.0, **{z: float(o) for z, o in
+                                               zip(elements[1:], offs, strict=True)}}
                          if elements else {})
-        for i, t in ((1, "force"), (2, "distance")):
-            if t in self.terms:
-                coef[i] = reg.coef_[j]
-                j += 1
-        self.coef_, self.c_ = coef, float(c)
         self.provenance_ = {**(provenance or {}), "n_structures": int(n_struct),
                             "n_atoms": int(n), "n_atoms_fit": len(sub),
                             "bank_data_hash": self.bank.data_hash,
                             "bank_model": self.bank.model}
         return self
 
-    def predict(self, features: np.ndarray, forces: np.ndarray,
-                numbers: np.ndarray) -> np.ndarray:
+    def _fit_mult(self, c, parts, onehot, y):
+        from sklearn.linear_model import QuantileRegressor
+
+        fnorm, L, u = parts
+        cols = [onehot]
+        if "force" in self.terms:
+            cols.append(np.log(fnorm + c)[:, None])
+        if L is not None:
+            cols.append(np.log(L + c)[:, None])
+        if u is not None:
+            cols.append(u[:, None])
+        reg = QuantileRegressor(quantile=self.quantile, alpha=0.0, solver="highs")
+        reg.fit(np.concatenate(cols, 1), y)
+        k = onehot.shape[1]
+        names = self._names()
+        return ({"a": float(reg.intercept_), **{nm: float(v) for nm, v in
+                                               zip(names[1:], reg.coef_[k:], strict=True)}},
+                reg.coef_[:k].astype(np.float64))
+
+    def _fit_additive(self, c, parts, onehot, y):
+        from scipy.optimize import minimize
+
+        names, k, q = self._names(), onehot.shape[1], self.quantile
+
+        def unpack(x):
+            return dict(zip(names, x[:len(names)], strict=True)), x[len(names):]
+
+        def loss(x, tau=0.02):  # smoothed pinball (softplus), the pinball loss as tau -> 0
+            p, offs = unpack(x)
+            r = y - self._log_sigma(p, c, *parts, onehot @ offs)
+            return float(np.mean(q * r + tau * np.logaddexp(0, -r / tau)))
+
+        x0 = np.r_[np.log(0.05), np.log(0.3), np.full(len(names) - 2, 0.0), np.zeros(k)]
+        if "e" in names:  # start: floor growing with the local force scale
+            x0[names.index("e")] = 0.5
+        res = minimize(loss, x0, method="L-BFGS-B")
+        res = minimize(loss, res.x, method="Nelder-Mead",
+                       options={"maxiter": 4000, "xatol": 1e-4, "fatol": 1e-7})
+        p, offs = unpack(res.x)
+        return {kk: float(v) for kk, v in p.items()}, np.asarray(offs, dtype=np.float64)
+
+    def predict(self, features: np.ndarray, forces: np.ndarray, numbers: np.ndarray, *,
+                atoms: Any = None, force_scale: np.ndarray | None = None) -> np.ndarray:
         """(N,) predicted force-error norm sigma_i in eV/Å. features (N, D); forces (N, 3)
-        eV/Å of the model; numbers (N,)."""
-        if self.coef_ is None:
+        eV/Å of the model; numbers (N,); with the ``context`` term also the frame's ``atoms``
+        (positions, cell) or its precomputed ``force_scale`` (N,) eV/Å."""
+        if self.params_ is None:
             raise InputError("ForceErrorModel is not fitted: call fit() or load a state")
-        f = np.asarray(forces, dtype=np.float64)
-        if f.shape != (len(np.asarray(numbers)), 3):
-            raise InputError(f"forces have shape {f.shape}, expected ({len(numbers)}, 3)")
-        a, b, d = self.coef_
-        out = np.full(len(f), a)
-        if self.offsets_:
-            worst = max(self.offsets_.values())
-            for z in set(np.unique(numbers).tolist()) - set(self.offsets_):
-                if int(z) not in self.uncalibrated_elements_:
-                    self.uncalibrated_elements_.append(int(z))
-            out += np.array([self.offsets_.get(int(z), worst) for z in numbers])
-        if b:
-            out += b * np.log(np.linalg.norm(f, axis=1) + self.c_)
-        if d:
-            out += d * self.distance_term(features, numbers)
-        return np.exp(out)
+        numbers = np.asarray(numbers)
+        fnorm, L, u = self._inputs(features, forces, numbers, force_scale, atoms)
+        off = self._offset_column(numbers, self.offsets_, flag=True)
+        return np.exp(self._log_sigma(self.params_, self.c_, fnorm, L, u, off))
 
     # -- state ------------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:
-        """Plain arrays (npz-ready): coefficients, c, k, quantile, terms, bank scales and
-        provenance (JSON). The bank itself is not stored."""
-        if self.coef_ is None:
+        """Plain arrays (npz-ready): form, terms, parameters (JSON), c, k, quantile, radius,
+        bank scales, offsets and provenance (JSON). The bank itself is not stored."""
+        if self.params_ is None:
             raise InputError("ForceErrorModel is not fitted")
+        if self.scales_ is None:
+            self._bank_scales()
         zs = sorted(self.scales_)
-        return {"format": np.array(FORMAT), "coef": self.coef_.copy(), "c": np.array(self.c_),
-                "k": np.array(self.k), "quantile": np.array(self.quantile),
-                "terms": np.array(",".join(self.terms)),
+        return {"format": np.array(FORMAT), "form": np.array(self.form),
+                "params": np.array(json.dumps(self.params_, sort_keys=True)),
+                "c": np.array(self.c_), "k": np.array(self.k),
+                "quantile": np.array(self.quantile), "radius": np.array(self.radius),
+                "terms": np.array(",".join(self.terms)), "unseen": np.array(self.unseen),
                 "scale_numbers": np.array(zs, dtype=np.int64),
                 "scale_values": np.array([self.scales_[z] for z in zs]),
                 "pooled_scale": np.array(self.pooled_scale_),
@@ -226,9 +362,11 @@ class ForceErrorModel:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], bank: Any) -> ForceErrorModel:
-        """Rebuild from :meth:`get_state` with the bank it was fitted against (refused when
-        the bank's data hash differs)."""
-        if str(state.get("format", "")) != FORMAT:
+        """Rebuild from :meth:`get_state` (this format or format 1: force and distance terms,
+        multiplicative) with the bank it was fitted against (refused when the bank's data hash
+        differs)."""
+        fmt = str(state.get("format", ""))
+        if fmt != FORMAT and fmt not in OLD_FORMATS:
             raise InputError(f"not a platoscope force-error model (format "
                              f"{state.get('format')!r}, expected {FORMAT!r})")
         prov = json.loads(str(state["provenance"]))
@@ -236,9 +374,17 @@ class ForceErrorModel:
             raise ConfigError(f"force-error model was fitted against reference bank "
                               f"{prov['bank_data_hash'][:12]} ({prov.get('bank_model')}), not "
                               f"{bank.data_hash[:12]} ({bank.model})")
-        m = cls(bank, k=int(state["k"]), quantile=float(state["quantile"]),
-                terms=tuple(str(state["terms"]).split(",")))
-        m.coef_ = np.asarray(state["coef"], dtype=np.float64)
+        terms = tuple(str(state["terms"]).split(","))
+        if fmt == FORMAT:
+            m = cls(bank, k=int(state["k"]), quantile=float(state["quantile"]), terms=terms,
+                    form=str(state["form"]), unseen=str(state["unseen"]),
+                    radius=float(state["radius"]))
+            m.params_ = {str(k): float(v) for k, v in json.loads(str(state["params"])).items()}
+        else:  # format 1: coef (a, b, d), unseen elements got the largest offset
+            m = cls(bank, k=int(state["k"]), quantile=float(state["quantile"]), terms=terms)
+            a, b, d = (float(x) for x in state["coef"])
+            m.params_ = {"a": a, **({"b": b} if "force" in terms else {}),
+                         **({"d": d} if "distance" in terms else {})}
         m.c_ = float(state["c"])
         m.scales_ = {int(z): float(v) for z, v in zip(state["scale_numbers"],
                                                       state["scale_values"], strict=True)}
@@ -275,8 +421,9 @@ class ForceErrorModel:
 
     @classmethod
     def default(cls, backend: Any, bank: Any) -> ForceErrorModel:
-        """The shipped calibration of ``backend`` (CHGNet 0.3.0 only, fitted on mlearn Li/Si
-        training); any other model: ConfigError naming ``platoscope calibrate``."""
+        """The shipped calibration of ``backend`` (fitted on mlearn Li/Si training; CHGNet
+        0.3.0 and, where shipped, SevenNet-0); any other model: ConfigError naming
+        ``platoscope calibrate``."""
         path = default_file(backend.spec)
         if not path.is_file():
             raise ConfigError(f"no shipped force-error calibration for {backend.spec}: fit one "
@@ -321,14 +468,17 @@ def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str 
               **kwargs: Any) -> tuple[ForceErrorModel, dict[str, Any]]:
     """Fit a ForceErrorModel of ``backend`` on DFT-labelled ``structures`` (list of Atoms).
 
-    One forward pass per structure (features and forces). Coverage of ``|ΔF| <= sigma`` is
-    first measured on a held-out ``holdout`` fraction of the structures (fit on the rest);
-    the returned model is then refitted on all. Returns (model, report)."""
+    kwargs go to :class:`ForceErrorModel` (default: the form of the shipped calibrations,
+    :data:`DEFAULT_FORM`). One forward pass per structure (features and forces). Coverage of
+    ``|ΔF| <= sigma`` is first measured on a held-out ``holdout`` fraction of the structures
+    (fit on the rest); the returned model is then refitted on all. Returns (model, report)."""
     if len(structures) < 2 * MIN_STRUCTURES:
         raise InputError(f"need at least {2 * MIN_STRUCTURES} DFT-labelled structures to "
                          f"calibrate and check on held-out ones, got {len(structures)}")
+    kwargs = {**DEFAULT_FORM, **kwargs}
+    radius = float(kwargs.get("radius", CONTEXT_RADIUS))
     names = names or [f"structure {i}" for i in range(len(structures))]
-    X, F, G, Z, S = [], [], [], [], []
+    X, F, G, Z, S, L = [], [], [], [], [], []
     for i, atoms in enumerate(structures):
         g = dft_forces_of(atoms, dft_forces_key, names[i])
         a = atoms.copy()
@@ -336,22 +486,24 @@ def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str 
         res, feats = backend.compute(a, ["energy", "forces"])
         X.append(np.asarray(feats, dtype=np.float64))
         F.append(np.asarray(res["forces"], dtype=np.float64))
+        L.append(local_force_scale(a, F[-1], radius))
         G.append(g)
         Z.append(atoms.numbers)
         S.append(np.full(len(atoms), i))
-    X, F, G, Z, S = (np.concatenate(v) for v in (X, F, G, Z, S))
+    X, F, G, Z, S, L = (np.concatenate(v) for v in (X, F, G, Z, S, L))
     rng = np.random.default_rng(seed)
     n_held = max(1, round(holdout * len(structures)))
     held_ids = rng.choice(len(structures), n_held, replace=False)
     held = np.isin(S, held_ids)
     prov = backend_provenance(backend)
-    m = ForceErrorModel(bank, **kwargs).fit(X[~held], F[~held], G[~held], Z[~held], S[~held])
-    sig = m.predict(X[held], F[held], Z[held])
+    m = ForceErrorModel(bank, **kwargs).fit(X[~held], F[~held], G[~held], Z[~held], S[~held],
+                                            force_scale=L[~held])
+    sig = m.predict(X[held], F[held], Z[held], force_scale=L[held])
     err = np.linalg.norm(F[held] - G[held], axis=1)
     report = {"held_out_structures": int(n_held), "held_out_atoms": int(held.sum()),
               "held_out_coverage_1sigma": float(np.mean(err <= sig)),
               "held_out_coverage_2sigma": float(np.mean(err <= 2 * sig)),
               "target_quantile": m.quantile}
-    final = ForceErrorModel(bank, **kwargs).fit(X, F, G, Z, S, provenance={
+    final = ForceErrorModel(bank, **kwargs).fit(X, F, G, Z, S, force_scale=L, provenance={
         **prov, "held_out_check": report})
     return final, report

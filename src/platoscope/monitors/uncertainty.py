@@ -2,8 +2,8 @@
 
 Score: :class:`platoscope.uncertainty.ForceErrorModel` on the frame's own features (the hooked
 layer's raw embeddings) and forces: no extra model call. Threshold: ``max_force_error`` (eV/Å;
-default 0.5). The estimator is the shipped calibration of the running model (CHGNet 0.3.0 only,
-fitted on mlearn Li/Si training) or the npz given as ``--uncertainty-model`` (made by
+default 0.5). The estimator is the shipped calibration of the running model (fitted on mlearn
+Li/Si training) or the npz given as ``--uncertainty-model`` (made by
 ``platoscope calibrate``). Measured ranking and coverage: docs/detection.md.
 """
 
@@ -67,7 +67,7 @@ class UncertaintyMonitor(Monitor):
             raise InputError(f"max_force_error must be > 0 eV/Å, got {mfe}")
         kwargs.setdefault("threshold", mfe)
         super().__init__(**kwargs)
-        if estimator.coef_ is None:
+        if estimator.params_ is None:
             raise InputError("the uncertainty monitor needs a fitted ForceErrorModel")
         self.estimator = estimator
         self.max_force_error = mfe
@@ -79,12 +79,13 @@ class UncertaintyMonitor(Monitor):
             self.estimator.check_backend(backend)
 
     def score(self, frame: Frame) -> np.ndarray:
-        """(N,) predicted force-error norm sigma_i in eV/Å from the frame's embeddings (N, D)
-        and forces (N, 3)."""
+        """(N,) predicted force-error norm sigma_i in eV/Å from the frame's embeddings (N, D),
+        forces (N, 3) and, for the local-force-scale term, positions."""
         if frame.embeddings is None or frame.forces is None:
             raise InputError("the uncertainty monitor needs the frame's raw embeddings and "
                              "forces (the PlatonicCalculator's results)")
-        return self.estimator.predict(frame.embeddings, frame.forces, frame.atoms.numbers)
+        return self.estimator.predict(frame.embeddings, frame.forces, frame.atoms.numbers,
+                                      atoms=frame.atoms)
 
     def summary(self) -> dict[str, Any]:
         from ase.data import chemical_symbols
@@ -92,8 +93,10 @@ class UncertaintyMonitor(Monitor):
         s = super().summary()
         est = self.estimator
         s.update(max_force_error=self.max_force_error, estimator=dict(est.provenance_),
-                 coef_a_b_d=[float(x) for x in est.coef_], c=est.c_, k=est.k,
-                 quantile=est.quantile, terms=list(est.terms),
+                 form=est.form, params=dict(est.params_), c=est.c_, k=est.k,
+                 quantile=est.quantile, terms=list(est.terms), radius_A=est.radius,
+                 element_offsets={chemical_symbols[z]: v for z, v in est.offsets_.items()},
+                 unseen_element_offset=est.unseen,
                  elements_not_in_reference=[chemical_symbols[z]
                                             for z in est.unknown_elements_],
                  elements_not_in_calibration=[chemical_symbols[z]
