@@ -205,3 +205,27 @@ def test_progress_bar_names_atoms_unlike_cif_labels():
     bar = Bar()
     _postfix(bar, watcher, _nacl())
     assert bar.text.startswith("worst atom 1 (Cl) atypical 2.50x thr")
+
+
+def test_run_commands_take_a_projection_and_refuse_a_bank_of_another(small_setup, tmp_path):
+    """``md --anchors mp20 --projection shared`` (the README's cross-element view; the error of
+    an atypical monitor in the projected space on the default set names it) runs on the shipped
+    shared bank and records the projection; a --reference bank of another projection is refused
+    before anything runs, naming both."""
+    _, _, anchors_path, bank_path = small_setup
+    out = tmp_path / "shared"
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--anchors", "mp20",
+                                  "--projection", "shared", "--steps", "1", "--no-report",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["projection"] == "shared"
+    assert summary["provenance"]["n_anchors"] == 3000
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--anchors", str(anchors_path),
+                                  "--reference", str(bank_path), "--projection", "shared",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "'element' projection, not 'shared'" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o" / "summary.json").exists()
+    r = CliRunner().invoke(main, ["relax", _structure(tmp_path), "--projection", "bogus",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "'--projection'" in r.output

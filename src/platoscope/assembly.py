@@ -43,6 +43,9 @@ class RunConfig:
     feature layer (None: the backend's default); device: torch device; anchors: ``"default"``,
     a path or an AnchorSet; reference: a reference-bank path (None: the default bank, built
     once and cached); monitors: a ``--monitor`` string (``"atypical,bias:sevenn:7net-0"``);
+    projection: a projection preset (``element``, ``shared``, ``paper`` ...) of the default
+    reference bank and the calculator; None: ``element``, or the ``reference`` bank's own
+    (a ``reference`` bank of another projection is refused);
     monitor_options: ``{"<monitor>_<option>": value}`` (e.g. ``{"atypical_space":
     "projected"}``); action: what a monitor does at a threshold; out: output folder; strict:
     a failing monitor stops the run; embeddings: keep raw embeddings in frames.h5;
@@ -57,6 +60,7 @@ class RunConfig:
     device: str = "cpu"
     anchors: Any = "default"
     reference: str | Path | None = None
+    projection: str | None = None
     monitors: str = "atypical"
     monitor_options: dict[str, Any] = field(default_factory=dict)
     action: str = "record"
@@ -161,9 +165,11 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
         build_monitors,
         parse_monitor_spec,
     )
+    from platoscope.projection import Projector
     from platoscope.reference import ReferenceBank, default_bank
 
     parse_monitor_spec(config.monitors)  # a misspelt monitor fails before any model loads
+    wanted = None if config.projection is None else Projector(config.projection).name
     prepare_out(config.out, overwrite=config.overwrite, restart=config.restart)
     backend = load_backend(config.model, layer=config.layer, device=config.device)
     anchor_set = load_anchors(config.anchors)
@@ -174,8 +180,15 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
             raise AnchorSetMismatchError(
                 f"reference bank {config.reference} was built on anchor set "
                 f"{bank.anchor_set_hash[:12]}, not {anchor_set.hash[:12]}")
+        if wanted is not None and bank.projector.name != wanted:
+            raise ConfigError(
+                f"reference bank {config.reference} holds the {bank.projector.name!r} "
+                f"projection, not {wanted!r}: leave out --projection (the bank's "
+                "is used) or build a bank with that projection (platoscope reference build "
+                "--projection)")
     else:
-        bank = default_bank(backend, anchor_set, progress=config.progress)
+        bank = default_bank(backend, anchor_set, projection=config.projection,
+                            progress=config.progress)
     calc = PlatonicCalculator(backend, anchors=anchor_set, projection=bank.projector)
     context = MonitorContext(calc=calc, bank=bank, atoms=atoms, action=config.action,
                              dump_dir=Path(config.out) / DUMPS,

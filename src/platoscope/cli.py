@@ -446,6 +446,7 @@ def _config(kw: dict[str, Any]):
         options[key.strip().replace("-", "_").replace(".", "_")] = _literal(value.strip())
     return RunConfig(model=kw.pop("model"), layer=kw.pop("layer"), device=kw.pop("device"),
                      anchors=kw.pop("anchors_path"), reference=kw.pop("reference_path"),
+                     projection=kw.pop("projection"),
                      monitors=kw.pop("monitor_spec"), monitor_options=options,
                      action=kw.pop("action"), out=kw.pop("out"), strict=kw.pop("strict"),
                      embeddings=not kw.pop("no_embeddings"), overwrite=kw.pop("overwrite"),
@@ -525,6 +526,10 @@ common_run_options = [
                  help=ANCHORS_HELP),
     click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
                  help="Reference bank (default: shipped or built once and cached)"),
+    click.option("--projection", type=click.Choice(list(PRESETS)), default=None,
+                 help=f"Projection preset of the coordinates and the default reference bank "
+                      f"(default: {DEFAULT_PROJECTION}, or the --reference bank's own); shared "
+                      "with --anchors mp20 is the cross-element view"),
     monitor_option, action_option, *_monitor_flags(),
     click.option("--monitor-option", "monitor_option", multiple=True, metavar="NAME=VALUE",
                  help="A monitor option by name, e.g. atypical_space=projected (also for "
