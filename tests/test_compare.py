@@ -85,6 +85,8 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     assert lo <= al["mutual_knn10_projected"][0][1] <= hi
     text = (out / "compare.txt").read_text()
     assert "element+structure baseline" in text and "site-resolved top-1" in text
+    # two models are equally far from their consensus: no "most deviant" model is named
+    assert res["bias"]["most_deviant"] is None and "n/a with two models" in text
     assert 0 < cos[0, 1] < 1
     assert {t["source"] for t in res["transport"]} == {"chgnet:0.3.0"}
     assert 0 <= res["transport"][0]["same_element_mass"] <= 1
