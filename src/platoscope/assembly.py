@@ -32,6 +32,10 @@ def load_anchors(value: Any = "default") -> Any:
         return AnchorSet.default()
     if isinstance(value, str) and value in NAMED_ANCHORS:
         return AnchorSet.named(value)
+    if isinstance(value, str) and not Path(value).exists() and "/" not in value \
+            and not value.endswith(".npz"):
+        raise FileNotFoundError(f"--anchors {value!r} is neither a shipped anchor set "
+                                f"({', '.join(NAMED_ANCHORS)}) nor an existing file")
     return AnchorSet.load(value)
 
 
