@@ -59,7 +59,8 @@ def test_select_show_and_build_a_bank(tmp_path):
 def test_clear_errors(tmp_path):
     r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "missing.npz")])
     assert r.exit_code != 0 and "missing.npz" in r.output
-    r = CliRunner().invoke(main, ["anchors", "show", "mp21"])  # a misspelt shipped set
+    r = CliRunner().invoke(main, ["embed", str(REPO / "examples" / "structures" / "Si.cif"),
+                                  "--anchors", "mp21", "--out", str(tmp_path / "e.h5")])
     assert r.exit_code != 0 and "neither a shipped anchor set (default, mp20)" in r.output
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "bad.npz")])
