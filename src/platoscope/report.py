@@ -263,6 +263,12 @@ def make_report(run_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     run = Path(run_dir)
+    if run.is_dir() and not (run / "frames.h5").is_file() and not (run / "summary.json").is_file():
+        inner = sorted(p.parent.name for p in run.glob("*/summary.json"))
+        raise FileNotFoundError(
+            f"{run} is not a run folder (no frames.h5 or summary.json): give the --out of md, "
+            "relax or monitor" + (f"; it holds the run folders {', '.join(inner)} (monitor of "
+                                  "several inputs): report each" if inner else ""))
     with contextlib.suppress(SidecarLockedError):  # a live run is read as it is
         repair_run(run)
     data = load_run(run)
