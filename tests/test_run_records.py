@@ -229,3 +229,13 @@ def test_run_commands_take_a_projection_and_refuse_a_bank_of_another(small_setup
     r = CliRunner().invoke(main, ["relax", _structure(tmp_path), "--projection", "bogus",
                                   "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "'--projection'" in r.output
+
+
+def test_monitor_option_no_monitor_declares_is_refused(tmp_path):
+    """``--monitor-option atypical_k=3`` was accepted and dropped (k stayed 5): refused before
+    anything loads, naming the valid options."""
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--monitor-option",
+                                  "atypical_k=3", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "unknown monitor option(s) atypical_k" in r.output and "atypical_space" in r.output
+    assert not (tmp_path / "o").exists()

@@ -167,12 +167,18 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
         ModelLoader,
         MonitorContext,
         build_monitors,
+        monitor_options,
         parse_monitor_spec,
     )
     from platoscope.projection import Projector
     from platoscope.reference import ReferenceBank, default_bank
 
     parse_monitor_spec(config.monitors)  # a misspelt monitor fails before any model loads
+    known = {opt.key(name) for name, opt in monitor_options()}
+    unknown = sorted(set(config.monitor_options) - known)
+    if unknown:  # an option no monitor declares would be dropped without a word
+        raise ConfigError(f"unknown monitor option(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(sorted(known))}")
     wanted = None if config.projection is None else Projector(config.projection).name
     prepare_out(config.out, overwrite=config.overwrite, restart=config.restart)
     backend = load_backend(config.model, layer=config.layer, device=config.device)
