@@ -106,6 +106,28 @@ def test_known_features_are_reused_not_recomputed(chgnet_backend, tmp_path):
 
 
 @pytest.mark.backend("chgnet")
+def test_extended_set_embeds_only_the_added_anchors(chgnet_backend):
+    """An extended set reuses the cached matrix of the set it extends (the default set's
+    ships: re-embedding its 50,038 corpus atoms took minutes for one added anchor); a set
+    whose first rows are not that set (a reordered subset inheriting the chain) does not."""
+    base = AnchorSet.from_atoms(_pairs())
+    parent = base.embed(chgnet_backend)  # cached (the test session's own cache folder)
+    child = base.extend([bulk("GaAs", "zincblende", a=5.65)])
+    counting = _CountingBackend(chgnet_backend)
+    mat = child.embed(counting)
+    assert counting.seen == 1  # the GaAs cell only
+    np.testing.assert_array_equal(mat[:len(base)], parent)
+    np.testing.assert_allclose(mat, child.embed(chgnet_backend, cache=False), rtol=1e-5,
+                               atol=1e-6)
+    shuffled = child.subset([4, 0, 1, 2, 3, 5])
+    assert shuffled.hash_chain == [base.hash]
+    counting = _CountingBackend(chgnet_backend)
+    np.testing.assert_allclose(shuffled.embed(counting), mat[[4, 0, 1, 2, 3, 5]], rtol=1e-5,
+                               atol=1e-6)
+    assert counting.seen == len(shuffled.structures)  # nothing reused: all embedded
+
+
+@pytest.mark.backend("chgnet")
 def test_default_anchor_matrix_ships_for_chgnet(chgnet_backend):
     """The default set's CHGNet matrix comes from the package, with no model call."""
     _check_shipped_matrix(chgnet_backend, 64)
