@@ -239,3 +239,13 @@ def test_monitor_option_no_monitor_declares_is_refused(tmp_path):
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "unknown monitor option(s) atypical_k" in r.output and "atypical_space" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_no_embeddings_on_many_anchors_is_refused_unless_always(tmp_path):
+    """--no-embeddings on the default K silently stored every frame's coordinates dense in
+    both files (2 frames of 8 atoms: 41 MB); refused, naming --store-coords always."""
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--no-embeddings", "--steps", "1",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "--no-embeddings with K=" in r.output and "--store-coords always" in r.output
+    assert not (tmp_path / "o" / "summary.json").exists()

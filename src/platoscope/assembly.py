@@ -183,6 +183,15 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
     prepare_out(config.out, overwrite=config.overwrite, restart=config.restart)
     backend = load_backend(config.model, layer=config.layer, device=config.device)
     anchor_set = load_anchors(config.anchors)
+    from platoscope.runner import STORE_COORDS_MAX_K
+
+    if not config.embeddings and config.store_coords == "auto" and \
+            len(anchor_set) > STORE_COORDS_MAX_K:
+        raise ConfigError(
+            f"--no-embeddings with K={len(anchor_set)} anchors would store every frame's "
+            f"coordinates dense, {len(anchor_set)} values per atom per frame in both "
+            "frames.extxyz and frames.h5 (with the embeddings, frames.h5 derives them): keep "
+            "the embeddings, or pass --store-coords always to store them anyway")
     if config.reference:
         bank = ReferenceBank.load(config.reference)
         bank.check_backend(backend)
