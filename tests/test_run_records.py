@@ -249,3 +249,16 @@ def test_no_embeddings_on_many_anchors_is_refused_unless_always(tmp_path):
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "--no-embeddings with K=" in r.output and "--store-coords always" in r.output
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_report_names_a_monitor_that_failed_on_frames(cli, tmp_path):
+    """A symmetry monitor over frames of different structures fails on the later ones; its
+    report line said '0 events' with the failures only at the bottom."""
+    path = tmp_path / "mixed.extxyz"
+    write(path, [_nacl(), bulk("NaCl", "rocksalt", a=5.64)])  # 8 atoms, then 2
+    out = tmp_path / "m"
+    r = cli("monitor", str(path), "--monitor", "symmetry", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    line = next(x for x in (out / "report.txt").read_text().splitlines()
+                if x.strip().startswith("symmetry:"))
+    assert "FAILED on 1 frame(s)" in line

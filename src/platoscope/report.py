@@ -422,11 +422,15 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         f"events: {len(events)}",
     ]
     by_mon = Counter(e["monitor"] for e in events)
+    errs = s.get("monitoring", {}).get("monitor_errors") or []
+    failed_at = Counter(e.get("monitor") for e in errs if isinstance(e, dict))
     for name, mon in data["monitors"].items():
         fa = mon.get("expected_false_alarm_rate")
         lines.append(f"  {name}: {by_mon.get(name, 0)} events; action {mon.get('action')}; "
                      f"expected false-alarm rate per atom-frame "
-                     f"{'n/a' if fa is None else f'{fa:.2g}'}")
+                     f"{'n/a' if fa is None else f'{fa:.2g}'}"
+                     + (f"; FAILED on {failed_at[name]} frame(s), not checked there (monitor "
+                        "errors below)" if failed_at.get(name) else ""))
         if mon.get("elements_not_in_reference"):
             missing = ", ".join(mon["elements_not_in_reference"])
             lines.append(f"    NOT in the reference bank: {missing}"
@@ -463,7 +467,6 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
     if failed:
         lines.append(f"failed frames: {len(failed)} (could not be embedded)")
         lines.extend(f"  {line}" for line in failed[:20])
-    errs = s.get("monitoring", {}).get("monitor_errors") or []
     if errs:
         lines.append(f"monitor errors: {len(errs)} (first: {errs[0]})")
     return "\n".join(lines) + "\n"
