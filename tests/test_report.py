@@ -100,3 +100,10 @@ def test_report_of_a_folder_that_is_not_a_run_names_the_run_folders_inside(tmp_p
     r = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "not a run folder" in r.output and "md_frames" in r.output
+
+
+def test_percentages_in_report_text_never_use_exponents():
+    from platoscope.report import _percent
+
+    assert [_percent(x) for x in (1.0, 0.113, 0.05, 0.0012, 0.0)] == ["100", "11", "5", "0.12",
+                                                                      "0"]

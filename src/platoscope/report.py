@@ -377,6 +377,13 @@ def make_report(run_dir: str | Path) -> list[Path]:
     return paths
 
 
+def _percent(frac: float) -> str:
+    """A fraction as a percentage for text: two significant figures, never an exponent
+    (``{:.2g}`` printed 100 % as "1e+02 %")."""
+    p = 100.0 * frac
+    return f"{p:.0f}" if p >= 10 else f"{p:.2g}"
+
+
 def _coverage(data: dict[str, Any]) -> dict[str, Any] | None:
     """Per element: steps, the lowest coverage per step, the threshold; and the atom-frames
     below their threshold (None if the run stored no coverage)."""
@@ -452,7 +459,7 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         c, el, i, st = cov["worst"]
         frac = cov["below"] / max(cov["total"], 1)
         lines.append(f"anchor coverage: {cov['below']} of {cov['total']} atom-frames "
-                     f"({100 * frac:.2g} %) below their element's threshold (their coordinates "
+                     f"({_percent(frac)} %) below their element's threshold (their coordinates "
                      "rest on anchors unlike them: comparisons there are less trustworthy; "
                      "platoscope anchors extend adds anchors); lowest "
                      f"{c:.3f} (atom {i}, {el}, step {st})")
