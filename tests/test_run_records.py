@@ -262,3 +262,23 @@ def test_report_names_a_monitor_that_failed_on_frames(cli, tmp_path):
     line = next(x for x in (out / "report.txt").read_text().splitlines()
                 if x.strip().startswith("symmetry:"))
     assert "FAILED on 1 frame(s)" in line
+
+
+def test_failed_run_records_why(tmp_path):
+    """A run that fails (here: an element the model has no parameters for) said only
+    'status: failed'; summary.json and report.txt now give the error."""
+    from ase import Atoms
+
+    from platoscope.report import make_report
+
+    path = tmp_path / "am.extxyz"
+    write(path, Atoms("Am", positions=[[0, 0, 0]], cell=[3.5] * 3, pbc=True))
+    out = tmp_path / "am"
+    r = CliRunner().invoke(main, ["md", str(path), "--steps", "1", "--monitor", "none",
+                                  "--out", str(out)])
+    assert r.exit_code != 0 and "Am" in r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith("UnsupportedElementError") and "Am" in summary["error"]
+    make_report(out)
+    assert (out / "report.txt").read_text().startswith("status: failed: UnsupportedElement")
