@@ -248,3 +248,27 @@ def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path
     assert big.provenance["extensions"][0]["source"] == "cu.extxyz"
     loaded = ReferenceBank.load(big.save(tmp_path / "big.npz"))
     assert len(loaded) == len(big)
+
+
+@pytest.mark.backend("chgnet")
+def test_default_bank_of_another_projection_reuses_the_shipped_embeddings(chgnet_backend):
+    """A default bank for a projection or anchor set that does not ship re-embedded the 23k
+    reference atoms (3.5 min for --projection paper); the raw embeddings do not depend on
+    either, so the shipped bank's are reused (checked by model and data hash) and only the
+    projector is fitted."""
+    from platoscope.paths import default_data_path
+    from platoscope.projection import Projector
+    from platoscope.reference import ReferenceBank, bank_file_name, default_bank
+
+    mp20 = AnchorSet.named("mp20")
+    bank = default_bank(chgnet_backend, mp20, projection="paper")
+    shipped = ReferenceBank.load(default_data_path(bank_file_name(
+        chgnet_backend.spec, AnchorSet.default().hash, "element")))
+    assert bank.provenance["embeddings_from"].startswith("reference_chgnet")
+    np.testing.assert_array_equal(bank.embeddings, shipped.embeddings)
+    assert bank.data_hash == shipped.data_hash and bank.anchor_set_hash == mp20.hash
+    assert bank.projector.name == "paper" and bank.provenance["projection"] == "paper"
+    direct = Projector("paper").fit(mp20.embed(chgnet_backend), anchor_numbers=mp20.numbers)
+    np.testing.assert_array_equal(bank.projector.anchors_, direct.anchors_)
+    again = default_bank(chgnet_backend, mp20, projection="paper")  # now from the cache
+    np.testing.assert_array_equal(again.embeddings, bank.embeddings)
