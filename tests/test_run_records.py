@@ -184,6 +184,8 @@ def test_ctrl_c_while_the_bank_builds_says_what_happened(small_setup, tmp_path, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ReferenceBank, "build", interrupted)
+    # as for a model with no bank yet to take the reference embeddings from
+    monkeypatch.setattr("platoscope.reference._reuse_embeddings", lambda *a, **k: None)
     r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--anchors", str(anchors_path),
                                   "--out", str(tmp_path / "o")])
     assert r.exit_code == 130
