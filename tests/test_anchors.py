@@ -106,6 +106,28 @@ def test_known_features_are_reused_not_recomputed(chgnet_backend, tmp_path):
 
 
 @pytest.mark.backend("chgnet")
+def test_extended_set_embeds_only_the_added_anchors(chgnet_backend):
+    """An extended set reuses the cached matrix of the set it extends (the default set's
+    ships: re-embedding its 50,038 corpus atoms took minutes for one added anchor); a set
+    whose first rows are not that set (a reordered subset inheriting the chain) does not."""
+    base = AnchorSet.from_atoms(_pairs())
+    parent = base.embed(chgnet_backend)  # cached (the test session's own cache folder)
+    child = base.extend([bulk("GaAs", "zincblende", a=5.65)])
+    counting = _CountingBackend(chgnet_backend)
+    mat = child.embed(counting)
+    assert counting.seen == 1  # the GaAs cell only
+    np.testing.assert_array_equal(mat[:len(base)], parent)
+    np.testing.assert_allclose(mat, child.embed(chgnet_backend, cache=False), rtol=1e-5,
+                               atol=1e-6)
+    shuffled = child.subset([4, 0, 1, 2, 3, 5])
+    assert shuffled.hash_chain == [base.hash]
+    counting = _CountingBackend(chgnet_backend)
+    np.testing.assert_allclose(shuffled.embed(counting), mat[[4, 0, 1, 2, 3, 5]], rtol=1e-5,
+                               atol=1e-6)
+    assert counting.seen == len(shuffled.structures)  # nothing reused: all embedded
+
+
+@pytest.mark.backend("chgnet")
 def test_default_anchor_matrix_ships_for_chgnet(chgnet_backend):
     """The default set's CHGNet matrix comes from the package, with no model call."""
     _check_shipped_matrix(chgnet_backend, 64)
@@ -226,3 +248,27 @@ def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path
     assert big.provenance["extensions"][0]["source"] == "cu.extxyz"
     loaded = ReferenceBank.load(big.save(tmp_path / "big.npz"))
     assert len(loaded) == len(big)
+
+
+@pytest.mark.backend("chgnet")
+def test_default_bank_of_another_projection_reuses_the_shipped_embeddings(chgnet_backend):
+    """A default bank for a projection or anchor set that does not ship re-embedded the 23k
+    reference atoms (3.5 min for --projection paper); the raw embeddings do not depend on
+    either, so the shipped bank's are reused (checked by model and data hash) and only the
+    projector is fitted."""
+    from platoscope.paths import default_data_path
+    from platoscope.projection import Projector
+    from platoscope.reference import ReferenceBank, bank_file_name, default_bank
+
+    mp20 = AnchorSet.named("mp20")
+    bank = default_bank(chgnet_backend, mp20, projection="paper")
+    shipped = ReferenceBank.load(default_data_path(bank_file_name(
+        chgnet_backend.spec, AnchorSet.default().hash, "element")))
+    assert bank.provenance["embeddings_from"].startswith("reference_chgnet")
+    np.testing.assert_array_equal(bank.embeddings, shipped.embeddings)
+    assert bank.data_hash == shipped.data_hash and bank.anchor_set_hash == mp20.hash
+    assert bank.projector.name == "paper" and bank.provenance["projection"] == "paper"
+    direct = Projector("paper").fit(mp20.embed(chgnet_backend), anchor_numbers=mp20.numbers)
+    np.testing.assert_array_equal(bank.projector.anchors_, direct.anchors_)
+    again = default_bank(chgnet_backend, mp20, projection="paper")  # now from the cache
+    np.testing.assert_array_equal(again.embeddings, bank.embeddings)

@@ -59,6 +59,9 @@ def test_select_show_and_build_a_bank(tmp_path):
 def test_clear_errors(tmp_path):
     r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "missing.npz")])
     assert r.exit_code != 0 and "missing.npz" in r.output
+    r = CliRunner().invoke(main, ["embed", str(REPO / "examples" / "structures" / "Si.cif"),
+                                  "--anchors", "mp21", "--out", str(tmp_path / "e.h5")])
+    assert r.exit_code != 0 and "neither a shipped anchor set (default, mp20)" in r.output
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "bad.npz")])
     assert r.exit_code != 0 and "bad.npz" in str(r.output) + str(r.exception)
@@ -70,3 +73,29 @@ def test_clear_errors(tmp_path):
     r = CliRunner().invoke(main, ["anchors", "select", str(TRAIN), "--limit", "2", "-k",
                                   "100000", "--out", str(tmp_path / "a.npz")])
     assert r.exit_code != 0 and not (tmp_path / "a.npz").exists()
+
+
+@pytest.mark.backend("chgnet")
+def test_embed_with_a_bank_refuses_other_anchors_or_projection(small_setup, tmp_path):
+    """``embed --reference`` used the bank's projector whatever --anchors and --projection
+    said: the file then named one anchor set (or projection) while its coordinates lay on
+    another's axes."""
+    from ase.build import bulk
+    from ase.io import write
+
+    _, _, anchors_path, bank_path = small_setup
+    s = tmp_path / "nacl.extxyz"
+    write(s, bulk("NaCl", "rocksalt", a=5.64, cubic=True))
+    base = ["embed", str(s), "--reference", str(bank_path)]
+    r = CliRunner().invoke(main, [*base, "--anchors", "mp20", "--out", str(tmp_path / "a.h5")])
+    assert r.exit_code != 0 and "was built on anchor set" in r.output
+    r = CliRunner().invoke(main, [*base, "--anchors", str(anchors_path), "--projection",
+                                  "shared", "--out", str(tmp_path / "b.h5")])
+    assert r.exit_code != 0 and "holds the 'element' projection, not 'shared'" in r.output
+    assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
+    _run(*base, "--anchors", str(anchors_path), "--out", str(tmp_path / "c.h5"))
+    from platoscope.coords import AtomCoordinates
+
+    c = AtomCoordinates.load(tmp_path / "c.h5")
+    assert c.provenance["projection"] == "element" and c.anchor_set_hash == \
+        ReferenceBank.load(bank_path).anchor_set_hash

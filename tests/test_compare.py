@@ -44,12 +44,12 @@ def anchor_file(tmp_path_factory):
     return AnchorSet.from_atoms(pairs).save(tmp_path_factory.mktemp("a") / "anchors.npz")
 
 
-def _embed(model, anchor_file, out, python=None, limit=12):
+def _embed(model, anchor_file, out, python=None, limit=12, projection="shared"):
     """A small anchor set from other structures: the shared projection (the element default
     refuses elements without anchors, tested below)."""
     cmd = [python or sys.executable, "-m", "platoscope.cli", "embed", str(VAL), "--limit",
            str(limit), "--model", model, "--anchors", str(anchor_file), "--projection",
-           "shared", "--out", str(out)]
+           projection, "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return AtomCoordinates.load(out)
@@ -85,6 +85,8 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     assert lo <= al["mutual_knn10_projected"][0][1] <= hi
     text = (out / "compare.txt").read_text()
     assert "element+structure baseline" in text and "site-resolved top-1" in text
+    # two models are equally far from their consensus: no "most deviant" model is named
+    assert res["bias"]["most_deviant"] is None and "n/a with two models" in text
     assert 0 < cos[0, 1] < 1
     assert {t["source"] for t in res["transport"]} == {"chgnet:0.3.0"}
     assert 0 <= res["transport"][0]["same_element_mass"] <= 1
@@ -132,6 +134,13 @@ def test_refuses_mixed_anchor_sets_and_atoms(anchor_file, tmp_path):
     r = CliRunner().invoke(main, ["compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
                                   "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "different anchor sets" in r.output
+    # same anchors and atoms, another projection: the axes are not the same (same model gave
+    # top-1 0.31 "between models" before)
+    _embed("chgnet", anchor_file, tmp_path / "p.h5", limit=4, projection="paper")
+    r = CliRunner().invoke(main, ["compare", str(tmp_path / "a.h5"), str(tmp_path / "p.h5"),
+                                  "--out", str(tmp_path / "y")])
+    assert r.exit_code != 0 and "projected differently" in r.output
+    assert "shared projection" in r.output and "paper projection" in r.output
     (tmp_path / "bad.h5").write_bytes(b"garbage")
     with pytest.raises(CorruptFileError, match="bad.h5"):
         AtomCoordinates.load(tmp_path / "bad.h5")

@@ -88,3 +88,22 @@ def test_comparison_needs_both_scores_and_says_when_never_over():
     assert c["first_over"] is None and c["force_at_first_over"] is None
     assert "sigma never exceeded the threshold (1000000.0 eV/Å)" in "\n".join(
         sigma_vs_disagreement_text(c))
+
+
+def test_report_of_a_folder_that_is_not_a_run_names_the_run_folders_inside(tmp_path):
+    from click.testing import CliRunner
+
+    from platoscope.cli import main
+
+    (tmp_path / "md_frames").mkdir()  # as `monitor a.extxyz b.extxyz --out tmp_path` leaves
+    (tmp_path / "md_frames" / "summary.json").write_text("{}")
+    r = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "not a run folder" in r.output and "md_frames" in r.output
+
+
+def test_percentages_in_report_text_never_use_exponents():
+    from platoscope.report import _percent
+
+    assert [_percent(x) for x in (1.0, 0.113, 0.05, 0.0012, 0.0)] == ["100", "11", "5", "0.12",
+                                                                      "0"]

@@ -184,6 +184,8 @@ def test_ctrl_c_while_the_bank_builds_says_what_happened(small_setup, tmp_path, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ReferenceBank, "build", interrupted)
+    # as for a model with no bank yet to take the reference embeddings from
+    monkeypatch.setattr("platoscope.reference._reuse_embeddings", lambda *a, **k: None)
     r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--anchors", str(anchors_path),
                                   "--out", str(tmp_path / "o")])
     assert r.exit_code == 130
@@ -205,3 +207,80 @@ def test_progress_bar_names_atoms_unlike_cif_labels():
     bar = Bar()
     _postfix(bar, watcher, _nacl())
     assert bar.text.startswith("worst atom 1 (Cl) atypical 2.50x thr")
+
+
+def test_run_commands_take_a_projection_and_refuse_a_bank_of_another(small_setup, tmp_path):
+    """``md --anchors mp20 --projection shared`` (the README's cross-element view; the error of
+    an atypical monitor in the projected space on the default set names it) runs on the shipped
+    shared bank and records the projection; a --reference bank of another projection is refused
+    before anything runs, naming both."""
+    _, _, anchors_path, bank_path = small_setup
+    out = tmp_path / "shared"
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--anchors", "mp20",
+                                  "--projection", "shared", "--steps", "1", "--no-report",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["projection"] == "shared"
+    assert summary["provenance"]["n_anchors"] == 3000
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--anchors", str(anchors_path),
+                                  "--reference", str(bank_path), "--projection", "shared",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "'element' projection, not 'shared'" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o" / "summary.json").exists()
+    r = CliRunner().invoke(main, ["relax", _structure(tmp_path), "--projection", "bogus",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "'--projection'" in r.output
+
+
+def test_monitor_option_no_monitor_declares_is_refused(tmp_path):
+    """``--monitor-option atypical_k=3`` was accepted and dropped (k stayed 5): refused before
+    anything loads, naming the valid options."""
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--monitor-option",
+                                  "atypical_k=3", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "unknown monitor option(s) atypical_k" in r.output and "atypical_space" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_embeddings_on_many_anchors_is_refused_unless_always(tmp_path):
+    """--no-embeddings on the default K silently stored every frame's coordinates dense in
+    both files (2 frames of 8 atoms: 41 MB); refused, naming --store-coords always."""
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--no-embeddings", "--steps", "1",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "--no-embeddings with K=" in r.output and "--store-coords always" in r.output
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_report_names_a_monitor_that_failed_on_frames(cli, tmp_path):
+    """A symmetry monitor over frames of different structures fails on the later ones; its
+    report line said '0 events' with the failures only at the bottom."""
+    path = tmp_path / "mixed.extxyz"
+    write(path, [_nacl(), bulk("NaCl", "rocksalt", a=5.64)])  # 8 atoms, then 2
+    out = tmp_path / "m"
+    r = cli("monitor", str(path), "--monitor", "symmetry", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    line = next(x for x in (out / "report.txt").read_text().splitlines()
+                if x.strip().startswith("symmetry:"))
+    assert "FAILED on 1 frame(s)" in line
+
+
+def test_failed_run_records_why(tmp_path):
+    """A run that fails (here: an element the model has no parameters for) said only
+    'status: failed'; summary.json and report.txt now give the error."""
+    from ase import Atoms
+
+    from platoscope.report import make_report
+
+    path = tmp_path / "am.extxyz"
+    write(path, Atoms("Am", positions=[[0, 0, 0]], cell=[3.5] * 3, pbc=True))
+    out = tmp_path / "am"
+    r = CliRunner().invoke(main, ["md", str(path), "--steps", "1", "--monitor", "none",
+                                  "--out", str(out)])
+    assert r.exit_code != 0 and "Am" in r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith("UnsupportedElementError") and "Am" in summary["error"]
+    make_report(out)
+    assert (out / "report.txt").read_text().startswith("status: failed: UnsupportedElement")

@@ -32,6 +32,10 @@ def load_anchors(value: Any = "default") -> Any:
         return AnchorSet.default()
     if isinstance(value, str) and value in NAMED_ANCHORS:
         return AnchorSet.named(value)
+    if isinstance(value, str) and not Path(value).exists() and "/" not in value \
+            and not value.endswith(".npz"):
+        raise FileNotFoundError(f"--anchors {value!r} is neither a shipped anchor set "
+                                f"({', '.join(NAMED_ANCHORS)}) nor an existing file")
     return AnchorSet.load(value)
 
 
@@ -43,6 +47,9 @@ class RunConfig:
     feature layer (None: the backend's default); device: torch device; anchors: ``"default"``,
     a path or an AnchorSet; reference: a reference-bank path (None: the default bank, built
     once and cached); monitors: a ``--monitor`` string (``"atypical,bias:sevenn:7net-0"``);
+    projection: a projection preset (``element``, ``shared``, ``paper`` ...) of the default
+    reference bank and the calculator; None: ``element``, or the ``reference`` bank's own
+    (a ``reference`` bank of another projection is refused);
     monitor_options: ``{"<monitor>_<option>": value}`` (e.g. ``{"atypical_space":
     "projected"}``); action: what a monitor does at a threshold; out: output folder; strict:
     a failing monitor stops the run; embeddings: keep raw embeddings in frames.h5;
@@ -57,6 +64,7 @@ class RunConfig:
     device: str = "cpu"
     anchors: Any = "default"
     reference: str | Path | None = None
+    projection: str | None = None
     monitors: str = "atypical"
     monitor_options: dict[str, Any] = field(default_factory=dict)
     action: str = "record"
@@ -159,14 +167,31 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
         ModelLoader,
         MonitorContext,
         build_monitors,
+        monitor_options,
         parse_monitor_spec,
     )
+    from platoscope.projection import Projector
     from platoscope.reference import ReferenceBank, default_bank
 
     parse_monitor_spec(config.monitors)  # a misspelt monitor fails before any model loads
+    known = {opt.key(name) for name, opt in monitor_options()}
+    unknown = sorted(set(config.monitor_options) - known)
+    if unknown:  # an option no monitor declares would be dropped without a word
+        raise ConfigError(f"unknown monitor option(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(sorted(known))}")
+    wanted = None if config.projection is None else Projector(config.projection).name
     prepare_out(config.out, overwrite=config.overwrite, restart=config.restart)
     backend = load_backend(config.model, layer=config.layer, device=config.device)
     anchor_set = load_anchors(config.anchors)
+    from platoscope.runner import STORE_COORDS_MAX_K
+
+    if not config.embeddings and config.store_coords == "auto" and \
+            len(anchor_set) > STORE_COORDS_MAX_K:
+        raise ConfigError(
+            f"--no-embeddings with K={len(anchor_set)} anchors would store every frame's "
+            f"coordinates dense, {len(anchor_set)} values per atom per frame in both "
+            "frames.extxyz and frames.h5 (with the embeddings, frames.h5 derives them): keep "
+            "the embeddings, or pass --store-coords always to store them anyway")
     if config.reference:
         bank = ReferenceBank.load(config.reference)
         bank.check_backend(backend)
@@ -174,8 +199,15 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
             raise AnchorSetMismatchError(
                 f"reference bank {config.reference} was built on anchor set "
                 f"{bank.anchor_set_hash[:12]}, not {anchor_set.hash[:12]}")
+        if wanted is not None and bank.projector.name != wanted:
+            raise ConfigError(
+                f"reference bank {config.reference} holds the {bank.projector.name!r} "
+                f"projection, not {wanted!r}: leave out --projection (the bank's "
+                "is used) or build a bank with that projection (platoscope reference build "
+                "--projection)")
     else:
-        bank = default_bank(backend, anchor_set, progress=config.progress)
+        bank = default_bank(backend, anchor_set, projection=config.projection,
+                            progress=config.progress)
     calc = PlatonicCalculator(backend, anchors=anchor_set, projection=bank.projector)
     context = MonitorContext(calc=calc, bank=bank, atoms=atoms, action=config.action,
                              dump_dir=Path(config.out) / DUMPS,

@@ -93,8 +93,11 @@ class PlatonicCalculator(Calculator):
             z, cov = self.projector.transform_with_coverage(feats, self.atoms.numbers)
             results["platonic"] = z
             results["coverage"] = cov
-            if atoms is not None and self.array_name and z.shape[1] <= ARRAY_MAX_K:
-                atoms.arrays[self.array_name] = dense_rows(z)  # small K: (N, <= 4096) dense
+            if atoms is not None and self.array_name:
+                if z.shape[1] <= ARRAY_MAX_K:
+                    atoms.arrays[self.array_name] = dense_rows(z)  # small K: (N, <= 4096) dense
+                else:  # never leave an earlier calculator's (or file's) rows as this frame's
+                    atoms.arrays.pop(self.array_name, None)
         self.results = results
 
     def get_platonic(self, atoms: Atoms | None = None) -> Any:

@@ -323,8 +323,9 @@ def reference_extend(bank_path, files, model, layer, device, index, out):
               help=ANCHORS_HELP)
 @click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
               help="Use this bank's projector (needed for standardized/whitened projections)")
-@click.option("--projection", default=DEFAULT_PROJECTION, show_default=True,
-              help=f"Projection preset: {', '.join(PRESETS)}")
+@click.option("--projection", type=click.Choice(list(PRESETS)), default=None,
+              help=f"Projection preset (default: {DEFAULT_PROJECTION}, or the --reference "
+                   "bank's own)")
 @click.option("--limit", type=int, default=None)
 @click.option("--no-embeddings", is_flag=True, help="Do not store raw embeddings")
 @click.option("--batch-size", default=16, show_default=True,
@@ -346,12 +347,23 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
     anchors_set = _anchors(anchors_path)
-    proj: Any = projection
+    proj: Any = projection or DEFAULT_PROJECTION
     if reference_path:
+        from platoscope.errors import AnchorSetMismatchError, ConfigError
+        from platoscope.projection import Projector
         from platoscope.reference import ReferenceBank
 
         bank = ReferenceBank.load(reference_path)
         bank.check_backend(backend)
+        if bank.anchor_set_hash != anchors_set.hash:  # the file would name the wrong axes
+            raise AnchorSetMismatchError(
+                f"reference bank {reference_path} was built on anchor set "
+                f"{bank.anchor_set_hash[:12]}, not {anchors_set.hash[:12]} (--anchors "
+                f"{anchors_path})")
+        if projection is not None and Projector(projection).name != bank.projector.name:
+            raise ConfigError(f"reference bank {reference_path} holds the "
+                              f"{bank.projector.name!r} projection, not {projection!r}: leave "
+                              "out --projection (the bank's is used) or build a bank with it")
         proj = bank.projector
     calc = PlatonicCalculator(backend, anchors=anchors_set, projection=proj)
     try:
@@ -453,6 +465,7 @@ def _config(kw: dict[str, Any]):
         options[key.strip().replace("-", "_").replace(".", "_")] = _literal(value.strip())
     return RunConfig(model=kw.pop("model"), layer=kw.pop("layer"), device=kw.pop("device"),
                      anchors=kw.pop("anchors_path"), reference=kw.pop("reference_path"),
+                     projection=kw.pop("projection"),
                      monitors=kw.pop("monitor_spec"), monitor_options=options,
                      action=kw.pop("action"), out=kw.pop("out"), strict=kw.pop("strict"),
                      embeddings=not kw.pop("no_embeddings"), overwrite=kw.pop("overwrite"),
@@ -532,6 +545,10 @@ common_run_options = [
                  help=ANCHORS_HELP),
     click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
                  help="Reference bank (default: shipped or built once and cached)"),
+    click.option("--projection", type=click.Choice(list(PRESETS)), default=None,
+                 help=f"Projection preset of the coordinates and the default reference bank "
+                      f"(default: {DEFAULT_PROJECTION}, or the --reference bank's own); shared "
+                      "with --anchors mp20 is the cross-element view"),
     monitor_option, action_option, *_monitor_flags(),
     click.option("--monitor-option", "monitor_option", multiple=True, metavar="NAME=VALUE",
                  help="A monitor option by name, e.g. atypical_space=projected (also for "

@@ -150,8 +150,10 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     res["bias"] = {"elements": [chemical_symbols[z] for z in table.elements],
                    "counts": table.counts.tolist(), "models": table.models,
                    "deviation": table.deviation.tolist(), "excess": table.excess.tolist(),
-                   "most_deviant": {chemical_symbols[z]: mdl for z, mdl in
-                                    an.most_deviant_model(table, by="excess").items()}}
+                   # two models are equally far from their mean: no model is "most deviant"
+                   "most_deviant": ({chemical_symbols[z]: mdl for z, mdl in
+                                     an.most_deviant_model(table, by="excess").items()}
+                                    if m > 2 else None)}
     _plots(res, out, k)
     write_json_atomic(out / "compare.json", res)
     (out / "compare.txt").write_text(_text(res, k))
@@ -265,6 +267,9 @@ def _text(res: dict[str, Any], k: int) -> str:
         lines.append(f"  {nm}: group {p['group']:.2f} (chance {p['group_chance']:.2f}), "
                      f"period {p['period']:.2f} (chance {p['period_chance']:.2f}) "
                      f"[{p['space']}]")
-    lines.append("\nmost deviant model per element: " + ", ".join(
-        f"{el}:{m}" for el, m in list(res["bias"]["most_deviant"].items())[:40]))
+    deviant = res["bias"]["most_deviant"]
+    lines.append("\nmost deviant model per element: " + (
+        ", ".join(f"{el}:{m}" for el, m in list(deviant.items())[:40]) if deviant is not None
+        else "n/a with two models (each is as far from their consensus as the other; needs "
+             "three or more files)"))
     return "\n".join(lines) + "\n"

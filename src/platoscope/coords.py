@@ -422,6 +422,14 @@ def check_comparable(a: AtomCoordinates, b: AtomCoordinates) -> None:
         raise AnchorSetMismatchError(
             f"{na} ({len(a)} atoms, data {a.data_hash[:12]}) and {nb} ({len(b)} atoms, data "
             f"{b.data_hash[:12]}) do not hold the same atoms in the same order")
+    pa, pb = (c.provenance.get("projection_params") for c in (a, b))
+    if pa and pb and {k: pa.get(k) for k in ("normalize", "kernel", "tau")} != {
+            k: pb.get(k) for k in ("normalize", "kernel", "tau")}:
+        raise AnchorSetMismatchError(
+            f"{na} ({a.provenance.get('projection')} projection) and {nb} "
+            f"({b.provenance.get('projection')} projection) were projected differently: the "
+            "same anchors, but their coordinates do not mean the same thing; embed both with "
+            "one --projection")
     if a.platonic.shape[1] != b.platonic.shape[1]:
         raise AnchorSetMismatchError(f"{na} has K={a.platonic.shape[1]}, {nb} has "
                                      f"K={b.platonic.shape[1]}")

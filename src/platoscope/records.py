@@ -57,6 +57,8 @@ def status_line(result: dict[str, Any]) -> str:
         return (f"stopped by monitor {stop.get('monitor')} at step {stop.get('step')}: score "
                 f"{stop.get('score', float('nan')):.4g} > threshold "
                 f"{stop.get('threshold', float('nan')):.4g} on atoms {atoms}")
+    if status == "failed" and result.get("error"):
+        return f"failed: {result['error']}"
     return str(status)
 
 

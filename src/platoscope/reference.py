@@ -284,6 +284,10 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
             bank.check_backend(backend)
             return bank
     structures = reference_structures()
+    reused = _reuse_embeddings(backend, anchors, proj, structures, ref_hash, progress=progress)
+    if reused is not None:
+        reused.save(cached)
+        return reused
     if progress:
         import sys
 
@@ -300,3 +304,43 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
 
         print(f"platoscope: cached {cached}", file=sys.stderr, flush=True)
     return bank
+
+
+def _reuse_embeddings(backend: Any, anchors: AnchorSet, proj: Projector, structures: list,
+                      ref_hash: str, *, progress: bool = False) -> ReferenceBank | None:
+    """A default bank on other anchors or another projection from the raw embeddings of a
+    bank this model already has for the same shipped reference structures (shipped or cached;
+    checked: same model, layer, weights and data hash), with only the projector fitted anew.
+    The embeddings do not depend on the anchors; rebuilding re-embedded 23k atoms (minutes).
+    None when there is no such bank."""
+    from platoscope.paths import cache_dir, default_data_path, safe_file_name
+    from platoscope.provenance import package_versions
+    from platoscope.readers import structures_hash
+
+    candidates = [*sorted(default_data_path(".").glob(
+        f"reference_{safe_file_name(backend.spec)}_*.npz")), *sorted(
+        (cache_dir() / "reference").glob(f"{backend.fingerprint[:16]}-{ref_hash[:8]}-*.npz"))]
+    if not candidates:
+        return None
+    supported = backend.supported_numbers
+    kept = [i for i, a in enumerate(structures)
+            if supported is None or set(a.numbers) <= supported]
+    want = structures_hash([structures[i] for i in kept])
+    for path in candidates:
+        try:
+            donor = ReferenceBank.load(path)
+            donor.check_backend(backend)
+        except (CorruptFileError, AnchorSetMismatchError):
+            continue
+        if donor.data_hash != want or donor.fingerprint not in (None, backend.fingerprint):
+            continue
+        proj.fit(anchors.embed(backend, progress=progress),
+                 donor.embeddings.astype(np.float64) if proj.needs_reference else None,
+                 anchor_numbers=anchors.numbers)
+        prov = {**donor.provenance, "anchor_set_hash": anchors.hash, "n_anchors": len(anchors),
+                "projection": proj.name, "versions": package_versions(),
+                "embeddings_from": path.name}
+        return ReferenceBank(donor.embeddings, donor.numbers, donor.structure_index,
+                             projector=proj, anchor_set_hash=anchors.hash,
+                             data_hash=donor.data_hash, provenance=prov)
+    return None

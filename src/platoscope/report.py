@@ -263,6 +263,12 @@ def make_report(run_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     run = Path(run_dir)
+    if run.is_dir() and not (run / "frames.h5").is_file() and not (run / "summary.json").is_file():
+        inner = sorted(p.parent.name for p in run.glob("*/summary.json"))
+        raise FileNotFoundError(
+            f"{run} is not a run folder (no frames.h5 or summary.json): give the --out of md, "
+            "relax or monitor" + (f"; it holds the run folders {', '.join(inner)} (monitor of "
+                                  "several inputs): report each" if inner else ""))
     with contextlib.suppress(SidecarLockedError):  # a live run is read as it is
         repair_run(run)
     data = load_run(run)
@@ -371,6 +377,13 @@ def make_report(run_dir: str | Path) -> list[Path]:
     return paths
 
 
+def _percent(frac: float) -> str:
+    """A fraction as a percentage for text: two significant figures, never an exponent
+    (``{:.2g}`` printed 100 % as "1e+02 %")."""
+    p = 100.0 * frac
+    return f"{p:.0f}" if p >= 10 else f"{p:.2g}"
+
+
 def _coverage(data: dict[str, Any]) -> dict[str, Any] | None:
     """Per element: steps, the lowest coverage per step, the threshold; and the atom-frames
     below their threshold (None if the run stored no coverage)."""
@@ -416,11 +429,15 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         f"events: {len(events)}",
     ]
     by_mon = Counter(e["monitor"] for e in events)
+    errs = s.get("monitoring", {}).get("monitor_errors") or []
+    failed_at = Counter(e.get("monitor") for e in errs if isinstance(e, dict))
     for name, mon in data["monitors"].items():
         fa = mon.get("expected_false_alarm_rate")
         lines.append(f"  {name}: {by_mon.get(name, 0)} events; action {mon.get('action')}; "
                      f"expected false-alarm rate per atom-frame "
-                     f"{'n/a' if fa is None else f'{fa:.2g}'}")
+                     f"{'n/a' if fa is None else f'{fa:.2g}'}"
+                     + (f"; FAILED on {failed_at[name]} frame(s), not checked there (monitor "
+                        "errors below)" if failed_at.get(name) else ""))
         if mon.get("elements_not_in_reference"):
             missing = ", ".join(mon["elements_not_in_reference"])
             lines.append(f"    NOT in the reference bank: {missing}"
@@ -442,7 +459,7 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
         c, el, i, st = cov["worst"]
         frac = cov["below"] / max(cov["total"], 1)
         lines.append(f"anchor coverage: {cov['below']} of {cov['total']} atom-frames "
-                     f"({100 * frac:.2g} %) below their element's threshold (their coordinates "
+                     f"({_percent(frac)} %) below their element's threshold (their coordinates "
                      "rest on anchors unlike them: comparisons there are less trustworthy; "
                      "platoscope anchors extend adds anchors); lowest "
                      f"{c:.3f} (atom {i}, {el}, step {st})")
@@ -457,7 +474,6 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
     if failed:
         lines.append(f"failed frames: {len(failed)} (could not be embedded)")
         lines.extend(f"  {line}" for line in failed[:20])
-    errs = s.get("monitoring", {}).get("monitor_errors") or []
     if errs:
         lines.append(f"monitor errors: {len(errs)} (first: {errs[0]})")
     return "\n".join(lines) + "\n"

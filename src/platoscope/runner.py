@@ -259,8 +259,9 @@ def _lifecycle(recorder: RunRecorder, watcher: Watcher, bar: Any):
     except KeyboardInterrupt:
         state["status"] = "interrupted"
         raise
-    except Exception:
+    except Exception as err:
         state["status"] = "failed"
+        state["error"] = f"{type(err).__name__}: {err}"  # the record says why, not only that
         raise
     finally:
         bar.close()
