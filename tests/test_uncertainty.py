@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -193,6 +194,8 @@ def test_calibrate_cli_and_monitor_in_md(tmp_path, structures):
                           "--out", str(tmp_path / "m.npz")])
     assert res.exit_code == 0, res.output
     assert "held-out check" in res.output and (tmp_path / "m.npz").is_file()
+    cover = float(re.search(r"<= sigma for ([\d.]+) %", res.output).group(1))
+    assert ("is outside 60-75 %" in res.output) == (not 60.0 <= cover <= 75.0), res.output
     bad = r.invoke(main, ["calibrate", str(tmp_path / "dft.extxyz"), "--model", "chgnet",
                           "--dft-forces-key", "dft_f", "--out", str(tmp_path / "x.npz")])
     assert bad.exit_code != 0 and "no per-atom array 'dft_f'" in bad.output

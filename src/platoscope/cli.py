@@ -58,6 +58,7 @@ def _anchors(value: str | None):
     return load_anchors(value)
 
 
+CALIBRATION_BAND = (0.60, 0.75)  # held-out fraction within 1 sigma accepted without a warning
 ANCHORS_HELP = (f"Anchor set: a shipped one ({', '.join(NAMED_ANCHORS)}: the K = 3000 MP-20 "
                 "set of the shared projection) or an anchors .npz file")
 model_option = click.option("--model", "-m", default="chgnet", show_default=True,
@@ -427,6 +428,14 @@ def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdou
                f"{100 * rep['held_out_coverage_1sigma']:.1f} % (target "
                f"{100 * rep['target_quantile']:.0f} %), <= 2 sigma for "
                f"{100 * rep['held_out_coverage_2sigma']:.1f} %")
+    cover = rep["held_out_coverage_1sigma"]
+    if not CALIBRATION_BAND[0] <= cover <= CALIBRATION_BAND[1]:
+        click.echo(f"warning: the held-out coverage {100 * cover:.1f} % is outside "
+                   f"{100 * CALIBRATION_BAND[0]:.0f}-{100 * CALIBRATION_BAND[1]:.0f} %: sigma "
+                   f"is not calibrated for data like the held-out part. Fit on more "
+                   f"structures (docs/detection.md: about 50 hold a calibration within +-5 "
+                   f"points) or check that the held-out structures are like the rest.",
+                   err=True)
     click.echo(f"wrote {out}: fitted on {len(structures)} structures; use --monitor "
                f"uncertainty --uncertainty-model {out}")
 

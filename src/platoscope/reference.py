@@ -265,11 +265,11 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
                  progress: bool = False) -> ReferenceBank:
     """The reference bank of ``backend`` on ``anchors`` over the shipped reference structures.
 
-    projection: preset name or Projector (its parameters; default ``shared``). Looks for a bank
-    shipped in the package, then in the cache; otherwise builds it once (a minute or two on a
-    CPU, with a progress bar) and caches it. The cache key includes the model fingerprint and
-    the hash of the shipped reference file, so a new release's reference set is never scored
-    against an old cached bank.
+    projection: preset name or Projector (its parameters; default: the default projection,
+    ``element``). Looks for a bank shipped in the package, then in the cache; otherwise builds
+    it once (a minute or two on a CPU, with a progress bar) and caches it. The cache key
+    includes the model fingerprint and the hash of the shipped reference file, so a new
+    release's reference set is never scored against an old cached bank.
     """
     from platoscope.paths import cache_dir, default_data_path
     from platoscope.provenance import sha256_bytes
