@@ -64,7 +64,7 @@ def per_step(backend, anchors, bank, n: int, rounds: int) -> dict:
         a.calc = calc
         calc.calculate(a, props)
         t0 = time.perf_counter()
-        calc.projector.transform(calc.results["embeddings"])  # the wrapper's own work, again
+        calc.projector.transform(calc.results["embeddings"], a.numbers)  # its own work, again
         t1 = time.perf_counter()
         watcher(a)
         own["projection"].append(t1 - t0)

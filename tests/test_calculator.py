@@ -15,6 +15,7 @@ from ase.md.langevin import Langevin
 from ase.optimize import BFGS
 
 from platoscope import AnchorSet, PlatonicCalculator
+from platoscope.coords import dense_rows, is_sparse
 from platoscope.errors import (
     AnchorCacheMismatchError,
     InvalidStructureError,
@@ -77,12 +78,14 @@ def test_results_equal_backend_and_coordinates_are_the_projection(backend, name,
     ref, feats = backend.compute(atoms.copy(), ["energy", "forces"])
     assert e == pytest.approx(ref["energy"], rel=1e-6)
     np.testing.assert_allclose(f, ref["forces"], rtol=1e-6, atol=1e-6 * np.abs(f).max())
-    z = calc.get_platonic()
-    assert z.shape == (len(atoms), len(anchors)) and z.dtype == np.float64
+    zs = calc.get_platonic()
+    assert zs.shape == (len(atoms), len(anchors)) and zs.dtype == np.float64
+    assert is_sparse(zs)  # the element projection: each row stores its element's block
+    z = dense_rows(zs)
     emb = calc.get_embeddings()
     np.testing.assert_allclose(emb, feats, rtol=1e-6, atol=1e-7)
     mat = anchors.embed(backend)
-    np.testing.assert_array_equal(atoms.arrays["platonic"], z)
+    np.testing.assert_array_equal(atoms.arrays["platonic"], z)  # small K: dense copy
     # default "element": each atom on its own element's anchors, centred on their mean, through
     # sqrt(softmax(cos / 0.015)); zero elsewhere
     za = anchors.numbers
@@ -93,6 +96,7 @@ def test_results_equal_backend_and_coordinates_are_the_projection(backend, name,
         w = np.exp((c - c.max()) / 0.015)
         np.testing.assert_allclose(z[i, own], np.sqrt(w / w.sum())[0], atol=1e-10)
         assert np.all(z[i, ~own] == 0)
+        np.testing.assert_array_equal(zs[[i]].indices, np.flatnonzero(own))  # whole block
         assert calc.get_property("coverage")[i] == pytest.approx(c.max(), abs=1e-10)
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-12)
     # "shared": one centring over all anchors, the same kernel
@@ -176,7 +180,7 @@ def test_bad_structures_raise_and_keep_last_good_results(chgnet_backend):
     calc = PlatonicCalculator(chgnet_backend, anchors=anchors_for("chgnet"))
     good = system("chgnet")
     good.calc = calc
-    z = calc.get_platonic(good).copy()
+    z = dense_rows(calc.get_platonic(good))
     bad = good.copy()
     bad.positions[3, 1] = np.nan
     with pytest.raises(InvalidStructureError, match=r"atom indices \[3\]"):
@@ -188,7 +192,7 @@ def test_bad_structures_raise_and_keep_last_good_results(chgnet_backend):
     with pytest.raises(UnsupportedElementError, match=r"Es \(Z=99\)"):
         calc.get_potential_energy(es)
     np.testing.assert_array_equal(bad.arrays["platonic"], z)  # copied from good, not overwritten
-    np.testing.assert_array_equal(calc.get_platonic(good), z)
+    np.testing.assert_array_equal(dense_rows(calc.get_platonic(good)), z)
 
 
 @pytest.mark.backend("chgnet")
@@ -291,7 +295,7 @@ def test_default_anchors_with_a_model_covering_part_of_the_table(mace_backend, t
     assert prov["anchor_set_hash"] == anchors.hash and prov["n_anchors"] == len(anchors)
     atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
     atoms.calc = calc
-    z = calc.get_platonic(atoms)
+    z = dense_rows(calc.get_platonic(atoms))
     assert z.shape == (len(atoms), len(anchors)) and np.isfinite(z).all()
     assert (z[:, ~valid] == 0).all()
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-12)  # softmax rows
@@ -300,8 +304,8 @@ def test_default_anchors_with_a_model_covering_part_of_the_table(mace_backend, t
 
     back = Projector.from_state(calc.projector.get_state())
     np.testing.assert_array_equal(back.valid_, valid)
-    np.testing.assert_allclose(back.transform(calc.get_embeddings(atoms), atoms.numbers), z,
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dense_rows(back.transform(calc.get_embeddings(atoms),
+                                                         atoms.numbers)), z, rtol=0, atol=1e-12)
     # a set made only of structures the model lacks elements for: refused, naming the way out
     none = AnchorSet.from_atoms([(anchors.structures[s], 0) for s in left[:3]])
     with pytest.raises(UnsupportedElementError, match=r"can embed none.*anchors select"):

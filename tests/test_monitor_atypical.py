@@ -8,6 +8,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 
+from platoscope.coords import dense_rows
 from platoscope.errors import AnchorSetMismatchError
 from platoscope.monitors import Frame, build_monitors
 from platoscope.monitors.atypical import AtypicalMonitor
@@ -56,7 +57,7 @@ def test_raw_space_is_default_and_differs_from_projected(setup):
     d = np.linalg.norm(f.embeddings[:, None, :] - pool[None], axis=2)
     np.testing.assert_allclose(s_raw, np.sort(d, axis=1)[:, :5].mean(axis=1), rtol=1e-10)
     pool = bank.coords[bank.numbers == 14]
-    d = np.linalg.norm(f.platonic[:, None, :] - pool[None], axis=2)
+    d = np.linalg.norm(dense_rows(f.platonic)[:, None, :] - pool[None], axis=2)
     np.testing.assert_allclose(s_proj, np.sort(d, axis=1)[:, :5].mean(axis=1), rtol=1e-10)
     assert not np.allclose(s_raw, s_proj)
     assert raw.element_thresholds_[14] != pytest.approx(proj.element_thresholds_[14])

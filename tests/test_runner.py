@@ -320,20 +320,22 @@ class _Spy(Monitor):
 
     def __init__(self):
         super().__init__(threshold=1.0)
-        self.coords: list[np.ndarray] = []
+        self.coords: list = []
 
     def score(self, frame):
-        self.coords.append(np.array(frame.platonic, copy=True))
+        self.coords.append(frame.platonic.copy())  # ndarray, or CSR (element projection)
         return np.zeros(len(frame.atoms))
 
 
 def _within_contract(a, b) -> bool:
     """Equal within the projection's reproducibility contract (not bit patterns)."""
+    from platoscope.coords import as_coords, max_abs_diff
     from platoscope.projection import TOLERANCE
 
-    a, b = np.asarray(a), np.asarray(b)
-    return (a.dtype == b.dtype == np.float64 and a.shape == b.shape
-            and float(np.max(np.abs(a - b), initial=0)) <= TOLERANCE)
+    if not (a.dtype == b.dtype == np.float64):  # dense or sparse (element projection: CSR)
+        return False
+    a, b = as_coords(a), as_coords(b)
+    return a.shape == b.shape and max_abs_diff(a, b) <= TOLERANCE
 
 
 def test_md_derived_coords_are_the_calculators(small_setup, chgnet_backend, tmp_path):

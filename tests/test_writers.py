@@ -405,11 +405,13 @@ def _projector(k: int, d: int, seed: int = 7, preset: str = "shared"):
 
 def _within_contract(a: np.ndarray, b: np.ndarray) -> bool:
     """Equal within the projection's reproducibility contract (projection.TOLERANCE)."""
+    from platoscope.coords import as_coords, max_abs_diff
     from platoscope.projection import TOLERANCE
 
-    a, b = np.asarray(a), np.asarray(b)
-    return (a.dtype == b.dtype == np.float64 and a.shape == b.shape
-            and float(np.max(np.abs(a - b), initial=0)) <= TOLERANCE)
+    if not (a.dtype == b.dtype == np.float64):  # dense or sparse (element projection: CSR)
+        return False
+    a, b = as_coords(a), as_coords(b)
+    return a.shape == b.shape and max_abs_diff(a, b) <= TOLERANCE
 
 
 @pytest.mark.parametrize("preset", ["element", "shared", "paper"])

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.coords import AtomCoordinates, check_comparable, dense_rows
+from platoscope.coords import (
+    AtomCoordinates,
+    check_comparable,
+    compact_columns,
+    dense_rows,
+    is_sparse,
+)
 from platoscope.errors import InputError
 from platoscope.paths import safe_file_name
 from platoscope.writers import write_json_atomic
@@ -157,11 +163,11 @@ def _scored_rows(coords: list[AtomCoordinates], names: list[str], idx: np.ndarra
     """Dense rows ``idx`` of every model, on the anchor columns any of them uses there: a
     column that is zero for every scored atom of every model changes no distance, cosine, CKA
     or transport cost, and sparse (top-k) files use a small part of a large K."""
-    rows = {nm: c.platonic[idx] for nm, c in zip(names, coords, strict=True)}
-    if not all(hasattr(r, "tocsc") for r in rows.values()):
-        return {nm: dense_rows(r) for nm, r in rows.items()}
-    cols = np.unique(np.concatenate([r.tocsr().indices for r in rows.values()]))
-    return {nm: dense_rows(r.tocsc()[:, cols]) for nm, r in rows.items()}
+    rows = [c.platonic[idx] for c in coords]
+    if not all(is_sparse(r) for r in rows):
+        return {nm: dense_rows(r) for nm, r in zip(names, rows, strict=True)}
+    compact, _ = compact_columns(*rows)
+    return dict(zip(names, compact, strict=True))
 
 
 def _unique_names(coords: list[AtomCoordinates]) -> list[str]:

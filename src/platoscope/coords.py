@@ -15,6 +15,11 @@ differs from the exact one by at most ``r_a + r_b + SPARSE_FLOAT32_ERROR``. Also
 ``embeddings`` (M, D) float32, ``coverage`` (M,) (see :mod:`platoscope.projection`),
 ``numbers`` (M,), ``structure_index`` (M,), ``atom_index`` (M,); root attributes ``format``,
 ``provenance`` (JSON), ``anchor_set_hash``, ``data_hash``, ``n_anchors``.
+
+In memory, coordinates are a dense ndarray or a ``scipy.sparse.csr_array`` (the element
+projection's exact per-frame form, see :meth:`platoscope.projection.Projector.transform`); the
+helpers below (``row_distances``, ``compact_columns``, ``pairwise_sq_distances``, ``top_k_rows``
+...) are the one place that takes either form.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from platoscope.errors import AnchorSetMismatchError, CorruptFileError, InputError
 
@@ -37,29 +43,181 @@ SPARSE_FLOAT32_ERROR = 1e-6
 LAYOUTS = ("dense", "topk")
 
 
-def top_k_rows(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``k`` largest entries of each row of non-negative unit rows ``z`` (N, K).
+# -- one frame's (or one data set's) coordinates: dense ndarray or scipy.sparse CSR -----------
+# The element projection gives a ``scipy.sparse.csr_array`` (N, K) per call (each atom's own
+# element block, nothing dropped: Projector.transform); the others a dense ndarray. The helpers
+# below take either form and never build the dense (N, K) array of a sparse input (except
+# ``dense_rows``, which is asked to). Exactness: every helper computes on the same float64
+# values as the dense path; columns that are zero in every row involved change no distance,
+# inner product or mean and are skipped (``compact_columns``), so results agree with the dense
+# path up to summation order (tests: within 1e-10 for distances of unit-norm rows).
+
+
+def is_sparse(z: Any) -> bool:
+    """Whether ``z`` is a scipy.sparse matrix or array."""
+    return sp.issparse(z)
+
+
+def as_coords(z: Any, name: str = "coordinates") -> Any:
+    """``z`` as float64 (N, K) coordinates: a dense ndarray, or a ``csr_array`` for any sparse
+    input (other sparse formats are converted, not densified)."""
+    if sp.issparse(z):
+        if z.ndim != 2:
+            raise InputError(f"{name} must be 2-D (N, K), got shape {z.shape}")
+        out = sp.csr_array(z)
+        return out.astype(np.float64) if out.dtype != np.float64 else out
+    arr = np.asarray(z, dtype=np.float64)
+    if arr.ndim != 2:
+        raise InputError(f"{name} must be 2-D (N, K), got shape {arr.shape}")
+    return arr
+
+
+def nbytes(z: Any) -> int:
+    """Bytes held by coordinates ``z``: the ndarray's buffer, or a sparse array's data,
+    indices and index pointer."""
+    if sp.issparse(z):
+        z = sp.csr_array(z)
+        return int(z.data.nbytes + z.indices.nbytes + z.indptr.nbytes)
+    return int(np.asarray(z).nbytes)
+
+
+def support(z: Any) -> np.ndarray:
+    """(c,) sorted columns where some row of ``z`` is stored (sparse) or non-zero (dense)."""
+    if sp.issparse(z):
+        z = sp.csr_array(z)
+        return np.unique(z.indices[:z.nnz]).astype(np.int64)
+    return np.flatnonzero(np.any(np.asarray(z) != 0, axis=0))
+
+
+def compact_columns(*zs: Any) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The inputs (each (n_i, K), dense or sparse) as dense float64 arrays restricted to the
+    columns used by any of them, and those columns (None when every input is dense: returned
+    unchanged). Euclidean distances, inner products, means and transport costs between rows
+    of the compacted arrays equal those of the full ones: the dropped columns are zero in every
+    row involved. A frame of the element projection compacts to (N, sum of its elements'
+    block sizes)."""
+    if not zs:
+        raise InputError("compact_columns needs at least one coordinate array")
+    zs = tuple(as_coords(z) for z in zs)
+    k = zs[0].shape[1]
+    for z in zs[1:]:
+        if z.shape[1] != k:
+            raise InputError(f"coordinates have K={k} and K={z.shape[1]}: not the same axes")
+    if not any(sp.issparse(z) for z in zs):
+        return list(zs), None
+    cols = np.unique(np.concatenate([support(z) for z in zs]))
+    return [z[:, cols].toarray() if sp.issparse(z) else z[:, cols] for z in zs], cols
+
+
+def expand_columns(x: np.ndarray, cols: np.ndarray, n_cols: int) -> Any:
+    """The inverse of :func:`compact_columns` for one array: dense (n, len(cols)) rows put back
+    on their ``cols`` of ``n_cols`` columns, as a ``csr_array`` (zeros elsewhere)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(cols):
+        raise InputError(f"rows of shape {x.shape} do not match {len(cols)} columns")
+    c = sp.csr_array(x)
+    return sp.csr_array((c.data, np.asarray(cols, dtype=np.int64)[c.indices], c.indptr),
+                        shape=(x.shape[0], int(n_cols)))
+
+
+def row_norms(z: Any) -> np.ndarray:
+    """(N,) Euclidean norm of each row of ``z`` (dense or sparse)."""
+    z = as_coords(z)
+    if sp.issparse(z):
+        return np.sqrt(np.asarray(z.multiply(z).sum(axis=1), dtype=np.float64).ravel())
+    return np.linalg.norm(z, axis=1)
+
+
+def row_distances(a: Any, b: Any) -> np.ndarray:
+    """(N,) ``|a_i - b_i|`` between matching rows of two (N, K) coordinate arrays (dense or
+    sparse, mixed allowed): the exact differences, summed over the columns either uses."""
+    a, b = as_coords(a, "a"), as_coords(b, "b")
+    if a.shape != b.shape:
+        raise InputError(f"coordinates of shape {a.shape} and {b.shape} differ: the rows must "
+                         "be the same atoms on the same axes")
+    if sp.issparse(a) and sp.issparse(b):
+        return row_norms(a - b)
+    (x, y), _ = compact_columns(a, b)
+    return np.linalg.norm(x - y, axis=1)
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    """Largest ``|a_ij - b_ij|`` of two coordinate arrays of one shape (dense or sparse)."""
+    a, b = as_coords(a, "a"), as_coords(b, "b")
+    if a.shape != b.shape:
+        raise InputError(f"coordinates of shape {a.shape} and {b.shape} differ")
+    if sp.issparse(a) and sp.issparse(b):
+        d = (a - b).tocsr()
+        return float(np.max(np.abs(d.data), initial=0.0))
+    (x, y), _ = compact_columns(a, b)
+    return float(np.max(np.abs(x - y), initial=0.0))
+
+
+def mean_row(z: Any) -> np.ndarray:
+    """(K,) mean of the rows of ``z`` (dense result; K floats)."""
+    z = as_coords(z)
+    return np.asarray(z.mean(axis=0), dtype=np.float64).ravel()
+
+
+def pairwise_sq_distances(a: Any, b: Any) -> np.ndarray:
+    """(n, m) squared Euclidean distances between the rows of ``a`` (n, K) and ``b`` (m, K),
+    dense or sparse, on their compacted columns (:func:`compact_columns`);
+    ``|x|^2 + |y|^2 - 2 x.y`` clipped at 0, as ``ot.dist`` and scikit-learn compute it."""
+    (x, y), _ = compact_columns(a, b)
+    d2 = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+    np.maximum(d2, 0.0, out=d2)
+    return d2
+
+
+def top_k_rows(z: Any, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` largest entries of each row of non-negative unit rows ``z`` (N, K), dense or
+    scipy-sparse (read from the stored entries of each row, never densified).
 
     Returns indices (N, k) int32 (descending value; -1 where the row has fewer non-zeros),
     values (N, k) float32 and residual (N,) float32: the L2 norm of the dropped entries,
     ``sqrt(1 - sum(kept**2))``, an exact bound on each row's truncation error.
     """
+    if int(k) < 1:
+        raise InputError(f"top-k must be >= 1, got {k!r}")
+    if sp.issparse(z):
+        idx, vals = _top_k_sparse(as_coords(z), int(k))
+    else:
+        idx, vals = _top_k_dense(z, int(k))
+    idx[vals <= 0] = -1
+    vals[vals <= 0] = 0.0
+    residual = np.sqrt(np.clip(1.0 - np.sum(vals ** 2, axis=1), 0.0, None))
+    return idx, vals.astype(np.float32), residual.astype(np.float32)
+
+
+def _top_k_dense(z: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 2:
         raise InputError(f"coordinates must be 2-D (N, K), got shape {z.shape}")
-    if int(k) < 1:
-        raise InputError(f"top-k must be >= 1, got {k!r}")
-    k = min(int(k), z.shape[1])
+    k = min(k, z.shape[1])
     part = (np.argpartition(-z, k - 1, axis=1)[:, :k] if k < z.shape[1]
             else np.tile(np.arange(z.shape[1]), (z.shape[0], 1)))
     vals = np.take_along_axis(z, part, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
     idx = np.take_along_axis(part, order, axis=1).astype(np.int32)
-    vals = np.take_along_axis(vals, order, axis=1)
-    idx[vals <= 0] = -1
-    vals[vals <= 0] = 0.0
-    residual = np.sqrt(np.clip(1.0 - np.sum(vals ** 2, axis=1), 0.0, None))
-    return idx, vals.astype(np.float32), residual.astype(np.float32)
+    return idx, np.take_along_axis(vals, order, axis=1)
+
+
+def _top_k_sparse(z: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each CSR row from its stored entries: sort by (row, -value), keep the first
+    k of each row."""
+    z.sum_duplicates()
+    n = z.shape[0]
+    k = min(k, z.shape[1])
+    counts = np.diff(z.indptr)
+    row = np.repeat(np.arange(n), counts)
+    order = np.lexsort((-z.data, row))
+    rank = np.arange(z.nnz) - z.indptr[row]
+    keep = rank < k
+    idx = np.full((n, k), -1, dtype=np.int32)
+    vals = np.zeros((n, k), dtype=np.float64)
+    idx[row[keep], rank[keep]] = z.indices[order[keep]]
+    vals[row[keep], rank[keep]] = z.data[order[keep]]
+    return idx, vals
 
 
 def topk_to_csr(indices: np.ndarray, values: np.ndarray, n_anchors: int) -> Any:
@@ -73,7 +231,8 @@ def topk_to_csr(indices: np.ndarray, values: np.ndarray, n_anchors: int) -> Any:
 
 
 def dense_rows(z: Any, rows: Any = None) -> np.ndarray:
-    """Rows of dense or scipy-sparse coordinates as a dense float64 array."""
+    """Rows of dense or scipy-sparse coordinates as a dense float64 array (the one place a
+    sparse frame is densified: for dense file formats and a few rows on request)."""
     sel = z if rows is None else z[rows]
     return (np.asarray(sel.toarray(), dtype=np.float64) if hasattr(sel, "toarray")
             else np.asarray(sel, dtype=np.float64))
@@ -114,21 +273,20 @@ class CoordinateWriter:
                                                    dtype=np.float64, chunks=(4096,))
 
     def append(self, z: Any, coverage: Any = None) -> None:
-        """z: (m, K) coordinates (dense, or scipy-sparse in the ``topk`` layout)."""
-        if hasattr(z, "toarray"):
-            z = z.toarray()
-        z = np.asarray(z, dtype=np.float64)
-        if z.ndim != 2 or z.shape[1] != self.k:
+        """z: (m, K) coordinates, dense or scipy-sparse (the ``topk`` layout reads sparse rows
+        directly; the ``dense`` layout writes them dense)."""
+        z = as_coords(z)
+        if z.shape[1] != self.k:
             raise InputError(f"coordinates have shape {z.shape}, the file holds K={self.k}")
         if self.layout == "dense":
-            vals = {"platonic": z}
+            vals = {"platonic": dense_rows(z)}
         else:
             idx, v, r = top_k_rows(z, self.top_k)
             vals = {"platonic_indices": idx, "platonic_values": v, "platonic_residual": r}
         if "coverage" in self.ds:
-            vals["coverage"] = (np.full(len(z), np.nan) if coverage is None
+            vals["coverage"] = (np.full(z.shape[0], np.nan) if coverage is None
                                 else np.asarray(coverage, dtype=np.float64))
-        m = len(z)
+        m = z.shape[0]
         for name, v in vals.items():
             ds = self.ds[name]
             ds.resize(self.n + m, axis=0)

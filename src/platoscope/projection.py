@@ -74,8 +74,8 @@ def _as_2d(x: Any, name: str) -> torch.Tensor:
 
 
 def project(embeddings: Any, anchors: Any, *, mean: Any = None, transform: Any = None,
-            tau: float | None = None, numbers: Any = None, anchor_numbers: Any = None
-            ) -> np.ndarray:
+            tau: float | None = None, numbers: Any = None, anchor_numbers: Any = None,
+            sparse: bool = False) -> Any:
     """Cosine of each embedding to each anchor after optional affine normalisation.
 
     embeddings: (N, D); anchors: (K, D) (the *same model's* embeddings of the anchor atoms);
@@ -85,7 +85,9 @@ def project(embeddings: Any, anchors: Any, *, mean: Any = None, transform: Any =
     numbers (N,) and anchor_numbers (K,): the ``element`` projection: each atom is projected on
     its own element's anchors only, each element centred on its own anchors' mean (``mean`` and
     ``transform`` must then be None); entries outside the atom's element are 0.
-    Returns (N, K) float64.
+    sparse: with ``numbers``, return a ``scipy.sparse.csr_array`` holding each atom's element
+    block exactly (see :meth:`Projector.transform`).
+    Returns (N, K) float64 (ndarray, or csr_array when ``sparse``).
     """
     _check_tau(tau)
     if (numbers is None) != (anchor_numbers is None):
@@ -98,7 +100,10 @@ def project(embeddings: Any, anchors: Any, *, mean: Any = None, transform: Any =
         blocks = _element_blocks(a, _atomic_numbers(anchor_numbers, a.shape[0], "anchor_numbers"))
         e = _as_2d(embeddings, "embeddings")
         return _apply_element(e, _atomic_numbers(numbers, e.shape[0], "numbers"), blocks, tau,
-                              a.shape[0])
+                              a.shape[0], sparse=sparse)
+    if sparse:
+        raise InputError("sparse=True applies to the element projection (numbers and "
+                         "anchor_numbers given): other projections fill every column")
     m = None if mean is None else torch.as_tensor(np.asarray(mean), dtype=torch.float64)
     w = None if transform is None else torch.as_tensor(np.asarray(transform), dtype=torch.float64)
     return _apply(_as_2d(embeddings, "embeddings"), _unit_rows(_as_2d(anchors, "anchors"), m, w),
@@ -158,22 +163,50 @@ def _missing_elements_error(numbers: np.ndarray, missing: np.ndarray) -> InputEr
 
 
 def _apply_element(e: torch.Tensor, numbers: np.ndarray, blocks: dict[int, Block],
-                   tau: float | None, k: int, coverage: np.ndarray | None = None) -> np.ndarray:
-    """The element projection of validated embeddings (N, D) with atomic numbers (N,)."""
+                   tau: float | None, k: int, coverage: np.ndarray | None = None,
+                   sparse: bool = False) -> Any:
+    """The element projection of validated embeddings (N, D) with atomic numbers (N,).
+
+    Dense (N, K) ndarray, or with ``sparse`` a ``scipy.sparse.csr_array`` (N, K) whose row i
+    stores the whole block of atom i's element (every column of that element's anchors, zeros
+    from underflow included, sorted): the same values as the dense array, nothing dropped."""
     present = np.unique(numbers)
     missing = present[~np.isin(present, np.fromiter(blocks, dtype=np.int64, count=len(blocks)))]
     if missing.size:
         raise _missing_elements_error(numbers, missing)
-    full = np.zeros((e.shape[0], k), dtype=np.float64)
+    n = e.shape[0]
+    if sparse:
+        width = np.zeros(n, dtype=np.int64)
+        for z in present:
+            width[numbers == z] = blocks[int(z)][0].size
+        nnz = int(width.sum())
+        index_dtype = np.int32 if max(nnz, k) < 2**31 else np.int64  # 12 bytes per entry
+        indptr = np.zeros(n + 1, dtype=index_dtype)
+        np.cumsum(width, out=indptr[1:])
+        data = np.empty(nnz, dtype=np.float64)
+        indices = np.empty(nnz, dtype=index_dtype)
+    else:
+        full = np.zeros((n, k), dtype=np.float64)
     for z in present:
         rows = np.flatnonzero(numbers == z)
         cols, m, an = blocks[int(z)]
         cov = None if coverage is None else np.empty(rows.size)
-        full[np.ix_(rows, cols)] = _apply(e[torch.from_numpy(rows)], an, m, None, tau,
-                                          coverage=cov)
+        block = _apply(e[torch.from_numpy(rows)], an, m, None, tau, coverage=cov)
+        if sparse:
+            pos = indptr[rows].astype(np.int64)[:, None] + np.arange(cols.size)[None, :]
+            data[pos] = block
+            indices[pos] = cols[None, :]
+        else:
+            full[np.ix_(rows, cols)] = block
         if coverage is not None:
             coverage[rows] = cov
-    return full
+    if not sparse:
+        return full
+    from scipy.sparse import csr_array
+
+    out = csr_array((data, indices, indptr), shape=(n, k), copy=False)
+    out.has_sorted_indices = True  # each element's columns are ascending (np.flatnonzero)
+    return out
 
 
 def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None,
@@ -375,28 +408,43 @@ class Projector:
                 units, None if self.anchor_numbers_ is None else self.anchor_numbers_[valid])
         return self._prepared
 
-    def transform(self, embeddings: Any, numbers: Any = None) -> np.ndarray:
-        """(N, D) embeddings -> (N, K) Platonic coordinates. numbers: (N,) atomic numbers,
-        needed by the element projection."""
-        return self._transform(embeddings, numbers, None)
+    def transform(self, embeddings: Any, numbers: Any = None, *, sparse: bool | None = None
+                  ) -> Any:
+        """(N, D) embeddings -> (N, K) float64 Platonic coordinates. numbers: (N,) atomic
+        numbers, needed by the element projection.
 
-    def transform_with_coverage(self, embeddings: Any, numbers: Any = None
-                                ) -> tuple[np.ndarray, np.ndarray]:
+        sparse: None (default) gives a ``scipy.sparse.csr_array`` for the element projection
+        (:attr:`by_element`) and a dense ndarray for the others; False always dense; True
+        requires the element projection. The sparse form stores each atom's whole element
+        block (at most the largest element's anchor count per row, e.g. <= 2048 of the
+        default set's 38,076 columns) and drops nothing: its entries are the dense array's,
+        zero outside the block (tests hold them equal within :data:`TOLERANCE`). Helpers that
+        take either form: :mod:`platoscope.coords`."""
+        return self._transform(embeddings, numbers, None, sparse)
+
+    def transform_with_coverage(self, embeddings: Any, numbers: Any = None, *,
+                                sparse: bool | None = None) -> tuple[Any, np.ndarray]:
         """:meth:`transform` and each atom's coverage (N,): its largest normalised cosine to the
         anchors it is projected on, in [-1, 1], from the same matrix product."""
         cov = np.empty(np.shape(embeddings)[0] if np.ndim(embeddings) == 2 else 0)
-        return self._transform(embeddings, numbers, cov), cov
+        return self._transform(embeddings, numbers, cov, sparse), cov
 
-    def _transform(self, embeddings: Any, numbers: Any, coverage: np.ndarray | None
-                   ) -> np.ndarray:
+    def _transform(self, embeddings: Any, numbers: Any, coverage: np.ndarray | None,
+                   sparse: bool | None = None) -> Any:
         kind, prep = self._prepare()
+        if sparse not in (None, True, False):
+            raise InputError(f"sparse must be None, True or False, got {sparse!r}")
+        if sparse and kind != "element":
+            raise InputError(f"sparse=True applies to the element projection; {self.name!r} "
+                             "fills every column: use sparse=None or False")
         e = _as_2d(embeddings, "embeddings")
         if kind == "element":
             if numbers is None:
                 raise InputError("the element projection needs the atoms' atomic numbers: "
                                  "transform(embeddings, numbers)")
             return _apply_element(e, _atomic_numbers(numbers, e.shape[0], "numbers"), prep,
-                                  self.tau, self.anchors_.shape[0], coverage)
+                                  self.tau, self.anchors_.shape[0], coverage,
+                                  sparse=sparse is not False)
         an, m, w, cols = prep
         return _apply(e, an, m, w, self.tau, cols, self.anchors_.shape[0], coverage)
 

@@ -176,7 +176,7 @@ class ReferenceBank:
                 f"({len(self)} atoms x K={k}); what needs them (an atypical monitor in the "
                 "projected space, carrying thresholds across a model switch) is limited to "
                 "smaller sets: use --anchors mp20 --projection shared, or a smaller bank")
-        return self.projector.transform(self.embeddings, self.numbers)
+        return self.projector.transform(self.embeddings, self.numbers, sparse=False)
 
     def check_backend(self, backend: Any) -> None:
         """Refuse a backend other than the one that built the bank (model, weights, layer)."""

@@ -36,6 +36,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from platoscope.calculator import ARRAY_MAX_K
+from platoscope.coords import dense_rows
 from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
 from platoscope.provenance import package_versions
@@ -113,8 +114,8 @@ class RunRecorder:
         atoms = frame.atoms
         snap = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
                      pbc=atoms.pbc, momenta=atoms.get_momenta() if atoms.has("momenta") else None)
-        if self.store_platonic:
-            snap.arrays["platonic"] = np.asarray(frame.platonic)
+        if self.store_platonic:  # extxyz holds dense (N, K) arrays: the file format
+            snap.arrays["platonic"] = dense_rows(frame.platonic)
         else:
             snap.info["platonic_source"] = PLATONIC_DERIVED
         for name, s in scores.items():
@@ -448,7 +449,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                     a.calc = None
                     z, cov = calc.projector.transform_with_coverage(e, src.numbers)
                     if z.shape[1] <= ARRAY_MAX_K:
-                        a.arrays["platonic"] = z
+                        a.arrays["platonic"] = dense_rows(z)
                     watcher.step = step + 1
                     watcher.process(watcher.frame_from(
                         a, step, calc=calc, results={"platonic": z, "embeddings": e,

@@ -37,8 +37,8 @@ class SwitchRecord:
 
     call: int
     atoms: Atoms
-    platonic_a: np.ndarray  # (N, K)
-    platonic_b: np.ndarray  # (N, K)
+    platonic_a: Any  # (N, K): ndarray, or csr_array for the element projection
+    platonic_b: Any  # (N, K)
     forces_a: np.ndarray | None = None  # (N, 3) eV/Å
     forces_b: np.ndarray | None = None
     energy_a: float | None = None  # eV
@@ -132,7 +132,7 @@ class SwitchingCalculator(BaseCalculator):
             calc.get_property("platonic", atoms)
         return dict(calc.results)
 
-    def get_platonic(self, atoms: Atoms | None = None) -> np.ndarray:
+    def get_platonic(self, atoms: Atoms | None = None) -> Any:
         return self.get_property("platonic", atoms)
 
     def get_embeddings(self, atoms: Atoms | None = None) -> np.ndarray:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 
+from platoscope.coords import compact_columns
 from platoscope.errors import InputError, InvalidStructureError
 
 __all__ = [
@@ -124,7 +126,12 @@ def symmetry_groups(structures: Any, symprec: float = 1e-3) -> np.ndarray:
 
 
 def _check(coords: Any, classes: Any) -> tuple[np.ndarray, np.ndarray, int]:
-    x = np.asarray(coords, dtype=np.float64)
+    """Validated coordinates (dense; sparse ones compacted to the columns their rows use,
+    which leaves every distance and class mean unchanged), classes and class count."""
+    x = coords
+    if sp.issparse(coords):
+        (x,), _ = compact_columns(coords)
+    x = np.asarray(x, dtype=np.float64)
     c = np.asarray(classes)
     if x.ndim != 2:
         raise InputError(f"coords must be (N, K), got shape {x.shape}")
@@ -149,8 +156,8 @@ def _class_means(x: np.ndarray, c: np.ndarray, n_classes: int) -> tuple[np.ndarr
 def distance_from_class_mean(coords: Any, classes: Any) -> np.ndarray:
     """(N,) Euclidean distance of each atom's coordinate vector from its class mean.
 
-    coords: (N, K) Platonic coordinates (or (N, D) embeddings); classes: (N,) ids from
-    :func:`equivalence_classes`. Atoms alone in their class get 0.
+    coords: (N, K) Platonic coordinates, dense or scipy-sparse (or (N, D) embeddings); classes:
+    (N,) ids from :func:`equivalence_classes`. Atoms alone in their class get 0.
     """
     x, c, n_classes = _check(coords, classes)
     means, _ = _class_means(x, c, n_classes)

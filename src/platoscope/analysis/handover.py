@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.analysis.optimal_transport import transport
+from platoscope.coords import as_coords, compact_columns
 from platoscope.errors import InputError
 
 __all__ = ["HandOver", "hand_over"]
@@ -42,16 +43,20 @@ class HandOver:
                 "transport_method": self.method}
 
 
-def hand_over(z_a: np.ndarray, z_b: np.ndarray, numbers: np.ndarray,
+def hand_over(z_a: Any, z_b: Any, numbers: np.ndarray,
               classes: np.ndarray | None = None, **kwargs: Any) -> HandOver:
     """Match A's coordinates (N, K) to B's (N, K) of the same atoms by optimal transport.
 
-    numbers: (N,) atomic numbers; classes: (N,) symmetry classes (None: every atom its own);
-    kwargs go to :func:`~platoscope.analysis.optimal_transport.transport`.
+    z_a, z_b: dense or scipy-sparse (the element projection's CSR frames): sparse ones are
+    compacted to the columns either uses (:func:`platoscope.coords.compact_columns`), which
+    leaves every cost, distance and mean of the result unchanged. numbers: (N,) atomic
+    numbers; classes: (N,) symmetry classes (None: every atom its own); kwargs go to
+    :func:`~platoscope.analysis.optimal_transport.transport`.
     """
-    z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
+    z_a, z_b = as_coords(z_a, "z_a"), as_coords(z_b, "z_b")
     if z_a.shape != z_b.shape:
         raise InputError(f"A's coordinates {z_a.shape} and B's {z_b.shape} differ in shape")
+    (z_a, z_b), _ = compact_columns(z_a, z_b)
     numbers = np.asarray(numbers)
     classes = np.arange(len(numbers)) if classes is None else np.asarray(classes)
     res = transport(z_a, z_b, elements=numbers, **kwargs)

@@ -11,6 +11,10 @@ from platoscope.errors import InputError
 
 def as_matrix(x: Any, name: str, *, min_rows: int = 1) -> np.ndarray:
     """``x`` as a finite float64 array of shape (rows, features) with at least ``min_rows`` rows."""
+    if hasattr(x, "toarray"):
+        raise InputError(f"{name} is a scipy.sparse array of shape {x.shape}: this function takes "
+                         "dense arrays (platoscope.coords.dense_rows, or compact_columns for "
+                         "the columns the rows use)")
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:

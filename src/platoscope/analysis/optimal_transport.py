@@ -78,7 +78,8 @@ class TransportResult:
     plan: (N, M) coupling (rows sum to ``a``, columns to ``b``, total 1): dense ndarray for
     ``emd``/``sinkhorn``, ``scipy.sparse.csr_array`` otherwise.
     matching: (N,) target index receiving most of each source atom's mass. images: (N, D)
-    barycentric image of each source atom, ``sum_j P_ij y_j / sum_j P_ij``. cost:
+    barycentric image of each source atom, ``sum_j P_ij y_j / sum_j P_ij`` (a
+    ``scipy.sparse.csr_array`` when X or Y was sparse). cost:
     ``sum_ij P_ij C_ij`` (per unit mass, units of the metric). method: the method used, how, and
     why. same_atom_mass: plan mass on ``(i, i)`` when N == M (rows assumed to be the same atoms),
     else ``None``. same_element_mass: plan mass between atoms of one element when ``elements``
@@ -362,6 +363,9 @@ def transport(X: Any, Y: Any, a: Any = None, b: Any = None, method: str = "auto"
               ) -> TransportResult:
     """Optimal transport coupling between source atoms X (N, D) and target atoms Y (M, D).
 
+    X, Y may be scipy-sparse (the element projection's CSR frames): the solver then works on
+    the columns either uses (:func:`platoscope.coords.compact_columns`; costs and plan are those
+    of the full rows) and ``images`` come back sparse (N, D).
     a, b: masses (N,), (M,), default uniform, normalised to sum 1. method: ``auto`` (see the
     module docstring: ``blocks`` when ``elements`` are given and N*M > ``max_exact``; else exact
     assignment up to ``max_assignment`` then ``knn`` for uniform masses and N == M; else exact
@@ -374,6 +378,12 @@ def transport(X: Any, Y: Any, a: Any = None, b: Any = None, method: str = "auto"
     """
     check_metric(method, METHODS, "method")
     check_metric(metric, COSTS)
+    cols, k_full = None, None
+    if sp.issparse(X) or sp.issparse(Y):  # e.g. element-projection frames (CSR)
+        from platoscope.coords import compact_columns
+
+        k_full = X.shape[1] if sp.issparse(X) else np.shape(Y)[1]
+        (X, Y), cols = compact_columns(X, Y)
     x = as_matrix(X, "X")
     y = as_matrix(Y, "Y")
     same_cols(x, y, "X", "Y")
@@ -436,6 +446,10 @@ def transport(X: Any, Y: Any, a: Any = None, b: Any = None, method: str = "auto"
     if el is not None:
         same_element = float(coo.data[el[0][coo.row] == el[1][coo.col]].sum() / total)
     label = f"{chosen}: {sol.note}" + (f"; {why}" if why else "")
+    if cols is not None:
+        from platoscope.coords import expand_columns
+
+        images = expand_columns(images, cols, k_full)
     return TransportResult(plan=plan, matching=matching, images=images, cost=sol.cost,
                            method=label, same_atom_mass=same_atom,
                            same_element_mass=same_element)

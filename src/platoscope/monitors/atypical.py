@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.analysis.neighbors import knn_distance
+from platoscope.coords import as_coords, is_sparse, support
 from platoscope.errors import ConfigError, InputError
 from platoscope.monitors.base import Frame, Monitor, MonitorWarning
 from platoscope.monitors.registry import MonitorOption, register_monitor
@@ -97,6 +98,7 @@ class AtypicalMonitor(Monitor):
         self._ref = ref  # (M, D) raw or (M, K) projected: what calibrate and score compare
         self._pool = {int(z): ref[bank.numbers == z] for z in np.unique(bank.numbers)}
         self._all = ref
+        self._compact: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
         self.element_thresholds_: dict[int, float] = {}
         self.uncovered_elements_: list[int] = []
         self.calibration_scores_: dict[int, np.ndarray] = {}
@@ -154,16 +156,18 @@ class AtypicalMonitor(Monitor):
             "reference build DATA --model ... --out bank.npz, then --reference bank.npz",
             MonitorWarning, stacklevel=2)
 
-    def _queries(self, frame: Frame) -> np.ndarray:
-        """The frame's (N, D) embeddings (raw) or (N, K) coordinates (projected), float64."""
+    def _queries(self, frame: Frame) -> Any:
+        """The frame's (N, D) embeddings (raw) or (N, K) coordinates (projected), float64; sparse
+        coordinates stay sparse (:meth:`_pair` compacts them with the pool)."""
         raw = self.space == "raw"
         if raw and frame.embeddings is None:
             raise InputError("space='raw' needs the frame's raw embeddings (the "
                              "PlatonicCalculator's results['embeddings']), and this frame has "
                              "none: pass Frame(embeddings=...) or use space='projected'")
-        z = np.asarray(frame.embeddings if raw else frame.platonic, dtype=np.float64)
         what = "embeddings" if raw else "coordinates"
-        if z.ndim != 2 or len(z) != len(frame.atoms):
+        z = (np.asarray(frame.embeddings, dtype=np.float64) if raw
+             else as_coords(frame.platonic, "frame coordinates"))
+        if z.ndim != 2 or z.shape[0] != len(frame.atoms):
             raise InputError(f"frame {what} have shape {z.shape}, expected "
                              f"({len(frame.atoms)}, width) for {len(frame.atoms)} atoms")
         width = self._all.shape[1]
@@ -181,16 +185,33 @@ class AtypicalMonitor(Monitor):
         """(N,) mean distance of each atom to its ``k`` nearest bank atoms of its element, in
         the monitor's space (raw: the layer's feature units; projected: coordinate units)."""
         z = self._queries(frame)
-        out = np.empty(len(z))
+        out = np.empty(z.shape[0])
         numbers = frame.atoms.numbers
         self._note_uncovered(numbers)
         for el in np.unique(numbers):
             idx = np.flatnonzero(numbers == el)
+            key: int | None = int(el) if self.same_element else None
             pool = self._pool.get(int(el)) if self.same_element else self._all
             if pool is None or len(pool) == 0:
-                pool = self._all
-            out[idx] = knn_distance(z[idx], pool, self.k)
+                key, pool = None, self._all
+            out[idx] = knn_distance(*self._pair(z[idx], pool, key), self.k)
         return out
+
+    def _pair(self, q: Any, pool: np.ndarray, key: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Queries and pool as dense arrays on the columns either uses: a sparse frame (element
+        projection) is never densified to K columns; the distances are those of the full rows
+        (the dropped columns are zero on both sides). The pool's used columns are cached."""
+        if not is_sparse(q):
+            return q, pool
+        if key not in self._compact:
+            cols = support(pool)
+            self._compact[key] = (cols, np.ascontiguousarray(pool[:, cols]))
+        cols, compact = self._compact[key]
+        need = support(q)
+        if np.isin(need, cols).all():
+            return q[:, cols].toarray(), compact
+        cols = np.union1d(cols, need)
+        return q[:, cols].toarray(), pool[:, cols]
 
     def extra_scores(self, frame: Frame) -> dict[str, np.ndarray]:
         """``force``: (N,) |F| in eV/Å per atom when the frame has forces (N, 3): the running

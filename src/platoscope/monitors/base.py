@@ -69,11 +69,15 @@ class Event:
 
 @dataclass
 class Frame:
-    """What a monitor sees of one step: the atoms and the calculator's results (same pass)."""
+    """What a monitor sees of one step: the atoms and the calculator's results (same pass).
+
+    ``platonic`` is the projector's output as is: a dense ndarray, or for the element projection
+    a ``scipy.sparse.csr_array`` (each row its element's block). Monitors use the helpers of
+    :mod:`platoscope.coords`, which take either form without densifying the frame."""
 
     step: int
     atoms: Atoms
-    platonic: np.ndarray  # (N, K)
+    platonic: Any  # (N, K) float64: ndarray, or scipy.sparse csr_array (element projection)
     embeddings: np.ndarray | None = None  # (N, D)
     forces: np.ndarray | None = None  # (N, 3) eV/Å
     energy: float | None = None  # eV

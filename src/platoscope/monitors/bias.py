@@ -34,6 +34,7 @@ from ase.calculators.calculator import all_changes
 from ase.data import chemical_symbols
 
 from platoscope.backends.base import check_elements
+from platoscope.coords import as_coords, row_distances
 from platoscope.errors import AnchorSetMismatchError, ConfigError, InputError
 from platoscope.monitors.base import Frame, Monitor
 from platoscope.monitors.registry import (
@@ -71,13 +72,13 @@ def paired_distances(bank_a: ReferenceBank, bank_b: ReferenceBank) -> np.ndarray
     """(M,) distance between two models' coordinates of the M reference atoms both banks
     hold (rows :func:`shared_rows`)."""
     ia, ib = shared_rows(bank_a, bank_b)
-    # in blocks of ~128 MiB per model: one bank's dense coordinates can be many GB
+    # in blocks of ~128 MiB per model (dense worst case): one bank's coordinates can be many GB
     step = max(1, 2**27 // (8 * bank_a.projector.anchors_.shape[0]))
     return np.concatenate([
-        np.linalg.norm(bank_a.projector.transform(bank_a.embeddings[ia[s:s + step]],
-                                                  bank_a.numbers[ia[s:s + step]])
-                       - bank_b.projector.transform(bank_b.embeddings[ib[s:s + step]],
-                                                    bank_b.numbers[ib[s:s + step]]), axis=1)
+        row_distances(bank_a.projector.transform(bank_a.embeddings[ia[s:s + step]],
+                                                 bank_a.numbers[ia[s:s + step]]),
+                      bank_b.projector.transform(bank_b.embeddings[ib[s:s + step]],
+                                                 bank_b.numbers[ib[s:s + step]]))
         for s in range(0, len(ia), step)])
 
 
@@ -214,11 +215,10 @@ class BiasMonitor(Monitor):
         atoms.calc = None
         self.calc_b.calculate(atoms, ["energy", "forces"], list(all_changes))
         res = self.calc_b.results
-        z_a = np.asarray(frame.platonic, dtype=np.float64)
-        z_b = np.asarray(res["platonic"], dtype=np.float64)
+        z_a, z_b = as_coords(frame.platonic), as_coords(res["platonic"])  # dense or sparse
         if z_a.shape != z_b.shape:
             raise AnchorSetMismatchError(f"A gives coordinates {z_a.shape}, B {z_b.shape}")
-        s = np.linalg.norm(z_a - z_b, axis=1)
+        s = row_distances(z_a, z_b)
         f_b = res.get("forces")
         self._force = (np.linalg.norm(np.asarray(frame.forces) - f_b, axis=1)
                        if frame.forces is not None and f_b is not None

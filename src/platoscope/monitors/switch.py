@@ -36,6 +36,7 @@ from ase import Atoms
 from platoscope.analysis.handover import HandOver, hand_over
 from platoscope.analysis.optimal_transport import TransportMap
 from platoscope.backends.base import check_elements
+from platoscope.coords import dense_rows
 from platoscope.errors import ConfigError, InputError, InvalidStructureError
 from platoscope.monitors.base import Event, Frame, Monitor
 from platoscope.monitors.registry import DEFAULT_INTERVAL, MonitorContext, register_monitor
@@ -178,13 +179,12 @@ class SwitchMonitor(Monitor):
                               f"{self._model_b()}'s space: {err}", UserWarning, stacklevel=2)
 
     # -- carrying thresholds ---------------------------------------------------------------
-    def carry(self, atypical: Any, z_a: np.ndarray, z_b: np.ndarray, numbers: np.ndarray
-              ) -> Any:
+    def carry(self, atypical: Any, z_a: Any, z_b: Any, numbers: np.ndarray) -> Any:
         """An AtypicalMonitor for B's space: A's reference coordinates moved by a TransportMap
-        (fitted on the two banks, else on the frame's pair z_a (N, K) -> z_b (N, K)) and the
-        per-element thresholds recalibrated on them. Updates ``atypical`` in place when
-        ``retarget``; returns the carried monitor. It scores in the projected space whatever
-        ``atypical.space`` was: two models' raw embeddings share no axes."""
+        (fitted on the two banks, else on the frame's pair z_a (N, K) -> z_b (N, K), dense or
+        sparse) and the per-element thresholds recalibrated on them. Updates ``atypical`` in
+        place when ``retarget``; returns the carried monitor. It scores in the projected space
+        whatever ``atypical.space`` was: two models' raw embeddings share no axes."""
         from platoscope.monitors.atypical import AtypicalMonitor
 
         bank_a = atypical.bank
@@ -195,8 +195,9 @@ class SwitchMonitor(Monitor):
             tmap = TransportMap().fit(bank_a.coords[ia], self.bank_b.coords[ib],
                                       elements=bank_a.numbers[ia])
             fitted_on = f"reference banks ({len(ia)} atoms)"
-        else:
-            tmap = TransportMap().fit(z_a, z_b, elements=np.asarray(numbers))
+        else:  # the bank side is dense (K columns): so is this one frame's pair
+            tmap = TransportMap().fit(dense_rows(z_a), dense_rows(z_b),
+                                      elements=np.asarray(numbers))
             fitted_on = f"the switch frame ({len(numbers)} atoms)"
         target = self._model_b()
         bank = _CarriedBank(tmap.transform(bank_a.coords, elements=bank_a.numbers), bank_a,

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from platoscope.coords import as_coords, compact_columns
 from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor
 from platoscope.monitors.registry import register_monitor
@@ -177,9 +178,10 @@ class SymmetryMonitor(Monitor):
             log.info("symmetry monitor: %d of %d classes hold a single atom and cannot break "
                      "(use a supercell)", int((sizes < 2).sum()), len(sizes))
 
-    def _reference_coords(self, ref: Atoms, frame: Frame) -> np.ndarray:
+    def _reference_coords(self, ref: Atoms, frame: Frame) -> Any:
+        """The reference's (N, K) coordinates, dense or sparse like the frames'."""
         if self.reference is None:
-            return np.asarray(frame.platonic, dtype=np.float64)
+            return as_coords(frame.platonic)
         if "platonic" in ref.arrays:
             z = np.asarray(ref.arrays["platonic"], dtype=np.float64)
             if z.shape != np.shape(frame.platonic):
@@ -290,16 +292,18 @@ def _class_max(values: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _split_classes(z: np.ndarray, classes: np.ndarray, link: float
+def _split_classes(z: Any, classes: np.ndarray, link: float
                    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Split every class whose spread exceeds ``link`` into groups connected within ``link``.
 
+    z: (N, K) coordinates, dense or sparse (compacted to the columns they use: same distances).
     Returns new (N,) class ids (numbered by first atom, like spglib's) and one dict per split
     class (spglib class, atoms, size, spread, number of groups).
     """
     from scipy.sparse.csgraph import connected_components
     from sklearn.neighbors import radius_neighbors_graph
 
+    (z,), _ = compact_columns(z)
     spreads = _class_max(distance_from_class_mean(z, classes), classes)
     labels = classes.astype(np.int64).copy()
     nxt = int(labels.max()) + 1

@@ -20,7 +20,9 @@ from typing import Any, Literal
 
 import h5py
 import numpy as np
+import scipy.sparse as sp
 
+from platoscope.coords import as_coords, dense_rows, max_abs_diff
 from platoscope.errors import CorruptFileError, InputError, PlatoscopeError
 from platoscope.writers.jsonio import fsync_dir, new_sibling, remove_stale_temps, to_jsonable
 
@@ -330,6 +332,14 @@ def _describe(f: h5py.File, attrs_json: str) -> None:
         + "platoscope.writers.read_sidecar(path) returns frames as dicts and ASE Atoms.")
 
 
+def _as_coords(z: Any, n_at: int) -> Any:
+    """Sparse (N, K) coordinates, checked, kept sparse (densified only if they are stored)."""
+    z = as_coords(z, "platonic")
+    if z.shape[0] != n_at:
+        raise InputError(f"platonic must have shape ({n_at}, ?), got {z.shape}")
+    return z
+
+
 def _as_array(x: Any, name: str, shape: tuple[int | None, ...], dtype: Any) -> np.ndarray:
     arr = np.asarray(x)
     if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape,
@@ -592,7 +602,7 @@ class FrameSidecar:
         from platoscope.projection import TOLERANCE
 
         derived = self.projector.transform(e, numbers)
-        if derived.shape == z.shape and float(np.max(np.abs(derived - z), initial=0)) <= TOLERANCE:
+        if derived.shape == z.shape and max_abs_diff(derived, z) <= TOLERANCE:
             return True
         if not self._warned:
             self._warned = True
@@ -652,12 +662,13 @@ class FrameSidecar:
                                            f"the sidecar holds D={self.embedding_dim}")
             opt["embeddings"] = arr
         if platonic is not None:
-            arr = _as_array(platonic, "platonic", (n_at, None), np.float64)
+            arr = (_as_coords(platonic, n_at) if sp.issparse(platonic)
+                   else _as_array(platonic, "platonic", (n_at, None), np.float64))
             if self.n_anchors is not None and arr.shape[1] != self.n_anchors:
                 raise SidecarMismatchError(f"{self.path}: platonic has K={arr.shape[1]} anchors, "
                                            f"the sidecar holds K={self.n_anchors}")
             if self.store_platonic or not self._derives(arr, opt.get("embeddings"), numbers):
-                opt["platonic"] = arr
+                opt["platonic"] = dense_rows(arr)  # the file stores (A_f, K) rows dense
         if forces is not None:
             opt["forces"] = _as_array(forces, "forces", (n_at, 3), np.float64)
         for name, val in (scores or {}).items():
@@ -840,8 +851,10 @@ class SidecarReader:
 
         Keys: index, step, numbers (N,), positions (N,3), cell (3,3), pbc (3,), energy (float or
         None), forces (N,3) | None, platonic (N,K) | None, embeddings (N,D) | None,
-        scores {name: (N,)} (only the scores this frame has). ``platonic`` is stored or derived
-        from the embeddings (see the module docstring); ``platonic=False`` skips it (None).
+        scores {name: (N,)} (only the scores this frame has). ``platonic`` is stored (a dense
+        ndarray) or derived from the embeddings (see the module docstring) in the projector's
+        own form: a ``scipy.sparse.csr_array`` for the element projection, exact, as the
+        calculator gave it during the run; ``platonic=False`` skips it (None).
         """
         if not -self._n <= i < self._n:
             raise IndexError(f"{self.path}: frame {i} out of range ({self._n} frames)")
@@ -883,7 +896,7 @@ class SidecarReader:
                       pbc=fr["pbc"])
         for key in ("platonic", "embeddings", "forces"):
             if fr[key] is not None:
-                atoms.arrays[key] = fr[key]
+                atoms.arrays[key] = dense_rows(fr[key])  # ASE keeps dense per-atom arrays
         for name, val in fr["scores"].items():
             atoms.arrays[f"score_{name}"] = val
         atoms.info["step"] = fr["step"]
