@@ -204,7 +204,7 @@ def scaling(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
             ex, t_start = _timed(lambda w=workers: stack.enter_context(
                 open_executor(model, workers=w, chunk_size=batch)))
             # every worker's first task loads its model: one chunk per worker, at once
-            _, t_warm = _timed(lambda w=workers: embed_list(ex, frames[: w * batch]))
+            _, t_warm = _timed(lambda w=workers, ex=ex: embed_list(ex, frames[: w * batch]))
             fns = {"forward": lambda ex=ex: embed_list(ex, frames),
                    "embed": lambda ex=ex: embed_to_file(frames, calc, tmp / "c.h5", ex,
                                                         data_hash=h, progress=False)}
