@@ -84,15 +84,16 @@ def linear_cka(X: Any, Y: Any) -> float:
     ||Yc^T Xc||_F^2 = <Xc Xc^T, Yc Yc^T>_F and ||Xc^T Xc||_F = ||Xc Xc^T||_F), O(N^2 D).
     """
     x, y = _pair(X, Y, min_rows=2)
-    x = x - x.mean(axis=0)
-    y = y - y.mean(axis=0)
+    cross = None
     if x.shape[0] < max(x.shape[1], y.shape[1]):
-        kx, ky = x @ x.T, y @ y.T
+        # centred Gram matrices H (X X^T) H, centred in place: no centred copy of X or Y
+        kx, ky = _centred_gram(x), _centred_gram(y)
         nx_, ny_ = np.linalg.norm(kx), np.linalg.norm(ky)
         cross = float(np.vdot(kx, ky))
     else:
+        x = x - x.mean(axis=0)
+        y = y - y.mean(axis=0)
         nx_, ny_ = np.linalg.norm(x.T @ x), np.linalg.norm(y.T @ y)
-        cross = None
     if nx_ == 0 or ny_ == 0:
         which = "X" if nx_ == 0 else "Y"
         raise InputError(f"{which} (shape {(x if nx_ == 0 else y).shape}) has zero variance: "
@@ -100,6 +101,14 @@ def linear_cka(X: Any, Y: Any) -> float:
     if cross is None:
         cross = float(np.linalg.norm(y.T @ x) ** 2)
     return float(cross / (nx_ * ny_))
+
+
+def _centred_gram(x: np.ndarray) -> np.ndarray:
+    """(N, N) Gram matrix of the column-centred rows of x: H (x x^T) H, H = I - 11^T / N."""
+    k = x @ x.T
+    k -= k.mean(axis=0, keepdims=True)
+    k -= k.mean(axis=1, keepdims=True)
+    return k
 
 
 def procrustes(X: Any, Y: Any) -> tuple[np.ndarray, float]:
