@@ -17,7 +17,8 @@ alternating rounds (the order rotates each round so load drifts hit every varian
   Figures: median atoms/s over rounds, and the median over rounds of the per-round ratio
   time(bare) / time(variant). Target: embed and monitor >= 0.9 x bare.
   ``stages``: one extra pass of the embed path's steps timed one by one (forward, projection,
-  top-k, HDF5 write) to show where the time goes.
+  top-k, HDF5 write; the write is the writer's append time minus the separately timed
+  top-k it repeats, so approximate) to show where the time goes.
 
 Part 2, LocalCluster of 1 worker x 1 thread vs 2 workers x 1 thread: ``forward`` (the forward
 passes only, ``embed_list``) and ``embed`` (the whole ``embed_to_file`` with the driver
