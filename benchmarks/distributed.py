@@ -1,21 +1,34 @@
 """Throughput of ``embed`` and ``monitor`` against the bare backend, and 1 vs 2 Dask workers.
 
-Part 1, in one process, alternating rounds on the same frames (median of per-round ratios):
-  bare     the backend's own batched inference, ``Backend.embed(frames, batch_size=B)``
-  embed    what ``platoscope embed`` runs: the in-process executor, projection (shipped
-           anchors, K=3000, ``shared``), streaming .h5 write with chunk files for resume
-  monitor  what ``platoscope monitor`` runs: the same forward passes plus the atypical monitor
-           and the run files (frames.extxyz, frames.h5, events, summary)
-  Target: embed and monitor atoms/s >= 0.9 x bare.
+Start-up (reported apart, never in a throughput): loading the model, the shipped anchor set,
+the reference bank, and the projector's one-off preparation (its first projection); for a
+cluster, starting it and the first task on every worker (each worker loads the model).
 
-Part 2, forward passes only (``embed_list`` on an executor): LocalCluster with 1 worker x 1
-thread vs 2 workers x 1 thread, after a warm-up pass (cluster start and model load excluded).
-Target on a 2-core machine: >= 1.6x.
+Part 1, one process, ``--torch-threads`` threads (default 1, as one worker), the same frames,
+alternating rounds (the order rotates each round so load drifts hit every variant alike):
+  bare     the backend's own batched forward pass to the feature layer,
+           ``Backend.embed(frames, batch_size=B)``: nothing of platoscope's but the layer hook
+  embed    what ``platoscope embed`` runs after start-up: the in-process executor, the
+           projection (shipped defaults: ``element`` projection on the default anchors), top-k
+           coordinates and the streaming .h5 write with chunk files for resume
+  monitor  what ``platoscope monitor`` runs after start-up: the same forward passes, the
+           projection, the ``atypical`` monitor and the run files (frames.extxyz, frames.h5,
+           events, summary)
+  Figures: median atoms/s over rounds, and the median over rounds of the per-round ratio
+  time(bare) / time(variant). Target: embed and monitor >= 0.9 x bare.
+  ``stages``: one extra pass of the embed path's steps timed one by one (forward, projection,
+  top-k, HDF5 write; the write is the writer's append time minus the separately timed
+  top-k it repeats, so approximate) to show where the time goes.
 
-    python benchmarks/distributed.py                                  # chgnet, defaults
+Part 2, LocalCluster of 1 worker x 1 thread vs 2 workers x 1 thread: ``forward`` (the forward
+passes only, ``embed_list``) and ``embed`` (the whole ``embed_to_file`` with the driver
+projecting and writing), alternating rounds after a warm-up. Target on a 2-core machine:
+2 workers >= 1.6 x 1 worker.
+
     python benchmarks/distributed.py --backends chgnet,sevenn:7net-0 --frames 96 --rounds 3
 
-Timings are only meaningful on an otherwise idle machine.
+The load average (1, 5, 15 min) is recorded before and after each backend: on a shared machine
+the absolute atoms/s move with other people's work; the ratios within one run are the figures.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -44,8 +58,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def frames_for(n: int, reps: int, seed: int = 0) -> list:
+    """``n`` rattled (0.05 Å) diamond-Si supercells of 8 * reps^3 atoms."""
     rng = np.random.default_rng(seed)
-    base = bulk("Si", "diamond", a=5.43, cubic=True).repeat(reps)  # 8 * reps^3 atoms
+    base = bulk("Si", "diamond", a=5.43, cubic=True).repeat(reps)
     out = []
     for i in range(n):
         a = base.copy()
@@ -55,18 +70,70 @@ def frames_for(n: int, reps: int, seed: int = 0) -> list:
     return out
 
 
-def single_process(spec: str, frames: list, batch: int, rounds: int) -> dict:
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - t0, 3)
+
+
+def alternate(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each function per round, in a rotating order, after one warm-up call each."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for _ in range(rounds):
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+        order = order[1:] + order[:1]
+    return times
+
+
+def summarise(times: dict[str, list[float]], n_atoms: int, base: str | None) -> dict:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {"atoms_per_s": {k: round(n_atoms / v, 1) for k, v in med.items()},
+           "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()}}
+    if base is not None:
+        out["ratio_to_" + base] = {
+            k: round(statistics.median(b / t for t, b in zip(v, times[base], strict=True)), 3)
+            for k, v in times.items() if k != base}
+    return out
+
+
+def setup(spec: str) -> tuple[dict, tuple]:
+    """Start-up, timed: model, anchors, bank, calculator and the projector's first use."""
     from platoscope import AnchorSet, PlatonicCalculator, load_backend
+    from platoscope.reference import default_bank
+
+    backend, t_model = _timed(lambda: load_backend(spec))
+    anchors, t_anchors = _timed(AnchorSet.default)
+    bank, t_bank = _timed(lambda: default_bank(backend, anchors))
+    calc, t_calc = _timed(lambda: PlatonicCalculator(backend, anchors=anchors,
+                                                     projection=bank.projector))
+    one = frames_for(1, 1)[0]
+    _, t_first = _timed(lambda: calc.projector.transform_with_coverage(
+        backend.embed([one])[0], one.numbers))
+    startup = {"load_model_s": t_model, "load_anchors_s": t_anchors,
+               "load_reference_bank_s": t_bank, "build_calculator_s": t_calc,
+               "first_embed_and_projection_s": t_first, "n_anchors": len(anchors),
+               "projection": calc.projector.get_params().get("normalize"),
+               "kernel": calc.projector.get_params().get("kernel")}
+    return startup, (backend, anchors, bank, calc)
+
+
+def single_process(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
     from platoscope.distributed import ModelSpec, embed_to_file, open_executor
     from platoscope.monitors import build_monitors
     from platoscope.readers import structures_hash
-    from platoscope.reference import default_bank
     from platoscope.runner import monitor_frames
 
-    backend = load_backend(spec)
-    anchors = AnchorSet.default()
-    bank = default_bank(backend, anchors)
-    calc = PlatonicCalculator(backend, anchors=anchors, projection=bank.projector)
+    backend, _anchors, bank, calc = objs
     n_atoms = sum(len(a) for a in frames)
     h = structures_hash(frames)
     tmp = Path(tempfile.mkdtemp())
@@ -84,61 +151,91 @@ def single_process(spec: str, frames: list, batch: int, rounds: int) -> dict:
                               dump_dir=tmp / "mon" / "dumps")
         monitor_frames(frames, calc, mons, tmp / "mon", batch_size=batch, progress=False)
 
-    fns = {"bare": bare, "embed": embed, "monitor": monitor}
-    for f in fns.values():  # warm-up
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    for _ in range(rounds):
-        for name in order:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-        order = order[1:] + order[:1]
+    times = alternate({"bare": bare, "embed": embed, "monitor": monitor}, rounds)
+    stages = embed_stages(calc, frames, batch, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "atoms": n_atoms, "frames": len(frames), "batch_size": batch, "rounds": rounds,
-        "torch_threads": torch.get_num_threads(),
-        "atoms_per_s": {k: round(n_atoms / v, 1) for k, v in med.items()},
-        "ratio_to_bare": {k: round(statistics.median(b / t for t, b in zip(
-            times[k], times["bare"], strict=True)), 4) for k in ("embed", "monitor")},
-        "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
-    }
+    return {"atoms": n_atoms, "frames": len(frames), "batch_size": batch, "rounds": rounds,
+            "torch_threads": torch.get_num_threads(), **summarise(times, n_atoms, "bare"),
+            "embed_stages_s": stages}
 
 
-def scaling(spec: str, frames: list, batch: int, rounds: int) -> dict:
-    from platoscope import load_backend
-    from platoscope.distributed import ModelSpec, embed_list, open_executor
+def embed_stages(calc, frames: list, batch: int, tmp: Path) -> dict[str, float]:
+    """One pass of the embed path's steps, each timed alone (seconds for all frames)."""
+    import h5py
 
-    model = ModelSpec.of(load_backend(spec))
+    from platoscope.coords import TOP_K, CoordinateWriter, layout_for
+
+    t = {"forward": 0.0, "projection": 0.0, "top_k": 0.0, "hdf5_write": 0.0}
+    with h5py.File(tmp / "stages.h5", "w") as h:
+        w = CoordinateWriter(h, len(calc.anchors), layout_for(calc.projector), TOP_K)
+        for s in range(0, len(frames), batch):
+            chunk = frames[s:s + batch]
+            t0 = time.perf_counter()
+            feats = np.concatenate(calc.backend.embed(chunk, batch_size=batch))
+            t1 = time.perf_counter()
+            z, cov = calc.projector.transform_with_coverage(
+                feats, np.concatenate([a.numbers for a in chunk]))
+            t2 = time.perf_counter()
+            if w.layout == "topk":
+                from platoscope.coords import top_k_rows
+
+                top_k_rows(z, TOP_K)
+            t3 = time.perf_counter()
+            w.append(z, cov)  # top-k again inside, subtracted below
+            t4 = time.perf_counter()
+            t["forward"] += t1 - t0
+            t["projection"] += t2 - t1
+            t["top_k"] += t3 - t2
+            t["hdf5_write"] += max((t4 - t3) - (t3 - t2), 0.0)
+    return {k: round(v, 3) for k, v in t.items()}
+
+
+def scaling(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
+    from platoscope.distributed import ModelSpec, embed_list, embed_to_file, open_executor
+    from platoscope.readers import structures_hash
+
+    backend, _anchors, _bank, calc = objs
+    model = ModelSpec.of(backend)
     n_atoms = sum(len(a) for a in frames)
+    h = structures_hash(frames)
+    tmp = Path(tempfile.mkdtemp())
     out: dict = {}
     for workers in (1, 2):
-        with open_executor(model, workers=workers, chunk_size=batch) as ex:
-            embed_list(ex, frames[: 2 * workers * batch])  # warm-up: every worker loads
-            ts = []
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                embed_list(ex, frames)
-                ts.append(time.perf_counter() - t0)
-            out[f"{workers}x1"] = {"seconds": [round(t, 3) for t in ts],
-                                   "atoms_per_s": round(n_atoms / statistics.median(ts), 1),
-                                   "cluster": ex.info()}
-    out["speedup_2_vs_1"] = round(out["2x1"]["atoms_per_s"] / out["1x1"]["atoms_per_s"], 3)
+        with contextlib.ExitStack() as stack:
+            ex, t_start = _timed(lambda w=workers: stack.enter_context(
+                open_executor(model, workers=w, chunk_size=batch)))
+            # every worker's first task loads its model: one chunk per worker, at once
+            _, t_warm = _timed(lambda w=workers, ex=ex: embed_list(ex, frames[: w * batch]))
+            fns = {"forward": lambda ex=ex: embed_list(ex, frames),
+                   "embed": lambda ex=ex: embed_to_file(frames, calc, tmp / "c.h5", ex,
+                                                        data_hash=h, progress=False)}
+            times = alternate(fns, rounds)
+            info = ex.info()
+            t0 = time.perf_counter()
+        t_close = round(time.perf_counter() - t0, 3)
+        out[f"{workers}x1"] = {**summarise(times, n_atoms, None),
+                               "startup": {"start_cluster_s": t_start,
+                                           "first_chunk_per_worker_s": t_warm,
+                                           "close_cluster_s": t_close},
+                               "cluster": info}
+    shutil.rmtree(tmp, ignore_errors=True)
+    one, two = out["1x1"]["seconds"], out["2x1"]["seconds"]
+    out["speedup_2_vs_1"] = {k: round(statistics.median(one[k]) / statistics.median(two[k]), 3)
+                             for k in one}
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backends", default="chgnet")
-    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--frames", type=int, default=96)
     p.add_argument("--reps", type=int, default=2, help="Si supercell repeats (8*r^3 atoms)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch threads of the single-process part (1: as a worker)")
     p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--note", default="", help="free text stored in the JSON")
     p.add_argument("--out", default=str(REPO / "results" / "benchmark_distributed.json"))
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -146,20 +243,31 @@ def main() -> None:
     frames = frames_for(args.frames, args.reps)
     rows = {}
     for spec in args.backends.split(","):
-        row = {"single_process": single_process(spec, frames, args.batch_size, args.rounds)}
+        row: dict = {"loadavg_before": loadavg()}
+        t0 = time.perf_counter()
+        row["startup"], objs = setup(spec)
+        row["single_process"] = single_process(objs, frames, args.batch_size, args.rounds)
         if not args.skip_scaling:
-            row["workers"] = scaling(spec, frames, args.batch_size, args.rounds)
+            row["workers"] = scaling(objs, frames, args.batch_size, args.rounds)
+        row["loadavg_after"] = loadavg()
+        row["wall_s"] = round(time.perf_counter() - t0, 1)
         rows[spec] = row
-        print(json.dumps({spec: row}, indent=1))
+        print(json.dumps({spec: row}, indent=1), flush=True)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO,
+                                    capture_output=True, text=True, check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        commit = None
+        commit, dirty = None, None
     from platoscope.provenance import package_versions
 
-    result = {"commit": commit, "command": "python " + " ".join(sys.argv),
-              "cpu_count": os.cpu_count(), "versions": package_versions(),
+    result = {"note": args.note, "commit": commit, "src_uncommitted_changes": dirty,
+              "command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count(),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+              "frames": {"what": f"rattled diamond Si, {8 * args.reps ** 3} atoms each",
+                         "n": args.frames},
+              "versions": package_versions(),
               "targets": {"ratio_to_bare": 0.9, "speedup_2_vs_1": 1.6},
               "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

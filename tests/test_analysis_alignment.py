@@ -53,6 +53,15 @@ def test_cka_invariances_and_independent_data():
     assert linear_cka(x, _cloud(seed=9)) < 0.2
 
 
+def test_cka_gram_form_equals_feature_form():
+    """Fewer rows than features: CKA from the N x N Gram matrices, the same value."""
+    x, y = _cloud(40, 12), _cloud(40, 12, seed=5)
+    wide_x = np.hstack([x, np.zeros((40, 100))])  # 40 rows < 112 features: the Gram form
+    wide_y = np.hstack([y, x[:, :3], np.zeros((40, 60))])
+    narrow_y = np.hstack([y, x[:, :3]])  # 15 features: the feature form
+    assert linear_cka(wide_x, wide_y) == pytest.approx(linear_cka(x, narrow_y), rel=1e-12)
+
+
 def test_procrustes_recovers_rotation():
     x = _cloud(200, 8)
     q = _rotation(8)

@@ -225,6 +225,21 @@ def test_embed_element_projection_stores_sparse_rows_and_coverage(tmp_path):
     assert np.median(c.coverage) > 0.9  # rattled copies of these very atoms are anchors
     assert np.all(c.residual < 1) and c.platonic.shape == (len(c), len(za))
 
+    # compare's scored rows: element blocks reduced to an isometry (same inner products within
+    # and across models, float64 rounding) in at most as many columns as rows
+    import scipy.sparse as sp
+
+    from platoscope.compare import _isometric_by_element
+
+    za_, zb_ = sp.csr_array(c.platonic), sp.csr_array(c.platonic).copy()
+    zb_.data = zb_.data * np.random.default_rng(0).uniform(0.5, 1.5, zb_.nnz)  # a 2nd "model"
+    xa, xb = _isometric_by_element([za_, zb_], c.numbers)
+    assert xa.shape[1] <= 2 * len(c)
+    for u, v, x, y in ((za_, zb_, xa, xb), (za_, za_, xa, xa), (zb_, zb_, xb, xb)):
+        np.testing.assert_allclose(x @ y.T, (u @ v.T).toarray(), rtol=0, atol=1e-12)
+    shared = sp.csr_array(np.ones((len(c), 3)))  # rows of all elements on the same columns
+    assert _isometric_by_element([shared, shared], c.numbers) is None
+
     # an element without anchors is refused, naming it
     from ase import Atoms
 

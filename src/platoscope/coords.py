@@ -203,20 +203,30 @@ def _top_k_dense(z: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _top_k_sparse(z: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of each CSR row from its stored entries: sort by (row, -value), keep the first
-    k of each row."""
+    """Top-k of each CSR row from its stored entries. Rows are grouped by their number of
+    stored entries (the element projection: one group per element), so that each group is one
+    (rows, entries) array: a partial sort per row, no sort over all entries (lexsort over
+    1024 atoms x ~1000 entries took ~0.7 ms per atom; this ~0.05)."""
     z.sum_duplicates()
     n = z.shape[0]
     k = min(k, z.shape[1])
     counts = np.diff(z.indptr)
-    row = np.repeat(np.arange(n), counts)
-    order = np.lexsort((-z.data, row))
-    rank = np.arange(z.nnz) - z.indptr[row]
-    keep = rank < k
     idx = np.full((n, k), -1, dtype=np.int32)
     vals = np.zeros((n, k), dtype=np.float64)
-    idx[row[keep], rank[keep]] = z.indices[order[keep]]
-    vals[row[keep], rank[keep]] = z.data[order[keep]]
+    for c in np.unique(counts):
+        if c == 0:
+            continue
+        rows = np.flatnonzero(counts == c)
+        pos = z.indptr[rows][:, None] + np.arange(c)  # (r, c) positions in data/indices
+        d = z.data[pos]
+        kk = min(k, int(c))
+        part = (np.argpartition(-d, kk - 1, axis=1)[:, :kk] if kk < c
+                else np.broadcast_to(np.arange(c), d.shape))
+        v = np.take_along_axis(d, part, axis=1)
+        order = np.argsort(-v, axis=1, kind="stable")
+        sel = np.take_along_axis(part, order, axis=1)
+        vals[rows, :kk] = np.take_along_axis(v, order, axis=1)
+        idx[rows, :kk] = z.indices[np.take_along_axis(pos, sel, axis=1)]
     return idx, vals
 
 

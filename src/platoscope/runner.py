@@ -72,13 +72,16 @@ class RunRecorder:
 
     projector: the calculator's fitted Projector (stored once in frames.h5); store_coords:
     see :func:`store_coords_for` (K from ``provenance["n_anchors"]``); score_units: units per
-    stored score name (:func:`~platoscope.monitors.base.score_units`), kept in frames.h5.
+    stored score name (:func:`~platoscope.monitors.base.score_units`), kept in frames.h5;
+    verify: when coordinates are derived rather than stored, re-project each frame to check
+    that the stored projector gives them (one extra projection per frame); False where the
+    caller projects every frame with that same projector (``monitor_frames``).
     """
 
     def __init__(self, out: str | Path, *, provenance: dict[str, Any], config: dict[str, Any],
                  interval: int = 1, embeddings: bool = True, append: bool = False,
                  projector: Any = None, store_coords: str = "auto",
-                 score_units: dict[str, str] | None = None):
+                 score_units: dict[str, str] | None = None, verify: bool = True):
         self.store_platonic = store_coords_for(store_coords, int(provenance.get("n_anchors") or 0),
                                                embeddings=embeddings)
         self.out = Path(out)
@@ -94,7 +97,7 @@ class RunRecorder:
             attrs={"provenance": provenance, "config": config,
                    "score_units": {**dict(score_units or {}), COVERAGE: COVERAGE_UNITS}},
             projector_state=projector.get_state() if projector is not None else None,
-            store_platonic=self.store_platonic)
+            store_platonic=self.store_platonic, verify=verify)
         self.events = EventLog(self.out / EVENTS, mode="a" if append else "w")
         if append:
             self.n_frames = count_frames(self.out)
@@ -411,7 +414,9 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors),
                            embeddings=embeddings, projector=calc.projector,
-                           store_coords=store_coords)
+                           store_coords=store_coords, verify=False)
+    # verify=False: every frame below is projected with calc.projector, the one stored, so a
+    # reader derives exactly these coordinates; checking it per frame cost a second projection
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     bar = _progress(len(frames), "monitor", progress)

@@ -79,18 +79,36 @@ def linear_cka(X: Any, Y: Any) -> float:
 
     CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred Xc, Yc. In [0, 1];
     invariant to orthogonal transforms and isotropic scaling of either side, 1 when Y is X up to
-    those. Computed in feature space, O(N D^2).
+    those. Computed in feature space, O(N D^2) time and D^2 memory, or, when N is smaller
+    than the features, with the N x N Gram matrices (the same value:
+    ||Yc^T Xc||_F^2 = <Xc Xc^T, Yc Yc^T>_F and ||Xc^T Xc||_F = ||Xc Xc^T||_F), O(N^2 D).
     """
     x, y = _pair(X, Y, min_rows=2)
-    x = x - x.mean(axis=0)
-    y = y - y.mean(axis=0)
-    nx_ = np.linalg.norm(x.T @ x)
-    ny_ = np.linalg.norm(y.T @ y)
+    cross = None
+    if x.shape[0] < max(x.shape[1], y.shape[1]):
+        # centred Gram matrices H (X X^T) H, centred in place: no centred copy of X or Y
+        kx, ky = _centred_gram(x), _centred_gram(y)
+        nx_, ny_ = np.linalg.norm(kx), np.linalg.norm(ky)
+        cross = float(np.vdot(kx, ky))
+    else:
+        x = x - x.mean(axis=0)
+        y = y - y.mean(axis=0)
+        nx_, ny_ = np.linalg.norm(x.T @ x), np.linalg.norm(y.T @ y)
     if nx_ == 0 or ny_ == 0:
         which = "X" if nx_ == 0 else "Y"
         raise InputError(f"{which} (shape {(x if nx_ == 0 else y).shape}) has zero variance: "
                          "CKA is undefined")
-    return float(np.linalg.norm(y.T @ x) ** 2 / (nx_ * ny_))
+    if cross is None:
+        cross = float(np.linalg.norm(y.T @ x) ** 2)
+    return float(cross / (nx_ * ny_))
+
+
+def _centred_gram(x: np.ndarray) -> np.ndarray:
+    """(N, N) Gram matrix of the column-centred rows of x: H (x x^T) H, H = I - 11^T / N."""
+    k = x @ x.T
+    k -= k.mean(axis=0, keepdims=True)
+    k -= k.mean(axis=1, keepdims=True)
+    return k
 
 
 def procrustes(X: Any, Y: Any) -> tuple[np.ndarray, float]:

@@ -24,8 +24,9 @@ from platoscope.errors import InputError
 STATISTICS = ("mean", "median")
 
 
-def _stack(coords: Mapping[str, Any], min_models: int = 1) -> tuple[list[str], np.ndarray]:
-    """(names, array (n_models, N, K)), after checking every model has the same shape."""
+def _checked(coords: Mapping[str, Any], min_models: int = 1
+             ) -> tuple[list[str], list[np.ndarray]]:
+    """(names, arrays (N, K) each), after checking every model has the same shape."""
     names = list(coords)
     if len(names) < min_models:
         raise InputError(f"coords has {len(names)} model(s); at least {min_models} needed")
@@ -35,7 +36,7 @@ def _stack(coords: Mapping[str, Any], min_models: int = 1) -> tuple[list[str], n
         if arr.shape != shape:
             raise InputError(f"coords[{k!r}] has shape {arr.shape} but coords[{names[0]!r}] has "
                              f"{shape}: all models need the same atoms and anchor axes")
-    return names, np.stack(arrays)
+    return names, arrays
 
 
 def consensus(coords: Mapping[str, Any], exclude: str | None = None,
@@ -45,20 +46,29 @@ def consensus(coords: Mapping[str, Any], exclude: str | None = None,
     coords: {model: (N, K)}; exclude: a model left out (leave-one-out consensus for it).
     """
     check_metric(statistic, STATISTICS, "statistic")
-    names, stack = _stack(coords)
+    names, arrays = _checked(coords)
     if exclude is not None:
         if exclude not in names:
             raise InputError(f"exclude={exclude!r} is not a model in coords ({names})")
         if len(names) < 2:
             raise InputError("a leave-one-out consensus needs at least 2 models")
-        stack = stack[[i for i, k in enumerate(names) if k != exclude]]
-    return stack.mean(axis=0) if statistic == "mean" else np.median(stack, axis=0)
+        arrays = [a for k, a in zip(names, arrays, strict=True) if k != exclude]
+    if statistic == "median":
+        return np.median(np.stack(arrays), axis=0)
+    out = arrays[0].copy()  # the mean, summed in place: no (n_models, N, K) stack
+    for a in arrays[1:]:
+        out += a
+    out /= len(arrays)
+    return out
 
 
 def _distance(x: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
     if metric == "cosine":
         return 1.0 - np.einsum("ij,ij->i", unit_rows(x), unit_rows(y))
-    return np.linalg.norm(x - y, axis=1)
+    out = np.empty(x.shape[0])
+    for s in range(0, x.shape[0], 1024):  # row blocks: no (N, K) difference array
+        out[s:s + 1024] = np.linalg.norm(x[s:s + 1024] - y[s:s + 1024], axis=1)
+    return out
 
 
 def deviations(coords: Mapping[str, Any], leave_one_out: bool = True, metric: str = "euclidean",
@@ -69,7 +79,7 @@ def deviations(coords: Mapping[str, Any], leave_one_out: bool = True, metric: st
     docstring). metric: ``euclidean`` (in coordinate units) or ``cosine`` (1 - cos).
     """
     check_metric(metric, ("euclidean", "cosine"))
-    names, _ = _stack(coords, min_models=2)
+    names, _ = _checked(coords, min_models=2)
     full = None if leave_one_out else consensus(coords, statistic=statistic)
     out = {}
     for k in names:
