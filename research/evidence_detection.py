@@ -266,6 +266,7 @@ class Scorers:
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
 
+        from platoscope.coords import dense_rows
         from platoscope.monitors.atypical import AtypicalMonitor
         from platoscope.projection import Projector
 
@@ -274,7 +275,7 @@ class Scorers:
         self.monitor = AtypicalMonitor(bank, k=5, quantile=0.999)
         bX = bank.embeddings.astype(np.float64)
         bZ = bank.numbers
-        bP = bank.coords
+        bP = dense_rows(bank.coords)  # CSR for the element projection
         self.whiten = Projector("whiten").fit(bank.projector.anchors_, bX)
         bPw = self.whiten.transform(bX)
         mu, sd = bX.mean(0), bX.std(0) + 1e-8

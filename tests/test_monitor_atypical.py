@@ -56,7 +56,7 @@ def test_raw_space_is_default_and_differs_from_projected(setup):
     pool = bank.embeddings[bank.numbers == 14].astype(np.float64)
     d = np.linalg.norm(f.embeddings[:, None, :] - pool[None], axis=2)
     np.testing.assert_allclose(s_raw, np.sort(d, axis=1)[:, :5].mean(axis=1), rtol=1e-10)
-    pool = bank.coords[bank.numbers == 14]
+    pool = dense_rows(bank.coords[bank.numbers == 14])
     d = np.linalg.norm(dense_rows(f.platonic)[:, None, :] - pool[None], axis=2)
     np.testing.assert_allclose(s_proj, np.sort(d, axis=1)[:, :5].mean(axis=1), rtol=1e-10)
     assert not np.allclose(s_raw, s_proj)
@@ -171,3 +171,53 @@ def test_element_not_in_the_bank_is_said_everywhere(setup, tmp_path):
         run_md(atoms, [AtypicalMonitor(bank)], tmp_path, steps=1, progress=False)
     make_report(tmp_path)
     assert f"NOT in the reference bank: {sym}" in (tmp_path / "report.txt").read_text()
+
+
+class DenseBank:
+    """The same reference atoms with dense (M, K) coordinates: the path before sparse banks."""
+
+    def __init__(self, bank):
+        self.coords = dense_rows(bank.coords)
+        self.numbers, self.structure_index = bank.numbers, bank.structure_index
+        self.model, self.data_hash = bank.model, bank.data_hash
+
+    def __len__(self):
+        return len(self.numbers)
+
+
+@pytest.mark.parametrize("same_element", [True, False])
+def test_projected_space_on_the_sparse_bank_equals_the_dense_computation(setup, same_element):
+    """Default anchors (K = 38,076, element projection): bank.coords is CSR (each atom's element
+    block, 12 bytes per entry, as coords_nbytes says), and the projected monitor calibrated and
+    scoring on it (never densified to K columns) agrees with the same monitor on the dense
+    coordinates within 1e-10: thresholds, leave-one-structure-out scores, a rattled Si frame
+    (sparse and dense frame coordinates) and an element the bank lacks."""
+    import warnings
+
+    from platoscope.coords import is_sparse, nbytes
+    from platoscope.monitors.base import MonitorWarning
+
+    bank, calc = setup
+    z = bank.coords
+    assert is_sparse(z) and z.shape == (len(bank), len(bank.projector.anchors_))
+    assert nbytes(z) == bank.coords_nbytes() < 0.1 * 8 * z.shape[0] * z.shape[1]
+    sparse = AtypicalMonitor(bank, space="projected", same_element=same_element)
+    dense = AtypicalMonitor(DenseBank(bank), space="projected", same_element=same_element)
+    assert set(sparse.element_thresholds_) == set(dense.element_thresholds_)
+    for el, t in dense.element_thresholds_.items():
+        assert abs(sparse.element_thresholds_[el] - t) <= 1e-10
+        np.testing.assert_allclose(sparse.calibration_scores_[el],
+                                   dense.calibration_scores_[el], rtol=0, atol=1e-10)
+    a = si()
+    a.rattle(0.05, seed=3)
+    missing = next(x for x in (79, 78, 47, 29, 54) if x not in set(bank.numbers.tolist()))
+    a.numbers[0] = missing
+    f = frame(calc, a)
+    assert is_sparse(f.platonic)
+    flat = Frame(step=0, atoms=f.atoms, platonic=dense_rows(f.platonic))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MonitorWarning)  # the missing element: tested above
+        want = dense.score(flat)
+        for got in (sparse.score(f), sparse.score(flat), dense.score(f)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    assert np.isfinite(want).all()

@@ -37,7 +37,7 @@ def test_calibration_per_element(models):
     mon = BiasMonitor(calc_b, bank_a=bank_a, bank_b=bank_b, quantile=0.9)
     d = paired_distances(bank_a, bank_b)
     assert np.isfinite(d).all() and (d > 0).all()
-    np.testing.assert_allclose(d, np.linalg.norm(bank_a.coords - bank_b.coords, axis=1),
+    np.testing.assert_allclose(d, np.linalg.norm(dense_rows(bank_a.coords - bank_b.coords), axis=1),
                                rtol=0, atol=1e-11)
     assert mon.expected_false_alarm_rate == pytest.approx(0.1)
     thr = mon.thresholds_for(Frame(step=0, atoms=Atoms(numbers=bank_a.numbers),
@@ -189,7 +189,7 @@ def test_bank_skips_structures_a_model_cannot_embed(sevenn_backend, small_anchor
     assert len(d) == len(bank_b) < len(bank_a)
     keep = bank_a.structure_index != 1
     z_a = bank_a.projector.transform(bank_a.embeddings[keep], bank_a.numbers[keep], sparse=False)
-    np.testing.assert_allclose(d, np.linalg.norm(z_a - bank_b.coords, axis=1), rtol=0,
+    np.testing.assert_allclose(d, np.linalg.norm(z_a - dense_rows(bank_b.coords), axis=1), rtol=0,
                                atol=1e-11)
     with pytest.raises(ValueError, match=r"element\(s\) Po"):  # no anchor of Po: refused
         _ = bank_a.coords

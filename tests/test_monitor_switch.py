@@ -16,6 +16,7 @@ from platoscope.monitors.switch import (
     MIN_MATCHED,
     SwitchingCalculator,
     SwitchMonitor,
+    carry_coordinates,
     hand_over,
 )
 from platoscope.monitors.symmetry import SymmetryMonitor
@@ -119,17 +120,19 @@ def test_same_model_hand_over_matches_every_atom_to_itself(chgnet_pair, chgnet_b
     for z, t in before.items():
         assert atypical.element_thresholds_[z] == pytest.approx(t, rel=1e-6)
     assert switch.summary()["switches"][0]["step"] == 3
+    assert switch.summary()["thresholds_not_carried"] is None  # sparse bank, default anchors
 
 
 def test_thresholds_too_large_to_carry_are_reported_and_the_run_goes_on(
         chgnet_pair, chgnet_bank, monkeypatch):
-    """Banks whose dense coordinates exceed reference.MAX_DENSE_BYTES (the default anchors
-    with a full reference set) cannot be carried: the switch still happens and is checked, the
-    run goes on, and the summary says why the thresholds were not carried."""
+    """Banks whose coordinates exceed reference.MAX_SPARSE_BYTES even sparse (element
+    projection; the default anchors with the shipped reference set hold far less) cannot be
+    carried: the switch still happens and is checked, the run goes on, and the summary says why
+    the thresholds were not carried."""
     from platoscope import reference
 
     a, b = chgnet_pair
-    monkeypatch.setattr(reference, "MAX_DENSE_BYTES", 1)
+    monkeypatch.setattr(reference, "MAX_SPARSE_BYTES", 1)
     bank = reference.ReferenceBank(  # a fresh object: coords are cached per bank
         chgnet_bank.embeddings, chgnet_bank.numbers, chgnet_bank.structure_index,
         projector=chgnet_bank.projector, anchor_set_hash=chgnet_bank.anchor_set_hash,
@@ -141,7 +144,7 @@ def test_thresholds_too_large_to_carry_are_reported_and_the_run_goes_on(
         rec = run_md(atoms, SwitchingCalculator(a, b, rule=2), [switch, atypical], steps=3)
     assert [e.step for e in rec.events if e.monitor == "switch"] == [2]
     s = switch.summary()
-    assert s["carried_thresholds"] is None and "GiB dense" in s["thresholds_not_carried"]
+    assert s["carried_thresholds"] is None and "GiB even sparse" in s["thresholds_not_carried"]
     assert atypical.space == "raw"  # left as it was
 
 
@@ -243,3 +246,32 @@ def test_second_model_lacking_an_element_is_refused_before_the_run(chgnet_pair):
         with pytest.raises(UnsupportedElementError, match=rf"{name} monitor: the second model "
                            r"'mace:mace_emt_tiny.model' has no parameters for element\(s\) Si"):
             build_monitors(f"{name}:mace:{model}", calc=a, atoms=si)
+
+
+def test_carrying_a_sparse_bank_equals_the_dense_map(chgnet_pair, chgnet_bank):
+    """Default anchors (element projection): the bank's CSR coordinates are carried per element
+    on the columns each element uses, never densified to K, and agree within 1e-10 with the
+    dense TransportMap fitted with elements, for the elements of the fitting frame (here Si:
+    a 0.05 Å and a 0.1 Å rattle of one diamond cell stand in for A's and B's views); elements
+    the frame lacks are left where they were."""
+    from platoscope.coords import dense_rows, is_sparse
+
+    a, _ = chgnet_pair
+    views = []
+    for amp, seed in ((0.05, 0), (0.1, 1)):
+        atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+        atoms.rattle(amp, seed=seed)
+        atoms.calc = a
+        views.append(a.get_property("platonic", atoms))
+    z_a, z_b = views
+    numbers = np.full(8, 14)
+    coords, el = chgnet_bank.coords, chgnet_bank.numbers
+    assert is_sparse(z_a) and is_sparse(coords)
+    sparse = carry_coordinates(z_a, z_b, numbers, coords, el)
+    assert is_sparse(sparse) and sparse.shape == coords.shape
+    dense = carry_coordinates(dense_rows(z_a), dense_rows(z_b), numbers, dense_rows(coords), el)
+    si = el == 14
+    got = dense_rows(sparse)
+    np.testing.assert_allclose(got[si], dense[si], rtol=0, atol=1e-10)
+    assert np.abs(got[si] - dense_rows(coords[si])).max() > 1e-3  # it did move them
+    np.testing.assert_array_equal(got[~si], dense_rows(coords[~si]))

@@ -28,6 +28,8 @@ from platoscope.projection import Projector
 FORMAT = "platoscope.reference/1"
 MAX_DENSE_BYTES = 2 * 2**30
 """Largest dense (M, K) float64 coordinate array :attr:`ReferenceBank.coords` builds."""
+MAX_SPARSE_BYTES = 4 * 2**30
+"""Largest sparse (element projection) coordinate array :attr:`ReferenceBank.coords` builds."""
 
 
 class ReferenceBank:
@@ -165,18 +167,47 @@ class ReferenceBank:
         return self.provenance.get("fingerprint")
 
     @cached_property
-    def coords(self) -> np.ndarray:
-        """(M, K) float64 projected coordinates of the reference atoms (dense: refused above
-        :data:`MAX_DENSE_BYTES`; the monitors' default paths score raw embeddings instead)."""
+    def coords(self) -> Any:
+        """(M, K) float64 projected coordinates of the reference atoms.
+
+        Element projection (:attr:`Projector.by_element`): a ``scipy.sparse.csr_array`` holding
+        each atom's whole element block, exact (the dense array's values; 12 bytes per stored
+        entry, e.g. ~23k atoms x <= 2048 entries on the default anchors, about 0.5 GiB at most),
+        refused above :data:`MAX_SPARSE_BYTES`. Other projections: a dense ndarray, refused above
+        :data:`MAX_DENSE_BYTES`. Helpers that take either form: :mod:`platoscope.coords`."""
         k = self.projector.anchors_.shape[0]
+        if self.projector.by_element:
+            need = self.coords_nbytes()
+            if need > MAX_SPARSE_BYTES:
+                raise InputError(
+                    f"the reference bank's coordinates would take {need / 2**30:.1f} GiB even "
+                    f"sparse ({len(self)} atoms, K={k}, each atom's element block); what needs "
+                    "them (an atypical monitor in the projected space, carrying thresholds "
+                    "across a model switch) is limited to smaller banks or fewer anchors")
+            return self.projector.transform(self.embeddings, self.numbers, sparse=True)
         need = 8 * len(self) * k
         if need > MAX_DENSE_BYTES:
             raise InputError(
                 f"the reference bank's coordinates would take {need / 2**30:.1f} GiB dense "
-                f"({len(self)} atoms x K={k}); what needs them (an atypical monitor in the "
-                "projected space, carrying thresholds across a model switch) is limited to "
-                "smaller sets: use --anchors mp20 --projection shared, or a smaller bank")
+                f"({len(self)} atoms x K={k}, {self.projector.name} projection); what needs "
+                "them (an atypical monitor in the projected space, carrying thresholds across a "
+                "model switch) is limited to smaller sets: use the element projection (sparse "
+                "coordinates), fewer anchors or a smaller bank")
         return self.projector.transform(self.embeddings, self.numbers, sparse=False)
+
+    def coords_nbytes(self) -> int:
+        """Bytes :attr:`coords` holds (without building it): 8 x M x K dense; for the element
+        projection 12 per stored entry (float64 value + int32 column; int64 columns, 16, past
+        2**31 entries) plus the row pointer."""
+        k = self.projector.anchors_.shape[0]
+        if not self.projector.by_element:
+            return 8 * len(self) * k
+        zs = self.projector.anchor_numbers_[self.projector.valid_]
+        z, count = np.unique(self.numbers, return_counts=True)
+        width = np.array([np.count_nonzero(zs == x) for x in z], dtype=np.int64)
+        nnz = int(np.dot(count.astype(np.int64), width))
+        per = 12 if max(nnz, k) < 2**31 else 16
+        return per * nnz + (per - 8) * (len(self) + 1)
 
     def check_backend(self, backend: Any) -> None:
         """Refuse a backend other than the one that built the bank (model, weights, layer)."""

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.analysis.neighbors import knn_distance
-from platoscope.coords import as_coords, is_sparse, support
+from platoscope.analysis.neighbors import chunk_rows, knn_distance
+from platoscope.coords import as_coords, is_sparse, row_norms, support
 from platoscope.errors import ConfigError, InputError
 from platoscope.monitors.base import Frame, Monitor, MonitorWarning
 from platoscope.monitors.registry import MonitorOption, register_monitor
@@ -93,12 +93,13 @@ class AtypicalMonitor(Monitor):
         self.space = space
         self.units = ("distance in the model's feature space (model units)" if space == "raw"
                       else "distance in Platonic coordinates")
-        ref = (bank.coords if space == "projected"
+        ref = (as_coords(bank.coords, "reference coordinates") if space == "projected"
                else np.asarray(bank.embeddings, dtype=np.float64))
-        self._ref = ref  # (M, D) raw or (M, K) projected: what calibrate and score compare
+        self._ref = ref  # (M, D) raw or (M, K) projected (dense, or CSR: element projection)
+        self._sparse = is_sparse(ref)
         self._pool = {int(z): ref[bank.numbers == z] for z in np.unique(bank.numbers)}
         self._all = ref
-        self._compact: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
+        self._compact: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.element_thresholds_: dict[int, float] = {}
         self.uncovered_elements_: list[int] = []
         self.calibration_scores_: dict[int, np.ndarray] = {}
@@ -109,13 +110,13 @@ class AtypicalMonitor(Monitor):
     def calibrate(self) -> AtypicalMonitor:
         """Per-element thresholds from leave-one-structure-out scores of the bank atoms."""
         bank, coords = self.bank, self._ref
-        all_scores = []
+        all_scores = []  # same-element pools: the element's rows (sparse: its block's columns)
         for z in np.unique(bank.numbers):
             mask = bank.numbers == z if self.same_element else np.ones(len(bank), bool)
             sel = np.flatnonzero(bank.numbers == z)
-            s = knn_distance(coords[sel], coords[mask], self.k,
-                             exclude=bank.structure_index[sel],
-                             groups=bank.structure_index[mask])
+            s = self._knn(coords[sel], int(z) if self.same_element else None,
+                          exclude=bank.structure_index[sel],
+                          groups=bank.structure_index[mask])
             s = s[np.isfinite(s)]
             self.calibration_scores_[int(z)] = s
             all_scores.append(s)
@@ -191,27 +192,78 @@ class AtypicalMonitor(Monitor):
         for el in np.unique(numbers):
             idx = np.flatnonzero(numbers == el)
             key: int | None = int(el) if self.same_element else None
-            pool = self._pool.get(int(el)) if self.same_element else self._all
-            if pool is None or len(pool) == 0:
-                key, pool = None, self._all
-            out[idx] = knn_distance(*self._pair(z[idx], pool, key), self.k)
+            if key not in self._pool or self._pool[key].shape[0] == 0:
+                key = None
+            out[idx] = self._knn(z[idx], key)
         return out
 
-    def _pair(self, q: Any, pool: np.ndarray, key: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Queries and pool as dense arrays on the columns either uses: a sparse frame (element
-        projection) is never densified to K columns; the distances are those of the full rows
-        (the dropped columns are zero on both sides). The pool's used columns are cached."""
-        if not is_sparse(q):
-            return q, pool
-        if key not in self._compact:
-            cols = support(pool)
-            self._compact[key] = (cols, np.ascontiguousarray(pool[:, cols]))
-        cols, compact = self._compact[key]
+    def _knn(self, q: Any, key: int | None, exclude: np.ndarray | None = None,
+             groups: np.ndarray | None = None) -> np.ndarray:
+        """(n,) mean distance of query rows ``q`` (n, width) to their ``k`` nearest rows of the
+        pool ``key`` (an element's bank rows, or None: every bank row), leaving out pool rows
+        whose ``groups`` equals the query's ``exclude`` (leave-one-structure-out).
+
+        Dense bank and queries: :func:`knn_distance` on the rows as they are. Sparse (element
+        projection; never densified to K columns): a same-element pool is compacted to the
+        columns its rows use (cached) and, when the queries use no other column, searched as
+        dense rows on those columns (the distances of the full rows: the dropped columns are
+        zero on both sides); otherwise distances come per pool element from the exact identity
+        ``|q - p|^2 = |q|^2 + |p|^2 - 2 q.p``, the inner product over the columns both use."""
+        pool = self._all if key is None else self._pool[key]
+        if not (self._sparse or is_sparse(q)):
+            return knn_distance(q, pool, self.k, exclude=exclude, groups=groups)
+        q = as_coords(q)
         need = support(q)
-        if np.isin(need, cols).all():
-            return q[:, cols].toarray(), compact
-        cols = np.union1d(cols, need)
-        return q[:, cols].toarray(), pool[:, cols]
+        if key is not None:
+            cols, compact, _ = self._compacted(key)
+            if np.isin(need, cols).all():
+                x = q[:, cols].toarray() if is_sparse(q) else q[:, cols]
+                return knn_distance(x, compact, self.k, exclude=exclude, groups=groups)
+        parts = [key] if key is not None else sorted(self._pool)
+        rows = (None if key is not None
+                else np.concatenate([np.flatnonzero(self.bank.numbers == z) for z in parts]))
+        qsq = row_norms(q) ** 2
+        n_pool = pool.shape[0]
+        out = np.empty(q.shape[0])
+        step = chunk_rows(n_pool)
+        for s in range(0, q.shape[0], step):
+            qs = q[s:s + step]
+            d2 = np.empty((qs.shape[0], n_pool))
+            at = 0
+            for z in parts:
+                cols, compact, psq = self._compacted(z)
+                shared = np.intersect1d(need, cols, assume_unique=True)
+                block = qsq[s:s + step, None] + psq[None, :]
+                if shared.size:
+                    x = qs[:, shared]
+                    x = x.toarray() if is_sparse(x) else x
+                    block -= 2.0 * (x @ compact[:, np.searchsorted(cols, shared)].T)
+                d2[:, at:at + len(compact)] = block
+                at += len(compact)
+            d = np.sqrt(np.maximum(d2, 0.0))
+            if rows is not None:  # pool rows in bank order, as ``groups`` counts them
+                d[:, rows] = d.copy()
+            if exclude is not None and groups is not None:
+                d[np.asarray(exclude[s:s + step])[:, None] == np.asarray(groups)[None, :]] = (
+                    np.inf)
+            kk = min(self.k, n_pool)
+            near = np.partition(d, kk - 1, axis=1)[:, :kk]
+            ok = np.isfinite(near)
+            cnt = ok.sum(axis=1)
+            tot = np.where(ok, near, 0.0).sum(axis=1)
+            out[s:s + step] = np.divide(tot, cnt, out=np.full(len(tot), np.nan), where=cnt > 0)
+        return out
+
+    def _compacted(self, z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Element ``z``'s bank rows on the columns they use: (cols (c,), rows (M_z, c) dense,
+        squared row norms (M_z,)); cached."""
+        if z not in self._compact:
+            pool = self._pool[z]
+            cols = support(pool)
+            rows = (pool[:, cols].toarray() if is_sparse(pool)
+                    else np.ascontiguousarray(pool[:, cols]))
+            self._compact[z] = (cols, rows, (rows * rows).sum(axis=1))
+        return self._compact[z]
 
     def extra_scores(self, frame: Frame) -> dict[str, np.ndarray]:
         """``force``: (N,) |F| in eV/Å per atom when the frame has forces (N, 3): the running

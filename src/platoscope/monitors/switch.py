@@ -171,7 +171,7 @@ class SwitchMonitor(Monitor):
         if self.atypical is not None:
             try:
                 self.carry(self.atypical, rec.platonic_a, rec.platonic_b, rec.atoms.numbers)
-            except InputError as err:  # e.g. banks too large to carry densely: run on, say so
+            except InputError as err:  # e.g. a bank too large even sparse: run on, say so
                 import warnings
 
                 self.not_carried_ = str(err)
@@ -192,15 +192,13 @@ class SwitchMonitor(Monitor):
             from platoscope.reference import shared_rows
 
             ia, ib = shared_rows(bank_a, self.bank_b)
-            tmap = TransportMap().fit(bank_a.coords[ia], self.bank_b.coords[ib],
-                                      elements=bank_a.numbers[ia])
+            fit = (bank_a.coords[ia], self.bank_b.coords[ib], bank_a.numbers[ia])
             fitted_on = f"reference banks ({len(ia)} atoms)"
-        else:  # the bank side is dense (K columns): so is this one frame's pair
-            tmap = TransportMap().fit(dense_rows(z_a), dense_rows(z_b),
-                                      elements=np.asarray(numbers))
+        else:
+            fit = (z_a, z_b, np.asarray(numbers))
             fitted_on = f"the switch frame ({len(numbers)} atoms)"
         target = self._model_b()
-        bank = _CarriedBank(tmap.transform(bank_a.coords, elements=bank_a.numbers), bank_a,
+        bank = _CarriedBank(carry_coordinates(*fit, bank_a.coords, bank_a.numbers), bank_a,
                             target)
         if self.retarget:
             carried = atypical.rebase(bank, "projected")
@@ -292,6 +290,46 @@ class SwitchMonitor(Monitor):
         if checks:
             s["lowest_matched_equivalent"] = min(c["matched_equivalent"] for c in checks)
         return s
+
+
+def carry_coordinates(x_fit: Any, y_fit: Any, fit_numbers: np.ndarray, coords: Any,
+                      numbers: np.ndarray) -> Any:
+    """``coords`` (M, K) of atoms with atomic numbers (M,) moved by a
+    :class:`~platoscope.analysis.optimal_transport.TransportMap` fitted on the pairs
+    ``x_fit`` (n, K) -> ``y_fit`` (n, K) of atoms ``fit_numbers`` (n,), within each element.
+
+    Dense inputs: one map fitted with ``elements`` (as before sparse banks). If any input is
+    sparse (the element projection: each atom's element block), one map per element, fitted
+    and applied on the columns that element's rows use (:func:`~platoscope.coords.
+    compact_columns`: the same distances, neighbours and displacements as the full rows), so
+    nothing is densified to K columns; the result is a ``csr_array`` holding each carried atom's
+    columns. Elements of ``coords`` absent from the fitted atoms (the switch frame lacks them)
+    are left where they are (a dense map would move them by other elements' displacements, into
+    other elements' columns)."""
+    from platoscope.coords import compact_columns, expand_columns, is_sparse
+
+    numbers = np.asarray(numbers)
+    fit_numbers = np.asarray(fit_numbers)
+    if not any(is_sparse(v) for v in (x_fit, y_fit, coords)):
+        tmap = TransportMap().fit(dense_rows(x_fit), dense_rows(y_fit), elements=fit_numbers)
+        return tmap.transform(coords, elements=numbers)
+    import scipy.sparse as sp
+
+    k = coords.shape[1]
+    parts, order = [], []
+    for z in np.unique(numbers):
+        rows = np.flatnonzero(numbers == z)
+        sel = np.flatnonzero(fit_numbers == z)
+        if not sel.size:
+            parts.append(sp.csr_array(coords[rows]))
+        else:
+            (x, y, c), cols = compact_columns(x_fit[sel], y_fit[sel], coords[rows])
+            moved = TransportMap().fit(x, y).transform(c)
+            parts.append(expand_columns(moved, cols, k) if cols is not None
+                         else sp.csr_array(moved))
+        order.append(rows)
+    stacked = sp.csr_array(sp.vstack(parts, format="csr"))
+    return stacked[np.argsort(np.concatenate(order))]
 
 
 def _forces_energies(rec: SwitchRecord) -> dict[str, float]:
