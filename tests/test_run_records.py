@@ -210,10 +210,9 @@ def test_progress_bar_names_atoms_unlike_cif_labels():
 
 
 def test_run_commands_take_a_projection_and_refuse_a_bank_of_another(small_setup, tmp_path):
-    """``md --anchors mp20 --projection shared`` (the README's cross-element view; the error of
-    an atypical monitor in the projected space on the default set names it) runs on the shipped
-    shared bank and records the projection; a --reference bank of another projection is refused
-    before anything runs, naming both."""
+    """``md --anchors mp20 --projection shared`` (the README's cross-element view) runs on the
+    shipped shared bank and records the projection; a --reference bank of another projection is
+    refused before anything runs, naming both."""
     _, _, anchors_path, bank_path = small_setup
     out = tmp_path / "shared"
     r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--anchors", "mp20",
@@ -231,6 +230,21 @@ def test_run_commands_take_a_projection_and_refuse_a_bank_of_another(small_setup
     r = CliRunner().invoke(main, ["relax", _structure(tmp_path), "--projection", "bogus",
                                   "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "'--projection'" in r.output
+
+
+def test_projected_atypical_runs_on_the_default_anchors(tmp_path):
+    """``--monitor-option atypical_space=projected`` on the default anchors (K = 38,076) and the
+    shipped bank: the bank's coordinates are sparse (no dense 6.6 GiB array, no refusal), the run
+    completes and the summary records the projected space and per-element thresholds."""
+    out = tmp_path / "proj"
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--steps", "1", "--no-report",
+                                  "--monitor", "atypical", "--monitor-option",
+                                  "atypical_space=projected", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    (mon,) = [m for m in json.loads((out / "summary.json").read_text())["monitoring"]["monitors"]
+              if m["name"] == "atypical"]
+    assert mon["space"] == "projected" and {"Na", "Cl"} <= set(mon["element_thresholds"])
+    assert mon["reference_model"] == "chgnet:0.3.0" and mon["reference_atoms"] > 20000
 
 
 def test_monitor_option_no_monitor_declares_is_refused(tmp_path):

@@ -3,7 +3,8 @@
 A bank stores the model's raw embeddings of the reference atoms (compact: float32, (M, D)),
 their atomic numbers, and the fitted :class:`~platoscope.projection.Projector` (anchor matrix
 and, for ``standardize``/``whiten``, the reference statistics). Projected coordinates (M, K)
-are derived on load, so a bank's size does not grow with K. Monitors score new atoms against
+are derived on load (sparse CSR for the element projection), so a bank's file does not grow
+with K. Monitors score new atoms against
 ``bank.coords``; a PlatonicCalculator built with ``projection=bank.projector`` projects on the
 same axes with the same normalisation.
 """

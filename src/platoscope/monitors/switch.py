@@ -52,7 +52,7 @@ docs/symmetry_switch.md."""
 class _CarriedBank:
     """A reference bank whose coordinates were carried into another model's space."""
 
-    def __init__(self, coords: np.ndarray, source: Any, target: str):
+    def __init__(self, coords: Any, source: Any, target: str):
         self.coords = coords
         self.numbers = source.numbers
         self.structure_index = source.structure_index
