@@ -8,7 +8,13 @@ projected-space AtypicalMonitor on it, and to carry it into another space at a m
 of a rattled 64-atom NaCl cell, the calculator with the projected atypical monitor as a median
 ratio to the bare model in the same run (alternating rounds).
 
-    python benchmarks/sparse_bank.py [--rounds 9] [--out results/benchmark_sparse_bank.json]
+With ``--switch-to SPEC`` (e.g. ``sevenn:7net-0``, in the environment that has it) also the
+whole carry of the monitor into that model's space fitted on the two default banks (map and
+recalibration), and how far the carried per-element thresholds sit from the model's own
+(in sample: the map is fitted on those same atoms, so this checks the plumbing, not transfer).
+
+    python benchmarks/sparse_bank.py [--rounds 9] [--switch-to sevenn:7net-0]
+        [--out results/benchmark_sparse_bank.json]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ def seconds(f):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--switch-to", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     warnings.simplefilter("ignore")
@@ -90,6 +97,24 @@ def main() -> None:
                         "bare_s": statistics.median(times["bare"]),
                         "ratio_to_bare": median_ratios(times, "bare")},
            "provenance": invocation()}
+    if args.switch_to:
+        import numpy as np
+
+        from platoscope.monitors.switch import SwitchMonitor
+
+        bank_b = default_bank(load_backend(args.switch_to), anchors)
+        own = AtypicalMonitor(bank_b, space="projected").element_thresholds_
+        before = dict(mon.element_thresholds_)
+        sw = SwitchMonitor(atypical=mon, bank_b=bank_b)
+        carried, t_carry = seconds(lambda: sw.carry(mon, None, None, None))
+        el = sorted(set(own) & set(carried.element_thresholds_))
+        gap = np.array([abs(carried.element_thresholds_[e] - own[e]) for e in el])
+        gap_a = np.array([abs(before[e] - own[e]) for e in el])
+        out["switch"] = {"to": args.switch_to, "carry_on_banks_with_recalibration_s": t_carry,
+                         "elements": len(el),
+                         "median_abs_threshold_gap_carried_vs_own": float(np.median(gap)),
+                         "max_abs_threshold_gap_carried_vs_own": float(gap.max()),
+                         "median_abs_threshold_gap_uncarried_vs_own": float(np.median(gap_a))}
     print(json.dumps({k: v for k, v in out.items() if k != "provenance"}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
