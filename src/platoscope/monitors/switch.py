@@ -303,9 +303,11 @@ def carry_coordinates(x_fit: Any, y_fit: Any, fit_numbers: np.ndarray, coords: A
     and applied on the columns that element's rows use (:func:`~platoscope.coords.
     compact_columns`: the same distances, neighbours and displacements as the full rows), so
     nothing is densified to K columns; the result is a ``csr_array`` holding each carried atom's
-    columns. Elements of ``coords`` absent from the fitted atoms (the switch frame lacks them)
-    are left where they are (a dense map would move them by other elements' displacements, into
-    other elements' columns)."""
+    columns. Atoms are coupled only within their element (the dense map does so above
+    ``max_exact``; below it, elements are only scored, though cross-element pairs of the element
+    projection cost ~2 and are not chosen in practice). Elements of ``coords`` absent from the
+    fitted atoms (the switch frame lacks them) are left where they are (a dense map would move
+    them by other elements' displacements, into other elements' columns)."""
     from platoscope.coords import compact_columns, expand_columns, is_sparse
 
     numbers = np.asarray(numbers)
