@@ -75,13 +75,16 @@ class RunRecorder:
     stored score name (:func:`~platoscope.monitors.base.score_units`), kept in frames.h5;
     verify: when coordinates are derived rather than stored, re-project each frame to check
     that the stored projector gives them (one extra projection per frame); False where the
-    caller projects every frame with that same projector (``monitor_frames``).
+    caller projects every frame with that same projector (``monitor_frames``);
+    score_names: stored score names known before the first frame (frames.h5 then creates their
+    datasets with the file instead of rewriting it when the first frame brings them).
     """
 
     def __init__(self, out: str | Path, *, provenance: dict[str, Any], config: dict[str, Any],
                  interval: int = 1, embeddings: bool = True, append: bool = False,
                  projector: Any = None, store_coords: str = "auto",
-                 score_units: dict[str, str] | None = None, verify: bool = True):
+                 score_units: dict[str, str] | None = None, verify: bool = True,
+                 score_names: Sequence[str] = ()):
         self.store_platonic = store_coords_for(store_coords, int(provenance.get("n_anchors") or 0),
                                                embeddings=embeddings)
         self.out = Path(out)
@@ -97,7 +100,7 @@ class RunRecorder:
             attrs={"provenance": provenance, "config": config,
                    "score_units": {**dict(score_units or {}), COVERAGE: COVERAGE_UNITS}},
             projector_state=projector.get_state() if projector is not None else None,
-            store_platonic=self.store_platonic, verify=verify)
+            store_platonic=self.store_platonic, verify=verify, score_names=tuple(score_names))
         self.events = EventLog(self.out / EVENTS, mode="a" if append else "w")
         if append:
             self.n_frames = count_frames(self.out)
@@ -387,6 +390,58 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     return state["result"]
 
 
+PROJECT_BATCH_VALUES = 1 << 22
+"""Most coordinate values (rows x K, float64: 32 MiB) that ``monitor_frames`` projects in one
+call for a projector whose output is dense; the element projection's output is sparse and a
+whole chunk goes in one call."""
+
+
+def _project_chunk(projector: Any, chunk: Sequence[Atoms], features: Sequence[Any]
+                   ) -> list[Any]:
+    """Per frame of a chunk, ``(coordinates, coverage)`` of its features (None where the frame
+    has none; the exception where that frame alone cannot be projected), from few projections
+    of stacked rows: the same rows as one call per frame (each row's coordinates depend on that
+    row alone), without the per-call cost. Dense outputs are made in groups of frames of at most
+    :data:`PROJECT_BATCH_VALUES` values (one frame alone may exceed it)."""
+    out: list[Any] = [None] * len(features)
+    k = len(getattr(projector, "anchors_", ())) or 1
+    limit = None if getattr(projector, "by_element", False) else PROJECT_BATCH_VALUES // k
+    groups: list[list[int]] = []
+    rows = 0
+    for j, e in enumerate(features):
+        if e is None:
+            continue
+        if not groups or (limit is not None and rows + len(e) > limit):
+            groups.append([])
+            rows = 0
+        groups[-1].append(j)
+        rows += len(e)
+    for group in groups:
+        _project_group(projector, chunk, features, group, out)
+    return out
+
+
+def _project_group(projector: Any, chunk: Sequence[Atoms], features: Sequence[Any],
+                   group: list[int], out: list[Any]) -> None:
+    if len(group) > 1:
+        try:
+            z, cov = projector.transform_with_coverage(
+                np.concatenate([features[j] for j in group]),
+                np.concatenate([chunk[j].numbers for j in group]))
+        except Exception:  # a frame that cannot be projected: each alone below
+            pass
+        else:
+            bounds = np.cumsum([0, *(len(features[j]) for j in group)])
+            for j, a, b in zip(group, bounds[:-1], bounds[1:], strict=True):
+                out[j] = (z[a:b], cov[a:b])
+            return
+    for j in group:
+        try:
+            out[j] = projector.transform_with_coverage(features[j], chunk[j].numbers)
+        except Exception as err:  # raised when the run reaches that frame
+            out[j] = err
+
+
 def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monitor],
                    out: str | Path, *, batch_size: int = 16, strict: bool = False,
                    progress: bool = True, embeddings: bool = True,
@@ -414,9 +469,12 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors),
                            embeddings=embeddings, projector=calc.projector,
-                           store_coords=store_coords, verify=False)
+                           store_coords=store_coords, verify=False,
+                           score_names=[*(m.name for m in monitors), COVERAGE])
     # verify=False: every frame below is projected with calc.projector, the one stored, so a
-    # reader derives exactly these coordinates; checking it per frame cost a second projection
+    # reader derives exactly these coordinates; checking it per frame cost a second projection.
+    # score_names: the scores every frame has, declared so that frames.h5 is not rewritten
+    # (projector included) when the first frame brings them
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     bar = _progress(len(frames), "monitor", progress)
@@ -440,6 +498,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                 for f in res.failures:
                     failed.append(f.describe())
                     bar.write(f"failed: {f.describe()}")
+                projected = _project_chunk(calc.projector, chunk, res.features)
                 for j, (src, e) in enumerate(zip(chunk, res.features, strict=True)):
                     step = int(src.info.get("source_index", res.start + j))
                     if e is None:
@@ -448,7 +507,9 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                     a = src.copy()
                     res_src = src.calc.results if src.calc is not None else {}
                     a.calc = None
-                    z, cov = calc.projector.transform_with_coverage(e, src.numbers)
+                    if isinstance(projected[j], Exception):
+                        raise projected[j]
+                    z, cov = projected[j]
                     if z.shape[1] <= ARRAY_MAX_K:
                         a.arrays["platonic"] = dense_rows(z)
                     watcher.step = step + 1
