@@ -6,7 +6,8 @@ Every run writes to one folder:
   ``score_<monitor>`` (N,) per atom, energy and forces, and ``score_coverage`` (N,): each atom's
   largest cosine to the anchors it is projected on (see :mod:`platoscope.projection`);
 - ``frames.h5``: HDF5 sidecar with full embeddings and coordinates, appended and flushed every
-  frame (a SIGKILL leaves every completed frame readable);
+  frame (``monitor_frames``: every chunk of frames; a SIGKILL leaves every committed frame
+  readable);
 
   with more than :data:`STORE_COORDS_MAX_K` anchors (``store_coords="auto"``) no file stores
   per-frame coordinates: frames.h5 keeps the projector once and ``read_sidecar`` derives each
@@ -77,14 +78,18 @@ class RunRecorder:
     that the stored projector gives them (one extra projection per frame); False where the
     caller projects every frame with that same projector (``monitor_frames``);
     score_names: stored score names known before the first frame (frames.h5 then creates their
-    datasets with the file instead of rewriting it when the first frame brings them).
+    datasets with the file instead of rewriting it when the first frame brings them);
+    batch: keep frames until :meth:`flush` (called by :meth:`write_summary` and :meth:`close`)
+    and write them with one extxyz write and one frames.h5 commit (``monitor_frames``: once
+    per chunk; a kill then loses the frames of the chunk under way, which a resumed run
+    rewrites); False writes and commits every frame as it comes (MD, relaxations).
     """
 
     def __init__(self, out: str | Path, *, provenance: dict[str, Any], config: dict[str, Any],
                  interval: int = 1, embeddings: bool = True, append: bool = False,
                  projector: Any = None, store_coords: str = "auto",
                  score_units: dict[str, str] | None = None, verify: bool = True,
-                 score_names: Sequence[str] = ()):
+                 score_names: Sequence[str] = (), batch: bool = False):
         self.store_platonic = store_coords_for(store_coords, int(provenance.get("n_anchors") or 0),
                                                embeddings=embeddings)
         self.out = Path(out)
@@ -95,6 +100,8 @@ class RunRecorder:
         self.config = config
         self.started = time.time()
         self.n_frames = 0
+        self.batch = batch
+        self._pending: list[tuple[Atoms, Any]] = []
         self.sidecar = FrameSidecar(
             self.out / SIDECAR, mode="a" if append else "w",
             attrs={"provenance": provenance, "config": config,
@@ -126,17 +133,30 @@ class RunRecorder:
         snap.info["step"] = frame.step
         if frame.energy is not None or frame.forces is not None:
             snap.calc = SinglePointCalculator(snap, energy=frame.energy, forces=frame.forces)
-        write(self.out / FRAMES, snap, format="extxyz", append=True)
-        self.sidecar.append(frame.step, numbers=atoms.numbers, positions=atoms.positions,
-                            cell=np.asarray(atoms.cell), platonic=frame.platonic,
-                            embeddings=frame.embeddings if self.embeddings else None,
-                            scores=scores, energy=frame.energy, forces=frame.forces)
-        self.n_frames += 1
+        data = self.sidecar.frame_data(
+            frame.step, numbers=atoms.numbers, positions=atoms.positions,
+            cell=np.asarray(atoms.cell), platonic=frame.platonic,
+            embeddings=frame.embeddings if self.embeddings else None, scores=scores,
+            energy=frame.energy, forces=frame.forces)
+        self._pending.append((snap, data))
+        if not self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the frames kept so far (frames.extxyz, then one frames.h5 commit)."""
+        if not self._pending:
+            return
+        snaps, data = zip(*self._pending, strict=True)
+        self._pending = []
+        write(self.out / FRAMES, list(snaps), format="extxyz", append=True)
+        self.sidecar.append_many(data)
+        self.n_frames += len(data)
 
     def event(self, event: Event) -> None:
         self.events.append(event.to_dict())
 
     def write_summary(self, status: str, extra: dict[str, Any] | None = None) -> None:
+        self.flush()
         extra = dict(extra or {})
         if "monitoring" in extra:  # counts over the whole run (every segment), from the files
             extra["monitoring"] = {**extra["monitoring"], "n_events": count_events(self.out)}
@@ -149,7 +169,10 @@ class RunRecorder:
         })
 
     def close(self) -> None:
-        self.sidecar.close()
+        try:
+            self.flush()
+        finally:
+            self.sidecar.close()
 
 
 def last_frame(out: str | Path) -> tuple[Atoms, int]:
@@ -470,11 +493,11 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                            score_units=score_units(monitors),
                            embeddings=embeddings, projector=calc.projector,
                            store_coords=store_coords, verify=False,
-                           score_names=[*(m.name for m in monitors), COVERAGE])
+                           score_names=[*(m.name for m in monitors), COVERAGE], batch=True)
     # verify=False: every frame below is projected with calc.projector, the one stored, so a
     # reader derives exactly these coordinates; checking it per frame cost a second projection.
     # score_names: the scores every frame has, declared so that frames.h5 is not rewritten
-    # (projector included) when the first frame brings them
+    # (projector included) when the first frame brings them; batch: one commit per chunk
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     bar = _progress(len(frames), "monitor", progress)
@@ -521,6 +544,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                     n_atoms += len(a)
                     bar.update(1)
                     _postfix(bar, watcher, a)
+                recorder.flush()  # the chunk's frames: one extxyz write, one frames.h5 commit
                 bar.set_postfix_str(f"{n_atoms / max(time.perf_counter() - t0, 1e-9):.0f} "
                                     f"atoms/s, failed {len(failed)}", refresh=False)
             state["resumed_chunks"] = store.n_resumed if store is not None else 0
