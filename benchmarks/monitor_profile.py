@@ -13,7 +13,7 @@ wrapping the function that does it (wall time, seconds per pass over all frames,
   monitor:<n>  each monitor's ``start``, ``score``, ``extra_scores``, ``events`` and
                ``thresholds_for`` (the watcher calls the last for the progress line)
   extxyz       ``ase.io.write`` of frames.extxyz
-  frames.h5    ``FrameSidecar.append``
+  frames.h5    ``FrameSidecar.append`` (and ``append_many`` where it exists)
   events       ``EventLog.append``
   summary      ``write_json_atomic`` (summary.json, during the run and at its end)
   open run files  ``RunRecorder(...)``: creates frames.h5 (with the projector, once) and
@@ -47,12 +47,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from distributed import frames_for, loadavg  # noqa: E402
 
-sys.path.pop(0)
+# distributed.py removes its folder from sys.path itself: remove it by value, if still there
+sys.path[:] = [p for p in sys.path if p != str(REPO / "benchmarks")]
 
 
 class Timers:
     def __init__(self):
         self.t: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
         self.depth = 0
 
     def wrap(self, owner, attr: str, name: str) -> None:
@@ -67,6 +69,7 @@ class Timers:
                 return fn(*a, **k)
             finally:
                 self.t[name] += time.perf_counter() - t0
+                self.calls[name] += 1
                 self.depth -= 1
 
         setattr(owner, attr, timed)
@@ -108,13 +111,16 @@ def profile(spec: str, frames: list, batch: int, rounds: int) -> dict:
         build()
         build_s.append(round(time.perf_counter() - t0, 3))
     timers = Timers()
-    patched = [(runner, "write"), (FrameSidecar, "append"), (EventLog, "append"),
+    many = [(FrameSidecar, "append_many")] if hasattr(FrameSidecar, "append_many") else []
+    patched = [*many, (runner, "write"), (FrameSidecar, "append"), (EventLog, "append"),
                (runner, "write_json_atomic"), (runner, "RunRecorder")]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr in patched]
     timers.wrap(backend, "embed", "forward")  # instance attributes, deleted afterwards
     timers.wrap(calc.projector, "transform_with_coverage", "projection")
     timers.wrap(runner, "write", "extxyz")
     timers.wrap(FrameSidecar, "append", "frames.h5")
+    for owner, attr in many:  # frames written a chunk at a time (append calls it too)
+        timers.wrap(owner, attr, "frames.h5")
     timers.wrap(EventLog, "append", "events")
     timers.wrap(runner, "write_json_atomic", "summary")
     timers.wrap(runner, "RunRecorder", "open run files")
@@ -132,7 +138,9 @@ def profile(spec: str, frames: list, batch: int, rounds: int) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     per = {k: round(v / rounds, 3) for k, v in sorted(timers.t.items())}
     per["other"] = round(total / rounds - sum(timers.t.values()) / rounds, 3)
-    return {"seconds_per_pass": per, "total_per_pass_instrumented_s": round(total / rounds, 3),
+    return {"seconds_per_pass": per,
+            "calls_per_pass": {k: v // rounds for k, v in sorted(timers.calls.items())},
+            "total_per_pass_instrumented_s": round(total / rounds, 3),
             "monitor_uninstrumented_s": [round(x, 3) for x in plain],
             "build_monitors_s": build_s,
             "bare_forward_s": [round(x, 3) for x in bare],
@@ -161,7 +169,10 @@ def main() -> None:
         print(json.dumps({spec: rows[spec]}, indent=1), flush=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
-    out = {"note": args.note, "commit": commit, "command": "python " + " ".join(sys.argv),
+    import platoscope
+
+    out = {"note": args.note, "commit": commit, "platoscope_imported_from": platoscope.__file__,
+           "command": "python " + " ".join(sys.argv),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": 1,
            "frames": {"what": f"rattled diamond Si, {8 * args.reps ** 3} atoms each",
                       "n": args.frames, "batch_size": args.batch_size},
