@@ -504,3 +504,28 @@ def test_monitor_projects_a_chunk_as_its_frames_alone(monkeypatch):
     out = runner._project_chunk(proj, bad, feats)
     assert isinstance(out[3], InputError) and "Li" in str(out[3])
     assert out[1] is None and all(isinstance(out[j], tuple) for j in (0, 2, 4))
+
+
+def test_monitor_stop_mid_chunk_writes_through_the_stopping_frame(small_setup, chgnet_backend,
+                                                                  tmp_path):
+    """monitor_frames commits a chunk's frames together: a stop in the middle of a chunk still
+    leaves every frame up to the stopping one in frames.extxyz and frames.h5 (and none after)."""
+    from platoscope.runner import monitor_frames
+
+    anchors, bank, *_ = small_setup
+    calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    frames = []
+    for s in range(6):
+        a = nacl()
+        a.rattle(0.02, seed=s)
+        if s == 3:
+            a.positions[0] += [1.3, 0.2, 0.0]  # far from the bank: the stop
+        frames.append(a)
+    res = monitor_frames(frames, calc, [AtypicalMonitor(bank, action="stop")], tmp_path / "m",
+                         batch_size=4, progress=False)
+    assert res["status"] == "stopped" and res["stopped_by"]["step"] == 3
+    assert [f.info["step"] for f in read(tmp_path / "m" / "frames.extxyz", ":")] == [0, 1, 2, 3]
+    with read_sidecar(tmp_path / "m" / "frames.h5") as side:
+        assert side.steps.tolist() == [0, 1, 2, 3]
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["frames_written"] == 4
