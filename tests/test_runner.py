@@ -470,3 +470,62 @@ def test_report_axes_say_quantity_and_unit(small_setup, chgnet_backend, tmp_path
     with h5py.File(tmp_path / "frames.h5", "r") as f:
         assert f["scores/atypical_force/data"].attrs["units"] == "eV/Å"
         assert "Platonic" in f["scores/symmetry/data"].attrs["units"]
+
+
+def test_monitor_projects_a_chunk_as_its_frames_alone(monkeypatch):
+    """monitor_frames projects a chunk's stacked rows in one call (in groups for dense
+    outputs): each frame's coordinates and coverage equal its own projection within the
+    contract; a frame without features gets None, and one that cannot be projected gets its
+    error (raised when the run reaches it) without costing the other frames theirs."""
+    from ase import Atoms
+
+    from platoscope import runner
+    from platoscope.coords import dense_rows
+    from platoscope.projection import TOLERANCE, Projector
+
+    rng = np.random.default_rng(0)
+    a, za = rng.normal(size=(300, 16)), rng.choice([1, 8, 26], 300)
+    sizes = [5, 0, 12, 7, 9]
+    feats = [rng.normal(size=(n, 16)) if n else None for n in sizes]
+    chunk = [Atoms(numbers=rng.choice([1, 8, 26], max(n, 1)), positions=np.zeros((max(n, 1), 3)))
+             for n in sizes]
+    monkeypatch.setattr(runner, "PROJECT_BATCH_VALUES", 20 * 300)  # dense: groups of <= 20 rows
+    for name in ("element", "shared"):
+        proj = Projector(name).fit(a, anchor_numbers=za)
+        out = runner._project_chunk(proj, chunk, feats)
+        assert out[1] is None
+        for j in (0, 2, 3, 4):
+            z, cov = proj.transform_with_coverage(feats[j], chunk[j].numbers)
+            np.testing.assert_allclose(dense_rows(out[j][0]), dense_rows(z), rtol=0,
+                                       atol=TOLERANCE)
+            np.testing.assert_allclose(out[j][1], cov, rtol=0, atol=TOLERANCE)
+    proj = Projector("element").fit(a, anchor_numbers=za)
+    bad = [*chunk[:3], Atoms(numbers=[3] * 7, positions=np.zeros((7, 3))), chunk[4]]  # no Li
+    out = runner._project_chunk(proj, bad, feats)
+    assert isinstance(out[3], InputError) and "Li" in str(out[3])
+    assert out[1] is None and all(isinstance(out[j], tuple) for j in (0, 2, 4))
+
+
+def test_monitor_stop_mid_chunk_writes_through_the_stopping_frame(small_setup, chgnet_backend,
+                                                                  tmp_path):
+    """monitor_frames commits a chunk's frames together: a stop in the middle of a chunk still
+    leaves every frame up to the stopping one in frames.extxyz and frames.h5 (and none after)."""
+    from platoscope.runner import monitor_frames
+
+    anchors, bank, *_ = small_setup
+    calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    frames = []
+    for s in range(6):
+        a = nacl()
+        a.rattle(0.02, seed=s)
+        if s == 3:
+            a.positions[0] += [1.3, 0.2, 0.0]  # far from the bank: the stop
+        frames.append(a)
+    res = monitor_frames(frames, calc, [AtypicalMonitor(bank, action="stop")], tmp_path / "m",
+                         batch_size=4, progress=False)
+    assert res["status"] == "stopped" and res["stopped_by"]["step"] == 3
+    assert [f.info["step"] for f in read(tmp_path / "m" / "frames.extxyz", ":")] == [0, 1, 2, 3]
+    with read_sidecar(tmp_path / "m" / "frames.h5") as side:
+        assert side.steps.tolist() == [0, 1, 2, 3]
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["frames_written"] == 4

@@ -598,3 +598,46 @@ def test_sidecar_is_self_describing(tmp_path):
         assert "read_sidecar" in f.attrs["how_to_read"] and "/projector" in f.attrs["how_to_read"]
         assert f.attrs["model"] == "chgnet:0.3.0" and f.attrs["anchor_set_hash"] == "abc"
         assert int(f.attrs["n_anchors"]) == 3000
+
+
+def test_append_many_is_appends_in_one_commit(tmp_path):
+    """append_many writes what one append per frame writes (ragged frames, optional fields
+    missing in some, a score appearing late), committed together; bad frames are refused
+    before anything is written."""
+    sizes = [3, 7, 1, 5]
+    want = [_small(i, n) for i, n in enumerate(sizes)]
+    want[1]["embeddings"] = None
+    want[2]["energy"] = None
+    want[3]["scores"] = {"a": np.arange(5.0), "late": -np.arange(5.0)}
+    attrs = {"model": "m", "weights_sha256": "ab", "n_anchors": 4}
+    with FrameSidecar(tmp_path / "one.h5", attrs=attrs, score_names=["a"]) as sc:
+        for i, w in enumerate(want):
+            sc.append(10 * i, **w, pbc=[True, True, i % 2 == 0])
+    with FrameSidecar(tmp_path / "many.h5", attrs=attrs, score_names=["a"]) as sc:
+        assert sc.append_many([sc.frame_data(10 * i, **w, pbc=[True, True, i % 2 == 0])
+                               for i, w in enumerate(want[:1])]) == [0]
+        assert sc.append_many([]) == []
+        assert sc.append_many([sc.frame_data(10 * i, **w, pbc=[True, True, i % 2 == 0])
+                               for i, w in enumerate(want) if i]) == [1, 2, 3]
+        assert sc.n_frames == 4
+        with pytest.raises(TypeError, match="frame_data"):
+            sc.append_many([want[0]])
+        bad = {**_small(9, 2), "platonic": np.zeros((2, 5))}
+        with pytest.raises(SidecarMismatchError, match="K=5"):
+            sc.frame_data(90, **bad)
+        assert sc.n_frames == 4
+    with read_sidecar(tmp_path / "one.h5") as one, read_sidecar(tmp_path / "many.h5") as many:
+        assert len(many) == 4 and many.score_names == one.score_names
+        np.testing.assert_array_equal(many.steps, one.steps)
+        for i in range(4):
+            a, b = one.frame(i), many.frame(i)
+            assert a.keys() == b.keys()
+            for key in a:
+                if key == "scores":
+                    assert a[key].keys() == b[key].keys()
+                    for name in a[key]:
+                        np.testing.assert_array_equal(a[key][name], b[key][name])
+                elif a[key] is None or isinstance(a[key], (int, float, str)):
+                    assert (a[key] == b[key]) or (a[key] != a[key] and b[key] != b[key]), key
+                else:
+                    np.testing.assert_array_equal(a[key], b[key])

@@ -38,14 +38,21 @@ def sha256_bytes(*chunks: bytes) -> str:
 
 
 def package_versions(names: tuple[str, ...] = CORE_PACKAGES) -> dict[str, str]:
-    """Installed versions of the named distributions (absent ones are left out)."""
+    """Installed versions of the named distributions (absent ones are left out). Looked up
+    once per process and set of names (each lookup reads package metadata from disk; a run
+    writes its summary several times)."""
+    return dict(_package_versions(tuple(names)))
+
+
+@lru_cache(maxsize=16)
+def _package_versions(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     out = {"python": platform.python_version()}
     for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return out
+    return tuple(out.items())
 
 
 def invocation(argv: list[str] | None = None) -> dict[str, str | None]:

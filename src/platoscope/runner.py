@@ -6,7 +6,8 @@ Every run writes to one folder:
   ``score_<monitor>`` (N,) per atom, energy and forces, and ``score_coverage`` (N,): each atom's
   largest cosine to the anchors it is projected on (see :mod:`platoscope.projection`);
 - ``frames.h5``: HDF5 sidecar with full embeddings and coordinates, appended and flushed every
-  frame (a SIGKILL leaves every completed frame readable);
+  frame (``monitor_frames``: every chunk of frames; a SIGKILL leaves every committed frame
+  readable);
 
   with more than :data:`STORE_COORDS_MAX_K` anchors (``store_coords="auto"``) no file stores
   per-frame coordinates: frames.h5 keeps the projector once and ``read_sidecar`` derives each
@@ -75,13 +76,20 @@ class RunRecorder:
     stored score name (:func:`~platoscope.monitors.base.score_units`), kept in frames.h5;
     verify: when coordinates are derived rather than stored, re-project each frame to check
     that the stored projector gives them (one extra projection per frame); False where the
-    caller projects every frame with that same projector (``monitor_frames``).
+    caller projects every frame with that same projector (``monitor_frames``);
+    score_names: stored score names known before the first frame (frames.h5 then creates their
+    datasets with the file instead of rewriting it when the first frame brings them);
+    batch: keep frames until :meth:`flush` (called by :meth:`write_summary` and :meth:`close`)
+    and write them with one extxyz write and one frames.h5 commit (``monitor_frames``: once
+    per chunk; a kill then loses the frames of the chunk under way, which a resumed run
+    rewrites); False writes and commits every frame as it comes (MD, relaxations).
     """
 
     def __init__(self, out: str | Path, *, provenance: dict[str, Any], config: dict[str, Any],
                  interval: int = 1, embeddings: bool = True, append: bool = False,
                  projector: Any = None, store_coords: str = "auto",
-                 score_units: dict[str, str] | None = None, verify: bool = True):
+                 score_units: dict[str, str] | None = None, verify: bool = True,
+                 score_names: Sequence[str] = (), batch: bool = False):
         self.store_platonic = store_coords_for(store_coords, int(provenance.get("n_anchors") or 0),
                                                embeddings=embeddings)
         self.out = Path(out)
@@ -92,12 +100,14 @@ class RunRecorder:
         self.config = config
         self.started = time.time()
         self.n_frames = 0
+        self.batch = batch
+        self._pending: list[tuple[Atoms, Any]] = []
         self.sidecar = FrameSidecar(
             self.out / SIDECAR, mode="a" if append else "w",
             attrs={"provenance": provenance, "config": config,
                    "score_units": {**dict(score_units or {}), COVERAGE: COVERAGE_UNITS}},
             projector_state=projector.get_state() if projector is not None else None,
-            store_platonic=self.store_platonic, verify=verify)
+            store_platonic=self.store_platonic, verify=verify, score_names=tuple(score_names))
         self.events = EventLog(self.out / EVENTS, mode="a" if append else "w")
         if append:
             self.n_frames = count_frames(self.out)
@@ -123,17 +133,30 @@ class RunRecorder:
         snap.info["step"] = frame.step
         if frame.energy is not None or frame.forces is not None:
             snap.calc = SinglePointCalculator(snap, energy=frame.energy, forces=frame.forces)
-        write(self.out / FRAMES, snap, format="extxyz", append=True)
-        self.sidecar.append(frame.step, numbers=atoms.numbers, positions=atoms.positions,
-                            cell=np.asarray(atoms.cell), platonic=frame.platonic,
-                            embeddings=frame.embeddings if self.embeddings else None,
-                            scores=scores, energy=frame.energy, forces=frame.forces)
-        self.n_frames += 1
+        data = self.sidecar.frame_data(
+            frame.step, numbers=atoms.numbers, positions=atoms.positions,
+            cell=np.asarray(atoms.cell), platonic=frame.platonic,
+            embeddings=frame.embeddings if self.embeddings else None, scores=scores,
+            energy=frame.energy, forces=frame.forces)
+        self._pending.append((snap, data))
+        if not self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the frames kept so far (frames.extxyz, then one frames.h5 commit)."""
+        if not self._pending:
+            return
+        snaps, data = zip(*self._pending, strict=True)
+        self._pending = []
+        write(self.out / FRAMES, list(snaps), format="extxyz", append=True)
+        self.sidecar.append_many(data)
+        self.n_frames += len(data)
 
     def event(self, event: Event) -> None:
         self.events.append(event.to_dict())
 
     def write_summary(self, status: str, extra: dict[str, Any] | None = None) -> None:
+        self.flush()
         extra = dict(extra or {})
         if "monitoring" in extra:  # counts over the whole run (every segment), from the files
             extra["monitoring"] = {**extra["monitoring"], "n_events": count_events(self.out)}
@@ -146,7 +169,10 @@ class RunRecorder:
         })
 
     def close(self) -> None:
-        self.sidecar.close()
+        try:
+            self.flush()
+        finally:
+            self.sidecar.close()
 
 
 def last_frame(out: str | Path) -> tuple[Atoms, int]:
@@ -387,6 +413,58 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     return state["result"]
 
 
+PROJECT_BATCH_VALUES = 1 << 22
+"""Most coordinate values (rows x K, float64: 32 MiB) that ``monitor_frames`` projects in one
+call for a projector whose output is dense; the element projection's output is sparse and a
+whole chunk goes in one call."""
+
+
+def _project_chunk(projector: Any, chunk: Sequence[Atoms], features: Sequence[Any]
+                   ) -> list[Any]:
+    """Per frame of a chunk, ``(coordinates, coverage)`` of its features (None where the frame
+    has none; the exception where that frame alone cannot be projected), from few projections
+    of stacked rows: the same rows as one call per frame (each row's coordinates depend on that
+    row alone), without the per-call cost. Dense outputs are made in groups of frames of at most
+    :data:`PROJECT_BATCH_VALUES` values (one frame alone may exceed it)."""
+    out: list[Any] = [None] * len(features)
+    k = len(getattr(projector, "anchors_", ())) or 1
+    limit = None if getattr(projector, "by_element", False) else PROJECT_BATCH_VALUES // k
+    groups: list[list[int]] = []
+    rows = 0
+    for j, e in enumerate(features):
+        if e is None:
+            continue
+        if not groups or (limit is not None and rows + len(e) > limit):
+            groups.append([])
+            rows = 0
+        groups[-1].append(j)
+        rows += len(e)
+    for group in groups:
+        _project_group(projector, chunk, features, group, out)
+    return out
+
+
+def _project_group(projector: Any, chunk: Sequence[Atoms], features: Sequence[Any],
+                   group: list[int], out: list[Any]) -> None:
+    if len(group) > 1:
+        try:
+            z, cov = projector.transform_with_coverage(
+                np.concatenate([features[j] for j in group]),
+                np.concatenate([chunk[j].numbers for j in group]))
+        except Exception:  # a frame that cannot be projected: each alone below
+            pass
+        else:
+            bounds = np.cumsum([0, *(len(features[j]) for j in group)])
+            for j, a, b in zip(group, bounds[:-1], bounds[1:], strict=True):
+                out[j] = (z[a:b], cov[a:b])
+            return
+    for j in group:
+        try:
+            out[j] = projector.transform_with_coverage(features[j], chunk[j].numbers)
+        except Exception as err:  # raised when the run reaches that frame
+            out[j] = err
+
+
 def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monitor],
                    out: str | Path, *, batch_size: int = 16, strict: bool = False,
                    progress: bool = True, embeddings: bool = True,
@@ -414,9 +492,12 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors),
                            embeddings=embeddings, projector=calc.projector,
-                           store_coords=store_coords, verify=False)
+                           store_coords=store_coords, verify=False,
+                           score_names=[*(m.name for m in monitors), COVERAGE], batch=True)
     # verify=False: every frame below is projected with calc.projector, the one stored, so a
-    # reader derives exactly these coordinates; checking it per frame cost a second projection
+    # reader derives exactly these coordinates; checking it per frame cost a second projection.
+    # score_names: the scores every frame has, declared so that frames.h5 is not rewritten
+    # (projector included) when the first frame brings them; batch: one commit per chunk
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     bar = _progress(len(frames), "monitor", progress)
@@ -440,6 +521,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                 for f in res.failures:
                     failed.append(f.describe())
                     bar.write(f"failed: {f.describe()}")
+                projected = _project_chunk(calc.projector, chunk, res.features)
                 for j, (src, e) in enumerate(zip(chunk, res.features, strict=True)):
                     step = int(src.info.get("source_index", res.start + j))
                     if e is None:
@@ -448,7 +530,9 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                     a = src.copy()
                     res_src = src.calc.results if src.calc is not None else {}
                     a.calc = None
-                    z, cov = calc.projector.transform_with_coverage(e, src.numbers)
+                    if isinstance(projected[j], Exception):
+                        raise projected[j]
+                    z, cov = projected[j]
                     if z.shape[1] <= ARRAY_MAX_K:
                         a.arrays["platonic"] = dense_rows(z)
                     watcher.step = step + 1
@@ -460,6 +544,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                     n_atoms += len(a)
                     bar.update(1)
                     _postfix(bar, watcher, a)
+                recorder.flush()  # the chunk's frames: one extxyz write, one frames.h5 commit
                 bar.set_postfix_str(f"{n_atoms / max(time.perf_counter() - t0, 1e-9):.0f} "
                                     f"atoms/s, failed {len(failed)}", refresh=False)
             state["resumed_chunks"] = store.n_resumed if store is not None else 0

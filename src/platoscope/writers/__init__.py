@@ -24,9 +24,10 @@ metadata writes. The sidecar closes that gap three ways:
    for a concurrent reader; the file at the instant of a kill is exactly such a snapshot.
    Structural changes SWMR forbids (creating datasets) are made on a copy that replaces the file
    atomically with ``os.replace``.
-2. Each :meth:`FrameSidecar.append` writes the frame, flushes, and only then writes the scalar
-   ``/n_frames_committed`` and flushes again. Readers trust only committed frames, so a frame
-   that was half written when the process died is ignored, never returned half-filled.
+2. Each :meth:`FrameSidecar.append` writes the frame (:meth:`FrameSidecar.append_many`: several
+   frames), flushes, and only then writes the scalar ``/n_frames_committed`` and flushes
+   again. Readers trust only committed frames, so a frame that was half written when the
+   process died is ignored, never returned half-filled.
 3. A file left by a killed writer still carries HDF5's "open for SWMR write" flag, which a plain
    ``h5py.File(path)`` refuses; :func:`read_sidecar` then opens it in SWMR-read mode, and
    ``FrameSidecar(path, mode="a")`` first rewrites the committed frames into a clean file.

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -388,6 +388,19 @@ def _states_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class _FrameData:
+    """One validated frame waiting to be written (:meth:`FrameSidecar.frame_data`)."""
+
+    step: int
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    opt: dict[str, np.ndarray]
+    energy: float
+
+
 class FrameSidecar:
     """Append-only HDF5 file of MD frames, readable up to the last completed frame after a kill.
 
@@ -633,7 +646,8 @@ class FrameSidecar:
                platonic: Any = None, embeddings: Any = None,
                scores: Mapping[str, Any] | None = None, energy: float | None = None,
                forces: Any = None) -> int:
-        """Write one frame and commit it; returns its frame index.
+        """Write one frame and commit it; returns its frame index (:meth:`append_many` commits
+        several at once).
 
         numbers (N,) int; positions (N, 3) Å; cell (3, 3) Å; pbc (3,) bool (default all True);
         platonic (N, K); embeddings (N, D); scores {name: (N,)}; energy eV; forces (N, 3) eV/Å.
@@ -642,6 +656,24 @@ class FrameSidecar:
         is written. When this returns the frame is committed: a kill from then on cannot lose
         it.
         """
+        return self.append_many([self._checked(step, numbers=numbers, positions=positions,
+                                               cell=cell, pbc=pbc, platonic=platonic,
+                                               embeddings=embeddings, scores=scores,
+                                               energy=energy, forces=forces)])[0]
+
+    def frame_data(self, step: int, *, numbers: Any, positions: Any, cell: Any, pbc: Any = None,
+                   platonic: Any = None, embeddings: Any = None,
+                   scores: Mapping[str, Any] | None = None, energy: float | None = None,
+                   forces: Any = None) -> Any:
+        """One frame (the arguments of :meth:`append`) validated and converted for
+        :meth:`append_many`; raises what :meth:`append` would, writing nothing."""
+        return self._checked(step, numbers=numbers, positions=positions, cell=cell, pbc=pbc,
+                             platonic=platonic, embeddings=embeddings, scores=scores,
+                             energy=energy, forces=forces)
+
+    def _checked(self, step: int, *, numbers: Any, positions: Any, cell: Any, pbc: Any,
+                 platonic: Any, embeddings: Any, scores: Mapping[str, Any] | None,
+                 energy: float | None, forces: Any) -> _FrameData:
         if self._file is None:
             raise InputError(f"{self.path}: sidecar is closed")
         if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
@@ -676,45 +708,84 @@ class FrameSidecar:
             opt[f"scores/{name}"] = _as_array(val, f"scores[{name!r}]", (n_at,), np.float64)
         e = math.nan if energy is None else float(energy)
 
-        missing = sorted(set(opt) - set(self._lengths))
+        return _FrameData(int(step), numbers, positions, cell, pbc, opt, e)
+
+    def append_many(self, frames: Sequence[Any]) -> list[int]:
+        """Write frames made by :meth:`frame_data` and commit them together (one flush and one
+        commit for all: a kill before the commit loses all of them, never part of one);
+        returns their frame indices."""
+        if self._file is None:
+            raise InputError(f"{self.path}: sidecar is closed")
+        frames = list(frames)
+        if not frames:
+            return []
+        for fr in frames:
+            if not isinstance(fr, _FrameData):
+                raise TypeError(f"append_many takes frames made by frame_data, not "
+                                f"{type(fr).__name__}")
+            if "platonic" in fr.opt and self.n_anchors is not None \
+                    and fr.opt["platonic"].shape[1] != self.n_anchors:
+                raise SidecarMismatchError(f"{self.path}: platonic has K="
+                                           f"{fr.opt['platonic'].shape[1]} anchors, the sidecar "
+                                           f"holds K={self.n_anchors}")
+            if "embeddings" in fr.opt and self.embedding_dim is not None \
+                    and fr.opt["embeddings"].shape[1] != self.embedding_dim:
+                raise SidecarMismatchError(f"{self.path}: embeddings have D="
+                                           f"{fr.opt['embeddings'].shape[1]}, the sidecar holds "
+                                           f"D={self.embedding_dim}")
+        for key, what in (("platonic", "K"), ("embeddings", "D")):
+            widths = sorted({fr.opt[key].shape[1] for fr in frames if key in fr.opt})
+            if len(widths) > 1:
+                raise SidecarMismatchError(f"{self.path}: frames of one append_many have "
+                                           f"{key} of {what} = {widths}; one file holds one")
+        opt_all = {k: v for fr in frames for k, v in fr.opt.items()}
+        missing = sorted(set(opt_all) - set(self._lengths))
         if missing:
-            if "platonic" in opt:
-                self.n_anchors = opt["platonic"].shape[1]
-            if "embeddings" in opt:
-                self.embedding_dim = opt["embeddings"].shape[1]
+            if "platonic" in opt_all:
+                self.n_anchors = opt_all["platonic"].shape[1]
+            if "embeddings" in opt_all:
+                self.embedding_dim = opt_all["embeddings"].shape[1]
             self._rebuild(missing)
 
-        ds, i, a0 = self._ds, self._n, self._n_atoms
-        a1 = a0 + n_at
+        ds, i0, a0 = self._ds, self._n, self._n_atoms
+        n_fr = len(frames)
+        sizes = np.array([fr.numbers.shape[0] for fr in frames], dtype=np.int64)
+        a1 = a0 + int(sizes.sum())
         # 1. per-atom data, then per-frame data; nothing here is visible to readers yet
-        for name, arr in (("atoms/numbers", numbers), ("atoms/positions", positions)):
+        for name, key in (("atoms/numbers", "numbers"), ("atoms/positions", "positions")):
             ds[name].resize(a1, axis=0)
-            ds[name][a0:a1] = arr
+            ds[name][a0:a1] = np.concatenate([getattr(fr, key) for fr in frames])
         new_lengths = {}
         for name in self._lengths:
             start = ds[f"{name}/start"]
-            start.resize(i + 1, axis=0)
-            if name in opt:
-                s0 = self._lengths[name]
+            start.resize(i0 + n_fr, axis=0)
+            s0 = self._lengths[name]
+            starts = np.full(n_fr, -1, dtype=np.int64)
+            rows = []
+            for j, fr in enumerate(frames):
+                if name in fr.opt:
+                    starts[j] = s0 + sum(len(r) for r in rows)
+                    rows.append(fr.opt[name])
+            if rows:
+                block = np.concatenate(rows)
                 data = ds[f"{name}/data"]
-                data.resize(s0 + n_at, axis=0)
-                data[s0:] = opt[name]
-                start[i] = s0
-                new_lengths[name] = s0 + n_at
-            else:
-                start[i] = -1
-        for name, val in (("step", int(step)), ("cell", cell), ("pbc", pbc), ("energy", e)):
-            ds[f"frames/{name}"].resize(i + 1, axis=0)
-            ds[f"frames/{name}"][i] = val
-        ds["frames/offsets"].resize(i + 2, axis=0)
-        ds["frames/offsets"][i + 1] = a1
+                data.resize(s0 + len(block), axis=0)
+                data[s0:] = block
+                new_lengths[name] = s0 + len(block)
+            start[i0:] = starts
+        for name in ("step", "cell", "pbc", "energy"):
+            vals = [getattr(fr, name) for fr in frames]
+            ds[f"frames/{name}"].resize(i0 + n_fr, axis=0)
+            ds[f"frames/{name}"][i0:] = np.asarray(vals)
+        ds["frames/offsets"].resize(i0 + n_fr + 1, axis=0)
+        ds["frames/offsets"][i0 + 1:] = a0 + np.cumsum(sizes)
         self._sync()
-        # 2. commit: one 8-byte write, flushed only after the frame's data is in the file
-        ds["n_frames_committed"][()] = i + 1
+        # 2. commit: one 8-byte write, flushed only after the frames' data is in the file
+        ds["n_frames_committed"][()] = i0 + n_fr
         self._sync()
-        self._n, self._n_atoms = i + 1, a1
+        self._n, self._n_atoms = i0 + n_fr, a1
         self._lengths.update(new_lengths)
-        return i
+        return list(range(i0, i0 + n_fr))
 
     def append_atoms(self, step: int, atoms: Any, **kw: Any) -> int:
         """:meth:`append` taking numbers, positions, cell and pbc from an ASE ``Atoms``."""
