@@ -26,6 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compute_outputs import cache_path, load_split  # noqa: E402
+from scores import metrics  # noqa: E402
 
 MODELS = ("chgnet:0.3.0", "sevenn:7net-0")
 ALL = ("chgnet:0.3.0", "chgnet:0.2.0", "sevenn:7net-0")
@@ -67,34 +68,6 @@ def split_data(spec: str, kind: str) -> dict[str, np.ndarray]:
             o += len(a)
         off += len(structs)
     return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def auroc(score: np.ndarray, positive: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if positive.all() or not positive.any():
-        return float("nan")
-    return float(roc_auc_score(positive, score))
-
-
-def metrics(score: np.ndarray, err: np.ndarray, fdft: np.ndarray, el: np.ndarray,
-            sigma: bool = False) -> dict:
-    """AUROC for the top 10 % by |ΔF| and by |ΔF|/(|F_DFT|+0.1), Spearman, pooled and per
-    element; with ``sigma`` also the coverage of |ΔF| <= sigma and <= 2 sigma."""
-    from scipy.stats import spearmanr
-
-    rel = err / (fdft + 0.1)
-    out = {}
-    for name, m in (("pooled", np.ones(len(err), bool)), ("Li", el == "Li"), ("Si", el == "Si")):
-        e, r, s = err[m], rel[m], score[m]
-        row = {"auroc_abs_top10": auroc(s, e >= np.quantile(e, 0.9)),
-               "auroc_rel_top10": auroc(s, r >= np.quantile(r, 0.9)),
-               "spearman": float(spearmanr(s, e).statistic), "n_atoms": int(m.sum())}
-        if sigma:
-            row["coverage_1sigma"] = float(np.mean(e <= s))
-            row["coverage_2sigma"] = float(np.mean(e <= 2 * s))
-        out[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
-    return out
 
 
 def fit_all(spec, kw, bank, tr, provenance=None):

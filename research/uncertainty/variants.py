@@ -39,6 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compute_outputs import cache_path, load_split  # noqa: E402
+from scores import metrics as _metrics  # noqa: E402
 
 Q = 0.68
 RC = 3.2  # Å, neighbour shell of the local force scale (Si first shell 2.35, Li bcc 3.0)
@@ -201,33 +202,10 @@ class Variant:
 
 
 # ------------------------------------------------------------------------------ metrics
-def auroc(score, pos):
-    from sklearn.metrics import roc_auc_score
-
-    return float("nan") if pos.all() or not pos.any() else float(roc_auc_score(pos, score))
-
-
 def metrics(score, d, idx, sigma=True):
-    from scipy.stats import spearmanr
-
-    err, fd, el = d["err"][idx], d["fdft"][idx], d["el"][idx]
-    rel = err / (fd + 0.1)
-    out = {}
-    for name in ("pooled", "Li", "Si"):
-        m = np.ones(len(idx), bool) if name == "pooled" else el == name
-        if not m.any():
-            continue
-        e, r, s = err[m], rel[m], score[m]
-        row = {"auroc_abs_top10": auroc(s, e >= np.quantile(e, 0.9)),
-               "auroc_rel_top10": auroc(s, r >= np.quantile(r, 0.9)),
-               "spearman": float(spearmanr(s, e).statistic), "n_atoms": int(m.sum())}
-        if sigma:
-            row["coverage_1sigma"] = float(np.mean(e <= s))
-            row["coverage_2sigma"] = float(np.mean(e <= 2 * s))
-            y = np.log(np.maximum(e, ERR_FLOOR)) - np.log(s)
-            row["pinball_log"] = float(np.mean(np.maximum(Q * y, (Q - 1) * y)))
-        out[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-    return out
+    """:func:`scores.metrics` of ``score`` on the atoms ``idx`` of the data ``d``."""
+    return _metrics(score, d["err"][idx], d["fdft"][idx], d["el"][idx], sigma=sigma,
+                    pinball=(Q, ERR_FLOOR))
 
 
 VARIANTS = [
