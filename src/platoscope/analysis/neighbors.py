@@ -108,14 +108,23 @@ def knn_distance(queries: np.ndarray, pool: np.ndarray, k: int, *,
     if p.shape[0] == 0:
         return np.full(len(q), np.nan)
     out = np.empty(len(q))
-    g = None if groups is None else torch.as_tensor(groups)
     for s in range(0, len(q), chunk):
-        d = torch.cdist(q[s:s + chunk], p)
-        if exclude is not None and g is not None:
-            ex = torch.as_tensor(exclude[s:s + chunk])
-            d[ex[:, None] == g[None, :]] = float("inf")
-        kk = min(k, p.shape[0])
-        vals = torch.topk(d, kk, dim=1, largest=False).values
-        vals = torch.where(torch.isinf(vals), torch.nan, vals)
-        out[s:s + chunk] = torch.nanmean(vals, dim=1).numpy()
+        d = torch.cdist(q[s:s + chunk], p).numpy()
+        ex = None if exclude is None else np.asarray(exclude[s:s + chunk])
+        out[s:s + chunk] = mean_k_nearest(d, k, exclude=ex, groups=groups)
     return out
+
+
+def mean_k_nearest(d: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
+                   groups: np.ndarray | None = None) -> np.ndarray:
+    """(n,) mean of the ``k`` smallest entries of each row of a distance block ``d`` (n, m),
+    skipping columns whose ``groups`` (m,) equals the row's ``exclude`` (n,) value (nan where a
+    row has none left). ``d`` is modified in place where excluded."""
+    if exclude is not None and groups is not None:
+        d[np.asarray(exclude)[:, None] == np.asarray(groups)[None, :]] = np.inf
+    kk = min(k, d.shape[1])
+    near = np.partition(d, kk - 1, axis=1)[:, :kk]
+    ok = np.isfinite(near)
+    cnt = ok.sum(axis=1)
+    tot = np.where(ok, near, 0.0).sum(axis=1)
+    return np.divide(tot, cnt, out=np.full(len(tot), np.nan), where=cnt > 0)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.analysis.neighbors import chunk_rows, knn_distance
+from platoscope.analysis.neighbors import chunk_rows, knn_distance, mean_k_nearest
 from platoscope.coords import as_coords, is_sparse, row_norms, support
 from platoscope.errors import ConfigError, InputError
 from platoscope.monitors.base import Frame, Monitor, MonitorWarning
@@ -243,15 +243,9 @@ class AtypicalMonitor(Monitor):
             d = np.sqrt(np.maximum(d2, 0.0))
             if rows is not None:  # pool rows in bank order, as ``groups`` counts them
                 d[:, rows] = d.copy()
-            if exclude is not None and groups is not None:
-                d[np.asarray(exclude[s:s + step])[:, None] == np.asarray(groups)[None, :]] = (
-                    np.inf)
-            kk = min(self.k, n_pool)
-            near = np.partition(d, kk - 1, axis=1)[:, :kk]
-            ok = np.isfinite(near)
-            cnt = ok.sum(axis=1)
-            tot = np.where(ok, near, 0.0).sum(axis=1)
-            out[s:s + step] = np.divide(tot, cnt, out=np.full(len(tot), np.nan), where=cnt > 0)
+            out[s:s + step] = mean_k_nearest(
+                d, self.k, exclude=None if exclude is None else exclude[s:s + step],
+                groups=groups)
         return out
 
     def _compacted(self, z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
