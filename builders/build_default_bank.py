@@ -1,15 +1,15 @@
-"""Ship the bundled models' anchor matrices and CHGNet 0.3.0's reference bank for the default
-anchor set.
+"""Ship the bundled models' anchor matrices and reference banks for the default anchor set.
 
-    python builders/build_default_bank.py [--matrices chgnet sevenn:7net-0] [--bank chgnet]
+    python builders/build_default_bank.py [--matrices chgnet sevenn:7net-0]
+        [--bank chgnet sevenn:7net-0]
 
 Reads ``src/platoscope/data/anchors_default.npz`` (builders/build_anchors_element.py) and the
 shipped reference structures (builders/build_default_data.py) and writes, per model of
 ``--matrices``, ``data/anchors/<set>-<model>.npz`` (the anchor matrix, stored as float32: the
 models' features are float32, so nothing is lost; 50,038 atoms would otherwise be embedded on
-first use), and for ``--bank`` ``data/reference_<model>_<set>_<projection>.npz``, so that the
-main job needs no build step. Earlier files of the default set are replaced; the ``mp20`` set's
-files are kept.
+first use), and for each model of ``--bank`` ``data/reference_<model>_<set>_<projection>.npz``
+(referring to the shipped matrix, not holding a copy), so that the main job needs no build
+step. Earlier files of the default set are replaced; the ``mp20`` set's files are kept.
 """
 
 from __future__ import annotations
@@ -24,14 +24,21 @@ from platoscope.backends import load_backend
 from platoscope.npzfiles import load_npz, savez_atomic
 from platoscope.paths import cache_dir, default_data_path
 from platoscope.projection import DEFAULT_PROJECTION, Projector
-from platoscope.readers import structures_hash
-from platoscope.reference import ReferenceBank, bank_file_name, reference_structures
+from platoscope.provenance import sha256_bytes
+from platoscope.reference import (
+    REFERENCE_STRUCTURES,
+    ReferenceBank,
+    _reuse_embeddings,
+    bank_file_name,
+    reference_structures,
+)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--matrices", nargs="+", default=["chgnet", "sevenn:7net-0"])
-    p.add_argument("--bank", default="chgnet", help="model of the shipped bank ('' for none)")
+    p.add_argument("--matrices", nargs="*", default=["chgnet", "sevenn:7net-0"])
+    p.add_argument("--bank", nargs="*", default=["chgnet", "sevenn:7net-0"],
+                   help="models of the shipped banks (none: no bank)")
     p.add_argument("--projection", default=DEFAULT_PROJECTION)
     args = p.parse_args()
 
@@ -39,14 +46,24 @@ def main() -> None:
     anchors = AnchorSet.default()
     for spec in args.matrices:
         ship_matrix(anchors, load_backend(spec), out)
-    if not args.bank:
-        return
-    backend = load_backend(args.bank)
+    for spec in args.bank:
+        ship_bank(anchors, load_backend(spec), Projector(args.projection), out)
+
+
+def ship_bank(anchors: AnchorSet, backend: object, proj: Projector, out: Path) -> None:
+    """The default bank of ``backend`` into the package, referring to its shipped anchor
+    matrix instead of holding a second copy. Raw embeddings of the shipped reference
+    structures that a shipped or cached bank of this model already holds are reused (the
+    projector is fitted anew); otherwise they are embedded."""
     structures = reference_structures()
-    proj = Projector(args.projection)
-    bank = ReferenceBank.build(backend, structures, anchors, projection=proj,
-                               data_hash=structures_hash(structures), progress=True)
-    path = bank.save(out / bank_file_name(backend.spec, anchors.hash, proj.name))
+    ref_hash = sha256_bytes(default_data_path(REFERENCE_STRUCTURES).read_bytes())
+    bank = _reuse_embeddings(backend, anchors, proj, structures, ref_hash, progress=True)
+    if bank is None:
+        bank = ReferenceBank.build(backend, structures, anchors, projection=proj,
+                                   skip_unsupported=True, progress=True)
+    matrix = out / "anchors" / f"{anchors.hash[:16]}-{backend.fingerprint[:16]}.npz"
+    path = bank.save(out / bank_file_name(backend.spec, anchors.hash, proj.name),
+                     anchors_from=matrix)
     print(f"bank: {bank!r} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

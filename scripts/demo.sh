@@ -15,7 +15,7 @@
 #    atoms vibrate).
 # Writes runs/demo/ (run 1: frames.extxyz, frames.h5, events.jsonl, summary.json, report.txt,
 # PNGs) and runs/demo/symmetry_relax/ (run 2). Builds .venv-sevenn on first use (about 2
-# minutes). SevenNet-0's reference bank is built once and cached (the first run only).
+# minutes). Both models' anchor matrices and reference banks ship: nothing is embedded first.
 # Knobs (tests): PLATOSCOPE_DEMO_STEPS (MD steps, default 500; the ramp always ends at 4000 K),
 # PLATOSCOPE_DEMO_MONITORS (default uncertainty,bias:sevenn:7net-0).
 set -euo pipefail

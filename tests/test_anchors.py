@@ -274,3 +274,38 @@ def test_default_bank_of_another_projection_reuses_the_shipped_embeddings(chgnet
     np.testing.assert_array_equal(bank.projector.anchors_, direct.anchors_)
     again = default_bank(chgnet_backend, mp20, projection="paper")  # now from the cache
     np.testing.assert_array_equal(again.embeddings, bank.embeddings)
+
+
+@pytest.mark.backend("chgnet")
+def test_bank_saved_against_a_shipped_matrix_refers_to_it(small_setup, chgnet_backend, tmp_path):
+    """Shipped banks name their anchor-matrix file (data/anchors/...) instead of holding a
+    second copy of it; loading checks the file's content hash, and a missing or different
+    matrix is refused, naming the file."""
+    from platoscope.anchors import CACHE_FORMAT
+    from platoscope.errors import InputError
+    from platoscope.npzfiles import savez_atomic
+    from platoscope.reference import ReferenceBank
+
+    anchors, bank, _, _ = small_setup
+    matrix = bank.projector.get_state()["anchors"]
+    (tmp_path / "anchors").mkdir()
+    src = tmp_path / "anchors" / "m.npz"
+    savez_atomic(src, compressed=True, format=np.array(CACHE_FORMAT), matrix=matrix,
+                 anchor_hash=np.array(anchors.hash), fingerprint=np.array("x"),
+                 model=np.array("chgnet"), layer=np.array("x"))
+    path = bank.save(tmp_path / "bank.npz", anchors_from=src)
+    assert path.stat().st_size < bank.save(tmp_path / "full.npz").stat().st_size
+    loaded = ReferenceBank.load(path)
+    np.testing.assert_array_equal(loaded.projector.anchors_, bank.projector.anchors_)
+    np.testing.assert_allclose(dense_rows(loaded.coords), dense_rows(bank.coords), atol=1e-12)
+
+    savez_atomic(src, compressed=True, format=np.array(CACHE_FORMAT), matrix=matrix * 1.5,
+                 anchor_hash=np.array(anchors.hash), fingerprint=np.array("x"),
+                 model=np.array("chgnet"), layer=np.array("x"))
+    with pytest.raises(CorruptFileError, match="not the anchor matrix"):
+        ReferenceBank.load(path)
+    with pytest.raises(InputError, match="does not hold this bank's anchor matrix"):
+        bank.save(tmp_path / "other.npz", anchors_from=src)
+    src.unlink()
+    with pytest.raises(CorruptFileError, match="is missing"):
+        ReferenceBank.load(path)

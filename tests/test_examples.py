@@ -31,8 +31,8 @@ def test_quickstart_runs(tmp_path):
 @pytest.mark.backend("chgnet")
 @pytest.mark.backend("sevenn")
 def test_main_job_demo(tmp_path):
-    """scripts/demo.sh as the README runs it (default anchors, real weights; SevenNet-0's
-    reference bank is built once and cached), shortened to 30 steps: Si heated 300 -> 4000 K
+    """scripts/demo.sh as the README runs it (default anchors, real weights, the shipped
+    banks of both models), shortened to 30 steps: Si heated 300 -> 4000 K
     with the uncertainty and SevenNet-0 monitors, then rutile TiO2 relaxed with the symmetry
     monitor. The report's comparison is checked against the run's own frames.h5."""
     import numpy as np
