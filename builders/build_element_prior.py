@@ -1,5 +1,6 @@
 """Build the element difficulty prior of the force-error model (issue 11):
-``src/platoscope/data/element_prior.json``.
+``results/element_prior.json`` (input of research/uncertainty/prior.py; not shipped in the
+package: the study's rule did not adopt it).
 
 Per element Z of ``ase.collections.dcdft`` (71 elemental solids; no mlearn data), a fixed,
 deterministic set of generated structures: the dcdft cell as a supercell of >= 32 atoms
@@ -21,8 +22,7 @@ three model pairs of |F_a - F_b| (eV/Å), the committee disagreement. Per elemen
 
 An element where a model raises (e.g. an isolated atom) is left out of the table and named under
 ``skipped`` with the error. Forces are cached per model and element under
-``~/.cache/platoscope/prior`` (keyed by the recipe version). At run time nothing of this is
-computed: the force-error model reads the shipped table (``unseen="prior"``).
+``~/.cache/platoscope/prior`` (keyed by the recipe version).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv-sevenn/bin/python builders/build_element_prior.py
 """
@@ -58,7 +58,7 @@ RECIPE = {
     "D_rel": "D / F",
     "version": RECIPE_VERSION,
 }
-OUT = REPO / "src" / "platoscope" / "data" / "element_prior.json"
+OUT = REPO / "results" / "element_prior.json"
 
 
 def supercell(atoms):

@@ -26,6 +26,10 @@ concatenated (an offset changes the pooled ranking, never the per-element one).
 Writes results/uncertainty_prior_<model>.json (every variant). The decision is made on CHGNet
 0.3.0; SevenNet-0 is reported beside it, not used for the decision.
 
+``diagnostic`` (added AFTER the decision, which it does not change): per direction the offset
+shift that would have given exactly 68 % coverage, the g it implies, and the Li+Si joint fit's
+o_Si - o_Li beside log(T_Si / T_Li).
+
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv-sevenn/bin/python research/uncertainty/prior.py \
         [chgnet:0.3.0 sevenn:7net-0]
 """
@@ -49,7 +53,7 @@ TABLES = ("D", "D_rel")
 MIN_GAIN = 0.10  # worst-direction coverage deviation must shrink by >= 10 points
 MAX_AUROC_LOSS = 0.02
 DECIDING_MODEL = "chgnet:0.3.0"
-PRIOR_FILE = REPO / "src" / "platoscope" / "data" / "element_prior.json"
+PRIOR_FILE = REPO / "results" / "element_prior.json"  # builders/build_element_prior.py
 SHIPPED = Variant("additive", ("ctx", "u"), True)
 
 
@@ -80,6 +84,29 @@ def loeo(d: dict, table: dict) -> dict:
         res[name] = {"g": g, "table": t, "directions": rows, "pooled": pooled,
                      "worst_coverage_deviation": round(max(abs(c - TARGET) for c in cov), 4)}
     return res
+
+
+def diagnostic(d: dict, table: dict) -> dict:
+    """Post hoc (not part of the decision): the offset shift each LOEO direction needed for 68 %
+    coverage, the g = shift / log(T_b / T_a) it implies per table, and the joint Li+Si fit's
+    offset gap beside log(T_Si / T_Li)."""
+    allidx = np.arange(len(d["err"]))
+    out = {}
+    for a, b in (("Li", "Si"), ("Si", "Li")):
+        m = Variant(SHIPPED.form, SHIPPED.terms, SHIPPED.offsets).fit(d, allidx[d["el"] == a])
+        idx = allidx[d["el"] == b]
+        sig0 = np.exp(m._logsig_additive(m.p, d, idx, m.c, 0.0))
+        need = float(np.log(np.quantile(d["err"][idx] / sig0, TARGET)))
+        out[f"{a}->{b}"] = {"shift_for_68pct": round(need, 4), **{
+            f"implied_g_{t}": round(need / float(np.log(table[b][t] / table[a][t])), 3)
+            for t in TABLES}, "fit_params_log_beta_a_e_d": [round(float(x), 4)
+                                                             for x in m.p[:4]], "c": m.c}
+    joint = Variant(SHIPPED.form, SHIPPED.terms, SHIPPED.offsets).fit(d, allidx)
+    out["joint_fit_o_Si_minus_o_Li"] = round(float(joint.p[4]), 4)
+    out["joint_fit_params_log_beta_a_e_d"] = [round(float(x), 4) for x in joint.p[:4]]
+    out.update({f"log_{t}_Si_over_Li": round(float(np.log(table["Si"][t] / table["Li"][t])), 4)
+                for t in TABLES})
+    return out
 
 
 def decide(res: dict) -> dict:
@@ -127,7 +154,9 @@ def main(*specs: str) -> None:
                                if z in table},
                "prior_provenance": {k: prior[k] for k in ("recipe", "models", "versions")},
                "variants": res, "decision": decide(res),
-               "decision_model": DECIDING_MODEL}
+               "decision_model": DECIDING_MODEL,
+               "diagnostic_post_hoc": diagnostic(d, table)}
+        print(spec, "DIAGNOSTIC (post hoc)", json.dumps(out["diagnostic_post_hoc"]), flush=True)
         print(spec, "DECISION", json.dumps(out["decision"]), flush=True)
         (REPO / "results" / f"uncertainty_prior_{spec.replace(':', '_')}.json").write_text(
             json.dumps(out, indent=1) + "\n")
