@@ -87,16 +87,20 @@ def loeo(d: dict, table: dict) -> dict:
 
 
 def diagnostic(d: dict, table: dict) -> dict:
-    """Post hoc (not part of the decision): the offset shift each LOEO direction needed for 68 %
-    coverage, the g = shift / log(T_b / T_a) it implies per table, and the joint Li+Si fit's
+    """Post hoc (not part of the decision): the offset shift of the floor each LOEO direction
+    needed for 68 % coverage (bisection), the g = shift / log(T_b / T_a) it implies per table, and the joint Li+Si fit's
     offset gap beside log(T_Si / T_Li)."""
     allidx = np.arange(len(d["err"]))
     out = {}
     for a, b in (("Li", "Si"), ("Si", "Li")):
         m = Variant(SHIPPED.form, SHIPPED.terms, SHIPPED.offsets).fit(d, allidx[d["el"] == a])
         idx = allidx[d["el"] == b]
-        sig0 = np.exp(m._logsig_additive(m.p, d, idx, m.c, 0.0))
-        need = float(np.log(np.quantile(d["err"][idx] / sig0, TARGET)))
+        lo, hi = -8.0, 8.0  # the shift moves the floor only (not beta|F|): bisect coverage
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            cov = np.mean(d["err"][idx] <= np.exp(m._logsig_additive(m.p, d, idx, m.c, mid)))
+            lo, hi = (mid, hi) if cov < TARGET else (lo, mid)
+        need = 0.5 * (lo + hi)
         out[f"{a}->{b}"] = {"shift_for_68pct": round(need, 4), **{
             f"implied_g_{t}": round(need / float(np.log(table[b][t] / table[a][t])), 3)
             for t in TABLES}, "fit_params_log_beta_a_e_d": [round(float(x), 4)
