@@ -21,7 +21,8 @@ DECISION RULE (fixed before the run): for each variant the worst direction is th
 worst-direction deviation, provided (a) it is at least 10 points smaller than g = 0's and (b)
 its pooled LOEO AUROC for absolute errors is not below g = 0's by more than 0.02; otherwise ship
 nothing and report the negative result. Pooled LOEO AUROC: the two directions' sigmas
-concatenated (an offset changes the pooled ranking, never the per-element one).
+concatenated (the offset moves the floor only, so it changes the pooled ranking and, through
+the floor's weight against beta|F|, the per-element one).
 
 Writes results/uncertainty_prior_<model>.json (every variant). The decision is made on CHGNet
 0.3.0; SevenNet-0 is reported beside it, not used for the decision.
