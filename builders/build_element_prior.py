@@ -1,6 +1,7 @@
 """Build the element difficulty prior of the force-error model (issue 11):
-``results/element_prior.json`` (input of research/uncertainty/prior.py; not shipped in the
-package: the study's rule did not adopt it).
+``results/element_prior.json`` (input of research/uncertainty/prior.py and prior_joint.py) and
+the same file shipped as ``src/platoscope/data/element_prior.json`` (read by
+``platoscope.uncertainty.element_prior`` for the ``unseen="prior"`` rule).
 
 Per element Z of ``ase.collections.dcdft`` (71 elemental solids; no mlearn data), a fixed,
 deterministic set of generated structures: the dcdft cell as a supercell of >= 32 atoms
@@ -59,6 +60,7 @@ RECIPE = {
     "version": RECIPE_VERSION,
 }
 OUT = REPO / "results" / "element_prior.json"
+SHIPPED = REPO / "src" / "platoscope" / "data" / "element_prior.json"  # the same table, shipped
 
 
 def supercell(atoms):
@@ -156,8 +158,9 @@ def main() -> None:
                       for s, be in backends.items()},
            "versions": package_versions(), "invocation": invocation(),
            "skipped": skipped, "elements": table}
-    OUT.write_text(json.dumps(out, indent=1, sort_keys=False) + "\n")
-    print(f"wrote {OUT}: {len(table)} elements, {len(skipped)} skipped", file=sys.stderr)
+    for path in (OUT, SHIPPED):
+        path.write_text(json.dumps(out, indent=1, sort_keys=False) + "\n")
+    print(f"wrote {OUT} and {SHIPPED}: {len(table)} elements, {len(skipped)} skipped", file=sys.stderr)
 
 
 if __name__ == "__main__":
