@@ -3,7 +3,8 @@
 
 Fitted on mlearn Li/Si TRAINING only (never the test splits) with the form chosen on training
 for CHGNet 0.3.0 (research/uncertainty/variants.py -> results/uncertainty_variants_chgnet_0.3.0
-.json; the same form as ``platoscope.uncertainty.DEFAULT_FORM``), from the model outputs cached
+.json; the same form as ``platoscope.uncertainty.DEFAULT_FORM``, whose rule for elements absent
+from the calibration comes from research/uncertainty/prior.py), from the model outputs cached
 by research/uncertainty/compute_outputs.py (run that first; one forward pass per structure).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv-sevenn/bin/python builders/build_uncertainty.py \
@@ -37,9 +38,11 @@ def main(*specs: str) -> None:
 
     warnings.simplefilter("ignore")
     name, kw = chosen_form("chgnet:0.3.0")
-    if {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()} != DEFAULT_FORM:
+    shape = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items() if k != "unseen"}
+    if shape != {k: v for k, v in DEFAULT_FORM.items() if k != "unseen"}:
         raise SystemExit(f"chosen form {kw} differs from platoscope.uncertainty.DEFAULT_FORM "
                          f"{DEFAULT_FORM}: update DEFAULT_FORM first")
+    kw["unseen"] = DEFAULT_FORM["unseen"]  # the unseen-element rule: research/uncertainty/prior.py
     for spec in specs or SPECS:
         be = load_backend(spec)
         bank = default_bank(be, AnchorSet.default())

@@ -81,6 +81,58 @@ def test_fit_predict_shapes_units_and_round_trip(chgnet_backend, bank, structure
         assert np.all(big > sigma)
 
 
+def test_unseen_prior_rule(chgnet_backend, bank, fitted):
+    """An element outside the calibration gets mean_c(o_c - log D_c) + log D_Z (D: the shipped
+    committee table); an element outside the table falls back to the mean and is named in the
+    monitor summary and report; the saved state keeps its table; format-2 files still load."""
+    from ase.build import bulk
+
+    from platoscope.monitors.uncertainty import UncertaintyMonitor
+    from platoscope.uncertainty import element_prior
+
+    est, _ = fitted
+    assert est.unseen == "prior" and set(est.offsets_) == {3, 14}
+    prior = element_prior()
+    assert len(prior) >= 60 and all(v > 0 for v in prior.values())
+    assert 84 not in prior  # Po: SevenNet-0 has no parameters for it
+    base = np.mean([est.offsets_[z] - np.log(prior[z]) for z in (3, 14)])
+    got = est.unseen_offsets([29, 32, 84, 3])
+    assert set(got) == {29, 32, 84}  # Li is calibrated
+    np.testing.assert_allclose(got[29], base + np.log(prior[29]), rtol=1e-12)
+    np.testing.assert_allclose(got[32], base + np.log(prior[32]), rtol=1e-12)
+    np.testing.assert_allclose(got[84], np.mean(list(est.offsets_.values())), rtol=1e-12)
+
+    # sigma of Cu under the prior rule vs the mean rule: only the floor moves, by exp(shift)
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    cu.rattle(0.02, seed=2)
+    res, feats = chgnet_backend.compute(cu, ["energy", "forces"])
+    mean_rule = ForceErrorModel.from_state({**est.get_state(), "unseen": np.array("mean")}, bank)
+    s_prior = est.predict(feats, res["forces"], cu.numbers, atoms=cu)
+    s_mean = mean_rule.predict(feats, res["forces"], cu.numbers, atoms=cu)
+    shift = got[29] - np.mean(list(est.offsets_.values()))
+    assert (np.sign(s_prior - s_mean) == np.sign(shift)).all()
+
+    state = est.get_state()
+    assert str(state["format"]) == "platoscope.uncertainty/3"
+    back = ForceErrorModel.from_state(state, bank)
+    assert back.prior_ == est.prior_ and back.unseen_offsets([29]) == est.unseen_offsets([29])
+    old = {k: v for k, v in state.items() if not k.startswith("prior_")}
+    old.update(format=np.array("platoscope.uncertainty/2"), unseen=np.array("mean"))
+    v2 = ForceErrorModel.from_state(old, bank)
+    assert v2.unseen == "mean" and v2.prior_ == {}
+    np.testing.assert_allclose(v2.predict(feats, res["forces"], cu.numbers, atoms=cu), s_mean,
+                               rtol=1e-9)
+
+    fresh = ForceErrorModel.from_state(state, bank)
+    mon = UncertaintyMonitor(fresh, max_force_error=0.5)
+    fresh.predict(feats, res["forces"], cu.numbers, atoms=cu)
+    summ = mon.summary()
+    assert summ["elements_not_in_calibration"] == ["Cu"]
+    assert summ["unseen_element_offset"] == "prior"
+    np.testing.assert_allclose(summ["uncalibrated_element_offsets"]["Cu"], got[29], rtol=1e-12)
+    assert summ["elements_without_prior"] == []
+
+
 def test_local_force_scale_contract():
     from ase.build import bulk
 
@@ -224,3 +276,20 @@ def test_calibrate_cli_and_monitor_in_md(tmp_path, structures):
         events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
         assert events and all(e["monitor"] == "uncertainty" for e in events)
         assert all(np.isfinite(e["score"]) and e["score"] > 1e-4 for e in events)
+
+    # an element outside the calibration (Cu) is named in summary.json and in the report
+    from ase.build import bulk
+
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    cu.rattle(0.02, seed=3)
+    write(tmp_path / "cu.xyz", cu)
+    res = r.invoke(main, ["md", str(tmp_path / "cu.xyz"), "--model", "chgnet", "--monitor",
+                          "uncertainty", "--steps", "1", "--out", str(tmp_path / "cu")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "cu" / "summary.json").read_text())
+    (mon,) = summary["monitoring"]["monitors"]
+    assert mon["elements_not_in_calibration"] == ["Cu"] and "Cu" in mon[
+        "uncalibrated_element_offsets"]
+    report = (tmp_path / "cu" / "report.txt").read_text()
+    assert "sigma NOT calibrated on DFT data of Cu (error floor scaled from a model-committee" \
+        in report, report

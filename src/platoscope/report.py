@@ -443,6 +443,16 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
             lines.append(f"    NOT in the reference bank: {missing}"
                          " (scored against all bank atoms with the smallest element threshold, "
                          f"{mon.get('not_in_reference_threshold')}; not calibrated for them)")
+        if mon.get("elements_not_in_calibration"):
+            missing = ", ".join(mon["elements_not_in_calibration"])
+            guess = [e for e in mon["elements_not_in_calibration"]
+                     if e not in (mon.get("elements_without_prior") or [])]
+            how = ("error floor scaled from a model-committee table"
+                   if mon.get("unseen_element_offset") == "prior" and guess
+                   else f"the {mon.get('unseen_element_offset')} offset of the calibrated elements")
+            lines.append(f"    sigma NOT calibrated on DFT data of {missing} ({how}; expect it "
+                         "off by a factor of 2 or more there: `platoscope calibrate` with a few "
+                         "DFT-labelled structures of them)")
         if mon.get("documentation"):
             lines.append(f"    evidence (documentation): {mon['documentation']}")
         first = next((e for e in events if e["monitor"] == name), None)

@@ -15,13 +15,16 @@ hooked-layer features to its ``k`` nearest reference-bank atoms of the same elem
 that element's median leave-one-structure-out k-NN distance in the bank (elements absent from
 the bank: distance to all bank atoms over the pooled median; flagged in ``unknown_elements_``).
 ``o_Z``: per-element offset (``per_element``); an element absent from the fit gets the offset
-named by ``unseen`` (``max``, ``mean`` of the fitted ones, or ``none`` = 0) and is flagged in
-``uncalibrated_elements_``. Parameters: the 0.68-quantile regression of ``log|ΔF_i|`` (``ΔF`` =
-model minus DFT force, eV/Å; errors below ``ERR_FLOOR`` = 0.01 eV/Å, about the precision of DFT
-forces, count as 0.01 so that atoms of perfect crystals do not dominate the fit) on labelled
-atoms (pinball loss; linear programme for ``mult``,
-smoothed pinball minimised for ``additive``), ``c`` (eV/Å) picked on a grid by the pinball
-loss; so on data like the calibration set about 68 % of atoms have ``|ΔF_i| <= sigma_i``.
+named by ``unseen`` (``max``, ``mean`` of the fitted ones, ``none`` = 0, or ``prior``:
+``mean_c(o_c - log D_c) + log D_Z`` over the calibrated elements c, with D_Z the element's
+committee force disagreement on generated structures, :func:`element_prior`; ``mean`` for an
+element outside that table) and is flagged in ``uncalibrated_elements_``. Parameters: the
+0.68-quantile regression of ``log|ΔF_i|`` (``ΔF`` = model minus DFT force, eV/Å; errors below
+``ERR_FLOOR`` = 0.01 eV/Å, about the precision of DFT forces, count as 0.01 so that atoms of
+perfect crystals do not dominate the fit) on labelled atoms (pinball loss; linear programme for
+``mult``, smoothed pinball minimised for ``additive``), ``c`` (eV/Å) picked on a grid by the
+pinball loss; so on data like the calibration set about 68 % of atoms have
+``|ΔF_i| <= sigma_i``.
 How well it ranks and covers on held-out data, beside |F| and committees: docs/detection.md.
 No extra model call: features and forces of the same forward pass.
 """
@@ -37,21 +40,32 @@ import numpy as np
 from platoscope.analysis.neighbors import knn_distance
 from platoscope.errors import ConfigError, InputError
 
-FORMAT = "platoscope.uncertainty/2"
-OLD_FORMATS = ("platoscope.uncertainty/1",)
+FORMAT = "platoscope.uncertainty/3"
+OLD_FORMATS = ("platoscope.uncertainty/1", "platoscope.uncertainty/2")
 C_GRID = (0.02, 0.1, 0.5)  # eV/Å
 TERMS = ("force", "context", "distance")
 FORMS = ("mult", "additive")
-UNSEEN = ("max", "mean", "none")
+UNSEEN = ("max", "mean", "none", "prior")
 CONTEXT_RADIUS = 3.2  # Å: first neighbour shell of most elemental solids (Si 2.35, Li 3.0)
 MAX_FIT_ATOMS = 4000
 ERR_FLOOR = 0.01  # eV/Å: smaller errors (about the precision of DFT forces) count as this
 MIN_STRUCTURES = 2
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_FORM: dict[str, Any] = {"terms": ("force", "context", "distance"), "form": "additive",
-                                "per_element": True, "unseen": "mean"}
+                                "per_element": True, "unseen": "prior"}
 """Form of the shipped calibrations and of ``platoscope calibrate`` (chosen on mlearn Li/Si
-training: results/uncertainty_variants_chgnet_0.3.0.json)."""
+training: results/uncertainty_variants_chgnet_0.3.0.json; the unseen-element rule:
+results/uncertainty_prior_chgnet_0.3.0.json and docs/detection.md)."""
+ELEMENT_PRIOR = "element_prior.json"
+
+
+def element_prior() -> dict[int, float]:
+    """Shipped per-element difficulty D_Z (eV/Å): the median over atoms of the mean pairwise
+    force disagreement of CHGNet 0.3.0, CHGNet 0.2.0 and SevenNet-0 on generated elemental
+    structures (rattled, vacancy, slab: builders/build_element_prior.py; no DFT data).
+    68 elements; the ``prior`` rule scales an uncalibrated element's error floor with it."""
+    data = json.loads((DATA_DIR / ELEMENT_PRIOR).read_text())
+    return {int(v["Z"]): float(v["D"]) for v in data["elements"].values()}
 
 
 def default_file(spec: str) -> Path:
@@ -91,7 +105,7 @@ class ForceErrorModel:
     quantile: target coverage of ``|ΔF| <= sigma``; terms: subset of ``force``, ``context``,
     ``distance``; form: ``mult`` or ``additive`` (``additive`` needs ``force``); per_element:
     fit per-element offsets; unseen: offset of an element absent from the fit (``max``,
-    ``mean``, ``none``); radius: Å of the local force scale.
+    ``mean``, ``none``, ``prior``); radius: Å of the local force scale.
     """
 
     def __init__(self, bank: Any, *, k: int = 5, quantile: float = 0.68,
@@ -132,6 +146,7 @@ class ForceErrorModel:
         self.provenance_: dict[str, Any] = {}
         self.unknown_elements_: list[int] = []  # not in the bank: pooled distance scale
         self.uncalibrated_elements_: list[int] = []  # not in the fit: the ``unseen`` offset
+        self.prior_: dict[int, float] = element_prior() if unseen == "prior" else {}
 
     # -- distance term --------------------------------------------------------------------
     def _bank_scales(self) -> None:
@@ -197,13 +212,30 @@ class ForceErrorModel:
                        flag: bool = False) -> np.ndarray:
         if not offsets:
             return np.zeros(len(numbers))
-        known = list(offsets.values())
-        fill = {"max": max(known), "mean": float(np.mean(known)), "none": 0.0}[self.unseen]
         if flag:
             for z in set(np.unique(numbers).tolist()) - set(offsets):
                 if int(z) not in self.uncalibrated_elements_:
                     self.uncalibrated_elements_.append(int(z))
-        return np.array([offsets.get(int(z), fill) for z in numbers])
+        fill = self.unseen_offsets(np.unique(numbers), offsets)
+        return np.array([offsets.get(int(z), fill.get(int(z), 0.0)) for z in numbers])
+
+    def unseen_offsets(self, numbers: Any, offsets: dict[int, float] | None = None
+                       ) -> dict[int, float]:
+        """Offset (log eV/Å) that each element of ``numbers`` absent from ``offsets``
+        (default: the fitted ones) gets under the ``unseen`` rule."""
+        offsets = self.offsets_ if offsets is None else offsets
+        known = list(offsets.values())
+        if not known:
+            return {}
+        mean = float(np.mean(known))
+        fill = {"max": max(known), "mean": mean, "none": 0.0, "prior": mean}[self.unseen]
+        out = {int(z): fill for z in np.asarray(numbers).ravel() if int(z) not in offsets}
+        base = [o - np.log(self.prior_[z]) for z, o in offsets.items() if z in self.prior_]
+        if self.unseen == "prior" and base:
+            for z in out:
+                if z in self.prior_:
+                    out[z] = float(np.mean(base)) + float(np.log(self.prior_[z]))
+        return out
 
     def _log_sigma(self, p: dict[str, float], c: float, fnorm, L, u, off) -> np.ndarray:
         floor = p["a"] + off
@@ -358,13 +390,16 @@ class ForceErrorModel:
                 "offset_numbers": np.array(sorted(self.offsets_), dtype=np.int64),
                 "offset_values": np.array([self.offsets_[z] for z in sorted(self.offsets_)],
                                           dtype=np.float64),
+                "prior_numbers": np.array(sorted(self.prior_), dtype=np.int64),
+                "prior_values": np.array([self.prior_[z] for z in sorted(self.prior_)],
+                                         dtype=np.float64),
                 "provenance": np.array(json.dumps(self.provenance_, sort_keys=True))}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], bank: Any) -> ForceErrorModel:
-        """Rebuild from :meth:`get_state` (this format or format 1: force and distance terms,
-        multiplicative) with the bank it was fitted against (refused when the bank's data hash
-        differs)."""
+        """Rebuild from :meth:`get_state` (this format; format 2, without the element prior
+        table; or format 1: force and distance terms, multiplicative) with the bank it was
+        fitted against (refused when the bank's data hash differs)."""
         fmt = str(state.get("format", ""))
         if fmt != FORMAT and fmt not in OLD_FORMATS:
             raise InputError(f"not a platoscope force-error model (format "
@@ -375,7 +410,7 @@ class ForceErrorModel:
                               f"{prov['bank_data_hash'][:12]} ({prov.get('bank_model')}), not "
                               f"{bank.data_hash[:12]} ({bank.model})")
         terms = tuple(str(state["terms"]).split(","))
-        if fmt == FORMAT:
+        if fmt != OLD_FORMATS[0]:
             m = cls(bank, k=int(state["k"]), quantile=float(state["quantile"]), terms=terms,
                     form=str(state["form"]), unseen=str(state["unseen"]),
                     radius=float(state["radius"]))
@@ -392,6 +427,9 @@ class ForceErrorModel:
         m.offsets_ = {int(z): float(v) for z, v in zip(state["offset_numbers"],
                                                        state["offset_values"], strict=True)}
         m.per_element = bool(m.offsets_)
+        if "prior_numbers" in state:  # the table the file was saved with, not today's
+            m.prior_ = {int(z): float(v) for z, v in zip(state["prior_numbers"],
+                                                         state["prior_values"], strict=True)}
         m.provenance_ = prov
         return m
 

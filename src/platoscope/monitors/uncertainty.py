@@ -100,5 +100,10 @@ class UncertaintyMonitor(Monitor):
                  elements_not_in_reference=[chemical_symbols[z]
                                             for z in est.unknown_elements_],
                  elements_not_in_calibration=[chemical_symbols[z]
-                                              for z in est.uncalibrated_elements_])
+                                              for z in est.uncalibrated_elements_],
+                 uncalibrated_element_offsets={
+                     chemical_symbols[z]: v
+                     for z, v in est.unseen_offsets(est.uncalibrated_elements_).items()},
+                 elements_without_prior=[chemical_symbols[z] for z in est.uncalibrated_elements_
+                                         if est.unseen == "prior" and z not in est.prior_])
         return s
