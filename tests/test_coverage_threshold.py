@@ -133,19 +133,18 @@ def test_groups_survive_the_state_and_bad_groups_are_named(dup_set):
         Projector("element").fit(mat, anchor_numbers=z, anchor_groups=groups.astype(float))
 
 
-def test_anchor_set_groups_join_identical_structures_and_recorded_sources(dup_set):
+def test_anchor_set_groups_are_the_stored_structures(dup_set):
     aset, _ = dup_set
     a, i = aset[0]
     b, j = aset[len(aset) - 1]
     moved = a.copy()
-    moved.positions += 0.01  # another stored structure, recorded as the same source structure
-    twin = AnchorSet.from_atoms([(a, i), (a, i + 1), (moved, i), (b, j)], meta={
+    moved.positions += 0.01  # another structure
+    # the same structure from two sources is stored once: one group
+    twin = AnchorSet.from_atoms([(a, i), (a.copy(), i + 1), (moved, i), (b, j)], meta={
         "anchor_sources": [["mp", "x", i], ["other", "y", i + 1], ["mp", "x", i],
                            ["mp", "z", j]]})
     assert len(twin.structures) == 3
-    np.testing.assert_array_equal(twin.groups, [0, 0, 0, 1])
-    bare = AnchorSet.from_atoms([(a, i), (moved, i), (b, j)])  # no sources: stored structures
-    np.testing.assert_array_equal(bare.groups, [0, 1, 2])
+    np.testing.assert_array_equal(twin.groups, [0, 0, 1, 2])
 
 
 def test_calculators_and_banks_fit_with_the_anchor_sets_groups(dup_set, chgnet_backend):

@@ -150,31 +150,15 @@ class AnchorSet:
 
     @property
     def groups(self) -> np.ndarray:
-        """(K,) int64 source-structure group per anchor (labels 0..G-1, a copy): anchors share
-        a group when they lie in the same stored structure (identical structures are stored
-        once, whatever their source) or, where :attr:`sources` records it, come from the same
-        ``(source, source_id)``. :meth:`Projector.fit
-        <platoscope.projection.Projector.fit>` takes it as ``anchor_groups`` so that the
-        coverage thresholds hold out whole structures, not single anchors."""
-        if getattr(self, "_groups", None) is None:
-            parent = np.arange(len(self.structures))
-
-            def root(i: int) -> int:
-                while parent[i] != i:
-                    parent[i] = parent[parent[i]]
-                    i = int(parent[i])
-                return i
-
-            first: dict[tuple[str, str], int] = {}
-            for (source, source_id, _), s in zip(self.sources, self.pairs[:, 0], strict=True):
-                if source is None and source_id is None:
-                    continue
-                key = (str(source), str(source_id))
-                a, b = root(first.setdefault(key, int(s))), root(int(s))
-                parent[max(a, b)] = min(a, b)
-            roots = np.array([root(int(s)) for s in self.pairs[:, 0]], dtype=np.int64)
-            self._groups = np.unique(roots, return_inverse=True)[1].astype(np.int64).ravel()
-        return self._groups.copy()
+        """(K,) int64 source-structure group per anchor (a copy): the index of the stored
+        structure the anchor lies in. Identical structures are stored once whatever their
+        source, so anchors of one structure share a group even when two sources hold it.
+        :meth:`Projector.fit <platoscope.projection.Projector.fit>` takes it as
+        ``anchor_groups`` so that the coverage thresholds hold out whole structures, not
+        single anchors. (The recorded :attr:`sources` are not used: ``extend`` numbers its
+        structures per call, so ``(source, source_id)`` can repeat across extensions; on the
+        shipped ``default`` set the two agree, one stored structure per source id.)"""
+        return self.pairs[:, 0].copy()
 
     @property
     def hash_chain(self) -> list[str]:
