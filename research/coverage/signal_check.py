@@ -8,7 +8,10 @@ whose CHGNet 0.3.0 coverage is below their element's threshold
 (``Projector.coverage_threshold``: the 5 % leave-one-out quantile of the anchors' own coverage),
 and the cross-family (CHGNet 0.3.0 -> SevenNet-0) top-1 / top-5 retrieval of flagged and
 unflagged queries, and by coverage quartile. The threshold was fixed before this was run
-(5 %, a false-flag rate on anchor-like atoms); nothing here was tuned.
+(5 %, a false-flag rate on anchor-like atoms); nothing here was tuned. This is the
+leave-one-ANCHOR-out rule (projectors fitted without anchor groups); ``signal_loso.py``
+measures it beside the leave-one-structure-out rule that ships now, from the shipped anchors
+(this script needs the corpus cache under ``_cache/``).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python research/coverage/signal_check.py
 """

@@ -149,6 +149,18 @@ class AnchorSet:
         return [list(s) for s in src]
 
     @property
+    def groups(self) -> np.ndarray:
+        """(K,) int64 source-structure group per anchor (a copy): the index of the stored
+        structure the anchor lies in. Identical structures are stored once whatever their
+        source, so anchors of one structure share a group even when two sources hold it.
+        :meth:`Projector.fit <platoscope.projection.Projector.fit>` takes it as
+        ``anchor_groups`` so that the coverage thresholds hold out whole structures, not
+        single anchors. (The recorded :attr:`sources` are not used: ``extend`` numbers its
+        structures per call, so ``(source, source_id)`` can repeat across extensions; on the
+        shipped ``default`` set the two agree, one stored structure per source id.)"""
+        return self.pairs[:, 0].copy()
+
+    @property
     def hash_chain(self) -> list[str]:
         """The hashes of the sets this one was extended from, oldest first."""
         return list(self.meta.get("hash_chain", []))

@@ -79,7 +79,7 @@ class PlatonicCalculator(Calculator):
             raise InputError(f"projection {proj.name!r} needs reference statistics: pass a "
                              "Projector fitted with reference_embeddings")
         return proj.fit(self.anchors.embed(self.backend, cache=use_cache),
-                        anchor_numbers=self.anchors.numbers)
+                        anchor_numbers=self.anchors.numbers, anchor_groups=self.anchors.groups)
 
     def calculate(self, atoms: Atoms | None = None, properties: Any = ("energy",),
                   system_changes: Any = tuple(all_changes)) -> None:
@@ -126,6 +126,8 @@ class PlatonicCalculator(Calculator):
             "projection": self.projector.name if self.projector is not None else None,
             "projection_params": (self.projector.get_params() if self.projector is not None
                                   else None),
+            "coverage_holdout": (self.projector.coverage_holdout if self.projector is not None
+                                 else None),
             "versions": package_versions(),
         }
 

@@ -14,8 +14,12 @@ in ``__init__``, learned attributes end in ``_``, ``transform`` is pure).
 Every projection also gives a per-atom **coverage**: the largest (normalised) cosine of the atom
 to the anchors it is projected on, in [-1, 1] (1: an anchor has the same environment). The
 fitted projector holds a per-element threshold under which an atom is less covered than
-``1 - COVERAGE_QUANTILE`` of the anchors themselves are by the other anchors of their element
-(leave-one-out): coordinates of such atoms rest on anchors unlike them.
+``1 - COVERAGE_QUANTILE`` of the anchors themselves are by the other anchors of their element:
+coordinates of such atoms rest on anchors unlike them. Each anchor's own coverage is taken
+leave-one-structure-out when the projector knows the anchors' source structures
+(``anchor_groups``, :attr:`platoscope.anchors.AnchorSet.groups`): anchors of one structure
+(symmetry-equivalent or near-identical sites) would otherwise cover each other and push the
+threshold towards 1. Without groups it is leave-one-anchor-out.
 """
 
 from __future__ import annotations
@@ -57,10 +61,13 @@ in different orders, a few units in the last place). Bitwise equality is what on
 machine gives for the same input and block layout in practice, and is not promised: BLAS
 libraries may pick kernels by memory alignment or thread count."""
 COVERAGE_QUANTILE = 0.05
-"""Leave-one-out quantile of the anchors' own coverage that sets a fitted projector's per-element
-``coverage_threshold_``: an atom below it is less covered than 95 % of its element's anchors."""
+"""Quantile of the anchors' own held-out coverage (leave-one-structure-out with anchor groups,
+else leave-one-anchor-out) that sets a fitted projector's per-element coverage threshold
+(:meth:`Projector.coverage_threshold`): an atom below it is less covered than 95 % of its
+element's anchors are by anchors of other structures."""
 MIN_ANCHORS_FOR_THRESHOLD = 10
-"""Elements with fewer anchors than this use the threshold pooled over all anchors."""
+"""Elements with fewer valid held-out values than this (anchors, less those with no anchor of
+their element in another structure) use the threshold pooled over all anchors."""
 
 
 def _as_2d(x: Any, name: str) -> torch.Tensor:
@@ -337,10 +344,14 @@ class Projector:
         return self.normalize == "element"
 
     def fit(self, anchor_embeddings: Any, reference_embeddings: Any = None, *,
-            anchor_numbers: Any = None) -> Projector:
+            anchor_numbers: Any = None, anchor_groups: Any = None) -> Projector:
         """anchor_embeddings: (K, D); reference_embeddings: (M, D), needed to standardize/whiten;
         anchor_numbers: (K,) the anchor atoms' atomic numbers, needed by the element projection
-        (kept by every projection for per-element coverage thresholds).
+        (kept by every projection for per-element coverage thresholds); anchor_groups: (K,)
+        integer or string labels, equal for anchors of one source structure
+        (:attr:`AnchorSet.groups <platoscope.anchors.AnchorSet.groups>`): the coverage
+        thresholds are then leave-one-structure-out; None (sets without provenance):
+        leave-one-anchor-out. Groups affect only :meth:`coverage_threshold`, never coordinates.
 
         A row of NaN marks an anchor this model cannot embed (its structure holds an element the
         model has no parameters for): it is left out (``valid_`` False), its coordinate is 0 for
@@ -354,12 +365,14 @@ class Projector:
                              "numbers, AnchorSet.numbers)")
         zs = (None if anchor_numbers is None
               else _atomic_numbers(anchor_numbers, a_in.shape[0], "anchor_numbers"))
+        groups = None if anchor_groups is None else _group_labels(anchor_groups, a_in.shape[0])
         missing = np.isnan(a_in).all(axis=1)
         if missing.all():
             raise InputError("no anchor can be embedded by this model (every anchor row is NaN)")
         a = np.asarray(_as_2d(a_in[~missing], "anchor_embeddings").numpy())
         self.valid_: np.ndarray = ~missing
         self.anchor_numbers_: np.ndarray | None = zs
+        self.anchor_groups_: np.ndarray | None = groups
         self.mean_: np.ndarray | None = None
         self.transform_: np.ndarray | None = None
         if self.normalize == "center":
@@ -392,9 +405,11 @@ class Projector:
             valid = self.valid_
             cols = np.flatnonzero(valid)
             a = _as_2d(self.anchors_[valid], "anchors")
+            g = getattr(self, "anchor_groups_", None)
             if self.by_element:
                 blocks = _element_blocks(a, self.anchor_numbers_[valid], cols)
-                units = [(z, an) for z, (_, _, an) in blocks.items()]
+                units = [(z, an, None if g is None else g[c])
+                         for z, (c, _, an) in blocks.items()]
                 self._prepared = ("element", blocks)
             else:
                 m = None if self.mean_ is None else torch.as_tensor(self.mean_,
@@ -402,7 +417,7 @@ class Projector:
                 w = (None if self.transform_ is None
                      else torch.as_tensor(self.transform_, dtype=torch.float64))
                 an = _unit_rows(a, m, w)
-                units = [(0, an)]
+                units = [(0, an, None if g is None else g[cols])]
                 self._prepared = ("shared", (an, m, w, None if valid.all() else cols))
             self._thresholds = _coverage_thresholds(
                 units, None if self.anchor_numbers_ is None else self.anchor_numbers_[valid])
@@ -448,11 +463,20 @@ class Projector:
         an, m, w, cols = prep
         return _apply(e, an, m, w, self.tau, cols, self.anchors_.shape[0], coverage)
 
+    @property
+    def coverage_holdout(self) -> str:
+        """How the anchors' own coverage behind :meth:`coverage_threshold` is held out:
+        ``"structure"`` (fitted with ``anchor_groups``) or ``"anchor"`` (without)."""
+        return "anchor" if getattr(self, "anchor_groups_", None) is None else "structure"
+
     def coverage_threshold(self, numbers: Any) -> np.ndarray:
         """(N,) the coverage under which each atom (atomic numbers (N,)) is flagged as not
-        covered: the :data:`COVERAGE_QUANTILE` of its element's anchors' leave-one-out coverage
-        (pooled over all anchors for elements with fewer than
-        :data:`MIN_ANCHORS_FOR_THRESHOLD` anchors, and without ``anchor_numbers``)."""
+        covered: the :data:`COVERAGE_QUANTILE` of its element's anchors' held-out coverage,
+        each anchor's best cosine to the anchors of its block outside its own structure
+        (:attr:`coverage_holdout` ``"structure"``) or other than itself (``"anchor"``, no
+        groups). Anchors with no such other anchor are left out; elements with fewer than
+        :data:`MIN_ANCHORS_FOR_THRESHOLD` values left, and every element without
+        ``anchor_numbers``, use the quantile pooled over all anchors."""
         self._prepare()
         per, pooled = self._thresholds
         z = np.asarray(numbers, dtype=np.int64).ravel()
@@ -474,6 +498,8 @@ class Projector:
             state["transform"] = self.transform_
         if getattr(self, "anchor_numbers_", None) is not None:
             state["anchor_numbers"] = self.anchor_numbers_
+        if getattr(self, "anchor_groups_", None) is not None:
+            state["anchor_groups"] = self.anchor_groups_
         return state
 
     @classmethod
@@ -486,6 +512,8 @@ class Projector:
         p.transform_ = np.asarray(state["transform"]) if "transform" in state else None
         p.anchor_numbers_ = (np.asarray(state["anchor_numbers"], dtype=np.int64)
                              if "anchor_numbers" in state else None)
+        p.anchor_groups_ = (_group_labels(state["anchor_groups"], p.anchors_.shape[0])
+                            if "anchor_groups" in state else None)
         if p.by_element and p.anchor_numbers_ is None:
             raise InputError("an element projector's state has no anchor_numbers")
         p._prepared = None
@@ -496,30 +524,55 @@ class Projector:
         return f"Projector(normalize={self.normalize!r}, kernel={self.kernel!r}{tau})"
 
 
-def _coverage_thresholds(units: list[tuple[int, torch.Tensor]], numbers: np.ndarray | None
-                         ) -> tuple[dict[int, float], float]:
-    """Per-element and pooled :data:`COVERAGE_QUANTILE` of the anchors' leave-one-out coverage.
+def _group_labels(groups: Any, k: int) -> np.ndarray:
+    """(K,) int64 labels 0..G-1 from per-anchor group ids (integers or strings)."""
+    g = np.asarray(groups)
+    if g.shape != (k,):
+        raise InputError(f"anchor_groups must have shape ({k},) (one group id per anchor), got "
+                         f"{g.shape}")
+    if g.dtype.kind not in "iuUSO":
+        raise InputError(f"anchor_groups must be integer or string ids, got dtype {g.dtype}")
+    try:
+        return np.unique(g, return_inverse=True)[1].astype(np.int64).reshape(k)
+    except TypeError as err:
+        raise InputError(f"anchor_groups must be integer or string ids ({err})") from err
 
-    units: (block id, unit anchor rows) for each block the atoms are projected on (one block
-    for the shared projections); numbers: the valid anchors' atomic numbers, in block order."""
-    loo_all: list[np.ndarray] = []
-    for _, an in units:
-        k = an.shape[0]
-        if k < 2:
-            loo_all.append(np.full(k, np.nan))
-            continue
-        best = np.empty(k)
-        for s in range(0, k, 1024):
-            g = (an[s:s + 1024] @ an.T).numpy()
+
+_THRESHOLD_ROWS = 1024
+"""Anchors per block of the held-out coverage product (a (1024, k) Gram block at a time)."""
+
+
+def _held_out_best(an: torch.Tensor, groups: np.ndarray | None) -> np.ndarray:
+    """(k,) each unit anchor row's largest cosine to the rows of other groups (to the other
+    rows when ``groups`` is None); NaN where there is none."""
+    k = an.shape[0]
+    best = np.full(k, np.nan)
+    if k < 2:
+        return best
+    for s in range(0, k, _THRESHOLD_ROWS):
+        g = (an[s:s + _THRESHOLD_ROWS] @ an.T).numpy()
+        if groups is None:
             g[np.arange(g.shape[0]), np.arange(s, s + g.shape[0])] = -np.inf
-            best[s:s + 1024] = g.max(axis=1)
-        loo_all.append(best)
-    loo = np.concatenate(loo_all)
+        else:
+            g[groups[s:s + _THRESHOLD_ROWS, None] == groups[None, :]] = -np.inf
+        best[s:s + _THRESHOLD_ROWS] = g.max(axis=1)
+    best[np.isneginf(best)] = np.nan
+    return best
+
+
+def _coverage_thresholds(units: list[tuple[int, torch.Tensor, np.ndarray | None]],
+                         numbers: np.ndarray | None) -> tuple[dict[int, float], float]:
+    """Per-element and pooled :data:`COVERAGE_QUANTILE` of the anchors' held-out coverage.
+
+    units: (block id, unit anchor rows, their group labels or None) for each block the atoms
+    are projected on (one block for the shared projections); numbers: the valid anchors'
+    atomic numbers, in block order."""
+    loo = np.concatenate([_held_out_best(an, g) for _, an, g in units])
     finite = loo[np.isfinite(loo)]
     pooled = float(np.quantile(finite, COVERAGE_QUANTILE)) if finite.size else -1.0
     per: dict[int, float] = {}
     if numbers is not None:
-        zs = (np.concatenate([np.full(an.shape[0], z) for z, an in units]) if len(units) > 1
+        zs = (np.concatenate([np.full(an.shape[0], z) for z, an, _ in units]) if len(units) > 1
               else numbers)
         for z in np.unique(zs):
             v = loo[(zs == z) & np.isfinite(loo)]

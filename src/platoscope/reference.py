@@ -102,7 +102,8 @@ class ReferenceBank:
         emb = np.concatenate(feats)
         proj = Projector.coerce(projection)
         proj.fit(anchors.embed(backend, progress=progress, known=(list(structures), feats)),
-                 emb if proj.needs_reference else None, anchor_numbers=anchors.numbers)
+                 emb if proj.needs_reference else None, anchor_numbers=anchors.numbers,
+                 anchor_groups=anchors.groups)
         if data_hash is None:
             from platoscope.readers import structures_hash
 
@@ -110,7 +111,8 @@ class ReferenceBank:
         prov = backend.provenance().to_dict()
         prov.update(fingerprint=backend.fingerprint, anchor_set_hash=anchors.hash,
                     n_anchors=len(anchors),
-                    projection=proj.name, versions=package_versions(),
+                    projection=proj.name, coverage_holdout=proj.coverage_holdout,
+                    versions=package_versions(),
                     n_structures=len(structures), skipped_structures=skipped)
         if executor is not None:
             prov["cluster"] = executor.info()
@@ -344,7 +346,9 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
     ``element``). Looks for a bank shipped in the package, then in the cache; otherwise builds
     it once (a minute or two on a CPU, with a progress bar) and caches it. The cache key
     includes the model fingerprint and the hash of the shipped reference file, so a new
-    release's reference set is never scored against an old cached bank.
+    release's reference set is never scored against an old cached bank. A bank made before
+    coverage thresholds were held out by structure (its projector has no anchor groups) is
+    not used as it is: its embeddings are kept and its projector is fitted anew (seconds).
     """
     from platoscope.paths import cache_dir, default_data_path
     from platoscope.provenance import sha256_bytes
@@ -357,7 +361,8 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
         if path.is_file():
             bank = ReferenceBank.load(path)
             bank.check_backend(backend)
-            return bank
+            if bank.projector.coverage_holdout == "structure":
+                return bank
     structures = reference_structures()
     reused = _reuse_embeddings(backend, anchors, proj, structures, ref_hash, progress=progress)
     if reused is not None:
@@ -411,9 +416,10 @@ def _reuse_embeddings(backend: Any, anchors: AnchorSet, proj: Projector, structu
             continue
         proj.fit(anchors.embed(backend, progress=progress),
                  donor.embeddings.astype(np.float64) if proj.needs_reference else None,
-                 anchor_numbers=anchors.numbers)
+                 anchor_numbers=anchors.numbers, anchor_groups=anchors.groups)
         prov = {**donor.provenance, "anchor_set_hash": anchors.hash, "n_anchors": len(anchors),
-                "projection": proj.name, "versions": package_versions(),
+                "projection": proj.name, "coverage_holdout": proj.coverage_holdout,
+                "versions": package_versions(),
                 "embeddings_from": path.name}
         return ReferenceBank(donor.embeddings, donor.numbers, donor.structure_index,
                              projector=proj, anchor_set_hash=anchors.hash,
