@@ -24,7 +24,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "research"))  # embed_corpus.py
 CACHE = HERE / "_cache"
 LAYERS = {"chgnet:0.3.0": "atom_fea", "chgnet:0.2.0": "atom_fea",
           "sevenn:7net-0": "1_equivariant_gate"}

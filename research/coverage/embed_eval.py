@@ -7,8 +7,8 @@ val.csv, :func:`embed.eval_sets`), written to ``_cache/sets/``; the features (ea
 default layer: CHGNet ``atom_fea``, SevenNet-0 ``1_equivariant_gate``) go to
 ``_cache/emb/<set>/<model>.npz`` in ``embed.py``'s layout (``embeddings``, ``numbers``,
 ``structure_index``, ``atom_index``, ``valid``, ``model``, ``layer``, ``fingerprint``,
-``data_hash``). ``embed.py`` embeds every layer through ``scripts/embed_corpus.py``, which this
-checkout no longer has; this script needs only the library.
+``data_hash``). ``embed.py`` embeds every layer (through ``research/embed_corpus.py``) and the
+corpus as well; this script embeds only the default layers of the three sets.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python research/coverage/embed_eval.py
 """
