@@ -524,7 +524,7 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
     """
     import h5py
 
-    from platoscope.coords import FORMAT, TOP_K, CoordinateWriter, layout_for
+    from platoscope.coords import FORMAT, H5_COMPRESSION, TOP_K, CoordinateWriter, layout_for
 
     if calc.projector is None:
         raise ValueError("the calculator has no anchors: nothing to project on")
@@ -556,8 +556,8 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                     for name, dt in (("numbers", np.int16), ("structure_index", np.int32),
                                      ("atom_index", np.int32))}
             emb = (h.create_dataset("embeddings", shape=(0, d), maxshape=(None, d),
-                                    dtype=np.float32, chunks=(1024, d), compression="gzip",
-                                    compression_opts=4) if embeddings else None)
+                                    dtype=np.float32, chunks=(1024, d), **H5_COMPRESSION)
+                   if embeddings else None)
             for atoms, res in executor.map(structures, store=store, strict=strict,
                                            on_chunk=_callback):
                 failures.extend(res.failures)
