@@ -16,9 +16,11 @@ alternating rounds (the order rotates each round so load drifts hit every varian
            events, summary); building the monitor set (the ``atypical`` monitor calibrates its
            thresholds on the bank, a fixed cost per run) is start-up, untimed here and
            reported as ``build_monitors_s``
-  embed_serial, monitor_serial   the same with ``prefetch=0``: no background thread, each
-           chunk's forward pass waits for the previous chunk's projection and writes (the path
-           before the pipelining; ``--no-serial`` leaves them out)
+  embed_prefetchP, monitor_prefetchP   the same with the other ``prefetch`` than the
+           backend's default (``Backend.prefetch``; CHGNet 1, others 0): ``prefetch0`` runs
+           each chunk's forward pass after the previous chunk's projection and writes (the
+           path before the pipelining), ``prefetch1`` runs it in a background thread beside
+           them (``--no-other-prefetch`` leaves these out)
   Figures: median atoms/s over rounds, and the median over rounds of the per-round ratio
   time(bare) / time(variant). Target: embed and monitor >= 0.9 x bare.
   ``stages``: one extra pass of the embed path's steps timed one by one (forward, chunk files
@@ -133,7 +135,7 @@ def setup(spec: str) -> tuple[dict, tuple]:
     return startup, (backend, anchors, bank, calc)
 
 
-def single_process(objs: tuple, frames: list, batch: int, rounds: int, serial: bool = True
+def single_process(objs: tuple, frames: list, batch: int, rounds: int, other: bool = True
                    ) -> dict:
     from platoscope.distributed import ModelSpec, embed_to_file, open_executor
     from platoscope.monitors import build_monitors
@@ -148,7 +150,7 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, serial: b
     def bare():
         backend.embed(frames, batch_size=batch)
 
-    def embed(prefetch: int = 1):
+    def embed(prefetch: int | None = None):
         with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=batch,
                            prefetch=prefetch) as ex:
             embed_to_file(frames, calc, tmp / "c.h5", ex, data_hash=h, progress=False)
@@ -159,7 +161,7 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, serial: b
 
     fresh: list = []
 
-    def monitor(prefetch: int = 1):
+    def monitor(prefetch: int | None = None):
         # the monitor set is built (and calibrated on the bank) untimed: a per-run start-up
         # cost, timed apart below; everything monitor_frames does is timed
         shutil.rmtree(tmp / "mon", ignore_errors=True)
@@ -171,8 +173,10 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, serial: b
 
     fresh.append(build())
     fns = {"bare": bare, "embed": embed, "monitor": monitor}
-    if serial:  # the same without the background forward-pass thread (prefetch=0)
-        fns.update(embed_serial=lambda: embed(0), monitor_serial=lambda: monitor(0))
+    if other:  # the same with the other prefetch than the backend's default (0 <-> 1)
+        p = 1 - min(int(backend.prefetch), 1)
+        fns.update({f"embed_prefetch{p}": lambda: embed(p),
+                    f"monitor_prefetch{p}": lambda: monitor(p)})
     times = alternate(fns, rounds)
     build_s = []
     for _ in range(3):
@@ -182,7 +186,8 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, serial: b
     stages = embed_stages(calc, frames, batch, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     return {"atoms": n_atoms, "frames": len(frames), "batch_size": batch, "rounds": rounds,
-            "torch_threads": torch.get_num_threads(), **summarise(times, n_atoms, "bare"),
+            "torch_threads": torch.get_num_threads(), "prefetch_default": backend.prefetch,
+            **summarise(times, n_atoms, "bare"),
             "build_monitors_s": round(statistics.median(build_s), 3),
             "embed_stages_s": stages}
 
@@ -276,9 +281,9 @@ def main() -> None:
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch threads of the single-process part (1: as a worker)")
     p.add_argument("--skip-scaling", action="store_true")
-    p.add_argument("--no-serial", action="store_true",
-                   help="leave out embed_serial and monitor_serial (prefetch=0: no background "
-                        "forward-pass thread)")
+    p.add_argument("--no-other-prefetch", action="store_true",
+                   help="leave out embed_prefetchP and monitor_prefetchP (P: the other setting "
+                        "than the backend's default)")
     p.add_argument("--note", default="", help="free text stored in the JSON")
     p.add_argument("--out", default=str(REPO / "results" / "benchmark_distributed.json"))
     args = p.parse_args()
@@ -291,7 +296,7 @@ def main() -> None:
         t0 = time.perf_counter()
         row["startup"], objs = setup(spec)
         row["single_process"] = single_process(objs, frames, args.batch_size, args.rounds,
-                                               serial=not args.no_serial)
+                                               other=not args.no_other_prefetch)
         if not args.skip_scaling:
             row["workers"] = scaling(objs, frames, args.batch_size, args.rounds)
         row["loadavg_after"] = loadavg()

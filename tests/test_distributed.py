@@ -339,7 +339,7 @@ def test_prefetch_error_surfaces_in_caller(tmp_path, backend, structures):
 
     seen: list[int] = []
     with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3) as ex:
-        assert ex.prefetch == 1  # the default
+        assert ex.prefetch == 1  # CHGNet's default
         with pytest.raises(OSError, match="frame 7") as info:
             for _, res in ex.map(frames()):
                 seen.append(res.index)

@@ -17,10 +17,11 @@ counts; coordinates then follow within the projection's float64 arithmetic).
 - Each worker process builds the model once (a per-process cache keyed by spec, layer and
   device) and sets torch's threads to its Dask thread count.
 - Bounded memory: at most ``window`` chunks are in flight or waiting in the reorder buffer.
-- In-process, the forward pass of the next ``prefetch`` chunk(s) (default 1) runs in one
-  background thread while the caller projects, monitors and writes the current one (torch
-  releases the GIL in its kernels); chunks still come out in input order, at most
-  ``prefetch`` + 1 of them held at once. ``prefetch=0`` is the serial path.
+- In-process, the forward pass of the next ``prefetch`` chunk(s) runs in one background
+  thread while the caller projects, monitors and writes the current one (torch releases the
+  GIL in its kernels); chunks still come out in input order, at most ``prefetch`` + 1 of them
+  held at once. ``prefetch=0`` is the serial path; the default is the backend's own
+  (``Backend.prefetch``: 1 for CHGNet, where it was measured to pay, else 0).
 - Faults: a worker that dies has its tasks rerun elsewhere by Dask; results are taken once per
   chunk index, in order, so nothing is written twice or lost. A structure that fails (unsupported
   element, NaN positions, a model error) comes back as a :class:`StructureFailure` naming its
@@ -300,19 +301,21 @@ class Executor:
     None); chunk_size: structures per task (and per model batch); window: chunks in flight or
     buffered at once (default: 2 per worker thread + 1); prefetch: in-process only, chunks
     whose forward pass (and chunk file) a background thread may complete ahead of the caller
-    (default 1; 0: everything in the caller's thread, one chunk after the other).
+    (None: the backend's :attr:`~platoscope.backends.base.Backend.prefetch`, 1 for CHGNet,
+    0 for the others; 0: everything in the caller's thread, one chunk after the other).
     """
 
     def __init__(self, model: ModelSpec, *, backend: Any = None, client: Any = None,
                  chunk_size: int = 16, window: int | None = None, cluster: str = "in-process",
-                 prefetch: int = 1):
+                 prefetch: int | None = None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
-        if int(prefetch) < 0:
+        if prefetch is not None and int(prefetch) < 0:
             raise ValueError(f"prefetch must be >= 0 (0: no background thread), not {prefetch}")
-        self.prefetch = int(prefetch)
         if client is None and backend is None:
             backend = worker_backend(model)
+        self.prefetch = (int(prefetch) if prefetch is not None
+                         else int(getattr(backend, "prefetch", 0) or 0))
         self.model = model
         self.backend = backend
         self.client = client
@@ -557,9 +560,11 @@ def _worker_environment() -> Any:
 @contextlib.contextmanager
 def open_executor(model: ModelSpec, *, workers: int | None = None, scheduler: str | None = None,
                   backend: Any = None, chunk_size: int = 16, window: int | None = None,
-                  threads_per_worker: int = 1, prefetch: int = 1) -> Iterator[Executor]:
+                  threads_per_worker: int = 1, prefetch: int | None = None
+                  ) -> Iterator[Executor]:
     """An :class:`Executor`: in-process (neither ``workers`` nor ``scheduler``; ``prefetch``
-    chunks' forward passes run ahead in a background thread, 0 for none), on a
+    chunks' forward passes run ahead in a background thread, 0 for none, None for the
+    backend's default), on a
     ``LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True)``
     started and closed here, or on the existing cluster at ``scheduler``."""
     if workers is not None and scheduler is not None:

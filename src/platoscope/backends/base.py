@@ -197,6 +197,12 @@ class Backend(ABC):
 
     family: str = ""
     default_layer: str = ""
+    prefetch: int = 0
+    """Chunks the in-process executor embeds ahead in a background thread by default (0: none).
+    It pays where the forward pass is a few large torch calls that release the GIL for long
+    (CHGNet's batched graphs: 1); a forward pass of many small calls (SevenNet structure by
+    structure) slowed by ~20 % beside a busy main thread, more than the overlap gained
+    (docs/distributed.md, "Throughput"), so a backend opts in once measured."""
 
     def __init__(self, calc: Calculator, *, model: str, weights_path: str | None,
                  layer: str | None = None):
