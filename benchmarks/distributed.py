@@ -17,10 +17,10 @@ alternating rounds (the order rotates each round so load drifts hit every varian
            thresholds on the bank, a fixed cost per run) is start-up, untimed here and
            reported as ``build_monitors_s``
   embed_prefetchP, monitor_prefetchP   the same with the other ``prefetch`` than the
-           backend's default (``Backend.prefetch``; CHGNet 1, others 0): ``prefetch0`` runs
-           each chunk's forward pass after the previous chunk's projection and writes (the
-           path before the pipelining), ``prefetch1`` runs it in a background thread beside
-           them (``--no-other-prefetch`` leaves these out)
+           default (``default_prefetch``: CHGNet 1 with a core free of torch, others 0):
+           ``prefetch0`` runs each chunk's forward pass after the previous chunk's projection
+           and writes (the path before the pipelining), ``prefetch1`` runs it in a background
+           thread beside them (``--no-other-prefetch`` leaves these out)
   Figures: median atoms/s over rounds, and the median over rounds of the per-round ratio
   time(bare) / time(variant). Target: embed and monitor >= 0.9 x bare.
   ``stages``: one extra pass of the embed path's steps timed one by one (forward, chunk files
@@ -137,7 +137,7 @@ def setup(spec: str) -> tuple[dict, tuple]:
 
 def single_process(objs: tuple, frames: list, batch: int, rounds: int, other: bool = True
                    ) -> dict:
-    from platoscope.distributed import ModelSpec, embed_to_file, open_executor
+    from platoscope.distributed import ModelSpec, default_prefetch, embed_to_file, open_executor
     from platoscope.monitors import build_monitors
     from platoscope.readers import structures_hash
     from platoscope.runner import monitor_frames
@@ -174,7 +174,7 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, other: bo
     fresh.append(build())
     fns = {"bare": bare, "embed": embed, "monitor": monitor}
     if other:  # the same with the other prefetch than the backend's default (0 <-> 1)
-        p = 1 - min(int(backend.prefetch), 1)
+        p = 1 - min(default_prefetch(backend), 1)
         fns.update({f"embed_prefetch{p}": lambda: embed(p),
                     f"monitor_prefetch{p}": lambda: monitor(p)})
     times = alternate(fns, rounds)
@@ -186,7 +186,7 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, other: bo
     stages = embed_stages(calc, frames, batch, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     return {"atoms": n_atoms, "frames": len(frames), "batch_size": batch, "rounds": rounds,
-            "torch_threads": torch.get_num_threads(), "prefetch_default": backend.prefetch,
+            "torch_threads": torch.get_num_threads(), "prefetch_default": default_prefetch(backend),
             **summarise(times, n_atoms, "bare"),
             "build_monitors_s": round(statistics.median(build_s), 3),
             "embed_stages_s": stages}

@@ -276,7 +276,7 @@ def test_missing_dask_names_the_extra(backend, monkeypatch):
 
 
 def test_prefetch_writes_what_serial_writes(tmp_path, backend, structures):
-    """The background forward pass (prefetch=1, the default) writes the file the serial path
+    """The background forward pass (prefetch=1, opt-in) writes the file the serial path
     writes: same rows, numbers and indices, the same failures; coordinates within the file's
     float32 bound and embeddings within float32 noise (the same thread count: in practice
     equal). Also monitor_frames: the same frames.h5 and frames.extxyz rows."""
@@ -338,8 +338,19 @@ def test_prefetch_error_surfaces_in_caller(tmp_path, backend, structures):
             yield a
 
     seen: list[int] = []
-    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3) as ex:
-        assert ex.prefetch == 1  # CHGNet's default
+    import torch
+
+    from platoscope.distributed import default_prefetch
+
+    threads = torch.get_num_threads()
+    try:  # the default: CHGNet's 1 when torch leaves a core free, else 0
+        torch.set_num_threads(1)
+        assert default_prefetch(backend) == (1 if len(os.sched_getaffinity(0)) > 1 else 0)
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        assert default_prefetch(backend) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3, prefetch=1) as ex:
         with pytest.raises(OSError, match="frame 7") as info:
             for _, res in ex.map(frames()):
                 seen.append(res.index)
@@ -350,7 +361,7 @@ def test_prefetch_error_surfaces_in_caller(tmp_path, backend, structures):
     # an error while the thread works on a chunk (its chunk file holds other structures):
     # the note names the chunk's files and frames
     store = ChunkStore(tmp_path / "p.parts", {"chunk_size": 3})
-    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3) as ex:
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3, prefetch=1) as ex:
         list(ex.map(structures[:6], store=store))
         with pytest.raises(ResumeMismatchError, match="inputs differ") as info:
             list(ex.map(structures[:3] + structures[6:9], store=store))
@@ -373,7 +384,7 @@ def test_model_in_caller_thread_while_prefetching(backend, structures, serial_fe
     def in_caller(res):
         side.append(backend.compute(structures[0], ("energy",))[1])
 
-    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3) as ex:
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3, prefetch=1) as ex:
         for _, res in ex.map(structures, on_chunk=in_caller):
             got.extend(res.features)
     for f, ref in zip(got, serial_feats, strict=True):

@@ -20,8 +20,9 @@ counts; coordinates then follow within the projection's float64 arithmetic).
 - In-process, the forward pass of the next ``prefetch`` chunk(s) runs in one background
   thread while the caller projects, monitors and writes the current one (torch releases the
   GIL in its kernels); chunks still come out in input order, at most ``prefetch`` + 1 of them
-  held at once. ``prefetch=0`` is the serial path; the default is the backend's own
-  (``Backend.prefetch``: 1 for CHGNet, where it was measured to pay, else 0).
+  held at once. ``prefetch=0`` is the serial path; the default (:func:`default_prefetch`) is
+  the backend's ``Backend.prefetch`` (1 for CHGNet, 0 for the others) when torch leaves a CPU
+  core free, else 0.
 - Faults: a worker that dies has its tasks rerun elsewhere by Dask; results are taken once per
   chunk index, in order, so nothing is written twice or lost. A structure that fails (unsupported
   element, NaN positions, a model error) comes back as a :class:`StructureFailure` naming its
@@ -301,8 +302,8 @@ class Executor:
     None); chunk_size: structures per task (and per model batch); window: chunks in flight or
     buffered at once (default: 2 per worker thread + 1); prefetch: in-process only, chunks
     whose forward pass (and chunk file) a background thread may complete ahead of the caller
-    (None: the backend's :attr:`~platoscope.backends.base.Backend.prefetch`, 1 for CHGNet,
-    0 for the others; 0: everything in the caller's thread, one chunk after the other).
+    (None: :func:`default_prefetch`; 0: everything in the caller's thread, one chunk after
+    the other).
     """
 
     def __init__(self, model: ModelSpec, *, backend: Any = None, client: Any = None,
@@ -314,8 +315,7 @@ class Executor:
             raise ValueError(f"prefetch must be >= 0 (0: no background thread), not {prefetch}")
         if client is None and backend is None:
             backend = worker_backend(model)
-        self.prefetch = (int(prefetch) if prefetch is not None
-                         else int(getattr(backend, "prefetch", 0) or 0))
+        self.prefetch = int(prefetch) if prefetch is not None else default_prefetch(backend)
         self.model = model
         self.backend = backend
         self.client = client
@@ -525,6 +525,25 @@ def _chunk_note(index: int, start: int, atoms: list[Atoms] | None) -> str:
     if ends[0][0] is not None:
         where += f": {ends[0][0]} frame {ends[0][1]} .. {ends[1][0]} frame {ends[1][1]}"
     return f"in platoscope's forward-pass thread, {where})"
+
+
+def default_prefetch(backend: Any) -> int:
+    """Chunks to embed ahead in a background thread, in-process: the backend's
+    ``prefetch`` (CHGNet 1, others 0) if torch's threads leave a CPU core of this process
+    free for the main thread's projection and writes, else 0.
+
+    Measured on a 2-core CPU (docs/distributed.md, "Throughput"): CHGNet 0.3.0 with 1 torch
+    thread, idle machine, ``embed`` ~10 % faster; with 2 torch threads no gain; SevenNet-0
+    4-20 % slower forward passes in the thread, a net loss.
+    """
+    import torch
+
+    want = int(getattr(backend, "prefetch", 0) or 0)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return want if want > 0 and torch.get_num_threads() < cores else 0
 
 
 def _chunked(structures: Iterable[Atoms], size: int) -> Iterator[tuple[int, list[Atoms]]]:

@@ -198,11 +198,13 @@ class Backend(ABC):
     family: str = ""
     default_layer: str = ""
     prefetch: int = 0
-    """Chunks the in-process executor embeds ahead in a background thread by default (0: none).
-    It pays where the forward pass is a few large torch calls that release the GIL for long
-    (CHGNet's batched graphs: 1); a forward pass of many small calls (SevenNet structure by
-    structure) slowed by ~20 % beside a busy main thread, more than the overlap gained
-    (docs/distributed.md, "Throughput"), so a backend opts in once measured."""
+    """Chunks the in-process executor may embed ahead in a background thread (0: none), used
+    when torch leaves a CPU core free (:func:`platoscope.distributed.default_prefetch`).
+    CHGNet sets 1: its batched graphs are a few large torch calls that release the GIL, and
+    with 1 torch thread on an idle 2-core machine ``embed`` ran ~10 % faster. 0 elsewhere:
+    SevenNet's structure-by-structure forward pass (many small torch calls) ran 4-20 %
+    slower beside the main thread, about what the overlap saved or more
+    (docs/distributed.md, "Throughput")."""
 
     def __init__(self, calc: Calculator, *, model: str, weights_path: str | None,
                  layer: str | None = None):
