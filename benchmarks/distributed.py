@@ -16,11 +16,17 @@ alternating rounds (the order rotates each round so load drifts hit every varian
            events, summary); building the monitor set (the ``atypical`` monitor calibrates its
            thresholds on the bank, a fixed cost per run) is start-up, untimed here and
            reported as ``build_monitors_s``
+  embed_prefetchP, monitor_prefetchP   the same with the other ``prefetch`` than the
+           default (``default_prefetch``: CHGNet 1 with a core free of torch, others 0):
+           ``prefetch0`` runs each chunk's forward pass after the previous chunk's projection
+           and writes (the path before the pipelining), ``prefetch1`` runs it in a background
+           thread beside them (``--no-other-prefetch`` leaves these out)
   Figures: median atoms/s over rounds, and the median over rounds of the per-round ratio
   time(bare) / time(variant). Target: embed and monitor >= 0.9 x bare.
-  ``stages``: one extra pass of the embed path's steps timed one by one (forward, projection,
-  top-k, HDF5 write; the write is the writer's append time minus the separately timed
-  top-k it repeats, so approximate) to show where the time goes.
+  ``stages``: one extra pass of the embed path's steps timed one by one (forward, chunk files
+  for resume (``ChunkStore.save``, fsynced), projection, top-k, HDF5 write (the writer's
+  append time minus the separately timed top-k it repeats, so approximate), closing the HDF5
+  file (gzip of the chunks still in HDF5's cache)) to show where the time goes.
 
 Part 2, LocalCluster of 1 worker x 1 thread vs 2 workers x 1 thread: ``forward`` (the forward
 passes only, ``embed_list``) and ``embed`` (the whole ``embed_to_file`` with the driver
@@ -129,8 +135,9 @@ def setup(spec: str) -> tuple[dict, tuple]:
     return startup, (backend, anchors, bank, calc)
 
 
-def single_process(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
-    from platoscope.distributed import ModelSpec, embed_to_file, open_executor
+def single_process(objs: tuple, frames: list, batch: int, rounds: int, other: bool = True
+                   ) -> dict:
+    from platoscope.distributed import ModelSpec, default_prefetch, embed_to_file, open_executor
     from platoscope.monitors import build_monitors
     from platoscope.readers import structures_hash
     from platoscope.runner import monitor_frames
@@ -143,8 +150,9 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
     def bare():
         backend.embed(frames, batch_size=batch)
 
-    def embed():
-        with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=batch) as ex:
+    def embed(prefetch: int | None = None):
+        with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=batch,
+                           prefetch=prefetch) as ex:
             embed_to_file(frames, calc, tmp / "c.h5", ex, data_hash=h, progress=False)
 
     def build():
@@ -153,16 +161,23 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
 
     fresh: list = []
 
-    def monitor():
+    def monitor(prefetch: int | None = None):
         # the monitor set is built (and calibrated on the bank) untimed: a per-run start-up
         # cost, timed apart below; everything monitor_frames does is timed
         shutil.rmtree(tmp / "mon", ignore_errors=True)
-        monitor_frames(frames, calc, fresh.pop(), tmp / "mon", batch_size=batch,
-                       progress=False)
+        with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=batch,
+                           prefetch=prefetch) as ex:
+            monitor_frames(frames, calc, fresh.pop(), tmp / "mon", batch_size=batch,
+                           progress=False, executor=ex)
         fresh.append(build())
 
     fresh.append(build())
-    times = alternate({"bare": bare, "embed": embed, "monitor": monitor}, rounds)
+    fns = {"bare": bare, "embed": embed, "monitor": monitor}
+    if other:  # the same with the other prefetch than the backend's default (0 <-> 1)
+        p = 1 - min(default_prefetch(backend), 1)
+        fns.update({f"embed_prefetch{p}": lambda: embed(p),
+                    f"monitor_prefetch{p}": lambda: monitor(p)})
+    times = alternate(fns, rounds)
     build_s = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -171,7 +186,8 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
     stages = embed_stages(calc, frames, batch, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     return {"atoms": n_atoms, "frames": len(frames), "batch_size": batch, "rounds": rounds,
-            "torch_threads": torch.get_num_threads(), **summarise(times, n_atoms, "bare"),
+            "torch_threads": torch.get_num_threads(), "prefetch_default": default_prefetch(backend),
+            **summarise(times, n_atoms, "bare"),
             "build_monitors_s": round(statistics.median(build_s), 3),
             "embed_stages_s": stages}
 
@@ -181,14 +197,24 @@ def embed_stages(calc, frames: list, batch: int, tmp: Path) -> dict[str, float]:
     import h5py
 
     from platoscope.coords import TOP_K, CoordinateWriter, layout_for
+    from platoscope.distributed import ChunkResult, ChunkStore
+    from platoscope.readers import structures_hash
 
-    t = {"forward": 0.0, "projection": 0.0, "top_k": 0.0, "hdf5_write": 0.0}
-    with h5py.File(tmp / "stages.h5", "w") as h:
+    t = {"forward": 0.0, "projection": 0.0, "top_k": 0.0, "hdf5_write": 0.0,
+         "hdf5_close": 0.0, "chunk_files": 0.0}
+    store = ChunkStore(tmp / "stages.parts", {"kind": "stages"})
+    h = h5py.File(tmp / "stages.h5", "w")
+    with h:
         w = CoordinateWriter(h, len(calc.anchors), layout_for(calc.projector), TOP_K)
         for s in range(0, len(frames), batch):
             chunk = frames[s:s + batch]
             t0 = time.perf_counter()
-            feats = np.concatenate(calc.backend.embed(chunk, batch_size=batch))
+            parts = calc.backend.embed(chunk, batch_size=batch)
+            t1 = time.perf_counter()
+            store.save(ChunkResult(index=s // batch, start=s, features=parts),
+                       [len(a) for a in chunk], structures_hash(chunk))
+            t["chunk_files"] += time.perf_counter() - t1
+            feats = np.concatenate(parts)
             t1 = time.perf_counter()
             z, cov = calc.projector.transform_with_coverage(
                 feats, np.concatenate([a.numbers for a in chunk]))
@@ -204,6 +230,9 @@ def embed_stages(calc, frames: list, batch: int, tmp: Path) -> dict[str, float]:
             t["projection"] += t2 - t1
             t["top_k"] += t3 - t2
             t["hdf5_write"] += max((t4 - t3) - (t3 - t2), 0.0)
+        t5 = time.perf_counter()
+    t["hdf5_close"] = time.perf_counter() - t5  # chunks still in HDF5's cache compressed here
+    store.remove()
     return {k: round(v, 3) for k, v in t.items()}
 
 
@@ -252,6 +281,9 @@ def main() -> None:
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch threads of the single-process part (1: as a worker)")
     p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--no-other-prefetch", action="store_true",
+                   help="leave out embed_prefetchP and monitor_prefetchP (P: the other setting "
+                        "than the backend's default)")
     p.add_argument("--note", default="", help="free text stored in the JSON")
     p.add_argument("--out", default=str(REPO / "results" / "benchmark_distributed.json"))
     args = p.parse_args()
@@ -263,7 +295,8 @@ def main() -> None:
         row: dict = {"loadavg_before": loadavg()}
         t0 = time.perf_counter()
         row["startup"], objs = setup(spec)
-        row["single_process"] = single_process(objs, frames, args.batch_size, args.rounds)
+        row["single_process"] = single_process(objs, frames, args.batch_size, args.rounds,
+                                               other=not args.no_other_prefetch)
         if not args.skip_scaling:
             row["workers"] = scaling(objs, frames, args.batch_size, args.rounds)
         row["loadavg_after"] = loadavg()

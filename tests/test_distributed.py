@@ -55,6 +55,12 @@ def serial_feats(backend, structures):
     return backend.embed(structures, batch_size=3)
 
 
+def _forward_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "platoscope-forward"]
+
+
 def _traj(path, n=8):
     from ase.build import bulk
 
@@ -178,14 +184,16 @@ def test_failed_structure_reported_others_go_on(tmp_path, backend, structures):
     assert r.exit_code != 0 and "frame 1" in r.output
 
 
-def test_resume_skips_completed_chunks(tmp_path, backend, structures):
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_resume_skips_completed_chunks(tmp_path, backend, structures, prefetch):
     from platoscope.anchors import AnchorSet
     from platoscope.calculator import PlatonicCalculator
 
     calc = PlatonicCalculator(backend, anchors=AnchorSet.default())
     data_hash = structures_hash(structures)
     out = tmp_path / "c.h5"
-    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3) as ex:
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3,
+                       prefetch=prefetch) as ex:
         computed: list[int] = []
 
         def stop_after_two(res):
@@ -197,12 +205,17 @@ def test_resume_skips_completed_chunks(tmp_path, backend, structures):
             embed_to_file(structures, calc, out, ex, data_hash=data_hash, progress=False,
                           on_chunk=stop_after_two)
         assert not out.exists()
+        assert not _forward_threads()  # Ctrl-C ended the background thread
         parts = sorted(p.name for p in parts_folder(out).glob("chunk_*.npz"))
-        assert parts == ["chunk_0000000.npz", "chunk_0000001.npz"]
+        # serial: the two chunks handed over; prefetch: those and the chunk(s) computed ahead,
+        # always whole chunks from the first on
+        n = len(parts)
+        assert parts == [f"chunk_{i:07d}.npz" for i in range(n)]
+        assert n == 2 if prefetch == 0 else 2 <= n <= 2 + prefetch + 1
         resumed: list[bool] = []
         res = embed_to_file(structures, calc, out, ex, data_hash=data_hash, progress=False,
                             on_chunk=lambda r: resumed.append(r.resumed))
-        assert resumed == [True, True, False, False] and res["resumed_chunks"] == 2
+        assert resumed == [True] * n + [False] * (4 - n) and res["resumed_chunks"] == n
         assert not parts_folder(out).exists()
         ref = tmp_path / "ref.h5"
         embed_to_file(structures, calc, ref, ex, data_hash=data_hash, progress=False)
@@ -260,3 +273,122 @@ def test_missing_dask_names_the_extra(backend, monkeypatch):
     with pytest.raises(PlatoscopeError, match=r"platoscope\[dask\]"), open_executor(
             ModelSpec.of(backend), workers=2):
         pass
+
+
+def test_prefetch_writes_what_serial_writes(tmp_path, backend, structures):
+    """The background forward pass (prefetch=1, opt-in) writes the file the serial path
+    writes: same rows, numbers and indices, the same failures; coordinates within the file's
+    float32 bound and embeddings within float32 noise (the same thread count: in practice
+    equal). Also monitor_frames: the same frames.h5 and frames.extxyz rows."""
+    from ase.io import read as ase_read
+
+    from platoscope.anchors import AnchorSet
+    from platoscope.calculator import PlatonicCalculator
+    from platoscope.runner import monitor_frames
+    from platoscope.writers import read_sidecar
+
+    data = [a.copy() for a in structures]
+    data[4].numbers[0] = 95  # Am: fails, reported in both
+    for i, a in enumerate(data):
+        a.info.update(source="set/x.extxyz", source_index=i)
+    calc = PlatonicCalculator(backend, anchors=AnchorSet.default())
+    h = structures_hash(data)
+    files = {}
+    for prefetch in (0, 1):
+        with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3,
+                           prefetch=prefetch) as ex:
+            assert ex.info()["prefetch"] == prefetch
+            files[prefetch] = tmp_path / f"c{prefetch}.h5"
+            embed_to_file(data, calc, files[prefetch], ex, data_hash=h, progress=False)
+            monitor_frames([a for j, a in enumerate(data) if j != 4], calc, [],
+                           tmp_path / f"m{prefetch}", executor=ex, progress=False)
+    a, b = AtomCoordinates.load(files[0]), AtomCoordinates.load(files[1])
+    for name in ("numbers", "structure_index", "atom_index"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert 4 not in set(a.structure_index.tolist())
+    np.testing.assert_allclose(dense_rows(a.platonic), dense_rows(b.platonic), rtol=0,
+                               atol=SPARSE_FLOAT32_ERROR)
+    np.testing.assert_allclose(a.embeddings, b.embeddings, rtol=FEAT_RTOL, atol=FEAT_ATOL)
+    np.testing.assert_allclose(a.coverage, b.coverage, rtol=0, atol=COORD_ATOL)
+    fa, fb = a.provenance["failed_structures"], b.provenance["failed_structures"]
+    assert fa == fb and [f["source_index"] for f in fa] == [4]
+    with read_sidecar(tmp_path / "m0" / "frames.h5") as s0, \
+            read_sidecar(tmp_path / "m1" / "frames.h5") as s1:
+        assert s0.steps.tolist() == s1.steps.tolist() == [j for j in range(12) if j != 4]
+        for i in range(len(s0)):
+            f0, f1 = s0.frame(i), s1.frame(i)
+            np.testing.assert_allclose(dense_rows(f0["platonic"]), dense_rows(f1["platonic"]),
+                                       rtol=0, atol=COORD_ATOL)
+            np.testing.assert_allclose(f0["embeddings"], f1["embeddings"], rtol=FEAT_RTOL,
+                                       atol=FEAT_ATOL)
+    x0 = ase_read(tmp_path / "m0" / "frames.extxyz", ":")
+    x1 = ase_read(tmp_path / "m1" / "frames.extxyz", ":")
+    assert [f.info["step"] for f in x0] == [f.info["step"] for f in x1]
+    assert not _forward_threads()
+
+
+def test_prefetch_error_surfaces_in_caller(tmp_path, backend, structures):
+    """An exception in the background thread (here: the input iterator failing at structure 7,
+    in the third chunk of 3) is raised in the caller, same type, with a note naming the chunk
+    and its input positions; the chunks before it came through, and the thread is gone."""
+    def frames():
+        for i, a in enumerate(structures):
+            if i == 7:
+                raise OSError("cannot read frame 7 of set/x.extxyz")
+            yield a
+
+    seen: list[int] = []
+    import torch
+
+    from platoscope.distributed import default_prefetch
+
+    threads = torch.get_num_threads()
+    try:  # the default: CHGNet's 1 when torch leaves a core free, else 0
+        torch.set_num_threads(1)
+        assert default_prefetch(backend) == (1 if len(os.sched_getaffinity(0)) > 1 else 0)
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        assert default_prefetch(backend) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3, prefetch=1) as ex:
+        with pytest.raises(OSError, match="frame 7") as info:
+            for _, res in ex.map(frames()):
+                seen.append(res.index)
+    assert seen == [0, 1]
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "forward-pass thread" in notes and "chunk 2" in notes, notes
+    assert not _forward_threads()
+    # an error while the thread works on a chunk (its chunk file holds other structures):
+    # the note names the chunk's files and frames
+    store = ChunkStore(tmp_path / "p.parts", {"chunk_size": 3})
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3, prefetch=1) as ex:
+        list(ex.map(structures[:6], store=store))
+        with pytest.raises(ResumeMismatchError, match="inputs differ") as info:
+            list(ex.map(structures[:3] + structures[6:9], store=store))
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    src = structures[6].info["source"]
+    assert f"chunk 1 (input positions 3..5: {src} frame 6 .. {src} frame 8)" in notes, notes
+    assert not _forward_threads()
+    with pytest.raises(ValueError, match="prefetch"), open_executor(
+            ModelSpec.of(backend), backend=backend, prefetch=-1):
+        pass
+
+
+def test_model_in_caller_thread_while_prefetching(backend, structures, serial_feats):
+    """A monitor may run the same model in the caller's thread (symmetry's reference) while the
+    background thread embeds: Backend.forward_lock makes them take turns, so neither's
+    features are mixed with the other's."""
+    got, side = [], []
+    alone = backend.compute(structures[0], ("energy",))[1]
+
+    def in_caller(res):
+        side.append(backend.compute(structures[0], ("energy",))[1])
+
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3, prefetch=1) as ex:
+        for _, res in ex.map(structures, on_chunk=in_caller):
+            got.extend(res.features)
+    for f, ref in zip(got, serial_feats, strict=True):
+        np.testing.assert_allclose(f, ref, rtol=FEAT_RTOL, atol=FEAT_ATOL)
+    assert len(side) == 4
+    for f in side:
+        np.testing.assert_allclose(f, alone, rtol=FEAT_RTOL, atol=FEAT_ATOL)

@@ -17,6 +17,12 @@ counts; coordinates then follow within the projection's float64 arithmetic).
 - Each worker process builds the model once (a per-process cache keyed by spec, layer and
   device) and sets torch's threads to its Dask thread count.
 - Bounded memory: at most ``window`` chunks are in flight or waiting in the reorder buffer.
+- In-process, the forward pass of the next ``prefetch`` chunk(s) runs in one background
+  thread while the caller projects, monitors and writes the current one (torch releases the
+  GIL in its kernels); chunks still come out in input order, at most ``prefetch`` + 1 of them
+  held at once. ``prefetch=0`` is the serial path; the default (:func:`default_prefetch`) is
+  the backend's ``Backend.prefetch`` (1 for CHGNet, 0 for the others) when torch leaves a CPU
+  core free, else 0.
 - Faults: a worker that dies has its tasks rerun elsewhere by Dask; results are taken once per
   chunk index, in order, so nothing is written twice or lost. A structure that fails (unsupported
   element, NaN positions, a model error) comes back as a :class:`StructureFailure` naming its
@@ -31,7 +37,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -292,15 +300,22 @@ class Executor:
 
     model: how workers rebuild the backend; backend: the driver's own (used when ``client`` is
     None); chunk_size: structures per task (and per model batch); window: chunks in flight or
-    buffered at once (default: 2 per worker thread + 1).
+    buffered at once (default: 2 per worker thread + 1); prefetch: in-process only, chunks
+    whose forward pass (and chunk file) a background thread may complete ahead of the caller
+    (None: :func:`default_prefetch`; 0: everything in the caller's thread, one chunk after
+    the other).
     """
 
     def __init__(self, model: ModelSpec, *, backend: Any = None, client: Any = None,
-                 chunk_size: int = 16, window: int | None = None, cluster: str = "in-process"):
+                 chunk_size: int = 16, window: int | None = None, cluster: str = "in-process",
+                 prefetch: int | None = None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+        if prefetch is not None and int(prefetch) < 0:
+            raise ValueError(f"prefetch must be >= 0 (0: no background thread), not {prefetch}")
         if client is None and backend is None:
             backend = worker_backend(model)
+        self.prefetch = int(prefetch) if prefetch is not None else default_prefetch(backend)
         self.model = model
         self.backend = backend
         self.client = client
@@ -322,7 +337,8 @@ class Executor:
         if self.client is None:
             import torch
 
-            out.update(workers=1, threads_per_worker=torch.get_num_threads())
+            out.update(workers=1, threads_per_worker=torch.get_num_threads(),
+                       prefetch=self.prefetch)
             return out
         import dask
         import distributed
@@ -347,17 +363,26 @@ class Executor:
         from platoscope.readers import structures_hash
 
         chunks = _chunked(structures, self.chunk_size)
-        if self.client is None:
-            for index, (start, atoms) in enumerate(chunks):
-                key = structures_hash(atoms) if store is not None else ""
-                res = store.load(index, start, key) if store is not None else None
-                if res is None:
-                    res = compute_chunk(self.backend, atoms, index=index, start=start)
-                    if store is not None:
-                        store.save(res, [len(a) for a in atoms], key)
-                yield from self._emit(atoms, res, strict, on_chunk)
+        if self.client is not None:
+            yield from self._map_cluster(chunks, store, strict, on_chunk)
             return
-        yield from self._map_cluster(chunks, store, strict, on_chunk)
+
+        def produce(index: int, start: int, atoms: list[Atoms]) -> ChunkResult:
+            key = structures_hash(atoms) if store is not None else ""
+            res = store.load(index, start, key) if store is not None else None
+            if res is None:
+                res = compute_chunk(self.backend, atoms, index=index, start=start)
+                if store is not None:
+                    store.save(res, [len(a) for a in atoms], key)
+            return res
+
+        if self.prefetch == 0:
+            for index, (start, atoms) in enumerate(chunks):
+                yield from self._emit(atoms, produce(index, start, atoms), strict, on_chunk)
+            return
+        with _Prefetcher(chunks, produce, self.prefetch) as ahead:
+            for atoms, res in ahead:
+                yield from self._emit(atoms, res, strict, on_chunk)
 
     def _emit(self, atoms: list[Atoms], res: ChunkResult, strict: bool, on_chunk: Any
               ) -> Iterator[tuple[list[Atoms], ChunkResult]]:
@@ -418,6 +443,109 @@ class Executor:
                 fut.cancel()
 
 
+class _Prefetcher:
+    """Runs ``produce(index, start, atoms)`` for each chunk in one background thread, at most
+    ``depth`` results ahead of the consumer, and hands them over in input order.
+
+    An exception in the thread (reading the input, a chunk file, the model) is re-raised in
+    the consumer's thread, unchanged in type, with a note naming the chunk, its input positions
+    and its first and last structure's file and frame. Leaving the ``with`` block early (an
+    exception in the consumer, Ctrl-C, a generator closed) stops the thread after the chunk it
+    is on, which is saved whole (chunk files are written atomically), and waits for it.
+    """
+
+    def __init__(self, chunks: Iterator[tuple[int, list[Atoms]]], produce: Any, depth: int):
+        self._chunks = chunks
+        self._produce = produce
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="platoscope-forward",
+                                        daemon=True)
+
+    def __enter__(self) -> _Prefetcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):  # unblock a put() waiting for room
+            while True:
+                self._queue.get_nowait()
+        self._thread.join()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        index, start, atoms = 0, 0, None  # atoms None: reading the input for chunk ``index``
+        try:
+            while not self._stop.is_set():
+                item = next(self._chunks, None)
+                if item is None:
+                    self._put(("done", None))
+                    return
+                start, atoms = item
+                res = self._produce(index, start, atoms)
+                if not self._put(("chunk", (atoms, res))):
+                    return
+                index, start, atoms = index + 1, start + len(atoms), None
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            err.add_note(_chunk_note(index, start, atoms))
+            self._put(("error", err))
+
+    def __iter__(self) -> Iterator[tuple[list[Atoms], ChunkResult]]:
+        while True:
+            try:
+                kind, payload = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the forward-pass thread ended without a result or "
+                                       "an error") from None
+                continue
+            if kind == "done":
+                return
+            if kind == "error":
+                raise payload
+            yield payload
+
+
+def _chunk_note(index: int, start: int, atoms: list[Atoms] | None) -> str:
+    """Where a chunk's error happened, for the note on an exception from the background."""
+    if not atoms:
+        return (f"in platoscope's forward-pass thread, reading the input for chunk {index} "
+                f"(from input position {start} on)")
+    where = f"chunk {index} (input positions {start}..{start + len(atoms) - 1}"
+    ends = [(a.info.get("source"), a.info.get("source_index")) for a in (atoms[0], atoms[-1])]
+    if ends[0][0] is not None:
+        where += f": {ends[0][0]} frame {ends[0][1]} .. {ends[1][0]} frame {ends[1][1]}"
+    return f"in platoscope's forward-pass thread, {where})"
+
+
+def default_prefetch(backend: Any) -> int:
+    """Chunks to embed ahead in a background thread, in-process: the backend's
+    ``prefetch`` (CHGNet 1, others 0) if torch's threads leave a CPU core of this process
+    free for the main thread's projection and writes, else 0.
+
+    Measured on a 2-core CPU (docs/distributed.md, "Throughput"): CHGNet 0.3.0 with 1 torch
+    thread, idle machine, ``embed`` ~10 % faster; with 2 torch threads no gain; SevenNet-0
+    4-20 % slower forward passes in the thread, a net loss.
+    """
+    import torch
+
+    want = int(getattr(backend, "prefetch", 0) or 0)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return want if want > 0 and torch.get_num_threads() < cores else 0
+
+
 def _chunked(structures: Iterable[Atoms], size: int) -> Iterator[tuple[int, list[Atoms]]]:
     it = iter(structures)
     start = 0
@@ -451,15 +579,19 @@ def _worker_environment() -> Any:
 @contextlib.contextmanager
 def open_executor(model: ModelSpec, *, workers: int | None = None, scheduler: str | None = None,
                   backend: Any = None, chunk_size: int = 16, window: int | None = None,
-                  threads_per_worker: int = 1) -> Iterator[Executor]:
-    """An :class:`Executor`: in-process (neither ``workers`` nor ``scheduler``), on a
+                  threads_per_worker: int = 1, prefetch: int | None = None
+                  ) -> Iterator[Executor]:
+    """An :class:`Executor`: in-process (neither ``workers`` nor ``scheduler``; ``prefetch``
+    chunks' forward passes run ahead in a background thread, 0 for none, None for the
+    backend's default), on a
     ``LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True)``
     started and closed here, or on the existing cluster at ``scheduler``."""
     if workers is not None and scheduler is not None:
         raise ValueError("give --workers (start a local cluster) or --scheduler (use an "
                          "existing one), not both")
     if workers is None and scheduler is None:
-        yield Executor(model, backend=backend, chunk_size=chunk_size, window=window)
+        yield Executor(model, backend=backend, chunk_size=chunk_size, window=window,
+                       prefetch=prefetch)
         return
     distributed = require_distributed()
     if workers is not None:
@@ -524,7 +656,7 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
     """
     import h5py
 
-    from platoscope.coords import FORMAT, TOP_K, CoordinateWriter, layout_for
+    from platoscope.coords import FORMAT, H5_COMPRESSION, TOP_K, CoordinateWriter, layout_for
 
     if calc.projector is None:
         raise ValueError("the calculator has no anchors: nothing to project on")
@@ -556,27 +688,28 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                     for name, dt in (("numbers", np.int16), ("structure_index", np.int32),
                                      ("atom_index", np.int32))}
             emb = (h.create_dataset("embeddings", shape=(0, d), maxshape=(None, d),
-                                    dtype=np.float32, chunks=(1024, d), compression="gzip",
-                                    compression_opts=4) if embeddings else None)
-            for atoms, res in executor.map(structures, store=store, strict=strict,
-                                           on_chunk=_callback):
-                failures.extend(res.failures)
-                good = [(j, f) for j, f in enumerate(res.features) if f is not None]
-                if not good:
-                    continue
-                feats = np.concatenate([f for _, f in good])
-                numbers = np.concatenate([atoms[j].numbers for j, _ in good])
-                plat.append(*calc.projector.transform_with_coverage(feats, numbers))
-                m = len(feats)
-                for ds, val in (
-                        (cols["numbers"], numbers),
-                        (cols["structure_index"],
-                         np.repeat([res.start + j for j, _ in good], [len(f) for _, f in good])),
-                        (cols["atom_index"], np.concatenate([np.arange(len(f)) for _, f in good])),
-                        *(((emb, feats),) if emb is not None else ())):
-                    ds.resize(n + m, axis=0)
-                    ds[n:n + m] = val
-                n += m
+                                    dtype=np.float32, chunks=(1024, d), **H5_COMPRESSION)
+                   if embeddings else None)
+            with contextlib.closing(executor.map(  # closed: the prefetch thread ends
+                    structures, store=store, strict=strict, on_chunk=_callback)) as chunks:
+                for atoms, res in chunks:
+                    failures.extend(res.failures)
+                    good = [(j, f) for j, f in enumerate(res.features) if f is not None]
+                    if not good:
+                        continue
+                    feats = np.concatenate([f for _, f in good])
+                    numbers = np.concatenate([atoms[j].numbers for j, _ in good])
+                    plat.append(*calc.projector.transform_with_coverage(feats, numbers))
+                    m = len(feats)
+                    sizes = [len(f) for _, f in good]
+                    sidx = np.repeat([res.start + j for j, _ in good], sizes)
+                    aidx = np.concatenate([np.arange(k) for k in sizes])
+                    for ds, val in ((cols["numbers"], numbers), (cols["structure_index"], sidx),
+                                    (cols["atom_index"], aidx),
+                                    *(((emb, feats),) if emb is not None else ())):
+                        ds.resize(n + m, axis=0)
+                        ds[n:n + m] = val
+                    n += m
             if n == 0:
                 raise ValueError("no structure could be embedded: "
                                  + "; ".join(f.describe() for f in failures[:3]))

@@ -516,37 +516,40 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
             state["cluster"] = executor.info()
             state["failed_frames"] = failed = []
             state["skipped_frames"] = list(skipped_frames)
-            for chunk, res in executor.map(frames, store=store, strict=strict,
-                                           on_chunk=on_chunk):
-                for f in res.failures:
-                    failed.append(f.describe())
-                    bar.write(f"failed: {f.describe()}")
-                projected = _project_chunk(calc.projector, chunk, res.features)
-                for j, (src, e) in enumerate(zip(chunk, res.features, strict=True)):
-                    step = int(src.info.get("source_index", res.start + j))
-                    if e is None:
+            # closing: a stop or an error ends the executor's background forward-pass thread
+            # here, before the chunk files are removed or kept below
+            with contextlib.closing(executor.map(frames, store=store, strict=strict,
+                                                 on_chunk=on_chunk)) as chunks:
+                for chunk, res in chunks:
+                    for f in res.failures:
+                        failed.append(f.describe())
+                        bar.write(f"failed: {f.describe()}")
+                    projected = _project_chunk(calc.projector, chunk, res.features)
+                    for j, (src, e) in enumerate(zip(chunk, res.features, strict=True)):
+                        step = int(src.info.get("source_index", res.start + j))
+                        if e is None:
+                            bar.update(1)
+                            continue
+                        a = src.copy()
+                        res_src = src.calc.results if src.calc is not None else {}
+                        a.calc = None
+                        if isinstance(projected[j], Exception):
+                            raise projected[j]
+                        z, cov = projected[j]
+                        if z.shape[1] <= ARRAY_MAX_K:
+                            a.arrays["platonic"] = dense_rows(z)
+                        watcher.step = step + 1
+                        watcher.process(watcher.frame_from(
+                            a, step, calc=calc, results={"platonic": z, "embeddings": e,
+                                                         "coverage": cov,
+                                                         "forces": res_src.get("forces"),
+                                                         "energy": res_src.get("energy")}))
+                        n_atoms += len(a)
                         bar.update(1)
-                        continue
-                    a = src.copy()
-                    res_src = src.calc.results if src.calc is not None else {}
-                    a.calc = None
-                    if isinstance(projected[j], Exception):
-                        raise projected[j]
-                    z, cov = projected[j]
-                    if z.shape[1] <= ARRAY_MAX_K:
-                        a.arrays["platonic"] = dense_rows(z)
-                    watcher.step = step + 1
-                    watcher.process(watcher.frame_from(
-                        a, step, calc=calc, results={"platonic": z, "embeddings": e,
-                                                     "coverage": cov,
-                                                     "forces": res_src.get("forces"),
-                                                     "energy": res_src.get("energy")}))
-                    n_atoms += len(a)
-                    bar.update(1)
-                    _postfix(bar, watcher, a)
-                recorder.flush()  # the chunk's frames: one extxyz write, one frames.h5 commit
-                bar.set_postfix_str(f"{n_atoms / max(time.perf_counter() - t0, 1e-9):.0f} "
-                                    f"atoms/s, failed {len(failed)}", refresh=False)
+                        _postfix(bar, watcher, a)
+                    recorder.flush()  # the chunk's frames: one extxyz write, one frames.h5 commit
+                    bar.set_postfix_str(f"{n_atoms / max(time.perf_counter() - t0, 1e-9):.0f} "
+                                        f"atoms/s, failed {len(failed)}", refresh=False)
             state["resumed_chunks"] = store.n_resumed if store is not None else 0
         if store is not None and state["status"] in ("completed", "stopped"):
             store.remove()

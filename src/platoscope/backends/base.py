@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +28,22 @@ from platoscope.provenance import package_versions
 
 Extractor = Callable[[Any, Any], torch.Tensor]
 """Maps a hooked module's (inputs, output) to a (n_atoms, D) tensor."""
+
+_FORWARD_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = (
+    weakref.WeakKeyDictionary())
+_FORWARD_LOCKS_GUARD = threading.Lock()
+
+
+def forward_lock(model: torch.nn.Module) -> threading.RLock:
+    """The lock that serialises hooked forward passes of ``model`` across threads (one per
+    torch module, shared by every backend wrapping it). A feature hook collects whatever
+    passes through its module, so two threads running the same model at once would mix their
+    rows; :meth:`Backend.tap` holds this lock while its hook is armed."""
+    with _FORWARD_LOCKS_GUARD:
+        lock = _FORWARD_LOCKS.get(model)
+        if lock is None:
+            lock = _FORWARD_LOCKS[model] = threading.RLock()
+        return lock
 
 
 @dataclass(frozen=True)
@@ -179,6 +197,14 @@ class Backend(ABC):
 
     family: str = ""
     default_layer: str = ""
+    prefetch: int = 0
+    """Chunks the in-process executor may embed ahead in a background thread (0: none), used
+    when torch leaves a CPU core free (:func:`platoscope.distributed.default_prefetch`).
+    CHGNet sets 1: its batched graphs are a few large torch calls that release the GIL, and
+    with 1 torch thread on an idle 2-core machine ``embed`` ran ~10 % faster. 0 elsewhere:
+    SevenNet's structure-by-structure forward pass (many small torch calls) ran 4-20 %
+    slower beside the main thread, about what the overlap saved or more
+    (docs/distributed.md, "Throughput")."""
 
     def __init__(self, calc: Calculator, *, model: str, weights_path: str | None,
                  layer: str | None = None):
@@ -231,11 +257,19 @@ class Backend(ABC):
     def check_atoms(self, atoms: Atoms) -> None:
         validate_atoms(atoms, model=self.spec, supported=self.supported_numbers)
 
+    @property
+    def forward_lock(self) -> threading.RLock:
+        """Held while a feature hook of this model is armed (:func:`forward_lock`): a thread
+        that embeds in the background (``Executor`` prefetch) and a monitor that runs the
+        same model in the caller's thread take turns instead of mixing features."""
+        return forward_lock(self.torch_model)
+
     @contextmanager
     def tap(self, *, stop: bool = False) -> Iterator[FeatureTap]:
-        """Arm the feature hook for the duration of the block (``stop``: see FeatureTap)."""
+        """Arm the feature hook for the duration of the block (``stop``: see FeatureTap),
+        holding :attr:`forward_lock`."""
         module = self.torch_model.get_submodule(self._layer_spec.module)
-        with FeatureTap(module, self._layer_spec, stop=stop) as t:
+        with self.forward_lock, FeatureTap(module, self._layer_spec, stop=stop) as t:
             yield t
 
     def compute(self, atoms: Atoms, properties: Sequence[str] = ("energy", "forces"),
@@ -245,9 +279,10 @@ class Backend(ABC):
         self.check_atoms(atoms)
         with self.tap() as t:
             self.calc.calculate(atoms, list(properties), list(system_changes))
+            results = dict(self.calc.results)  # under the lock: the calculator is shared
         feats = t.features()[: len(atoms)]
         self._check_rows(feats, len(atoms))
-        return dict(self.calc.results), feats
+        return results, feats
 
     def embed(self, structures: Sequence[Atoms], *, batch_size: int = 16,
               progress: bool = False) -> list[np.ndarray]:

@@ -33,6 +33,7 @@ def _first(_inputs: Any, output: Any) -> torch.Tensor:
 class CHGNetBackend(Backend):
     family = "chgnet"
     default_layer = "atom_fea"
+    prefetch = 1  # batched graphs: the forward pass overlaps the caller's projection and writes
 
     def __init__(self, model: str = "0.3.0", *, layer: str | None = None, device: str = "cpu",
                  calc: Any = None):

@@ -88,8 +88,9 @@ class SevenNetBackend(Backend):
     def compute(self, atoms: Atoms, properties: Sequence[str] = ("energy", "forces"),
                 system_changes: Sequence[str] = tuple(all_changes)
                 ) -> tuple[dict[str, Any], np.ndarray]:
-        results, feats = super().compute(atoms, properties, system_changes)
-        self._warn_isolated()
+        with self.forward_lock:  # _isolated is set by the hook: read it before another pass
+            results, feats = super().compute(atoms, properties, system_changes)
+            self._warn_isolated()
         return results, feats
 
     def features(self, atoms: Atoms) -> np.ndarray:
@@ -106,14 +107,15 @@ class SevenNetBackend(Backend):
         if self.calc.modal:
             data[KEY.DATA_MODALITY] = self.calc.modal
         data.to(self.calc.device)
-        with self.tap(stop=True) as t, torch.no_grad():
-            try:
-                self.calc.model(data)
-            except StopForward:
-                pass
-        feats = t.features()[: len(atoms)]
-        self._check_rows(feats, len(atoms))
-        self._warn_isolated()
+        with self.forward_lock:  # _isolated is set by the hook: read it before another pass
+            with self.tap(stop=True) as t, torch.no_grad():
+                try:
+                    self.calc.model(data)
+                except StopForward:
+                    pass
+            feats = t.features()[: len(atoms)]
+            self._check_rows(feats, len(atoms))
+            self._warn_isolated()
         return feats
 
     def embed(self, structures: Sequence[Atoms], *, batch_size: int = 16,
