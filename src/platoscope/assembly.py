@@ -18,7 +18,7 @@ from ase import Atoms
 from platoscope.errors import AnchorSetMismatchError, ConfigError
 from platoscope.writers.runfiles import DUMPS
 
-__all__ = ["Run", "RunConfig", "build_run", "load_anchors", "prepare_out"]
+__all__ = ["Run", "RunConfig", "build_run", "load_anchors", "load_reference", "prepare_out"]
 
 
 def load_anchors(value: Any = "default") -> Any:
@@ -37,6 +37,32 @@ def load_anchors(value: Any = "default") -> Any:
         raise FileNotFoundError(f"--anchors {value!r} is neither a shipped anchor set "
                                 f"({', '.join(NAMED_ANCHORS)}) nor an existing file")
     return AnchorSet.load(value)
+
+
+def load_reference(path: str | Path, backend: Any, anchor_set: Any, *,
+                   projection: str | None = None, anchors_label: str | None = None) -> Any:
+    """The reference bank at ``path``, checked against the run it serves: built by
+    ``backend`` (:meth:`ReferenceBank.check_backend`), on ``anchor_set``
+    (:class:`~platoscope.errors.AnchorSetMismatchError` otherwise: coordinates would lie on
+    another set's axes) and, when ``projection`` (a preset name) is given, holding that
+    projection (:class:`~platoscope.errors.ConfigError` otherwise). anchors_label: how the
+    user named the anchor set (e.g. ``--anchors`` value), added to the mismatch message."""
+    from platoscope.projection import Projector
+    from platoscope.reference import ReferenceBank
+
+    bank = ReferenceBank.load(path)
+    bank.check_backend(backend)
+    if bank.anchor_set_hash != anchor_set.hash:
+        named = f" (--anchors {anchors_label})" if anchors_label is not None else ""
+        raise AnchorSetMismatchError(
+            f"reference bank {path} was built on anchor set {bank.anchor_set_hash[:12]}, "
+            f"not {anchor_set.hash[:12]}{named}")
+    if projection is not None and bank.projector.name != Projector(projection).name:
+        raise ConfigError(
+            f"reference bank {path} holds the {bank.projector.name!r} projection, not "
+            f"{projection!r}: leave out --projection (the bank's is used) or build a bank "
+            "with that projection (platoscope reference build --projection)")
+    return bank
 
 
 @dataclass
@@ -171,7 +197,7 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
         parse_monitor_spec,
     )
     from platoscope.projection import Projector
-    from platoscope.reference import ReferenceBank, default_bank
+    from platoscope.reference import default_bank
 
     parse_monitor_spec(config.monitors)  # a misspelt monitor fails before any model loads
     known = {opt.key(name) for name, opt in monitor_options()}
@@ -179,7 +205,8 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
     if unknown:  # an option no monitor declares would be dropped without a word
         raise ConfigError(f"unknown monitor option(s) {', '.join(unknown)}; valid: "
                           f"{', '.join(sorted(known))}")
-    wanted = None if config.projection is None else Projector(config.projection).name
+    if config.projection is not None:
+        Projector(config.projection)  # an unknown preset fails before any model loads
     prepare_out(config.out, overwrite=config.overwrite, restart=config.restart)
     backend = load_backend(config.model, layer=config.layer, device=config.device)
     anchor_set = load_anchors(config.anchors)
@@ -193,18 +220,8 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
             "frames.extxyz and frames.h5 (with the embeddings, frames.h5 derives them): keep "
             "the embeddings, or pass --store-coords always to store them anyway")
     if config.reference:
-        bank = ReferenceBank.load(config.reference)
-        bank.check_backend(backend)
-        if bank.anchor_set_hash != anchor_set.hash:
-            raise AnchorSetMismatchError(
-                f"reference bank {config.reference} was built on anchor set "
-                f"{bank.anchor_set_hash[:12]}, not {anchor_set.hash[:12]}")
-        if wanted is not None and bank.projector.name != wanted:
-            raise ConfigError(
-                f"reference bank {config.reference} holds the {bank.projector.name!r} "
-                f"projection, not {wanted!r}: leave out --projection (the bank's "
-                "is used) or build a bank with that projection (platoscope reference build "
-                "--projection)")
+        bank = load_reference(config.reference, backend, anchor_set,
+                              projection=config.projection)
     else:
         bank = default_bank(backend, anchor_set, projection=config.projection,
                             progress=config.progress)

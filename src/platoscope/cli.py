@@ -350,21 +350,10 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
     anchors_set = _anchors(anchors_path)
     proj: Any = projection or DEFAULT_PROJECTION
     if reference_path:
-        from platoscope.errors import AnchorSetMismatchError, ConfigError
-        from platoscope.projection import Projector
-        from platoscope.reference import ReferenceBank
+        from platoscope.assembly import load_reference
 
-        bank = ReferenceBank.load(reference_path)
-        bank.check_backend(backend)
-        if bank.anchor_set_hash != anchors_set.hash:  # the file would name the wrong axes
-            raise AnchorSetMismatchError(
-                f"reference bank {reference_path} was built on anchor set "
-                f"{bank.anchor_set_hash[:12]}, not {anchors_set.hash[:12]} (--anchors "
-                f"{anchors_path})")
-        if projection is not None and Projector(projection).name != bank.projector.name:
-            raise ConfigError(f"reference bank {reference_path} holds the "
-                              f"{bank.projector.name!r} projection, not {projection!r}: leave "
-                              "out --projection (the bank's is used) or build a bank with it")
+        bank = load_reference(reference_path, backend, anchors_set, projection=projection,
+                              anchors_label=anchors_path)
         proj = bank.projector
     calc = PlatonicCalculator(backend, anchors=anchors_set, projection=proj)
     try:
