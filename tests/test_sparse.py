@@ -27,6 +27,7 @@ from platoscope.coords import (
     top_k_rows,
 )
 from platoscope.errors import InputError
+from platoscope.monitors.base import Monitor
 from platoscope.projection import TOLERANCE, Projector, project
 
 DIST_TOL = 1e-10
@@ -177,6 +178,46 @@ def test_default_anchor_frame_holds_its_element_blocks_only(chgnet_default, smal
     dense = chgnet_default.projector.transform(chgnet_default.results["embeddings"],
                                                atoms.numbers, sparse=False)
     assert max_abs_diff(z, dense) <= TOLERANCE
+
+
+class _DumpAll(Monitor):
+    """Dumps every frame (every score 0 exceeds the threshold -1)."""
+
+    name = "dumpall"
+
+    def __init__(self, dump_dir):
+        super().__init__(threshold=-1.0, action="dump", dump_dir=dump_dir)
+
+    def score(self, frame):
+        return np.zeros(len(frame.atoms))
+
+
+@pytest.mark.backend("chgnet")
+def test_monitor_frames_drops_a_files_stale_coordinates_above_array_max_k(chgnet_default,
+                                                                          tmp_path):
+    """Post-processing frames that carry a ``platonic`` array (a file written with other
+    anchors) on K > ARRAY_MAX_K anchors: the frame's old rows were left in its atoms, so a
+    dump wrote them as this frame's coordinates."""
+    from ase.io import read
+
+    from platoscope.calculator import ARRAY_MAX_K
+    from platoscope.runner import monitor_frames
+
+    assert len(chgnet_default.anchors) > ARRAY_MAX_K
+    frames = []
+    for s in range(2):
+        a = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+        a.rattle(0.02, seed=s)
+        a.arrays["platonic"] = np.ones((len(a), 3))  # another anchor set's rows
+        frames.append(a)
+    out = tmp_path / "run"
+    monitor_frames(frames, chgnet_default, [_DumpAll(tmp_path / "dumps")], out,
+                   progress=False)
+    dumps = sorted((tmp_path / "dumps").glob("*.extxyz"))
+    assert len(dumps) == 2
+    for d in dumps:
+        assert "platonic" not in read(d).arrays, d.name
+    assert all("platonic" not in f.arrays for f in read(out / "frames.extxyz", ":"))
 
 
 @pytest.mark.backend("chgnet")

@@ -35,6 +35,16 @@ ARRAY_MAX_K = 4096
 """Largest K whose coordinates the calculator copies into ``atoms.arrays`` (see above)."""
 
 
+def attach_coordinates(atoms: Atoms, z: Any, name: str = "platonic") -> None:
+    """Put coordinates ``z`` (N, K) into ``atoms.arrays[name]`` (dense rows) when K <=
+    :data:`ARRAY_MAX_K`; above it remove any ``name`` array the atoms already carry (an earlier
+    calculator's, or one read from a file), so that it is never written as this frame's."""
+    if z.shape[1] <= ARRAY_MAX_K:
+        atoms.arrays[name] = dense_rows(z)
+    else:
+        atoms.arrays.pop(name, None)
+
+
 class PlatonicCalculator(Calculator):
     """Wrap an MLIP; every calculation also yields ``platonic`` (N, K; sparse CSR for the
     element projection, see the module docstring) and ``embeddings`` (N, D).
@@ -94,10 +104,7 @@ class PlatonicCalculator(Calculator):
             results["platonic"] = z
             results["coverage"] = cov
             if atoms is not None and self.array_name:
-                if z.shape[1] <= ARRAY_MAX_K:
-                    atoms.arrays[self.array_name] = dense_rows(z)  # small K: (N, <= 4096) dense
-                else:  # never leave an earlier calculator's (or file's) rows as this frame's
-                    atoms.arrays.pop(self.array_name, None)
+                attach_coordinates(atoms, z, self.array_name)
         self.results = results
 
     def get_platonic(self, atoms: Atoms | None = None) -> Any:

@@ -36,7 +36,7 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from platoscope.calculator import ARRAY_MAX_K
+from platoscope.calculator import attach_coordinates
 from platoscope.coords import dense_rows
 from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
@@ -536,8 +536,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                         if isinstance(projected[j], Exception):
                             raise projected[j]
                         z, cov = projected[j]
-                        if z.shape[1] <= ARRAY_MAX_K:
-                            a.arrays["platonic"] = dense_rows(z)
+                        attach_coordinates(a, z)  # K > ARRAY_MAX_K: drops a file's array
                         watcher.step = step + 1
                         watcher.process(watcher.frame_from(
                             a, step, calc=calc, results={"platonic": z, "embeddings": e,
