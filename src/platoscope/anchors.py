@@ -118,8 +118,7 @@ class AnchorSet:
         return [chemical_symbols[z] for z in self.numbers]
 
     def _hash(self) -> str:
-        return sha256_bytes(*(_structure_bytes(a) for a in self.structures),
-                            self.pairs.astype("<i8").tobytes())
+        return _set_hash(self.structures, self.pairs)
 
     @classmethod
     def default(cls) -> AnchorSet:
@@ -338,8 +337,8 @@ class AnchorSet:
         order = p[np.sort(first), 0]
         remap = np.empty(len(self.structures), dtype=np.int64)
         remap[order] = np.arange(len(order))
-        return sha256_bytes(*(_structure_bytes(self.structures[s]) for s in order),
-                            np.stack([remap[p[:, 0]], p[:, 1]], axis=1).astype("<i8").tobytes())
+        return _set_hash([self.structures[s] for s in order],
+                         np.stack([remap[p[:, 0]], p[:, 1]], axis=1))
 
     def _extend_parent_matrix(self, backend: Any, fp: str, *, progress: bool = False,
                               known: Any = None) -> np.ndarray | None:
@@ -421,6 +420,12 @@ def _coarse_key(a: Atoms) -> bytes:
     return b"".join([a.numbers.astype("<i8").tobytes(),
                      (np.round(a.cell.array, 3) + 0.0).astype("<f8").tobytes(),
                      np.asarray(a.pbc, dtype=np.uint8).tobytes()])
+
+
+def _set_hash(structures: Sequence[Atoms], pairs: np.ndarray) -> str:
+    """The content hash of an anchor set: its structures' bytes and its (K, 2) pairs."""
+    return sha256_bytes(*(_structure_bytes(a) for a in structures),
+                        np.asarray(pairs).astype("<i8").tobytes())
 
 
 def _structure_bytes(a: Atoms) -> bytes:
