@@ -46,7 +46,7 @@ def main() -> None:
         diff = np.abs(dense_rows(new.transform(e, z)) - dense_rows(old.transform(e, z))).max()
         if diff > TOLERANCE:
             raise SystemExit(f"{path.name}: coordinates moved by {diff:.2e}")
-        prov = {**bank.provenance, "coverage_holdout": new.coverage_holdout,
+        prov = {**bank.provenance,  # projection, coverage_holdout: ReferenceBank sets them
                 "projector_refit": {"why": "coverage thresholds held out by anchor structure",
                                     **invocation()}}
         matrix = default_data_path("anchors") / (f"{anchors.hash[:16]}-"

@@ -181,3 +181,21 @@ def test_a_default_bank_without_groups_is_refitted(chgnet_backend):
     np.testing.assert_array_equal(again.embeddings, bank.embeddings)
     np.testing.assert_allclose(again.projector.coverage_threshold([8]),
                                bank.projector.coverage_threshold([8]), atol=1e-12)
+
+
+def test_a_bank_records_its_projectors_projection_and_holdout(dup_set, tmp_path):
+    """The bank's provenance names the projection and coverage hold-out of the projector it
+    holds, whatever the provenance it was given says (callers used to set both by hand)."""
+    from platoscope.reference import ReferenceBank
+
+    aset, mat = dup_set
+    given = {"model": "chgnet:0.3.0", "projection": "paper", "coverage_holdout": "stale"}
+    for groups, want in ((None, "anchor"), (aset.groups, "structure")):
+        proj = Projector("element").fit(mat, anchor_numbers=aset.numbers, anchor_groups=groups)
+        bank = ReferenceBank(mat[:5], aset.numbers[:5], np.zeros(5, dtype=int), projector=proj,
+                             anchor_set_hash=aset.hash, data_hash="x", provenance=given)
+        assert bank.provenance["projection"] == "element"
+        assert bank.provenance["coverage_holdout"] == want
+        assert bank.provenance["model"] == "chgnet:0.3.0" and given["projection"] == "paper"
+        back = ReferenceBank.load(bank.save(tmp_path / f"{want}.npz"))
+        assert back.provenance["coverage_holdout"] == back.projector.coverage_holdout == want

@@ -34,7 +34,9 @@ MAX_SPARSE_BYTES = 4 * 2**30
 
 
 class ReferenceBank:
-    """embeddings: (M, D); numbers: (M,); structure_index: (M,) which reference structure."""
+    """embeddings: (M, D); numbers: (M,); structure_index: (M,) which reference structure.
+
+    ``provenance["projection"]`` and ``["coverage_holdout"]`` are set from ``projector``."""
 
     def __init__(self, embeddings: np.ndarray, numbers: np.ndarray, structure_index: np.ndarray,
                  *, projector: Projector, anchor_set_hash: str, data_hash: str,
@@ -49,7 +51,9 @@ class ReferenceBank:
         self.projector = projector
         self.anchor_set_hash = anchor_set_hash
         self.data_hash = data_hash
-        self.provenance = dict(provenance)
+        # what the projector is, from the projector: callers cannot leave it stale
+        self.provenance = {**provenance, "projection": projector.name,
+                           "coverage_holdout": projector.coverage_holdout}
 
     @classmethod
     def build(cls, backend: Any, structures: Sequence[Atoms], anchors: AnchorSet, *,
@@ -110,9 +114,7 @@ class ReferenceBank:
             data_hash = structures_hash(structures)
         prov = backend.provenance().to_dict()
         prov.update(fingerprint=backend.fingerprint, anchor_set_hash=anchors.hash,
-                    n_anchors=len(anchors),
-                    projection=proj.name, coverage_holdout=proj.coverage_holdout,
-                    versions=package_versions(),
+                    n_anchors=len(anchors), versions=package_versions(),
                     n_structures=len(structures), skipped_structures=skipped)
         if executor is not None:
             prov["cluster"] = executor.info()
@@ -418,9 +420,7 @@ def _reuse_embeddings(backend: Any, anchors: AnchorSet, proj: Projector, structu
                  donor.embeddings.astype(np.float64) if proj.needs_reference else None,
                  anchor_numbers=anchors.numbers, anchor_groups=anchors.groups)
         prov = {**donor.provenance, "anchor_set_hash": anchors.hash, "n_anchors": len(anchors),
-                "projection": proj.name, "coverage_holdout": proj.coverage_holdout,
-                "versions": package_versions(),
-                "embeddings_from": path.name}
+                "versions": package_versions(), "embeddings_from": path.name}
         return ReferenceBank(donor.embeddings, donor.numbers, donor.structure_index,
                              projector=proj, anchor_set_hash=anchors.hash,
                              data_hash=donor.data_hash, provenance=prov)
