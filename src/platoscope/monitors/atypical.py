@@ -98,7 +98,6 @@ class AtypicalMonitor(Monitor):
         self._ref = ref  # (M, D) raw or (M, K) projected (dense, or CSR: element projection)
         self._sparse = is_sparse(ref)
         self._pool = {int(z): ref[bank.numbers == z] for z in np.unique(bank.numbers)}
-        self._all = ref
         self._compact: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.element_thresholds_: dict[int, float] = {}
         self.uncovered_elements_: list[int] = []
@@ -171,7 +170,7 @@ class AtypicalMonitor(Monitor):
         if z.ndim != 2 or z.shape[0] != len(frame.atoms):
             raise InputError(f"frame {what} have shape {z.shape}, expected "
                              f"({len(frame.atoms)}, width) for {len(frame.atoms)} atoms")
-        width = self._all.shape[1]
+        width = self._ref.shape[1]
         if z.shape[1] != width and raw:
             raise InputError(f"frame embeddings have D={z.shape[1]}, the reference bank of "
                              f"{self.bank.model} D={width}: raw embeddings of different models "
@@ -209,7 +208,7 @@ class AtypicalMonitor(Monitor):
         dense rows on those columns (the distances of the full rows: the dropped columns are
         zero on both sides); otherwise distances come per pool element from the exact identity
         ``|q - p|^2 = |q|^2 + |p|^2 - 2 q.p``, the inner product over the columns both use."""
-        pool = self._all if key is None else self._pool[key]
+        pool = self._ref if key is None else self._pool[key]
         if not (self._sparse or is_sparse(q)):
             return knn_distance(q, pool, self.k, exclude=exclude, groups=groups)
         q = as_coords(q)
