@@ -100,3 +100,27 @@ def test_embed_with_a_bank_refuses_other_anchors_or_projection(small_setup, tmp_
     c = AtomCoordinates.load(tmp_path / "c.h5")
     assert c.provenance["projection"] == "element" and c.anchor_set_hash == \
         ReferenceBank.load(bank_path).anchor_set_hash
+
+
+@pytest.mark.backend("chgnet")
+def test_a_frame_that_cannot_be_projected_is_named(small_setup, tmp_path):
+    """A frame whose element has no anchor (Li; the set has Na, K, Cl, Br) fails in
+    post-processing with an error naming that frame and its file, not an atom index of a
+    chunk of stacked frames."""
+    from ase.build import bulk
+    from ase.io import write
+
+    _, _, anchors_path, bank_path = small_setup
+    frames = [bulk("NaCl", "rocksalt", a=5.64, cubic=True) for _ in range(4)]
+    frames[2] = bulk("LiCl", "rocksalt", a=5.13, cubic=True)
+    traj = tmp_path / "traj.extxyz"
+    write(traj, frames)
+    want = f"frame 2 of {tmp_path.name}/traj.extxyz: the anchor set has no anchor of element(s) Li"
+    r = CliRunner().invoke(main, ["monitor", str(traj), "--anchors", str(anchors_path),
+                                  "--reference", str(bank_path), "--no-report",
+                                  "--out", str(tmp_path / "mon")])
+    assert r.exit_code != 0 and f"InputError: {want}" in r.output, r.output
+    r = CliRunner().invoke(main, ["embed", str(traj), "--anchors", str(anchors_path),
+                                  "--out", str(tmp_path / "e.h5")])
+    assert r.exit_code != 0 and f"InputError: {want}" in r.output, r.output
+    assert not (tmp_path / "e.h5").exists()

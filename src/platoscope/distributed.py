@@ -657,6 +657,7 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
     import h5py
 
     from platoscope.coords import FORMAT, H5_COMPRESSION, TOP_K, CoordinateWriter, layout_for
+    from platoscope.readers import frame_error
 
     if calc.projector is None:
         raise ValueError("the calculator has no anchors: nothing to project on")
@@ -699,7 +700,16 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                         continue
                     feats = np.concatenate([f for _, f in good])
                     numbers = np.concatenate([atoms[j].numbers for j, _ in good])
-                    plat.append(*calc.projector.transform_with_coverage(feats, numbers))
+                    try:
+                        z, cov = calc.projector.transform_with_coverage(feats, numbers)
+                    except Exception:  # name the structure that cannot be projected
+                        for j, f in good:
+                            try:
+                                calc.projector.transform_with_coverage(f, atoms[j].numbers)
+                            except Exception as err:
+                                raise frame_error(err, atoms[j], res.start + j) from err
+                        raise
+                    plat.append(z, cov)
                     m = len(feats)
                     sizes = [len(f) for _, f in good]
                     sidx = np.repeat([res.start + j for j, _ in good], sizes)

@@ -70,7 +70,8 @@ from platoscope.errors import (
     PlatoscopeError,
 )
 
-__all__ = ["StructureList", "read_frames", "read_structures", "structures_hash"]
+__all__ = ["StructureList", "frame_error", "frame_name", "read_frames", "read_structures",
+           "structures_hash"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,25 @@ def structures_hash(atoms_list: Iterable[Atoms]) -> str:
         h.update(_rounded(atoms.cell.array))
         h.update(np.asarray(atoms.pbc, dtype=np.uint8).tobytes())
     return h.hexdigest()
+
+
+def frame_name(atoms: Atoms, position: int) -> str:
+    """``"frame N of <file>"`` for a frame these readers made (``info["source_index"]`` and
+    ``info["source"]``), else ``"frame <position>"`` (its place in the input)."""
+    if "source" in atoms.info:
+        return f"frame {atoms.info.get('source_index', position)} of {atoms.info['source']}"
+    return f"frame {position}"
+
+
+def frame_error(err: Exception, atoms: Atoms, position: int) -> Exception:
+    """``err`` as the same type with its message prefixed ``"<frame_name>: "`` (an exception
+    type that takes no single message: :class:`~platoscope.errors.InputError`); raise it
+    ``from err``."""
+    msg = f"{frame_name(atoms, position)}: {err}"
+    try:
+        return type(err)(msg)
+    except Exception:
+        return InputError(msg)
 
 
 # ----------------------------------------------------------------------------------- internals

@@ -41,6 +41,7 @@ from platoscope.coords import dense_rows
 from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
 from platoscope.provenance import package_versions
+from platoscope.readers import frame_error
 from platoscope.records import check_restart, count_events, count_frames
 from platoscope.writers import EventLog, FrameSidecar, write_json_atomic
 from platoscope.writers.runfiles import EVENTS, FRAMES, SIDECAR, SUMMARY
@@ -534,7 +535,7 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                         res_src = src.calc.results if src.calc is not None else {}
                         a.calc = None
                         if isinstance(projected[j], Exception):
-                            raise projected[j]
+                            raise frame_error(projected[j], src, step) from projected[j]
                         z, cov = projected[j]
                         attach_coordinates(a, z)  # K > ARRAY_MAX_K: drops a file's array
                         watcher.step = step + 1
