@@ -295,9 +295,7 @@ class AnchorSet:
             if grown is not None:
                 if np.isnan(grown).all(axis=1).any():
                     self._warn_left_out(backend, grown)
-                savez_atomic(path, format=np.array(CACHE_FORMAT), matrix=grown,
-                              anchor_hash=np.array(self.hash), fingerprint=np.array(fp),
-                              model=np.array(backend.spec), layer=np.array(backend.layer))
+                self._write_matrix(path, grown, backend)
                 return grown
         # known structures match an anchor structure within 1e-6 Å (files round positions,
         # e.g. extxyz to 1e-8 Å: exact bytes would miss them and embed them all again)
@@ -325,10 +323,15 @@ class AnchorSet:
         if left_out:
             self._warn_left_out(backend, mat)
         if cache:
-            savez_atomic(path, format=np.array(CACHE_FORMAT), matrix=mat,
-                          anchor_hash=np.array(self.hash), fingerprint=np.array(fp),
-                          model=np.array(backend.spec), layer=np.array(backend.layer))
+            self._write_matrix(path, mat, backend)
         return mat
+
+    def _write_matrix(self, path: Path, matrix: np.ndarray, backend: Any) -> None:
+        """Cache ``backend``'s anchor matrix of this set at ``path`` (what :meth:`_read_cache`
+        checks: anchor-set hash, model fingerprint; model spec and layer for its messages)."""
+        savez_atomic(path, format=np.array(CACHE_FORMAT), matrix=matrix,
+                      anchor_hash=np.array(self.hash), fingerprint=np.array(backend.fingerprint),
+                      model=np.array(backend.spec), layer=np.array(backend.layer))
 
     def _prefix_hash(self, k: int) -> str:
         """The hash the set of this set's first ``k`` anchors has (``from_atoms`` order)."""
