@@ -381,6 +381,72 @@ def test_md_derived_coords_are_the_calculators(small_setup, chgnet_backend, tmp_
     assert not (tmp_path / "x").exists()
 
 
+def _count_projections(monkeypatch):
+    """Wraps the real ``Projector._transform`` (every transform and transform_with_coverage
+    goes through it); returns the list of projectors it was called on, one entry a call."""
+    from platoscope.projection import Projector
+
+    calls: list = []
+    real = Projector._transform
+
+    def counted(self, *args, **kwargs):
+        calls.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Projector, "_transform", counted)
+    return calls
+
+
+def test_md_and_relax_project_each_frame_once(small_setup, chgnet_backend, tmp_path,
+                                               monkeypatch):
+    """run_md/run_relax with a PlatonicCalculator and derived coordinates: the recorder no
+    longer re-projects every frame's embeddings to check what the calculator's projector (the
+    one stored) already gave; frames.h5 still derives the calculator's coordinates."""
+    anchors, bank, *_ = small_setup
+    calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    calls = _count_projections(monkeypatch)
+    for kind in ("md", "relax"):
+        calls.clear()
+        atoms = nacl()
+        atoms.rattle(0.05, seed=1)
+        atoms.calc = calc
+        spy = _Spy()
+        if kind == "md":
+            run_md(atoms, [spy], tmp_path / kind, steps=3, progress=False, store_coords="never")
+        else:
+            run_relax(atoms, [spy], tmp_path / kind, steps=3, progress=False,
+                      store_coords="never")
+        assert len(spy.coords) >= 2
+        # one projection per calculation, all by the calculator's own projector
+        assert len(calls) == len(spy.coords) and all(p is calc.projector for p in calls), kind
+        with read_sidecar(tmp_path / kind / "frames.h5") as side:
+            assert "platonic" not in side.fields and len(side) == len(spy.coords)
+            for i, z in enumerate(spy.coords):
+                assert _within_contract(side.frame(i)["platonic"], z), (kind, i)
+
+
+def test_a_switching_run_still_checks_derived_coordinates(small_setup, chgnet_backend,
+                                                          tmp_path, monkeypatch):
+    """A SwitchingCalculator's projector changes at the switch: its frames are still checked
+    against the stored projector, and those it does not give keep their coordinates."""
+    from platoscope.switching import SwitchingCalculator
+
+    anchors, bank, *_ = small_setup
+    a = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    b = PlatonicCalculator(chgnet_backend, anchors=anchors, projection="shared")
+    calls = _count_projections(monkeypatch)
+    atoms = nacl()
+    atoms.calc = SwitchingCalculator(a, b, rule=2)
+    spy = _Spy()
+    with pytest.warns(RuntimeWarning, match="differ from those its embeddings give"):
+        run_md(atoms, [spy], tmp_path, steps=3, progress=False, store_coords="never")
+    assert len(calls) > len(spy.coords)  # the recorder's checks: projections of its own
+    with read_sidecar(tmp_path / "frames.h5") as side:
+        assert "platonic" in side.fields and len(side) == len(spy.coords) == 4
+        for i, z in enumerate(spy.coords):
+            assert _within_contract(side.frame(i)["platonic"], z), i
+
+
 def test_large_k_run_is_compact(chgnet_backend, tmp_path):
     """K > STORE_COORDS_MAX_K: by default no file stores coordinates per frame; they read back
     from frames.h5 within projection.TOLERANCE, and the files shrink by N x K floats a frame."""

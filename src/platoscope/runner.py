@@ -77,7 +77,8 @@ class RunRecorder:
     stored score name (:func:`~platoscope.monitors.base.score_units`), kept in frames.h5;
     verify: when coordinates are derived rather than stored, re-project each frame to check
     that the stored projector gives them (one extra projection per frame); False where the
-    caller projects every frame with that same projector (``monitor_frames``);
+    caller projects every frame with that same projector (``monitor_frames``; ``run_md`` and
+    ``run_relax`` with a PlatonicCalculator: :func:`_verify_coords`);
     score_names: stored score names known before the first frame (frames.h5 then creates their
     datasets with the file instead of rewriting it when the first frame brings them);
     batch: keep frames until :meth:`flush` (called by :meth:`write_summary` and :meth:`close`)
@@ -203,6 +204,18 @@ def first_frame(out: str | Path) -> Atoms:
         if not path.is_file():
             raise FileNotFoundError(f"cannot restart: {path} does not exist") from None
         return read(path, index=0)
+
+
+def _verify_coords(calc: Any) -> bool:
+    """Whether a run's recorder must check, per frame whose coordinates it derives rather than
+    stores, that the stored projector gives the calculator's coordinates (one more projection
+    per frame). Not for a :class:`~platoscope.calculator.PlatonicCalculator`: its coordinates
+    come from its one fitted projector, the one stored. Yes for anything else, e.g. a
+    :class:`~platoscope.switching.SwitchingCalculator`, whose projector changes at the
+    switch."""
+    from platoscope.calculator import PlatonicCalculator
+
+    return not isinstance(calc, PlatonicCalculator)
 
 
 def _md_config(atoms: Atoms, ensemble: str, steps: int, timestep_fs: float,
@@ -358,7 +371,8 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors), interval=interval,
                            embeddings=embeddings, append=restart,
-                           projector=getattr(calc, "projector", None), store_coords=store_coords)
+                           projector=getattr(calc, "projector", None), store_coords=store_coords,
+                           verify=_verify_coords(calc))
     watcher = Watcher(monitors, sinks=[recorder], strict=strict, start_step=first_step)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
 
@@ -397,7 +411,7 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors),
                            embeddings=embeddings, projector=getattr(calc, "projector", None),
-                           store_coords=store_coords)
+                           store_coords=store_coords, verify=_verify_coords(calc))
     watcher = Watcher(monitors, sinks=[recorder], strict=strict)
     recorder.write_summary("running", {"monitoring": watcher.summary()})
     target = FrechetCellFilter(atoms) if cell else atoms
