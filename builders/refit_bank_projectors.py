@@ -39,22 +39,17 @@ def main() -> None:
         if old.anchor_numbers_ is not None and not np.array_equal(old.anchor_numbers_,
                                                                   anchors.numbers):
             raise SystemExit(f"{path.name}: its anchor numbers differ from the anchor set's")
-        new = Projector(**old.get_params()).fit(
-            old.anchors_, bank.embeddings.astype(np.float64) if old.needs_reference else None,
-            anchor_numbers=anchors.numbers, anchor_groups=anchors.groups)
+        refit = bank.refit(Projector(**old.get_params()), old.anchors_, anchors, provenance={
+            "projector_refit": {"why": "coverage thresholds held out by anchor structure",
+                                **invocation()}})
+        new = refit.projector
         e, z = bank.embeddings[:2000].astype(np.float64), bank.numbers[:2000]
         diff = np.abs(dense_rows(new.transform(e, z)) - dense_rows(old.transform(e, z))).max()
         if diff > TOLERANCE:
             raise SystemExit(f"{path.name}: coordinates moved by {diff:.2e}")
-        prov = {**bank.provenance,  # projection, coverage_holdout: ReferenceBank sets them
-                "projector_refit": {"why": "coverage thresholds held out by anchor structure",
-                                    **invocation()}}
         matrix = default_data_path("anchors") / (f"{anchors.hash[:16]}-"
                                                   f"{str(bank.fingerprint)[:16]}.npz")
-        ReferenceBank(bank.embeddings, bank.numbers, bank.structure_index, projector=new,
-                      anchor_set_hash=bank.anchor_set_hash, data_hash=bank.data_hash,
-                      provenance=prov).save(path,
-                                            anchors_from=matrix if matrix.is_file() else None)
+        refit.save(path, anchors_from=matrix if matrix.is_file() else None)
         print(f"{path.name}: refitted ({new.coverage_holdout} hold-out), coordinates within "
               f"{diff:.1e}")
 

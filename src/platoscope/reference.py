@@ -104,10 +104,10 @@ class ReferenceBank:
         else:
             feats = backend.embed(list(structures), batch_size=batch_size, progress=progress)
         emb = np.concatenate(feats)
-        proj = Projector.coerce(projection)
-        proj.fit(anchors.embed(backend, progress=progress, known=(list(structures), feats)),
-                 emb if proj.needs_reference else None, anchor_numbers=anchors.numbers,
-                 anchor_groups=anchors.groups)
+        proj = fit_bank_projector(
+            Projector.coerce(projection),
+            anchors.embed(backend, progress=progress, known=(list(structures), feats)),
+            anchors, emb)
         if data_hash is None:
             from platoscope.readers import structures_hash
 
@@ -155,6 +155,20 @@ class ReferenceBank:
             projector=self.projector, anchor_set_hash=self.anchor_set_hash,
             data_hash=sha256_bytes(self.data_hash.encode(), new_hash.encode()),
             provenance=prov)
+
+    def refit(self, projector: Projector, anchor_matrix: np.ndarray, anchors: AnchorSet, *,
+              provenance: dict[str, Any] | None = None) -> ReferenceBank:
+        """A new bank: these reference atoms (embeddings, numbers, structures, data hash) with
+        ``projector`` fitted anew (:func:`fit_bank_projector`) on ``anchor_matrix``, this
+        model's (K, D) embeddings of ``anchors``. The embeddings do not depend on the anchors
+        or the projection, so a bank on other anchors or another projection needs no forward
+        pass. provenance: entries added to this bank's (anchor-set hash and K are set)."""
+        fit_bank_projector(projector, anchor_matrix, anchors, self.embeddings)
+        prov = {**self.provenance, "anchor_set_hash": anchors.hash, "n_anchors": len(anchors),
+                **dict(provenance or {})}
+        return ReferenceBank(self.embeddings, self.numbers, self.structure_index,
+                             projector=projector, anchor_set_hash=anchors.hash,
+                             data_hash=self.data_hash, provenance=prov)
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -416,12 +430,20 @@ def _reuse_embeddings(backend: Any, anchors: AnchorSet, proj: Projector, structu
             continue
         if donor.data_hash != want or donor.fingerprint not in (None, backend.fingerprint):
             continue
-        proj.fit(anchors.embed(backend, progress=progress),
-                 donor.embeddings.astype(np.float64) if proj.needs_reference else None,
-                 anchor_numbers=anchors.numbers, anchor_groups=anchors.groups)
-        prov = {**donor.provenance, "anchor_set_hash": anchors.hash, "n_anchors": len(anchors),
-                "versions": package_versions(), "embeddings_from": path.name}
-        return ReferenceBank(donor.embeddings, donor.numbers, donor.structure_index,
-                             projector=proj, anchor_set_hash=anchors.hash,
-                             data_hash=donor.data_hash, provenance=prov)
+        return donor.refit(proj, anchors.embed(backend, progress=progress), anchors,
+                           provenance={"versions": package_versions(),
+                                       "embeddings_from": path.name})
     return None
+
+
+def fit_bank_projector(projector: Projector, anchor_matrix: np.ndarray, anchors: AnchorSet,
+                       reference: np.ndarray | None = None) -> Projector:
+    """Fit ``projector`` as a reference bank's: on ``anchor_matrix`` (K, D), a model's
+    embeddings of ``anchors``, with the set's atomic numbers (per-element blocks and
+    thresholds) and structure groups (coverage thresholds held out by structure), and, for a
+    preset that needs them (``standardize``/``whiten``), the bank's ``reference`` embeddings
+    (M, D) as float64. Returns the projector, fitted."""
+    ref = (np.asarray(reference, dtype=np.float64)
+           if projector.needs_reference and reference is not None else None)
+    return projector.fit(anchor_matrix, ref, anchor_numbers=anchors.numbers,
+                         anchor_groups=anchors.groups)
