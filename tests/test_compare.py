@@ -79,8 +79,14 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     S = a.structure_index
     assert al["element_structure_baseline_top5"] == pytest.approx(
         element_structure_baseline(a.numbers, S, k=5))
-    assert al["site_resolved_top1"][0][1] == pytest.approx(
-        site_resolved_retrieval(za, zb, a.numbers, S)[0])
+    # top-1 among the atoms of one element in one structure: symmetry-equivalent atoms have rows
+    # equal up to the model's float32 noise, so a query's own atom and its twin can tie and
+    # rounding (compare scores compacted columns) decides; the value lies between the counts
+    # with near-ties as misses and as hits
+    lo, hi = _site_top1_bounds(za, zb, a.numbers, S)
+    assert lo - 1e-12 <= al["site_resolved_top1"][0][1] <= hi + 1e-12
+    assert lo - 1e-12 <= site_resolved_retrieval(za, zb, a.numbers, S)[0] <= hi + 1e-12
+    assert hi - lo <= 0.2, (lo, hi)  # a handful of tied queries, not a free pass
     lo, hi = al["mutual_knn10_projected_ci95"][0][1]
     assert lo <= al["mutual_knn10_projected"][0][1] <= hi
     text = (out / "compare.txt").read_text()
@@ -119,6 +125,26 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     r = CliRunner().invoke(main, ["compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
                                   "--structures", str(VAL), "--out", str(tmp_path / "no")])
     assert r.exit_code != 0 and "not the structures" in r.output and "val.csv" in r.output
+
+
+def _site_top1_bounds(x, y, numbers, structure_index, eps=1e-9):
+    """Site-resolved top-1 (one query per atom, pool: its element in its structure, pools of
+    two or more atoms) counting queries whose own atom is within ``eps`` of the nearest other
+    as misses (lower bound) and as hits (upper bound)."""
+    lo = hi = n = 0
+    for z in np.unique(numbers):
+        for s in np.unique(structure_index):
+            rows = np.flatnonzero((numbers == z) & (structure_index == s))
+            if rows.size < 2:
+                continue
+            d = np.linalg.norm(x[rows][:, None] - y[rows][None], axis=2)
+            own = np.diag(d).copy()
+            np.fill_diagonal(d, np.inf)
+            other = d.min(axis=1)
+            lo += int(np.sum(own < other - eps))
+            hi += int(np.sum(own <= other + eps))
+            n += rows.size
+    return lo / n, hi / n
 
 
 @pytest.mark.backend("chgnet")

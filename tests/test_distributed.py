@@ -2,8 +2,13 @@
 
 Real CHGNet 0.3.0 and real LocalClusters (2 worker processes x 1 torch thread). Tolerance:
 a worker runs torch with 1 thread, the serial run with torch's default, so features may differ
-by float32 noise; we allow rtol 1e-5 on features and 1e-6 absolute on coordinates (in [0, 1]),
-and require order, numbers and indices to be identical.
+by float32 noise; we allow rtol 1e-5 on features. Coordinates are checked twice: each file's
+stored coordinates are the projection of its own stored embeddings (within the file's float32
+bound, ``SPARSE_FLOAT32_ERROR``), and two runs' coordinates agree within ``COORD_NOISE_ATOL``
+(1e-4): the softmax kernel (tau = 0.015) on centred features turns relative feature noise d
+into coordinate differences of up to ~5 d (docs/distributed.md, "Guarantees"), so 1e-6 on
+coordinates would fail on a machine whose features differ by more than ~2e-7. Entries at a
+row's top-k cut may swap (``assert_topk_close``). Order, numbers and indices are identical.
 """
 
 from __future__ import annotations
@@ -35,7 +40,85 @@ from platoscope.readers import read_structures, structures_hash  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL = os.path.join(REPO, "data", "mp20_partial", "val.csv")
-FEAT_RTOL, FEAT_ATOL, COORD_ATOL = 1e-5, 1e-6, 1e-6
+FEAT_RTOL, FEAT_ATOL = 1e-5, 1e-6
+COORD_NOISE_ATOL = 1e-4
+"""Coordinates of two runs whose features may differ by FEAT_RTOL (see the module docstring)."""
+
+
+def assert_topk_close(a, b, atol):
+    """Coordinates of two ``topk``-layout files (sparse, each row its k largest entries) agree
+    within ``atol``, allowing the entries at the k-th place to differ.
+
+    Not bit patterns: when two runs' coordinates differ by float noise (another thread count,
+    BLAS blocking), two entries close to the k-th largest of a row can swap in and out of the
+    kept set. Exactly what that allows: an entry kept in one row and not in the other must be
+    within ``atol`` of the other row's smallest kept value (there it was below the cut); every
+    other entry within ``atol``. A real difference (another value, an entry kept far above the
+    cut, another row) still fails."""
+    import scipy.sparse as sp
+
+    x, y = sp.csr_matrix(a), sp.csr_matrix(b)
+    assert x.shape == y.shape
+    da, db = dense_rows(x), dense_rows(y)
+    na, nb = np.diff(x.indptr), np.diff(y.indptr)
+    k = max(int(na.max(initial=0)), int(nb.max(initial=0)))
+
+    def cut(z, n):  # each row's smallest kept value; 0 where the row kept fewer than k
+        lo = np.array([z.data[z.indptr[i]:z.indptr[i + 1]].min(initial=np.inf)
+                       for i in range(z.shape[0])])
+        return np.where(n == k, lo, 0.0)
+
+    ca, cb = cut(x, na), cut(y, nb)
+    kept_a, kept_b = np.zeros(x.shape, dtype=bool), np.zeros(y.shape, dtype=bool)
+    kept_a[np.repeat(np.arange(x.shape[0]), na), x.indices] = True
+    kept_b[np.repeat(np.arange(y.shape[0]), nb), y.indices] = True
+    close = np.abs(da - db) <= atol
+    only_a = kept_a & ~kept_b & (da <= cb[:, None] + atol)  # b cut it: below b's k-th value
+    only_b = kept_b & ~kept_a & (db <= ca[:, None] + atol)
+    bad = ~(close | only_a | only_b)
+    assert not bad.any(), (f"{int(bad.sum())} entries differ by more than {atol} (rows "
+                           f"{np.flatnonzero(bad.any(axis=1))[:10].tolist()}), not at the top-k "
+                           f"cut; largest difference {np.abs(da - db)[bad].max():.3g}")
+    np.testing.assert_array_equal(na, nb)  # the same number of kept entries per row
+
+
+def test_topk_comparison_allows_only_swaps_at_the_cut():
+    """The check above: two entries tied at the k-th place may swap; nothing else may."""
+    from platoscope.coords import top_k_rows, topk_to_csr
+
+    def stored(row):
+        z = np.array([row, row[::-1]])
+        return topk_to_csr(*top_k_rows(z, 5)[:2], z.shape[1])
+
+    base = [0.5, 0.4, 0.3, 0.2, 0.1 + 1e-9, 0.1, 0.05, 0.01]
+    swapped = [0.5, 0.4, 0.3, 0.2, 0.1, 0.1 + 1e-9, 0.05, 0.01]
+    assert_topk_close(stored(base), stored(swapped), 1e-6)
+    assert stored(base)[[0]].indices.tolist() != stored(swapped)[[0]].indices.tolist()
+    moved = [0.5 + 1e-3, *base[1:]]  # a kept value changed
+    far = [0.5, 0.0, 0.3, 0.2, 0.1 + 1e-9, 0.1, 0.05, 0.4]  # a swap far above the cut
+    for other in (moved, far):
+        with pytest.raises(AssertionError, match="not at the top-k cut"):
+            assert_topk_close(stored(base), stored(other), 1e-6)
+
+
+def assert_files_agree(a, b, projector):
+    """Two coordinate files of the same inputs (AtomCoordinates, ``topk`` layout): the same
+    rows; embeddings within float32 noise; each file's coordinates and coverage the projection
+    of its own embeddings (any difference between the files then comes from the features);
+    coordinates of the two within COORD_NOISE_ATOL."""
+    from platoscope.coords import TOP_K, top_k_rows, topk_to_csr
+    from platoscope.projection import TOLERANCE
+
+    for name in ("numbers", "structure_index", "atom_index"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_allclose(b.embeddings, a.embeddings, rtol=FEAT_RTOL, atol=FEAT_ATOL)
+    for c in (a, b):
+        z, cov = projector.transform_with_coverage(c.embeddings, c.numbers)
+        idx, val, _ = top_k_rows(z, TOP_K)
+        assert_topk_close(c.platonic, topk_to_csr(idx, val, z.shape[1]), SPARSE_FLOAT32_ERROR)
+        np.testing.assert_allclose(c.coverage, cov, rtol=0, atol=TOLERANCE)
+    assert_topk_close(a.platonic, b.platonic, COORD_NOISE_ATOL)
+    np.testing.assert_allclose(a.coverage, b.coverage, rtol=0, atol=COORD_NOISE_ATOL)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +158,10 @@ def _traj(path, n=8):
     return path
 
 
-def test_embed_cli_workers_equals_serial(tmp_path):
+def test_embed_cli_workers_equals_serial(tmp_path, backend):
+    from platoscope.anchors import AnchorSet
+    from platoscope.calculator import PlatonicCalculator
+
     runner = CliRunner()
     a, b = tmp_path / "serial.h5", tmp_path / "dask.h5"
     args = ["embed", VAL, "--limit", "10", "--batch-size", "3"]
@@ -84,12 +170,9 @@ def test_embed_cli_workers_equals_serial(tmp_path):
     r2 = runner.invoke(main, [*args, "--workers", "2", "--out", str(b)])
     assert r2.exit_code == 0, r2.output
     ca, cb = AtomCoordinates.load(a), AtomCoordinates.load(b)
-    for name in ("numbers", "structure_index", "atom_index"):
-        np.testing.assert_array_equal(getattr(ca, name), getattr(cb, name))
     assert ca.data_hash == cb.data_hash and ca.anchor_set_hash == cb.anchor_set_hash
-    np.testing.assert_allclose(cb.embeddings, ca.embeddings, rtol=FEAT_RTOL, atol=FEAT_ATOL)
-    np.testing.assert_allclose(dense_rows(cb.platonic), dense_rows(ca.platonic), rtol=0,
-                               atol=COORD_ATOL)
+    # serial: torch's default threads; workers: one (features within float32 noise)
+    assert_files_agree(ca, cb, PlatonicCalculator(backend, anchors=AnchorSet.default()).projector)
     cluster = cb.provenance["cluster"]
     assert cluster["mode"] == "local" and cluster["workers"] == 2
     assert cluster["threads_per_worker"] == 1 and cluster["distributed"]
@@ -119,9 +202,18 @@ def test_monitor_cli_scheduler_equals_serial_and_many_inputs(tmp_path):
     for fs, fd in zip(s, d, strict=True):
         assert fs.info["step"] == fd.info["step"]
         np.testing.assert_allclose(fd.arrays["platonic"], fs.arrays["platonic"], rtol=0,
-                                   atol=COORD_ATOL)
+                                   atol=COORD_NOISE_ATOL)  # features may differ: see the top
+        # raw-space k-NN distances: relative feature noise
         np.testing.assert_allclose(fd.arrays["score_atypical"], fs.arrays["score_atypical"],
-                                   rtol=1e-5, atol=1e-6)
+                                   rtol=FEAT_RTOL, atol=FEAT_ATOL)
+    from platoscope.writers import read_sidecar
+
+    with read_sidecar(tmp_path / "serial" / "frames.h5") as rs, \
+            read_sidecar(tmp_path / "dask" / "run1_md" / "frames.h5") as rd:
+        assert rs.steps.tolist() == rd.steps.tolist()
+        for i in range(len(rs)):
+            np.testing.assert_allclose(rd.frame(i)["embeddings"], rs.frame(i)["embeddings"],
+                                       rtol=FEAT_RTOL, atol=FEAT_ATOL)
     import json
 
     summary = json.loads((tmp_path / "dask" / "run1_md" / "summary.json").read_text())
@@ -220,10 +312,8 @@ def test_resume_skips_completed_chunks(tmp_path, backend, structures, prefetch):
         ref = tmp_path / "ref.h5"
         embed_to_file(structures, calc, ref, ex, data_hash=data_hash, progress=False)
     a, b = AtomCoordinates.load(out), AtomCoordinates.load(ref)
-    np.testing.assert_array_equal(a.structure_index, b.structure_index)
-    # the stored float32 top-k values, within the file's stated bound (not bit for bit)
-    np.testing.assert_allclose(dense_rows(a.platonic), dense_rows(b.platonic), rtol=0,
-                               atol=SPARSE_FLOAT32_ERROR)
+    # resumed chunks vs a fresh run: not bit for bit (prefetch computes in another thread)
+    assert_files_agree(a, b, calc.projector)
     # other settings or other inputs: refused
     store = ChunkStore(tmp_path / "p.parts", {"chunk_size": 3})
     with pytest.raises(ResumeMismatchError, match="chunk_size"):
@@ -303,13 +393,8 @@ def test_prefetch_writes_what_serial_writes(tmp_path, backend, structures):
             monitor_frames([a for j, a in enumerate(data) if j != 4], calc, [],
                            tmp_path / f"m{prefetch}", executor=ex, progress=False)
     a, b = AtomCoordinates.load(files[0]), AtomCoordinates.load(files[1])
-    for name in ("numbers", "structure_index", "atom_index"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert_files_agree(a, b, calc.projector)  # the forward pass in another thread: not bits
     assert 4 not in set(a.structure_index.tolist())
-    np.testing.assert_allclose(dense_rows(a.platonic), dense_rows(b.platonic), rtol=0,
-                               atol=SPARSE_FLOAT32_ERROR)
-    np.testing.assert_allclose(a.embeddings, b.embeddings, rtol=FEAT_RTOL, atol=FEAT_ATOL)
-    np.testing.assert_allclose(a.coverage, b.coverage, rtol=0, atol=COORD_ATOL)
     fa, fb = a.provenance["failed_structures"], b.provenance["failed_structures"]
     assert fa == fb and [f["source_index"] for f in fa] == [4]
     with read_sidecar(tmp_path / "m0" / "frames.h5") as s0, \
@@ -318,7 +403,7 @@ def test_prefetch_writes_what_serial_writes(tmp_path, backend, structures):
         for i in range(len(s0)):
             f0, f1 = s0.frame(i), s1.frame(i)
             np.testing.assert_allclose(dense_rows(f0["platonic"]), dense_rows(f1["platonic"]),
-                                       rtol=0, atol=COORD_ATOL)
+                                       rtol=0, atol=COORD_NOISE_ATOL)
             np.testing.assert_allclose(f0["embeddings"], f1["embeddings"], rtol=FEAT_RTOL,
                                        atol=FEAT_ATOL)
     x0 = ase_read(tmp_path / "m0" / "frames.extxyz", ":")
