@@ -108,6 +108,22 @@ def test_projector_state_roundtrip():
                                    dense_rows(q.transform(ref, z)), rtol=0, atol=TOLERANCE)
 
 
+def test_state_stores_anchors_as_float32_only_when_exact_and_follows_a_refit():
+    rng = np.random.default_rng(15)
+    a32 = rng.normal(size=(20, 4)).astype(np.float32).astype(np.float64)  # float32 values
+    p = Projector("shared").fit(a32)
+    assert p.get_state()["anchors"].dtype == np.float32
+    q = Projector.from_state(p.get_state())  # read back from float32: no comparison needed
+    assert q.get_state()["anchors"].dtype == np.float32
+    np.testing.assert_array_equal(q.get_state()["anchors"], a32)
+    a64 = a32 + 1e-12  # not representable in float32
+    p.fit(a64)  # a refit replaces the anchors: the stored form follows
+    assert p.get_state()["anchors"].dtype == np.float64
+    np.testing.assert_array_equal(p.get_state()["anchors"], a64)
+    p.fit(a32)
+    assert p.get_state()["anchors"].dtype == np.float32
+
+
 def test_softmax_kernel_is_sqrt_softmax_of_cosines():
     rng = np.random.default_rng(6)
     e, a = rng.normal(size=(40, 8)), rng.normal(size=(12, 8))
