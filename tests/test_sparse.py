@@ -111,6 +111,31 @@ def test_coordinate_helpers_name_bad_input():
         top_k_rows(z, 0)
 
 
+@pytest.mark.parametrize("layout", ["one element", "runs", "scattered", "long runs"])
+def test_csr_rows_match_dense_whatever_the_order_of_elements(layout):
+    """The CSR fill (slice copies for runs of one element's atoms, a scatter otherwise) and
+    the top-k read (views of consecutive rows, a gather otherwise) against the dense path."""
+    p, _, _, _, _ = _element_setup(3)
+    rng = np.random.default_rng(4)
+    ze = {"one element": np.full(300, 8),
+          "runs": np.repeat([8, 1, 26, 8, 3, 1], [40, 60, 7, 90, 1, 102]),
+          "scattered": rng.choice([1, 8, 26, 3], 300),
+          "long runs": np.repeat(np.tile([1, 26], 40), 20)}[layout]
+    e = rng.normal(size=(ze.size, 16))
+    z, cov = p.transform_with_coverage(e, ze)
+    dense, cov_d = p.transform_with_coverage(e, ze, sparse=False)
+    np.testing.assert_allclose(z.toarray(), dense, rtol=0, atol=TOLERANCE)
+    np.testing.assert_array_equal(cov, cov_d)
+    for i in range(ze.size):
+        np.testing.assert_array_equal(z.indices[z.indptr[i]:z.indptr[i + 1]],
+                                      np.flatnonzero(p.anchor_numbers_ == ze[i]))
+    for k in (1, 5, 30):
+        si, sv, _ = top_k_rows(z, k)
+        di, dv, _ = top_k_rows(dense, k)
+        np.testing.assert_array_equal(si, di)
+        np.testing.assert_allclose(sv, dv, rtol=0, atol=1e-7)
+
+
 def test_top_k_from_csr_rows_equals_top_k_from_dense_rows(tmp_path):
     import h5py
 

@@ -199,10 +199,11 @@ def _apply_element(e: torch.Tensor, numbers: np.ndarray, blocks: dict[int, Block
         cols, m, an = blocks[int(z)]
         cov = None if coverage is None else np.empty(rows.size)
         block = _apply(e[torch.from_numpy(rows)], an, m, None, tau, coverage=cov)
-        if sparse:
-            pos = indptr[rows].astype(np.int64)[:, None] + np.arange(cols.size)[None, :]
-            data[pos] = block
-            indices[pos] = cols[None, :]
+        if sparse and present.size == 1:  # one element: the block is the CSR data as it is
+            data = block.reshape(-1)
+            indices = np.tile(cols.astype(index_dtype), n)
+        elif sparse:
+            _scatter_rows(data, indices, indptr, rows, block, cols)
         else:
             full[np.ix_(rows, cols)] = block
         if coverage is not None:
@@ -214,6 +215,25 @@ def _apply_element(e: torch.Tensor, numbers: np.ndarray, blocks: dict[int, Block
     out = csr_array((data, indices, indptr), shape=(n, k), copy=False)
     out.has_sorted_indices = True  # each element's columns are ascending (np.flatnonzero)
     return out
+
+
+def _scatter_rows(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, rows: np.ndarray,
+                  block: np.ndarray, cols: np.ndarray) -> None:
+    """Write ``block`` (r, c) and its columns ``cols`` (c,) into the CSR rows ``rows`` (r,
+    ascending), each of which has room for exactly c entries. Runs of consecutive rows fill
+    consecutive entries: each run is one slice copy (frames usually list an element's atoms
+    together), a fancy-indexed scatter only when the rows are scattered."""
+    c = cols.size
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    if breaks.size + 1 > max(8, rows.size // 16):  # many short runs: one fancy scatter
+        pos = indptr[rows].astype(np.int64)[:, None] + np.arange(c)[None, :]
+        data[pos] = block
+        indices[pos] = cols[None, :]
+        return
+    for a, b in itertools.pairwise((0, *breaks.tolist(), rows.size)):
+        p0 = int(indptr[rows[a]])
+        data[p0:p0 + (b - a) * c] = block[a:b].reshape(-1)
+        indices[p0:p0 + (b - a) * c].reshape(b - a, c)[:] = cols[None, :]
 
 
 def _apply(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor | None, w: torch.Tensor | None,
