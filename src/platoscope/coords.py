@@ -221,16 +221,22 @@ def _top_k_sparse(z: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         if c == 0:
             continue
         rows = np.flatnonzero(counts == c)
-        pos = z.indptr[rows][:, None] + np.arange(c)  # (r, c) positions in data/indices
-        d = z.data[pos]
+        p0 = int(z.indptr[rows[0]])
+        if rows.size == rows[-1] - rows[0] + 1:  # consecutive rows: (r, c) views, no copy
+            d = z.data[p0:p0 + rows.size * c].reshape(rows.size, c)
+            ind = z.indices[p0:p0 + rows.size * c].reshape(rows.size, c)
+        else:
+            pos = z.indptr[rows][:, None] + np.arange(c)  # (r, c) positions in data/indices
+            d, ind = z.data[pos], z.indices[pos]
         kk = min(k, int(c))
-        part = (np.argpartition(-d, kk - 1, axis=1)[:, :kk] if kk < c
+        # the kk largest, selected in place of the smallest c - kk (no negated copy of d)
+        part = (np.argpartition(d, c - kk, axis=1)[:, c - kk:] if kk < c
                 else np.broadcast_to(np.arange(c), d.shape))
         v = np.take_along_axis(d, part, axis=1)
         order = np.argsort(-v, axis=1, kind="stable")
         sel = np.take_along_axis(part, order, axis=1)
         vals[rows, :kk] = np.take_along_axis(v, order, axis=1)
-        idx[rows, :kk] = z.indices[np.take_along_axis(pos, sel, axis=1)]
+        idx[rows, :kk] = np.take_along_axis(ind, sel, axis=1)
     return idx, vals
 
 
