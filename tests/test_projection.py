@@ -137,6 +137,26 @@ def test_softmax_kernel_is_sqrt_softmax_of_cosines():
     assert np.isfinite(project(e, a, tau=1e-6)).all()
 
 
+@pytest.mark.parametrize("tau", [0.015, 0.2, 0.002, 1e-4])
+def test_softmax_kernel_forms_agree_with_the_definition(tau):
+    """Both evaluations of the kernel (exp(x/2)/|exp(x/2)| at ordinary temperatures, the
+    textbook form below 2/700, where exp underflows) against sqrt(softmax) in extended
+    precision: within TOLERANCE, unit rows; zeros only where exp underflows."""
+    rng = np.random.default_rng(16)
+    e, a = rng.normal(size=(300, 6)), rng.normal(size=(700, 6))
+    z = project(e, a, tau=tau)
+    x = (_cos(e, a).astype(np.longdouble) / tau)
+    w = np.exp(x - x.max(axis=1, keepdims=True))
+    ref = np.sqrt(w / w.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(z, ref.astype(np.float64), rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-13)
+    if tau < 2 / 700:
+        assert (z == 0).any()  # some cosines are far enough below the best to underflow
+        assert (ref[z == 0] < 1e-150).all()  # and only those are 0
+    else:
+        assert (z > 0).all()
+
+
 def test_presets_and_names():
     assert Projector().get_params() == {"normalize": "element", "kernel": "softmax",
                                         "tau": 0.015, "eps": 1e-6}
