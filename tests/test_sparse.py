@@ -24,6 +24,7 @@ from platoscope.coords import (
     pairwise_sq_distances,
     row_distances,
     row_norms,
+    row_slice,
     top_k_rows,
 )
 from platoscope.errors import InputError
@@ -134,6 +135,28 @@ def test_csr_rows_match_dense_whatever_the_order_of_elements(layout):
         di, dv, _ = top_k_rows(dense, k)
         np.testing.assert_array_equal(si, di)
         np.testing.assert_allclose(sv, dv, rtol=0, atol=1e-7)
+
+
+def test_row_slice_equals_scipy_slicing_and_shares_memory():
+    import scipy.sparse as sp
+
+    p, _, _, e, ze = _element_setup(5)
+    z = p.transform(e, ze)
+    for a, b in ((0, 7), (7, 50), (20, 21), (49, 50), (10, 10)):
+        got, want = row_slice(z, a, b), z[a:b]
+        assert type(got) is type(want) and got.shape == want.shape and got.dtype == want.dtype
+        for name in ("data", "indices", "indptr"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+            assert getattr(got, name).dtype == getattr(want, name).dtype
+        np.testing.assert_array_equal(got.toarray(), want.toarray())
+        np.testing.assert_array_equal(row_norms(got), row_norms(want))
+        if b > a:
+            assert np.shares_memory(got.data, z.data)  # no copy
+    dense = z.toarray()
+    np.testing.assert_array_equal(row_slice(dense, 3, 9), dense[3:9])
+    messy = sp.csr_array((np.ones(3), np.array([2, 0, 1]), np.array([0, 2, 3])), shape=(2, 4))
+    assert not messy.has_sorted_indices  # not canonical: scipy's slice (a copy)
+    np.testing.assert_array_equal(row_slice(messy, 0, 1).toarray(), messy[0:1].toarray())
 
 
 def test_top_k_from_csr_rows_equals_top_k_from_dense_rows(tmp_path):

@@ -37,7 +37,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from platoscope.calculator import attach_coordinates
-from platoscope.coords import dense_rows
+from platoscope.coords import dense_rows, row_slice
 from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
 from platoscope.provenance import package_versions
@@ -471,7 +471,7 @@ def _project_group(projector: Any, chunk: Sequence[Atoms], features: Sequence[An
         else:
             bounds = np.cumsum([0, *(len(features[j]) for j in group)])
             for j, a, b in zip(group, bounds[:-1], bounds[1:], strict=True):
-                out[j] = (z[a:b], cov[a:b])
+                out[j] = (row_slice(z, a, b), cov[a:b])
             return
     for j in group:
         try:
