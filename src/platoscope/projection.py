@@ -213,7 +213,7 @@ def _apply_element(e: torch.Tensor, numbers: np.ndarray, blocks: dict[int, Block
     from scipy.sparse import csr_array
 
     out = csr_array((data, indices, indptr), shape=(n, k), copy=False)
-    out.has_sorted_indices = True  # each element's columns are ascending (np.flatnonzero)
+    out.has_canonical_format = True  # rows: ascending (np.flatnonzero), distinct columns
     return out
 
 
