@@ -293,3 +293,33 @@ def test_calibrate_cli_and_monitor_in_md(tmp_path, structures):
     report = (tmp_path / "cu" / "report.txt").read_text()
     assert "sigma NOT calibrated on DFT data of Cu (error floor scaled from a model-committee" \
         in report, report
+
+
+def test_calibrate_cli_names_file_and_frame_before_any_forward_pass(tmp_path, structures):
+    """Forces under a custom key, over two files: a frame without the key, and one with an
+    element the model lacks, are named by their own file and frame index (not a position in
+    the concatenated input), before the model runs."""
+    frames = []
+    for a in structures:
+        b = a.copy()
+        b.info = {}
+        b.arrays["REF_f"] = b.arrays.pop("dft_forces")
+        frames.append(b)
+    write(tmp_path / "a.extxyz", frames[:4])
+    second = [f.copy() for f in frames[4:]]
+    del second[2].arrays["REF_f"]
+    write(tmp_path / "b.extxyz", second)
+    r = CliRunner()
+    res = r.invoke(main, ["calibrate", str(tmp_path / "a.extxyz"), str(tmp_path / "b.extxyz"),
+                          "--dft-forces-key", "REF_f", "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code != 0
+    assert "frame 2 of " in res.output and "b.extxyz: no per-atom array 'REF_f'" in res.output
+    am = [f.copy() for f in frames[4:]]
+    am[1].numbers[0] = 95  # Am: CHGNet has no parameters for it
+    write(tmp_path / "am.extxyz", am)
+    res = r.invoke(main, ["calibrate", str(tmp_path / "a.extxyz"), str(tmp_path / "am.extxyz"),
+                          "--dft-forces-key", "REF_f", "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code != 0
+    assert "frame 1 of " in res.output and "am.extxyz: model 'chgnet:0.3.0' has no " \
+        "parameters for element(s) Am (Z=95)" in res.output, res.output
+    assert not (tmp_path / "m.npz").exists()

@@ -393,11 +393,18 @@ def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdou
     from platoscope import AnchorSet
     from platoscope.backends import load_backend
     from platoscope.errors import InputError
+    from platoscope.readers import frame_name
     from platoscope.reference import ReferenceBank, default_bank
     from platoscope.uncertainty import calibrate as fit_calibration
+    from platoscope.uncertainty import dft_forces_of
 
     structures, _ = _read(data)
-    names = [f"{a.info.get('source', 'structure')} #{i}" for i, a in enumerate(structures)]
+    names = [frame_name(a, i) for i, a in enumerate(structures)]
+    try:  # every frame's DFT forces, named, before the model loads
+        for a, name in zip(structures, names, strict=True):
+            dft_forces_of(a, dft_forces_key, name)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from exc
     backend = load_backend(model, layer=layer, device=device)
     if reference_path:
         bank = ReferenceBank.load(reference_path)

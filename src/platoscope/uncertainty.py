@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.analysis.neighbors import knn_distance
-from platoscope.errors import ConfigError, InputError
+from platoscope.errors import ConfigError, InputError, PlatoscopeError
 
 FORMAT = "platoscope.uncertainty/3"
 OLD_FORMATS = ("platoscope.uncertainty/1", "platoscope.uncertainty/2")
@@ -515,13 +515,28 @@ def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str 
                          f"calibrate and check on held-out ones, got {len(structures)}")
     kwargs = {**DEFAULT_FORM, **kwargs}
     radius = float(kwargs.get("radius", CONTEXT_RADIUS))
-    names = names or [f"structure {i}" for i in range(len(structures))]
-    X, F, G, Z, S, L = [], [], [], [], [], []
+    from platoscope.readers import frame_error, frame_name
+
+    names = names or [frame_name(a, i) for i, a in enumerate(structures)]
+    # every structure's DFT forces first: a missing key is named before any forward pass
+    dft = [dft_forces_of(atoms, dft_forces_key, names[i]) for i, atoms in enumerate(structures)]
+    # and every element: one the model has no parameters for is named before any forward pass
+    from platoscope.backends.base import require_elements
+
     for i, atoms in enumerate(structures):
-        g = dft_forces_of(atoms, dft_forces_key, names[i])
+        try:
+            require_elements(atoms, model=getattr(backend, "spec", "model"),
+                             supported=getattr(backend, "supported_numbers", None))
+        except PlatoscopeError as err:
+            raise frame_error(err, atoms, i) from err
+    X, F, G, Z, S, L = [], [], [], [], [], []
+    for i, (atoms, g) in enumerate(zip(structures, dft, strict=True)):
         a = atoms.copy()
         a.calc = None
-        res, feats = backend.compute(a, ["energy", "forces"])
+        try:
+            res, feats = backend.compute(a, ["energy", "forces"])
+        except PlatoscopeError as err:  # e.g. an element the model has no parameters for
+            raise frame_error(err, atoms, i) from err
         X.append(np.asarray(feats, dtype=np.float64))
         F.append(np.asarray(res["forces"], dtype=np.float64))
         L.append(local_force_scale(a, F[-1], radius))
