@@ -392,3 +392,18 @@ def test_model_in_caller_thread_while_prefetching(backend, structures, serial_fe
     assert len(side) == 4
     for f in side:
         np.testing.assert_allclose(f, alone, rtol=FEAT_RTOL, atol=FEAT_ATOL)
+
+
+def test_bad_cluster_options_are_one_line_errors(tmp_path):
+    """--scheduler at an address that is no Dask scheduler, --workers 0, and both options at
+    once end with an error naming the option (no traceback, no output file)."""
+    structure = os.path.join(os.path.dirname(__file__), "..", "examples", "structures", "Si.cif")
+    r = CliRunner()
+    for extra, words in ((["--scheduler", "garbage"], "--scheduler 'garbage': no Dask scheduler"),
+                         (["--workers", "0"], "--workers must be >= 1, not 0"),
+                         (["--workers", "2", "--scheduler", "tcp://x:1"], "not both")):
+        out = tmp_path / "e.h5"
+        res = r.invoke(main, ["embed", structure, "--out", str(out), *extra])
+        assert res.exit_code == 1, (extra, res.output, res.exception)
+        assert words in res.output, res.output
+        assert not out.exists()
