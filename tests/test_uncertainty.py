@@ -323,3 +323,24 @@ def test_calibrate_cli_names_file_and_frame_before_any_forward_pass(tmp_path, st
     assert "frame 1 of " in res.output and "am.extxyz: model 'chgnet:0.3.0' has no " \
         "parameters for element(s) Am (Z=95)" in res.output, res.output
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_monitor_cli_uncertainty_on_frames_without_forces_says_so(tmp_path, structures):
+    """`platoscope monitor --monitor uncertainty` over frames that hold no forces: every frame
+    fails the monitor, and the end line says so and why, not just '0 events'."""
+    frames = [a.copy() for a in structures[4:6]]
+    for f in frames:
+        del f.arrays["dft_forces"]
+        f.info = {}
+    write(tmp_path / "noforces.extxyz", frames)
+    res = CliRunner().invoke(main, ["monitor", str(tmp_path / "noforces.extxyz"), "--monitor",
+                                    "uncertainty", "--no-report", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    end = res.output[res.output.rindex("status: "):]  # the end line (after a progress bar)
+    assert end.startswith("status: completed; 0 events; 2 monitor error(s) (uncertainty: "
+                          "frames not checked"), end
+    assert "the frame holds no forces" in end
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    errors = summary["monitoring"]["monitor_errors"]
+    assert [e["step"] for e in errors] == [0, 1]
+    assert all("holds no forces" in e["error"] for e in errors)

@@ -581,8 +581,14 @@ def _end(result: dict, out: str, report: bool) -> None:
 
         paths = make_report(out)
         click.echo(f"report: {', '.join(str(p) for p in paths)}")
-    click.echo(f"status: {status_line(result)}; {result['monitoring']['n_events']} events; "
-               f"outputs in {out}")
+    errors = result["monitoring"].get("monitor_errors") or []
+    failed = ""
+    if errors:  # a monitor that failed did not check those frames: 0 events is not a pass
+        names = sorted({e["monitor"] for e in errors})
+        failed = (f"; {len(errors)} monitor error(s) ({', '.join(names)}: frames not checked; "
+                  f"first: {errors[0]['error']})")
+    click.echo(f"status: {status_line(result)}; {result['monitoring']['n_events']} events"
+               f"{failed}; outputs in {out}")
 
 
 @main.command()

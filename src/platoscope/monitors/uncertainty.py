@@ -81,9 +81,14 @@ class UncertaintyMonitor(Monitor):
     def score(self, frame: Frame) -> np.ndarray:
         """(N,) predicted force-error norm sigma_i in eV/Å from the frame's embeddings (N, D),
         forces (N, 3) and, for the local-force-scale term, positions."""
-        if frame.embeddings is None or frame.forces is None:
-            raise InputError("the uncertainty monitor needs the frame's raw embeddings and "
-                             "forces (the PlatonicCalculator's results)")
+        if frame.embeddings is None:
+            raise InputError("the uncertainty monitor needs the frame's raw embeddings "
+                             "(the PlatonicCalculator's results)")
+        if frame.forces is None:
+            raise InputError("the frame holds no forces: sigma is predicted from the running "
+                             "model's forces, which md/relax compute and `platoscope monitor` "
+                             "reads from the trajectory (write it with the model's forces, "
+                             "e.g. with platoscope md or an ASE calculator)")
         return self.estimator.predict(frame.embeddings, frame.forces, frame.atoms.numbers,
                                       atoms=frame.atoms)
 
