@@ -344,3 +344,23 @@ def test_monitor_cli_uncertainty_on_frames_without_forces_says_so(tmp_path, stru
     errors = summary["monitoring"]["monitor_errors"]
     assert [e["step"] for e in errors] == [0, 1]
     assert all("holds no forces" in e["error"] for e in errors)
+
+
+def test_max_force_error_out_of_range_is_refused_naming_the_flag(tmp_path):
+    """--max-force-error <= 0 or nan is a usage error naming the flag, raised by the option
+    itself (before the model, bank or calibration load), for md and monitor alike."""
+    structure = str(Path(__file__).resolve().parents[1] / "examples" / "structures" / "Si.cif")
+    r = CliRunner()
+    for cmd in (["md", structure, "--steps", "1"], ["monitor", structure]):
+        for value in ("-1", "0", "nan"):
+            out = tmp_path / "run"
+            res = r.invoke(main, [*cmd, "--monitor", "uncertainty", f"--max-force-error={value}",
+                                  "--out", str(out)])
+            assert res.exit_code == 2, (cmd, value, res.output)  # click's usage error
+            assert "'--max-force-error': must be > 0 eV/Å, got" in res.output, res.output
+            assert not out.exists()
+    ok = r.invoke(main, ["md", structure, "--steps", "1", "--monitor", "uncertainty",
+                         "--max-force-error", "0.3", "--no-report", "--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["monitoring"]["monitors"][0]["max_force_error"] == 0.3

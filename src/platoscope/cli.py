@@ -450,9 +450,17 @@ def _monitor_flags() -> list:
     """One ``--<monitor>-<option>`` flag per option a registered monitor declares."""
     from platoscope.monitors.registry import monitor_options
 
+    def checked(opt):
+        def callback(ctx, param, value):
+            why = None if opt.check is None or value is None else opt.check(value)
+            if why:
+                raise click.BadParameter(why)
+            return value
+        return callback
+
     return [click.option(opt.flag(name), *opt.aliases, opt.key(name), type=click.Choice(opt.choices)
                          if opt.choices else opt.type, default=opt.default, show_default=True,
-                         help=opt.help) for name, opt in monitor_options()]
+                         help=opt.help, callback=checked(opt)) for name, opt in monitor_options()]
 
 
 def _config(kw: dict[str, Any]):
