@@ -251,6 +251,20 @@ def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path
     loaded = ReferenceBank.load(big.save(tmp_path / "big.npz"))
     assert len(loaded) == len(big)
 
+    # an element the model lacks, in frame 3 of a file read with an index: named by its file
+    # and frame (was "structure 0", its place in the selection)
+    from ase.io import write
+
+    from platoscope.errors import UnsupportedElementError
+    from platoscope.readers import read_structures
+
+    frames = [bulk("Si", "diamond", a=5.43) for _ in range(4)]
+    frames[3].numbers[0] = 95  # Am: CHGNet has no parameters for it
+    write(tmp_path / "am.extxyz", frames)
+    with pytest.raises(UnsupportedElementError, match=r"^frame 3 of .*am\.extxyz: model "
+                       r"'chgnet:0\.3\.0' has no parameters for element\(s\) Am"):
+        bank.extend(chgnet_backend, read_structures(tmp_path / "am.extxyz", index="1:"))
+
 
 @pytest.mark.backend("chgnet")
 def test_default_bank_of_another_projection_reuses_the_shipped_embeddings(chgnet_backend):

@@ -138,6 +138,16 @@ class ReferenceBank:
         structures = list(structures)
         if not structures:
             raise InputError("no structures to extend the reference bank with")
+        from platoscope.backends.base import require_elements
+        from platoscope.errors import PlatoscopeError
+        from platoscope.readers import frame_error
+
+        for i, atoms in enumerate(structures):  # named by file and frame, before any pass
+            try:
+                require_elements(atoms, model=getattr(backend, "spec", "model"),
+                                 supported=getattr(backend, "supported_numbers", None))
+            except PlatoscopeError as err:
+                raise frame_error(err, atoms, i) from err
         feats = backend.embed(structures, batch_size=batch_size, progress=progress)
         start = int(self.structure_index.max()) + 1
         new_hash = structures_hash(structures)
