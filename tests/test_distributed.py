@@ -407,3 +407,49 @@ def test_bad_cluster_options_are_one_line_errors(tmp_path):
         assert res.exit_code == 1, (extra, res.output, res.exception)
         assert words in res.output, res.output
         assert not out.exists()
+
+
+def test_monitor_cli_several_inputs_resumes_after_ctrl_c(tmp_path, monkeypatch):
+    """Ctrl-C during the second of two inputs: 'rerun the same command to resume' works (was
+    refused: the first input's completed folder is not empty); the rerun skips the completed
+    input, resumes the second from its chunks and ends with both folders complete."""
+    import json
+
+    from platoscope import runner as runner_module
+
+    t1 = _traj(tmp_path / "a.extxyz", n=3)
+    t2 = _traj(tmp_path / "b.extxyz", n=6)
+    original = runner_module.monitor_frames
+    calls: list[str] = []
+
+    def interrupt_b_after_one_chunk(frames, *args, **kwargs):
+        calls.append(kwargs["source"])
+        if kwargs["source"].endswith("b.extxyz") and calls.count(kwargs["source"]) == 1:
+            def ctrl_c(_):
+                raise KeyboardInterrupt  # as the terminal delivers it, after chunk 1
+            kwargs["on_chunk"] = ctrl_c
+        return original(frames, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "monitor_frames", interrupt_b_after_one_chunk)
+    cmd = ["monitor", str(t1), str(t2), "--batch-size", "2", "--no-report",
+           "--out", str(tmp_path / "mon")]
+    r = CliRunner()
+    first = r.invoke(main, cmd)
+    assert first.exit_code == 130, first.output
+    assert "rerun the same command to resume (it skips the 1 input(s) already completed)" \
+        in first.output
+    assert json.loads((tmp_path / "mon" / "a" / "summary.json").read_text())["status"] == \
+        "completed"
+    second = r.invoke(main, cmd)
+    assert second.exit_code == 0, second.output
+    assert "skipped" in second.output and "completed in" in second.output
+    assert calls.count(str(t1)) == 1 and calls.count(str(t2)) == 2
+    for name, n in (("a", 3), ("b", 6)):
+        summary = json.loads((tmp_path / "mon" / name / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["frames_written"] == n
+    assert json.loads((tmp_path / "mon" / "b" / "summary.json").read_text())[
+        "resumed_chunks"] >= 1
+    assert not (tmp_path / "mon" / ".interrupted_monitor.json").exists()
+    # a different command (here another --batch-size) does not skip: the folder is refused
+    third = r.invoke(main, [*cmd[:-2], "--batch-size", "3", "--out", str(tmp_path / "mon")])
+    assert third.exit_code == 1 and "is not empty" in third.output

@@ -678,14 +678,32 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
     frame that cannot be embedded (default: reported in summary.json, skipped).
     """
     import dataclasses
+    import os
 
     from platoscope.readers import read_frames
 
+    # the whole command line (inputs as absolute paths): "rerun the same command" is this
+    settings = json.dumps({**click.get_current_context().params, "trajectories": [
+        os.path.abspath(t) for t in trajectories]}, sort_keys=True, default=str)
     config = _config(kw)
     outs = _run_folders(trajectories, str(config.out))
+    # several inputs: an interrupted command leaves OUT/RESUME_MARKER naming the inputs it
+    # completed, and the same command run again skips those (their folders are not empty)
+    marker = Path(config.out) / RESUME_MARKER if len(trajectories) > 1 else None
+    done: list[str] = []
+    if marker is not None and marker.is_file() and not config.overwrite:
+        state = json.loads(marker.read_text())
+        if state.get("settings") == settings:
+            done = list(state.get("completed", []))
+    completed: list[str] = []
     ex = None
     with contextlib.ExitStack() as stack:
         for trajectory, run_out in zip(trajectories, outs, strict=True):
+            if run_out in done:
+                click.echo(f"skipped {trajectory}: completed in {run_out} before the "
+                           "interruption", err=True)
+                completed.append(run_out)
+                continue
             frames, skipped = read_frames(trajectory, index=index,
                                           on_error="raise" if config.strict else "skip")
             for line in skipped:
@@ -700,12 +718,27 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
                 result = run.monitor(frames, batch_size=batch_size, source=str(trajectory),
                                      executor=ex, index=index, skipped_frames=skipped)
             except KeyboardInterrupt:
-                click.echo(f"interrupted: completed chunks of {trajectory} are in "
-                           f"{run_out}.parts; rerun the same command to resume", err=True)
+                from platoscope.distributed import parts_folder
+
+                if marker is not None:
+                    marker.write_text(json.dumps({"settings": settings,
+                                                  "completed": completed}, indent=1))
+                kept = (f"completed chunks of {trajectory} are in {parts_folder(run_out)}"
+                        if parts_folder(run_out).is_dir() else
+                        f"no chunk of {trajectory} had completed")
+                click.echo(f"interrupted: {kept}; rerun the same command to resume"
+                           + (f" (it skips the {len(completed)} input(s) already completed)"
+                              if completed else ""), err=True)
                 sys.exit(130)
             for line in result.get("failed_frames", []):
                 click.echo(f"failed: {line}", err=True)
             _end(result, run_out, report)
+            completed.append(run_out)
+    if marker is not None and marker.is_file():
+        marker.unlink()
+
+
+RESUME_MARKER = ".interrupted_monitor.json"  # in OUT of an interrupted several-input monitor
 
 
 def _run_folders(paths: tuple[str, ...], out: str) -> list[str]:
