@@ -453,3 +453,20 @@ def test_monitor_cli_several_inputs_resumes_after_ctrl_c(tmp_path, monkeypatch):
     # a different command (here another --batch-size) does not skip: the folder is refused
     third = r.invoke(main, [*cmd[:-2], "--batch-size", "3", "--out", str(tmp_path / "mon")])
     assert third.exit_code == 1 and "is not empty" in third.output
+
+
+def test_embed_ctrl_c_before_any_chunk_says_nothing_was_kept(tmp_path, monkeypatch):
+    """Ctrl-C before the first chunk completes: the message does not name a .parts folder of
+    completed chunks that does not exist."""
+    import platoscope.distributed as dist
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dist, "embed_to_file", interrupted)
+    t = _traj(tmp_path / "a.extxyz", n=2)
+    res = CliRunner().invoke(main, ["embed", str(t), "--out", str(tmp_path / "e.h5")])
+    assert res.exit_code == 130, res.output
+    assert "interrupted: no chunk had completed (nothing kept); rerun the same command" \
+        in res.output, res.output
+    assert not parts_folder(tmp_path / "e.h5").exists()

@@ -285,8 +285,8 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
                                        projection=projection, data_hash=data_hash,
                                        progress=True, executor=ex, store=store)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: completed chunks are in {store.folder}; rerun the same "
-                   "command to resume", err=True)
+        click.echo(f"interrupted: {_kept(store.folder)}; rerun the same command to resume",
+                   err=True)
         sys.exit(130)
     bank.save(out)
     store.remove()
@@ -361,8 +361,8 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
             res = embed_to_file(structures, calc, out, ex, data_hash=data_hash,
                                 embeddings=not no_embeddings, strict=strict, top_k=top_k)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: completed chunks are in {parts_folder(out)}; rerun the same "
-                   "command to resume", err=True)
+        click.echo(f"interrupted: {_kept(parts_folder(out))}; rerun the same command to "
+                   "resume", err=True)
         sys.exit(130)
     for line in res["failed"]:
         click.echo(f"failed: {line}", err=True)
@@ -723,9 +723,7 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
                 if marker is not None:
                     marker.write_text(json.dumps({"settings": settings,
                                                   "completed": completed}, indent=1))
-                kept = (f"completed chunks of {trajectory} are in {parts_folder(run_out)}"
-                        if parts_folder(run_out).is_dir() else
-                        f"no chunk of {trajectory} had completed")
+                kept = f"{trajectory}: {_kept(parts_folder(run_out))}"
                 click.echo(f"interrupted: {kept}; rerun the same command to resume"
                            + (f" (it skips the {len(completed)} input(s) already completed)"
                               if completed else ""), err=True)
@@ -736,6 +734,14 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
             completed.append(run_out)
     if marker is not None and marker.is_file():
         marker.unlink()
+
+
+def _kept(parts: Any) -> str:
+    """What an interrupted chunked command kept in its ``<out>.parts`` folder, in words."""
+    n = len(list(Path(parts).glob("chunk_*.npz"))) if Path(parts).is_dir() else 0
+    if not n:
+        return "no chunk had completed (nothing kept)"
+    return f"{n} completed chunk(s) kept in {parts}"
 
 
 RESUME_MARKER = ".interrupted_monitor.json"  # in OUT of an interrupted several-input monitor
