@@ -364,3 +364,37 @@ def test_max_force_error_out_of_range_is_refused_naming_the_flag(tmp_path):
     assert ok.exit_code == 0, ok.output
     summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
     assert summary["monitoring"]["monitors"][0]["max_force_error"] == 0.3
+
+
+def test_wrong_kind_of_file_for_uncertainty_model_or_anchors_is_named(tmp_path, bank):
+    """An HDF5 file (embed's output), a text file or an anchor set given as a force-error
+    model, or an HDF5 file given to `anchors show`: one error naming the file and what it
+    is (was a ValueError traceback, 'This file contains pickled (object) data')."""
+    import h5py
+
+    from platoscope.errors import CorruptFileError
+
+    h5 = tmp_path / "coords.h5"
+    with h5py.File(h5, "w") as f:
+        f["x"] = np.zeros(3)
+    text = tmp_path / "frames.extxyz"
+    text.write_text("1\n\nSi 0 0 0\n")
+    with pytest.raises(CorruptFileError, match=r"coords\.h5: not a readable force-error model "
+                       r"\(from platoscope calibrate\): the file is an HDF5 file"):
+        ForceErrorModel.load(h5, bank)
+    with pytest.raises(CorruptFileError, match=r"frames\.extxyz: .* not an \.npz \(zip\)"):
+        ForceErrorModel.load(text, bank)
+    other = tmp_path / "anchors.npz"
+    np.savez(other, format=np.array("platoscope.anchorset/1"))
+    with pytest.raises(InputError, match=r"anchors\.npz: not a platoscope force-error model "
+                       r"\(format 'platoscope\.anchorset/1', expected"):
+        ForceErrorModel.load(other, bank)
+    r = CliRunner()
+    res = r.invoke(main, ["anchors", "show", str(h5)])
+    assert res.exit_code == 1 and "coords.h5: not a readable anchor-set file: the file is an " \
+        "HDF5 file" in res.output, res.output
+    structure = str(Path(__file__).resolve().parents[1] / "examples" / "structures" / "Si.cif")
+    res = r.invoke(main, ["md", structure, "--steps", "1", "--monitor", "uncertainty",
+                          "--uncertainty-model", str(h5), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "coords.h5: not a readable force-error model" in res.output, \
+        (res.output, res.exception)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.analysis.neighbors import knn_distance
-from platoscope.errors import ConfigError, InputError, PlatoscopeError
+from platoscope.errors import ConfigError, CorruptFileError, InputError, PlatoscopeError
 
 FORMAT = "platoscope.uncertainty/3"
 OLD_FORMATS = ("platoscope.uncertainty/1", "platoscope.uncertainty/2")
@@ -403,7 +403,7 @@ class ForceErrorModel:
         fmt = str(state.get("format", ""))
         if fmt != FORMAT and fmt not in OLD_FORMATS:
             raise InputError(f"not a platoscope force-error model (format "
-                             f"{state.get('format')!r}, expected {FORMAT!r})")
+                             f"{fmt or 'missing'!r}, expected {FORMAT!r})")
         prov = json.loads(str(state["provenance"]))
         if prov.get("bank_data_hash") and prov["bank_data_hash"] != bank.data_hash:
             raise ConfigError(f"force-error model was fitted against reference bank "
@@ -443,8 +443,18 @@ class ForceErrorModel:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"force-error model file {path} does not exist")
-        with np.load(path, allow_pickle=False) as z:
-            return cls.from_state({k: z[k] for k in z.files}, bank)
+        from platoscope.npzfiles import require_zip
+
+        require_zip(path, "force-error model (from platoscope calibrate)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+        except Exception as err:
+            raise CorruptFileError(f"{path}: not a readable force-error model ({err})") from err
+        try:
+            return cls.from_state(state, bank)
+        except InputError as err:
+            raise type(err)(f"{path}: {err}") from err
 
     def check_backend(self, backend: Any) -> None:
         """Refuse a backend other than the one the model was fitted for (spec, weights,
