@@ -398,3 +398,18 @@ def test_wrong_kind_of_file_for_uncertainty_model_or_anchors_is_named(tmp_path, 
                           "--uncertainty-model", str(h5), "--out", str(tmp_path / "run")])
     assert res.exit_code == 1 and "coords.h5: not a readable force-error model" in res.output, \
         (res.output, res.exception)
+
+
+def test_calibrate_holdout_out_of_range_is_refused(tmp_path, bank, structures):
+    """--holdout outside (0, 1) is a usage error naming the option (1.5 was a numpy
+    ValueError traceback, 1 a misleading 'need DFT forces of at least 2 structures, got 0'
+    after every forward pass, 0 and negatives silently held out one structure); a fraction
+    that leaves fewer than 2 structures to fit on is refused before any forward pass."""
+    for value in ("0", "1", "1.5", "-0.2"):
+        res = CliRunner().invoke(main, ["calibrate", "x.extxyz", "--holdout", value,
+                                        "--out", str(tmp_path / "m.npz")])
+        assert res.exit_code == 2 and "Invalid value for '--holdout'" in res.output, res.output
+    with pytest.raises(InputError, match="holdout 0.9 of 8 structures leaves 1 to fit on"):
+        calibrate(None, bank, structures, dft_forces_key="dft_forces", holdout=0.9)
+    with pytest.raises(InputError, match=r"holdout must be a fraction in \(0, 1\), got 1.5"):
+        calibrate(None, bank, structures, dft_forces_key="dft_forces", holdout=1.5)

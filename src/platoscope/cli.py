@@ -380,6 +380,7 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
 @click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
               help="Reference bank (default: the model's default bank)")
 @click.option("--holdout", default=0.2, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Fraction of structures held out to check coverage before the final fit")
 @click.option("--form", type=click.Choice(["additive", "mult"]), default="additive",
               show_default=True,

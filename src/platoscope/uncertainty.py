@@ -523,6 +523,13 @@ def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str 
     if len(structures) < 2 * MIN_STRUCTURES:
         raise InputError(f"need at least {2 * MIN_STRUCTURES} DFT-labelled structures to "
                          f"calibrate and check on held-out ones, got {len(structures)}")
+    if not 0 < holdout < 1:
+        raise InputError(f"holdout must be a fraction in (0, 1), got {holdout}")
+    n_held = max(1, round(holdout * len(structures)))
+    if len(structures) - n_held < MIN_STRUCTURES:
+        raise InputError(f"holdout {holdout} of {len(structures)} structures leaves "
+                         f"{len(structures) - n_held} to fit on (at least {MIN_STRUCTURES}): "
+                         "hold out a smaller fraction")
     kwargs = {**DEFAULT_FORM, **kwargs}
     radius = float(kwargs.get("radius", CONTEXT_RADIUS))
     from platoscope.readers import frame_error, frame_name
@@ -555,7 +562,6 @@ def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str 
         S.append(np.full(len(atoms), i))
     X, F, G, Z, S, L = (np.concatenate(v) for v in (X, F, G, Z, S, L))
     rng = np.random.default_rng(seed)
-    n_held = max(1, round(holdout * len(structures)))
     held_ids = rng.choice(len(structures), n_held, replace=False)
     held = np.isin(S, held_ids)
     prov = backend_provenance(backend)
