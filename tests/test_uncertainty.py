@@ -413,3 +413,26 @@ def test_calibrate_holdout_out_of_range_is_refused(tmp_path, bank, structures):
         calibrate(None, bank, structures, dft_forces_key="dft_forces", holdout=0.9)
     with pytest.raises(InputError, match=r"holdout must be a fraction in \(0, 1\), got 1.5"):
         calibrate(None, bank, structures, dft_forces_key="dft_forces", holdout=1.5)
+
+
+def test_save_reports_the_path_written_and_out_folders_are_refused(tmp_path, fitted, bank):
+    """ForceErrorModel.save returns the file it wrote (numpy appended '.npz' to a name
+    without it, and calibrate printed 'wrote m; use --uncertainty-model m', a file that did
+    not exist); an --out that is a folder is refused before any work by every one-file
+    command (embed failed with IsADirectoryError after all its forward passes)."""
+    est, _ = fitted
+    written = est.save(tmp_path / "m")
+    assert written == tmp_path / "m.npz" and written.is_file() and not (tmp_path / "m").exists()
+    ForceErrorModel.load(written, bank)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "folder2.npz").mkdir()
+    structure = str(Path(__file__).resolve().parents[1] / "examples" / "structures" / "Si.cif")
+    r = CliRunner()
+    for args in (["embed", structure, "--out", str(folder)],
+                 ["reference", "build", structure, "--out", str(folder)],
+                 ["calibrate", structure, "--out", str(tmp_path / "folder2")]):
+        res = r.invoke(main, args)
+        assert res.exit_code == 1 and "is a folder; this command writes one file" in res.output, \
+            (args, res.output, res.exception)
+    assert list(folder.iterdir()) == [] and not (tmp_path / "folder.parts").exists()

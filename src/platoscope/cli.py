@@ -52,6 +52,14 @@ def _read(paths: tuple[str, ...], limit: int | None = None) -> tuple[list, str]:
     return structures, structures_hash(structures)
 
 
+def _file_out(out: str, example: str) -> None:
+    """Refuse, before any work, an --out that is an existing folder (these commands write one
+    file; the write at the end failed with IsADirectoryError after everything had run)."""
+    if Path(out).is_dir():
+        raise click.ClickException(f"--out {out} is a folder; this command writes one file: "
+                                   f"give a file name, e.g. {Path(out) / example}")
+
+
 def _anchors(value: str | None):
     from platoscope.assembly import load_anchors
 
@@ -274,6 +282,7 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
     from platoscope.distributed import ChunkStore, parts_folder
     from platoscope.reference import ReferenceBank
 
+    _file_out(out, "bank.npz")
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
     store = ChunkStore(parts_folder(out), {
@@ -306,6 +315,7 @@ def reference_extend(bank_path, files, model, layer, device, index, out):
     from platoscope.readers import read_structures
     from platoscope.reference import ReferenceBank
 
+    _file_out(out, "bank.npz")
     bank = ReferenceBank.load(bank_path)
     backend = load_backend(model, layer=layer, device=device)
     structures = [a for f in files for a in read_structures(f, index=index)]
@@ -345,6 +355,7 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
     from platoscope.calculator import PlatonicCalculator
     from platoscope.distributed import embed_to_file, parts_folder
 
+    _file_out(out, "coords.h5")
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
     anchors_set = _anchors(anchors_path)
@@ -399,6 +410,7 @@ def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdou
     from platoscope.uncertainty import calibrate as fit_calibration
     from platoscope.uncertainty import dft_forces_of
 
+    _file_out(out if out.endswith(".npz") else out + ".npz", "model.npz")
     structures, _ = _read(data)
     names = [frame_name(a, i) for i, a in enumerate(structures)]
     try:  # every frame's DFT forces, named, before the model loads
@@ -419,7 +431,7 @@ def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdou
                                    holdout=holdout, names=names, **shape)
     except InputError as exc:
         raise click.ClickException(str(exc)) from exc
-    est.save(out)
+    out = est.save(out)  # the path written (.npz appended when missing)
     click.echo(f"held-out check: {rep['held_out_structures']} structures, "
                f"{rep['held_out_atoms']} atoms: |dF| <= sigma for "
                f"{100 * rep['held_out_coverage_1sigma']:.1f} % (target "

@@ -434,8 +434,16 @@ class ForceErrorModel:
         return m
 
     def save(self, path: str | Path) -> Path:
+        """Write the model to ``path`` (``.npz`` appended when it has another suffix, as
+        numpy would) atomically; returns the path written."""
+        from platoscope.npzfiles import savez_atomic
+
         path = Path(path)
-        np.savez(path, **self.get_state())
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz")
+        if path.is_dir():
+            raise InputError(f"--out {path} is a folder: give a file name, e.g. {path}/model.npz")
+        savez_atomic(path, **self.get_state())
         return path
 
     @classmethod
