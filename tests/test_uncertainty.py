@@ -343,6 +343,10 @@ def test_monitor_cli_uncertainty_on_frames_without_forces_says_so(tmp_path, stru
     summary = json.loads((tmp_path / "m" / "summary.json").read_text())
     errors = summary["monitoring"]["monitor_errors"]
     assert [e["step"] for e in errors] == [0, 1]
+    # where sigma's |F| comes from is said (console) and recorded (summary.json)
+    assert "note: sigma uses the forces stored in" in res.output
+    assert summary["config"]["forces"] == ("as stored in the source (0 of 2 frames hold "
+                                           "forces), not recomputed by the model")
     assert all("holds no forces" in e["error"] for e in errors)
 
 

@@ -724,6 +724,10 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
             if not frames:
                 raise click.ClickException(f"no readable frame in {trajectory}")
             run = _build(dataclasses.replace(config, out=run_out), frames[0])
+            if any(m.name == "uncertainty" for m in run.monitors):
+                click.echo(f"note: sigma uses the forces stored in {trajectory} as the running "
+                           "model's |F| (not recomputed): meaningful for frames written with "
+                           f"{run.backend.spec}'s forces, not DFT or another model's", err=True)
             if ex is None:  # one cluster for every input
                 ex = stack.enter_context(_executor(run.backend, config.device, workers,
                                                    scheduler, batch_size))
