@@ -22,7 +22,12 @@ import numpy as np
 from ase import Atoms
 
 from platoscope.anchors import AnchorSet
-from platoscope.errors import AnchorSetMismatchError, CorruptFileError, InputError
+from platoscope.errors import (
+    AnchorSetMismatchError,
+    CorruptFileError,
+    InputError,
+    ModelMismatchError,
+)
 from platoscope.npzfiles import load_npz, savez_atomic
 from platoscope.projection import Projector
 
@@ -244,7 +249,7 @@ class ReferenceBank:
                 self.provenance.get("layer"))
         got = (backend.spec, backend.weights_sha256(), backend.layer)
         if want != got:
-            raise AnchorSetMismatchError(
+            raise ModelMismatchError(
                 f"reference bank was built by {want[0]} (layer {want[2]}, weights "
                 f"{str(want[1])[:12]}), not by {got[0]} (layer {got[2]}, weights "
                 f"{str(got[1])[:12]})")
