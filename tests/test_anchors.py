@@ -229,6 +229,13 @@ def test_anchors_extend_and_show_list_cli(tmp_path):
     r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "b.npz"), "--list",
                                   "--element", "Xx"])
     assert r.exit_code != 0 and "no anchor of element" in r.output
+    # --out onto the set being extended (with or without .npz) is refused, the file kept
+    before = (tmp_path / "a.npz").read_bytes()
+    for out in ("a.npz", "a"):
+        r = CliRunner().invoke(main, ["anchors", "extend", str(base),
+                                      str(tmp_path / "traj.extxyz"), "--out", str(tmp_path / out)])
+        assert r.exit_code == 1 and "is the anchor set being extended" in r.output, r.output
+    assert (tmp_path / "a.npz").read_bytes() == before
 
 
 @pytest.mark.backend("chgnet")

@@ -188,6 +188,12 @@ def anchors_extend(anchors_path, files, max_per_element, index, symprec, out):
     made with the old and the new set refuse to mix."""
     from platoscope.readers import read_structures
 
+    target = Path(out if out.endswith(".npz") else out + ".npz")
+    if Path(anchors_path).is_file() and target.exists() and \
+            target.resolve() == Path(anchors_path).resolve():
+        raise click.ClickException(f"--out {target} is the anchor set being extended: the "
+                                   "files made with it (banks, coordinates) would lose their set; "
+                                   "write the extended set to another file")
     base = _anchors(anchors_path)
     structures = []
     for f in files:
