@@ -262,7 +262,7 @@ def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path
     # and frame (was "structure 0", its place in the selection)
     from ase.io import write
 
-    from platoscope.errors import UnsupportedElementError
+    from platoscope.errors import InputError, UnsupportedElementError
     from platoscope.readers import read_structures
 
     frames = [bulk("Si", "diamond", a=5.43) for _ in range(4)]
@@ -271,6 +271,18 @@ def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path
     with pytest.raises(UnsupportedElementError, match=r"^frame 3 of .*am\.extxyz: model "
                        r"'chgnet:0\.3\.0' has no parameters for element\(s\) Am"):
         bank.extend(chgnet_backend, read_structures(tmp_path / "am.extxyz", index="1:"))
+
+    # an element the anchor set lacks, on an element-projection bank: refused, named (the
+    # bank was written with atoms that had no coordinates, failing on first use)
+    by_element = ReferenceBank.build(chgnet_backend, [bulk("NaCl", "rocksalt", a=5.64)],
+                                     anchors, projection="element")
+    write(tmp_path / "gaas.extxyz", [bulk("Si", "diamond", a=5.43),
+                                     bulk("GaAs", "zincblende", a=5.65)])
+    with pytest.raises(InputError, match=r"^frame 1 of .*gaas\.extxyz: the bank's anchor set "
+                       r"has no anchor of element\(s\) Ga, As"):
+        by_element.extend(chgnet_backend, read_structures(tmp_path / "gaas.extxyz"))
+    assert len(by_element.extend(chgnet_backend, [bulk("Cu", "fcc", a=3.6)])) == \
+        len(by_element) + 1
 
 
 @pytest.mark.backend("chgnet")

@@ -147,10 +147,25 @@ class ReferenceBank:
         from platoscope.errors import PlatoscopeError
         from platoscope.readers import frame_error
 
+        placeable = None  # the element projection places only elements with anchors
+        if self.projector.by_element and getattr(self.projector, "anchor_numbers_", None) \
+                is not None:
+            placeable = set(np.asarray(self.projector.anchor_numbers_)[
+                np.asarray(self.projector.valid_)].tolist())
         for i, atoms in enumerate(structures):  # named by file and frame, before any pass
             try:
                 require_elements(atoms, model=getattr(backend, "spec", "model"),
                                  supported=getattr(backend, "supported_numbers", None))
+                missing = sorted(set(atoms.numbers.tolist()) - placeable) if placeable else []
+                if missing:
+                    from ase.data import chemical_symbols
+
+                    raise InputError(
+                        f"the bank's anchor set has no anchor of element(s) "
+                        f"{', '.join(chemical_symbols[z] for z in missing)}: its element "
+                        "projection cannot place these atoms (the bank would hold atoms "
+                        "without coordinates). Build the bank on anchors that hold them: "
+                        "platoscope anchors extend, then reference build --anchors NEW")
             except PlatoscopeError as err:
                 raise frame_error(err, atoms, i) from err
         feats = backend.embed(structures, batch_size=batch_size, progress=progress)
