@@ -229,6 +229,13 @@ def test_anchors_extend_and_show_list_cli(tmp_path):
     r = CliRunner().invoke(main, ["anchors", "show", str(tmp_path / "b.npz"), "--list",
                                   "--element", "Xx"])
     assert r.exit_code != 0 and "no anchor of element" in r.output
+    # --out onto the set being extended (with or without .npz) is refused, the file kept
+    before = (tmp_path / "a.npz").read_bytes()
+    for out in ("a.npz", "a"):
+        r = CliRunner().invoke(main, ["anchors", "extend", str(base),
+                                      str(tmp_path / "traj.extxyz"), "--out", str(tmp_path / out)])
+        assert r.exit_code == 1 and "is the anchor set being extended" in r.output, r.output
+    assert (tmp_path / "a.npz").read_bytes() == before
 
 
 @pytest.mark.backend("chgnet")
@@ -250,6 +257,32 @@ def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path
     assert big.provenance["extensions"][0]["source"] == "cu.extxyz"
     loaded = ReferenceBank.load(big.save(tmp_path / "big.npz"))
     assert len(loaded) == len(big)
+
+    # an element the model lacks, in frame 3 of a file read with an index: named by its file
+    # and frame (was "structure 0", its place in the selection)
+    from ase.io import write
+
+    from platoscope.errors import InputError, UnsupportedElementError
+    from platoscope.readers import read_structures
+
+    frames = [bulk("Si", "diamond", a=5.43) for _ in range(4)]
+    frames[3].numbers[0] = 95  # Am: CHGNet has no parameters for it
+    write(tmp_path / "am.extxyz", frames)
+    with pytest.raises(UnsupportedElementError, match=r"^frame 3 of .*am\.extxyz: model "
+                       r"'chgnet:0\.3\.0' has no parameters for element\(s\) Am"):
+        bank.extend(chgnet_backend, read_structures(tmp_path / "am.extxyz", index="1:"))
+
+    # an element the anchor set lacks, on an element-projection bank: refused, named (the
+    # bank was written with atoms that had no coordinates, failing on first use)
+    by_element = ReferenceBank.build(chgnet_backend, [bulk("NaCl", "rocksalt", a=5.64)],
+                                     anchors, projection="element")
+    write(tmp_path / "gaas.extxyz", [bulk("Si", "diamond", a=5.43),
+                                     bulk("GaAs", "zincblende", a=5.65)])
+    with pytest.raises(InputError, match=r"^frame 1 of .*gaas\.extxyz: the bank's anchor set "
+                       r"has no anchor of element\(s\) Ga, As"):
+        by_element.extend(chgnet_backend, read_structures(tmp_path / "gaas.extxyz"))
+    assert len(by_element.extend(chgnet_backend, [bulk("Cu", "fcc", a=3.6)])) == \
+        len(by_element) + 1
 
 
 @pytest.mark.backend("chgnet")

@@ -124,3 +124,24 @@ def test_a_frame_that_cannot_be_projected_is_named(small_setup, tmp_path):
                                   "--out", str(tmp_path / "e.h5")])
     assert r.exit_code != 0 and f"InputError: {want}" in r.output, r.output
     assert not (tmp_path / "e.h5").exists()
+
+
+@pytest.mark.backend("chgnet")
+def test_unusable_device_is_refused_without_traceback(tmp_path):
+    """--device cuda where torch cannot use CUDA (a CPU-only build or no GPU), or a string
+    that is no torch device, ends with a one-line error naming the device, for embed and
+    md, before any output is written."""
+    import torch
+
+    structure = Path(__file__).resolve().parents[1] / "examples" / "structures" / "Si.cif"
+    bad = ["foo"] + ([] if torch.cuda.is_available() else ["cuda"])
+    bad.append(f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}")
+    r = CliRunner()
+    for device in bad:
+        for args in (["embed", str(structure), "--out", str(tmp_path / "e.h5")],
+                     ["md", str(structure), "--steps", "1", "--out", str(tmp_path / "md")]):
+            res = r.invoke(main, [*args, "--device", device])
+            assert res.exit_code == 1, (device, res.output, res.exception)
+            assert f"device '{device}'" in res.output and "Traceback" not in res.output
+            assert not isinstance(res.exception, AssertionError), res.exception
+        assert not (tmp_path / "e.h5").exists() and not (tmp_path / "md").exists()

@@ -477,3 +477,81 @@ def test_model_in_caller_thread_while_prefetching(backend, structures, serial_fe
     assert len(side) == 4
     for f in side:
         np.testing.assert_allclose(f, alone, rtol=FEAT_RTOL, atol=FEAT_ATOL)
+
+
+def test_bad_cluster_options_are_one_line_errors(tmp_path):
+    """--scheduler at an address that is no Dask scheduler, --workers 0, and both options at
+    once end with an error naming the option (no traceback, no output file)."""
+    structure = os.path.join(os.path.dirname(__file__), "..", "examples", "structures", "Si.cif")
+    r = CliRunner()
+    for extra, words in ((["--scheduler", "garbage"], "--scheduler 'garbage': no Dask scheduler"),
+                         (["--workers", "0"], "--workers must be >= 1, not 0"),
+                         (["--workers", "2", "--scheduler", "tcp://x:1"], "not both")):
+        out = tmp_path / "e.h5"
+        res = r.invoke(main, ["embed", structure, "--out", str(out), *extra])
+        assert res.exit_code == 1, (extra, res.output, res.exception)
+        assert words in res.output, res.output
+        assert not out.exists()
+
+
+def test_monitor_cli_several_inputs_resumes_after_ctrl_c(tmp_path, monkeypatch):
+    """Ctrl-C during the second of two inputs: 'rerun the same command to resume' works (was
+    refused: the first input's completed folder is not empty); the rerun skips the completed
+    input, resumes the second from its chunks and ends with both folders complete."""
+    import json
+
+    from platoscope import runner as runner_module
+
+    t1 = _traj(tmp_path / "a.extxyz", n=3)
+    t2 = _traj(tmp_path / "b.extxyz", n=6)
+    original = runner_module.monitor_frames
+    calls: list[str] = []
+
+    def interrupt_b_after_one_chunk(frames, *args, **kwargs):
+        calls.append(kwargs["source"])
+        if kwargs["source"].endswith("b.extxyz") and calls.count(kwargs["source"]) == 1:
+            def ctrl_c(_):
+                raise KeyboardInterrupt  # as the terminal delivers it, after chunk 1
+            kwargs["on_chunk"] = ctrl_c
+        return original(frames, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "monitor_frames", interrupt_b_after_one_chunk)
+    cmd = ["monitor", str(t1), str(t2), "--batch-size", "2", "--no-report",
+           "--out", str(tmp_path / "mon")]
+    r = CliRunner()
+    first = r.invoke(main, cmd)
+    assert first.exit_code == 130, first.output
+    assert "rerun the same command to resume (it skips the 1 input(s) already completed)" \
+        in first.output
+    assert json.loads((tmp_path / "mon" / "a" / "summary.json").read_text())["status"] == \
+        "completed"
+    second = r.invoke(main, cmd)
+    assert second.exit_code == 0, second.output
+    assert "skipped" in second.output and "completed in" in second.output
+    assert calls.count(str(t1)) == 1 and calls.count(str(t2)) == 2
+    for name, n in (("a", 3), ("b", 6)):
+        summary = json.loads((tmp_path / "mon" / name / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["frames_written"] == n
+    assert json.loads((tmp_path / "mon" / "b" / "summary.json").read_text())[
+        "resumed_chunks"] >= 1
+    assert not (tmp_path / "mon" / ".interrupted_monitor.json").exists()
+    # a different command (here another --batch-size) does not skip: the folder is refused
+    third = r.invoke(main, [*cmd[:-2], "--batch-size", "3", "--out", str(tmp_path / "mon")])
+    assert third.exit_code == 1 and "is not empty" in third.output
+
+
+def test_embed_ctrl_c_before_any_chunk_says_nothing_was_kept(tmp_path, monkeypatch):
+    """Ctrl-C before the first chunk completes: the message does not name a .parts folder of
+    completed chunks that does not exist."""
+    import platoscope.distributed as dist
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dist, "embed_to_file", interrupted)
+    t = _traj(tmp_path / "a.extxyz", n=2)
+    res = CliRunner().invoke(main, ["embed", str(t), "--out", str(tmp_path / "e.h5")])
+    assert res.exit_code == 130, res.output
+    assert "interrupted: no chunk had completed (nothing kept); rerun the same command" \
+        in res.output, res.output
+    assert not parts_folder(tmp_path / "e.h5").exists()

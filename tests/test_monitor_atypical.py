@@ -9,7 +9,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from platoscope.coords import dense_rows
-from platoscope.errors import AnchorSetMismatchError
+from platoscope.errors import ModelMismatchError
 from platoscope.monitors import Frame, build_monitors
 from platoscope.monitors.atypical import AtypicalMonitor
 from platoscope.reference import ReferenceBank, reference_structures
@@ -124,7 +124,8 @@ def test_raw_space_refuses_another_model(setup, sevenn_backend, small_anchors):
     calc_b = PlatonicCalculator(sevenn_backend, small_anchors)
     f = frame(calc_b, si())
     mon = AtypicalMonitor(bank)
-    with pytest.raises(AnchorSetMismatchError, match="built by chgnet:0.3.0.*not by sevenn"):
+    # ModelMismatchError (an AnchorSetMismatchError): the anchors agree, the model does not
+    with pytest.raises(ModelMismatchError, match="built by chgnet:0.3.0.*not by sevenn"):
         mon.start(f)
     with pytest.raises(ValueError, match=r"D=128.*D=64"):
         mon.score(f)

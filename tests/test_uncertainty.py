@@ -293,3 +293,150 @@ def test_calibrate_cli_and_monitor_in_md(tmp_path, structures):
     report = (tmp_path / "cu" / "report.txt").read_text()
     assert "sigma NOT calibrated on DFT data of Cu (error floor scaled from a model-committee" \
         in report, report
+
+
+def test_calibrate_cli_names_file_and_frame_before_any_forward_pass(tmp_path, structures):
+    """Forces under a custom key, over two files: a frame without the key, and one with an
+    element the model lacks, are named by their own file and frame index (not a position in
+    the concatenated input), before the model runs."""
+    frames = []
+    for a in structures:
+        b = a.copy()
+        b.info = {}
+        b.arrays["REF_f"] = b.arrays.pop("dft_forces")
+        frames.append(b)
+    write(tmp_path / "a.extxyz", frames[:4])
+    second = [f.copy() for f in frames[4:]]
+    del second[2].arrays["REF_f"]
+    write(tmp_path / "b.extxyz", second)
+    r = CliRunner()
+    res = r.invoke(main, ["calibrate", str(tmp_path / "a.extxyz"), str(tmp_path / "b.extxyz"),
+                          "--dft-forces-key", "REF_f", "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code != 0
+    assert "frame 2 of " in res.output and "b.extxyz: no per-atom array 'REF_f'" in res.output
+    am = [f.copy() for f in frames[4:]]
+    am[1].numbers[0] = 95  # Am: CHGNet has no parameters for it
+    write(tmp_path / "am.extxyz", am)
+    res = r.invoke(main, ["calibrate", str(tmp_path / "a.extxyz"), str(tmp_path / "am.extxyz"),
+                          "--dft-forces-key", "REF_f", "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code != 0
+    assert "frame 1 of " in res.output and "am.extxyz: model 'chgnet:0.3.0' has no " \
+        "parameters for element(s) Am (Z=95)" in res.output, res.output
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_monitor_cli_uncertainty_on_frames_without_forces_says_so(tmp_path, structures):
+    """`platoscope monitor --monitor uncertainty` over frames that hold no forces: every frame
+    fails the monitor, and the end line says so and why, not just '0 events'."""
+    frames = [a.copy() for a in structures[4:6]]
+    for f in frames:
+        del f.arrays["dft_forces"]
+        f.info = {}
+    write(tmp_path / "noforces.extxyz", frames)
+    res = CliRunner().invoke(main, ["monitor", str(tmp_path / "noforces.extxyz"), "--monitor",
+                                    "uncertainty", "--no-report", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    end = res.output[res.output.rindex("status: "):]  # the end line (after a progress bar)
+    assert end.startswith("status: completed; 0 events; 2 monitor error(s) (uncertainty: "
+                          "frames not checked"), end
+    assert "the frame holds no forces" in end
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    errors = summary["monitoring"]["monitor_errors"]
+    assert [e["step"] for e in errors] == [0, 1]
+    # where sigma's |F| comes from is said (console) and recorded (summary.json)
+    assert "note: sigma uses the forces stored in" in res.output
+    assert summary["config"]["forces"] == ("as stored in the source (0 of 2 frames hold "
+                                           "forces), not recomputed by the model")
+    assert all("holds no forces" in e["error"] for e in errors)
+
+
+def test_max_force_error_out_of_range_is_refused_naming_the_flag(tmp_path):
+    """--max-force-error <= 0 or nan is a usage error naming the flag, raised by the option
+    itself (before the model, bank or calibration load), for md and monitor alike."""
+    structure = str(Path(__file__).resolve().parents[1] / "examples" / "structures" / "Si.cif")
+    r = CliRunner()
+    for cmd in (["md", structure, "--steps", "1"], ["monitor", structure]):
+        for value in ("-1", "0", "nan"):
+            out = tmp_path / "run"
+            res = r.invoke(main, [*cmd, "--monitor", "uncertainty", f"--max-force-error={value}",
+                                  "--out", str(out)])
+            assert res.exit_code == 2, (cmd, value, res.output)  # click's usage error
+            assert "'--max-force-error': must be > 0 eV/Å, got" in res.output, res.output
+            assert not out.exists()
+    ok = r.invoke(main, ["md", structure, "--steps", "1", "--monitor", "uncertainty",
+                         "--max-force-error", "0.3", "--no-report", "--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["monitoring"]["monitors"][0]["max_force_error"] == 0.3
+
+
+def test_wrong_kind_of_file_for_uncertainty_model_or_anchors_is_named(tmp_path, bank):
+    """An HDF5 file (embed's output), a text file or an anchor set given as a force-error
+    model, or an HDF5 file given to `anchors show`: one error naming the file and what it
+    is (was a ValueError traceback, 'This file contains pickled (object) data')."""
+    import h5py
+
+    from platoscope.errors import CorruptFileError
+
+    h5 = tmp_path / "coords.h5"
+    with h5py.File(h5, "w") as f:
+        f["x"] = np.zeros(3)
+    text = tmp_path / "frames.extxyz"
+    text.write_text("1\n\nSi 0 0 0\n")
+    with pytest.raises(CorruptFileError, match=r"coords\.h5: not a readable force-error model "
+                       r"\(from platoscope calibrate\): the file is an HDF5 file"):
+        ForceErrorModel.load(h5, bank)
+    with pytest.raises(CorruptFileError, match=r"frames\.extxyz: .* not an \.npz \(zip\)"):
+        ForceErrorModel.load(text, bank)
+    other = tmp_path / "anchors.npz"
+    np.savez(other, format=np.array("platoscope.anchorset/1"))
+    with pytest.raises(InputError, match=r"anchors\.npz: not a platoscope force-error model "
+                       r"\(format 'platoscope\.anchorset/1', expected"):
+        ForceErrorModel.load(other, bank)
+    r = CliRunner()
+    res = r.invoke(main, ["anchors", "show", str(h5)])
+    assert res.exit_code == 1 and "coords.h5: not a readable anchor-set file: the file is an " \
+        "HDF5 file" in res.output, res.output
+    structure = str(Path(__file__).resolve().parents[1] / "examples" / "structures" / "Si.cif")
+    res = r.invoke(main, ["md", structure, "--steps", "1", "--monitor", "uncertainty",
+                          "--uncertainty-model", str(h5), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "coords.h5: not a readable force-error model" in res.output, \
+        (res.output, res.exception)
+
+
+def test_calibrate_holdout_out_of_range_is_refused(tmp_path, bank, structures):
+    """--holdout outside (0, 1) is a usage error naming the option (1.5 was a numpy
+    ValueError traceback, 1 a misleading 'need DFT forces of at least 2 structures, got 0'
+    after every forward pass, 0 and negatives silently held out one structure); a fraction
+    that leaves fewer than 2 structures to fit on is refused before any forward pass."""
+    for value in ("0", "1", "1.5", "-0.2"):
+        res = CliRunner().invoke(main, ["calibrate", "x.extxyz", "--holdout", value,
+                                        "--out", str(tmp_path / "m.npz")])
+        assert res.exit_code == 2 and "Invalid value for '--holdout'" in res.output, res.output
+    with pytest.raises(InputError, match="holdout 0.9 of 8 structures leaves 1 to fit on"):
+        calibrate(None, bank, structures, dft_forces_key="dft_forces", holdout=0.9)
+    with pytest.raises(InputError, match=r"holdout must be a fraction in \(0, 1\), got 1.5"):
+        calibrate(None, bank, structures, dft_forces_key="dft_forces", holdout=1.5)
+
+
+def test_save_reports_the_path_written_and_out_folders_are_refused(tmp_path, fitted, bank):
+    """ForceErrorModel.save returns the file it wrote (numpy appended '.npz' to a name
+    without it, and calibrate printed 'wrote m; use --uncertainty-model m', a file that did
+    not exist); an --out that is a folder is refused before any work by every one-file
+    command (embed failed with IsADirectoryError after all its forward passes)."""
+    est, _ = fitted
+    written = est.save(tmp_path / "m")
+    assert written == tmp_path / "m.npz" and written.is_file() and not (tmp_path / "m").exists()
+    ForceErrorModel.load(written, bank)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "folder2.npz").mkdir()
+    structure = str(Path(__file__).resolve().parents[1] / "examples" / "structures" / "Si.cif")
+    r = CliRunner()
+    for args in (["embed", structure, "--out", str(folder)],
+                 ["reference", "build", structure, "--out", str(folder)],
+                 ["calibrate", structure, "--out", str(tmp_path / "folder2")]):
+        res = r.invoke(main, args)
+        assert res.exit_code == 1 and "is a folder; this command writes one file" in res.output, \
+            (args, res.output, res.exception)
+    assert list(folder.iterdir()) == [] and not (tmp_path / "folder.parts").exists()

@@ -52,6 +52,14 @@ def _read(paths: tuple[str, ...], limit: int | None = None) -> tuple[list, str]:
     return structures, structures_hash(structures)
 
 
+def _file_out(out: str, example: str) -> None:
+    """Refuse, before any work, an --out that is an existing folder (these commands write one
+    file; the write at the end failed with IsADirectoryError after everything had run)."""
+    if Path(out).is_dir():
+        raise click.ClickException(f"--out {out} is a folder; this command writes one file: "
+                                   f"give a file name, e.g. {Path(out) / example}")
+
+
 def _anchors(value: str | None):
     from platoscope.assembly import load_anchors
 
@@ -180,6 +188,12 @@ def anchors_extend(anchors_path, files, max_per_element, index, symprec, out):
     made with the old and the new set refuse to mix."""
     from platoscope.readers import read_structures
 
+    target = Path(out if out.endswith(".npz") else out + ".npz")
+    if Path(anchors_path).is_file() and target.exists() and \
+            target.resolve() == Path(anchors_path).resolve():
+        raise click.ClickException(f"--out {target} is the anchor set being extended: the "
+                                   "files made with it (banks, coordinates) would lose their set; "
+                                   "write the extended set to another file")
     base = _anchors(anchors_path)
     structures = []
     for f in files:
@@ -274,6 +288,7 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
     from platoscope.distributed import ChunkStore, parts_folder
     from platoscope.reference import ReferenceBank
 
+    _file_out(out, "bank.npz")
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
     store = ChunkStore(parts_folder(out), {
@@ -285,8 +300,8 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
                                        projection=projection, data_hash=data_hash,
                                        progress=True, executor=ex, store=store)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: completed chunks are in {store.folder}; rerun the same "
-                   "command to resume", err=True)
+        click.echo(f"interrupted: {_kept(store.folder)}; rerun the same command to resume",
+                   err=True)
         sys.exit(130)
     bank.save(out)
     store.remove()
@@ -306,6 +321,7 @@ def reference_extend(bank_path, files, model, layer, device, index, out):
     from platoscope.readers import read_structures
     from platoscope.reference import ReferenceBank
 
+    _file_out(out, "bank.npz")
     bank = ReferenceBank.load(bank_path)
     backend = load_backend(model, layer=layer, device=device)
     structures = [a for f in files for a in read_structures(f, index=index)]
@@ -345,6 +361,7 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
     from platoscope.calculator import PlatonicCalculator
     from platoscope.distributed import embed_to_file, parts_folder
 
+    _file_out(out, "coords.h5")
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
     anchors_set = _anchors(anchors_path)
@@ -361,8 +378,8 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
             res = embed_to_file(structures, calc, out, ex, data_hash=data_hash,
                                 embeddings=not no_embeddings, strict=strict, top_k=top_k)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: completed chunks are in {parts_folder(out)}; rerun the same "
-                   "command to resume", err=True)
+        click.echo(f"interrupted: {_kept(parts_folder(out))}; rerun the same command to "
+                   "resume", err=True)
         sys.exit(130)
     for line in res["failed"]:
         click.echo(f"failed: {line}", err=True)
@@ -380,6 +397,7 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
 @click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
               help="Reference bank (default: the model's default bank)")
 @click.option("--holdout", default=0.2, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Fraction of structures held out to check coverage before the final fit")
 @click.option("--form", type=click.Choice(["additive", "mult"]), default="additive",
               show_default=True,
@@ -393,11 +411,19 @@ def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdou
     from platoscope import AnchorSet
     from platoscope.backends import load_backend
     from platoscope.errors import InputError
+    from platoscope.readers import frame_name
     from platoscope.reference import ReferenceBank, default_bank
     from platoscope.uncertainty import calibrate as fit_calibration
+    from platoscope.uncertainty import dft_forces_of
 
+    _file_out(out if out.endswith(".npz") else out + ".npz", "model.npz")
     structures, _ = _read(data)
-    names = [f"{a.info.get('source', 'structure')} #{i}" for i, a in enumerate(structures)]
+    names = [frame_name(a, i) for i, a in enumerate(structures)]
+    try:  # every frame's DFT forces, named, before the model loads
+        for a, name in zip(structures, names, strict=True):
+            dft_forces_of(a, dft_forces_key, name)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from exc
     backend = load_backend(model, layer=layer, device=device)
     if reference_path:
         bank = ReferenceBank.load(reference_path)
@@ -411,7 +437,7 @@ def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdou
                                    holdout=holdout, names=names, **shape)
     except InputError as exc:
         raise click.ClickException(str(exc)) from exc
-    est.save(out)
+    out = est.save(out)  # the path written (.npz appended when missing)
     click.echo(f"held-out check: {rep['held_out_structures']} structures, "
                f"{rep['held_out_atoms']} atoms: |dF| <= sigma for "
                f"{100 * rep['held_out_coverage_1sigma']:.1f} % (target "
@@ -443,9 +469,17 @@ def _monitor_flags() -> list:
     """One ``--<monitor>-<option>`` flag per option a registered monitor declares."""
     from platoscope.monitors.registry import monitor_options
 
+    def checked(opt):
+        def callback(ctx, param, value):
+            why = None if opt.check is None or value is None else opt.check(value)
+            if why:
+                raise click.BadParameter(why)
+            return value
+        return callback
+
     return [click.option(opt.flag(name), *opt.aliases, opt.key(name), type=click.Choice(opt.choices)
                          if opt.choices else opt.type, default=opt.default, show_default=True,
-                         help=opt.help) for name, opt in monitor_options()]
+                         help=opt.help, callback=checked(opt)) for name, opt in monitor_options()]
 
 
 def _config(kw: dict[str, Any]):
@@ -574,8 +608,14 @@ def _end(result: dict, out: str, report: bool) -> None:
 
         paths = make_report(out)
         click.echo(f"report: {', '.join(str(p) for p in paths)}")
-    click.echo(f"status: {status_line(result)}; {result['monitoring']['n_events']} events; "
-               f"outputs in {out}")
+    errors = result["monitoring"].get("monitor_errors") or []
+    failed = ""
+    if errors:  # a monitor that failed did not check those frames: 0 events is not a pass
+        names = sorted({e["monitor"] for e in errors})
+        failed = (f"; {len(errors)} monitor error(s) ({', '.join(names)}: frames not checked; "
+                  f"first: {errors[0]['error']})")
+    click.echo(f"status: {status_line(result)}; {result['monitoring']['n_events']} events"
+               f"{failed}; outputs in {out}")
 
 
 @main.command()
@@ -657,14 +697,32 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
     frame that cannot be embedded (default: reported in summary.json, skipped).
     """
     import dataclasses
+    import os
 
     from platoscope.readers import read_frames
 
+    # the whole command line (inputs as absolute paths): "rerun the same command" is this
+    settings = json.dumps({**click.get_current_context().params, "trajectories": [
+        os.path.abspath(t) for t in trajectories]}, sort_keys=True, default=str)
     config = _config(kw)
     outs = _run_folders(trajectories, str(config.out))
+    # several inputs: an interrupted command leaves OUT/RESUME_MARKER naming the inputs it
+    # completed, and the same command run again skips those (their folders are not empty)
+    marker = Path(config.out) / RESUME_MARKER if len(trajectories) > 1 else None
+    done: list[str] = []
+    if marker is not None and marker.is_file() and not config.overwrite:
+        state = json.loads(marker.read_text())
+        if state.get("settings") == settings:
+            done = list(state.get("completed", []))
+    completed: list[str] = []
     ex = None
     with contextlib.ExitStack() as stack:
         for trajectory, run_out in zip(trajectories, outs, strict=True):
+            if run_out in done:
+                click.echo(f"skipped {trajectory}: completed in {run_out} before the "
+                           "interruption", err=True)
+                completed.append(run_out)
+                continue
             frames, skipped = read_frames(trajectory, index=index,
                                           on_error="raise" if config.strict else "skip")
             for line in skipped:
@@ -672,6 +730,10 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
             if not frames:
                 raise click.ClickException(f"no readable frame in {trajectory}")
             run = _build(dataclasses.replace(config, out=run_out), frames[0])
+            if any(m.name == "uncertainty" for m in run.monitors):
+                click.echo(f"note: sigma uses the forces stored in {trajectory} as the running "
+                           "model's |F| (not recomputed): meaningful for frames written with "
+                           f"{run.backend.spec}'s forces, not DFT or another model's", err=True)
             if ex is None:  # one cluster for every input
                 ex = stack.enter_context(_executor(run.backend, config.device, workers,
                                                    scheduler, batch_size))
@@ -679,12 +741,33 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
                 result = run.monitor(frames, batch_size=batch_size, source=str(trajectory),
                                      executor=ex, index=index, skipped_frames=skipped)
             except KeyboardInterrupt:
-                click.echo(f"interrupted: completed chunks of {trajectory} are in "
-                           f"{run_out}.parts; rerun the same command to resume", err=True)
+                from platoscope.distributed import parts_folder
+
+                if marker is not None:
+                    marker.write_text(json.dumps({"settings": settings,
+                                                  "completed": completed}, indent=1))
+                kept = f"{trajectory}: {_kept(parts_folder(run_out))}"
+                click.echo(f"interrupted: {kept}; rerun the same command to resume"
+                           + (f" (it skips the {len(completed)} input(s) already completed)"
+                              if completed else ""), err=True)
                 sys.exit(130)
             for line in result.get("failed_frames", []):
                 click.echo(f"failed: {line}", err=True)
             _end(result, run_out, report)
+            completed.append(run_out)
+    if marker is not None and marker.is_file():
+        marker.unlink()
+
+
+def _kept(parts: Any) -> str:
+    """What an interrupted chunked command kept in its ``<out>.parts`` folder, in words."""
+    n = len(list(Path(parts).glob("chunk_*.npz"))) if Path(parts).is_dir() else 0
+    if not n:
+        return "no chunk had completed (nothing kept)"
+    return f"{n} completed chunk(s) kept in {parts}"
+
+
+RESUME_MARKER = ".interrupted_monitor.json"  # in OUT of an interrupted several-input monitor
 
 
 def _run_folders(paths: tuple[str, ...], out: str) -> list[str]:

@@ -33,7 +33,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from platoscope.errors import AnchorSetMismatchError, CorruptFileError, InputError
+from platoscope.errors import (
+    AnchorSetMismatchError,
+    CorruptFileError,
+    DataMismatchError,
+    InputError,
+)
 
 FORMAT = "platoscope.coords/1"
 TOP_K = 192
@@ -455,7 +460,7 @@ def check_comparable(a: AtomCoordinates, b: AtomCoordinates) -> None:
             f"{na} and {nb} were projected on different anchor sets "
             f"({a.anchor_set_hash[:12]} vs {b.anchor_set_hash[:12]}): their axes differ")
     if a.data_hash != b.data_hash or len(a) != len(b) or not np.array_equal(a.numbers, b.numbers):
-        raise AnchorSetMismatchError(
+        raise DataMismatchError(
             f"{na} ({len(a)} atoms, data {a.data_hash[:12]}) and {nb} ({len(b)} atoms, data "
             f"{b.data_hash[:12]}) do not hold the same atoms in the same order")
     pa, pb = (c.provenance.get("projection_params") for c in (a, b))

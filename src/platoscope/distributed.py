@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from platoscope.errors import PlatoscopeError
+from platoscope.errors import ConfigError, PlatoscopeError
 
 INSTALL_HINT = "pip install 'platoscope[dask]'"
 PARTS_SUFFIX = ".parts"
@@ -587,8 +587,8 @@ def open_executor(model: ModelSpec, *, workers: int | None = None, scheduler: st
     ``LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True)``
     started and closed here, or on the existing cluster at ``scheduler``."""
     if workers is not None and scheduler is not None:
-        raise ValueError("give --workers (start a local cluster) or --scheduler (use an "
-                         "existing one), not both")
+        raise ConfigError("give --workers (start a local cluster) or --scheduler (use an "
+                          "existing one), not both")
     if workers is None and scheduler is None:
         yield Executor(model, backend=backend, chunk_size=chunk_size, window=window,
                        prefetch=prefetch)
@@ -596,7 +596,7 @@ def open_executor(model: ModelSpec, *, workers: int | None = None, scheduler: st
     distributed = require_distributed()
     if workers is not None:
         if workers < 1:
-            raise ValueError(f"--workers must be >= 1, not {workers}")
+            raise ConfigError(f"--workers must be >= 1, not {workers}")
         model = ModelSpec(model.spec, model.layer, model.device, threads_per_worker)
         with _worker_environment(), \
                 distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
@@ -605,7 +605,14 @@ def open_executor(model: ModelSpec, *, workers: int | None = None, scheduler: st
             yield Executor(model, backend=backend, client=client, chunk_size=chunk_size,
                            window=window, cluster="local")
         return
-    with distributed.Client(scheduler) as client:
+    try:
+        client = distributed.Client(scheduler)
+    except (OSError, ValueError, TypeError) as err:  # unreachable, timed out, malformed
+        raise ConfigError(f"--scheduler {scheduler!r}: no Dask scheduler reached there "
+                          f"({type(err).__name__}: {err}); pass the address the cluster "
+                          "prints (e.g. tcp://10.1.2.3:8786), or --workers N for a local "
+                          "cluster") from err
+    with client:
         yield Executor(model, backend=backend, client=client, chunk_size=chunk_size,
                        window=window, cluster="scheduler")
 

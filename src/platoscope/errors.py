@@ -31,6 +31,15 @@ class AnchorSetMismatchError(PlatoscopeError, ValueError):
     """Coordinates made with different anchor sets (or atom orders) cannot be compared."""
 
 
+class ModelMismatchError(AnchorSetMismatchError):
+    """A file (reference bank) made by another model, weight file or layer than the one given
+    (the command line shows this name, not "AnchorSetMismatchError", when the anchors agree)."""
+
+
+class DataMismatchError(AnchorSetMismatchError):
+    """Coordinate files that do not hold the same atoms in the same order."""
+
+
 class CorruptFileError(PlatoscopeError, ValueError):
     """A file platoscope wrote (or should read) is truncated, tampered with or not ours."""
 

@@ -22,7 +22,12 @@ import numpy as np
 from ase import Atoms
 
 from platoscope.anchors import AnchorSet
-from platoscope.errors import AnchorSetMismatchError, CorruptFileError, InputError
+from platoscope.errors import (
+    AnchorSetMismatchError,
+    CorruptFileError,
+    InputError,
+    ModelMismatchError,
+)
 from platoscope.npzfiles import load_npz, savez_atomic
 from platoscope.projection import Projector
 
@@ -138,6 +143,31 @@ class ReferenceBank:
         structures = list(structures)
         if not structures:
             raise InputError("no structures to extend the reference bank with")
+        from platoscope.backends.base import require_elements
+        from platoscope.errors import PlatoscopeError
+        from platoscope.readers import frame_error
+
+        placeable = None  # the element projection places only elements with anchors
+        if self.projector.by_element and getattr(self.projector, "anchor_numbers_", None) \
+                is not None:
+            placeable = set(np.asarray(self.projector.anchor_numbers_)[
+                np.asarray(self.projector.valid_)].tolist())
+        for i, atoms in enumerate(structures):  # named by file and frame, before any pass
+            try:
+                require_elements(atoms, model=getattr(backend, "spec", "model"),
+                                 supported=getattr(backend, "supported_numbers", None))
+                missing = sorted(set(atoms.numbers.tolist()) - placeable) if placeable else []
+                if missing:
+                    from ase.data import chemical_symbols
+
+                    raise InputError(
+                        f"the bank's anchor set has no anchor of element(s) "
+                        f"{', '.join(chemical_symbols[z] for z in missing)}: its element "
+                        "projection cannot place these atoms (the bank would hold atoms "
+                        "without coordinates). Build the bank on anchors that hold them: "
+                        "platoscope anchors extend, then reference build --anchors NEW")
+            except PlatoscopeError as err:
+                raise frame_error(err, atoms, i) from err
         feats = backend.embed(structures, batch_size=batch_size, progress=progress)
         start = int(self.structure_index.max()) + 1
         new_hash = structures_hash(structures)
@@ -234,7 +264,7 @@ class ReferenceBank:
                 self.provenance.get("layer"))
         got = (backend.spec, backend.weights_sha256(), backend.layer)
         if want != got:
-            raise AnchorSetMismatchError(
+            raise ModelMismatchError(
                 f"reference bank was built by {want[0]} (layer {want[2]}, weights "
                 f"{str(want[1])[:12]}), not by {got[0]} (layer {got[2]}, weights "
                 f"{str(got[1])[:12]})")

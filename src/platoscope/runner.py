@@ -502,8 +502,13 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     """
     from platoscope.distributed import ChunkStore, ModelSpec, open_executor, parts_folder
 
+    with_forces = sum(1 for a in frames if a.calc is not None
+                      and a.calc.results.get("forces") is not None)
     config = {"kind": "monitor", "source": source, "index": index, "n_frames": len(frames),
-              "batch_size": batch_size}
+              "batch_size": batch_size,
+              # monitors that use forces (uncertainty's |F|) see the file's, not the model's
+              "forces": f"as stored in the source ({with_forces} of {len(frames)} frames "
+                        "hold forces), not recomputed by the model"}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors),
                            embeddings=embeddings, projector=calc.projector,

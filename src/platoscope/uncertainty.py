@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.analysis.neighbors import knn_distance
-from platoscope.errors import ConfigError, InputError
+from platoscope.errors import ConfigError, CorruptFileError, InputError, PlatoscopeError
 
 FORMAT = "platoscope.uncertainty/3"
 OLD_FORMATS = ("platoscope.uncertainty/1", "platoscope.uncertainty/2")
@@ -403,7 +403,7 @@ class ForceErrorModel:
         fmt = str(state.get("format", ""))
         if fmt != FORMAT and fmt not in OLD_FORMATS:
             raise InputError(f"not a platoscope force-error model (format "
-                             f"{state.get('format')!r}, expected {FORMAT!r})")
+                             f"{fmt or 'missing'!r}, expected {FORMAT!r})")
         prov = json.loads(str(state["provenance"]))
         if prov.get("bank_data_hash") and prov["bank_data_hash"] != bank.data_hash:
             raise ConfigError(f"force-error model was fitted against reference bank "
@@ -434,8 +434,16 @@ class ForceErrorModel:
         return m
 
     def save(self, path: str | Path) -> Path:
+        """Write the model to ``path`` (``.npz`` appended when it has another suffix, as
+        numpy would) atomically; returns the path written."""
+        from platoscope.npzfiles import savez_atomic
+
         path = Path(path)
-        np.savez(path, **self.get_state())
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz")
+        if path.is_dir():
+            raise InputError(f"--out {path} is a folder: give a file name, e.g. {path}/model.npz")
+        savez_atomic(path, **self.get_state())
         return path
 
     @classmethod
@@ -443,8 +451,18 @@ class ForceErrorModel:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"force-error model file {path} does not exist")
-        with np.load(path, allow_pickle=False) as z:
-            return cls.from_state({k: z[k] for k in z.files}, bank)
+        from platoscope.npzfiles import require_zip
+
+        require_zip(path, "force-error model (from platoscope calibrate)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+        except Exception as err:
+            raise CorruptFileError(f"{path}: not a readable force-error model ({err})") from err
+        try:
+            return cls.from_state(state, bank)
+        except InputError as err:
+            raise type(err)(f"{path}: {err}") from err
 
     def check_backend(self, backend: Any) -> None:
         """Refuse a backend other than the one the model was fitted for (spec, weights,
@@ -513,15 +531,37 @@ def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str 
     if len(structures) < 2 * MIN_STRUCTURES:
         raise InputError(f"need at least {2 * MIN_STRUCTURES} DFT-labelled structures to "
                          f"calibrate and check on held-out ones, got {len(structures)}")
+    if not 0 < holdout < 1:
+        raise InputError(f"holdout must be a fraction in (0, 1), got {holdout}")
+    n_held = max(1, round(holdout * len(structures)))
+    if len(structures) - n_held < MIN_STRUCTURES:
+        raise InputError(f"holdout {holdout} of {len(structures)} structures leaves "
+                         f"{len(structures) - n_held} to fit on (at least {MIN_STRUCTURES}): "
+                         "hold out a smaller fraction")
     kwargs = {**DEFAULT_FORM, **kwargs}
     radius = float(kwargs.get("radius", CONTEXT_RADIUS))
-    names = names or [f"structure {i}" for i in range(len(structures))]
-    X, F, G, Z, S, L = [], [], [], [], [], []
+    from platoscope.readers import frame_error, frame_name
+
+    names = names or [frame_name(a, i) for i, a in enumerate(structures)]
+    # every structure's DFT forces first: a missing key is named before any forward pass
+    dft = [dft_forces_of(atoms, dft_forces_key, names[i]) for i, atoms in enumerate(structures)]
+    # and every element: one the model has no parameters for is named before any forward pass
+    from platoscope.backends.base import require_elements
+
     for i, atoms in enumerate(structures):
-        g = dft_forces_of(atoms, dft_forces_key, names[i])
+        try:
+            require_elements(atoms, model=getattr(backend, "spec", "model"),
+                             supported=getattr(backend, "supported_numbers", None))
+        except PlatoscopeError as err:
+            raise frame_error(err, atoms, i) from err
+    X, F, G, Z, S, L = [], [], [], [], [], []
+    for i, (atoms, g) in enumerate(zip(structures, dft, strict=True)):
         a = atoms.copy()
         a.calc = None
-        res, feats = backend.compute(a, ["energy", "forces"])
+        try:
+            res, feats = backend.compute(a, ["energy", "forces"])
+        except PlatoscopeError as err:  # e.g. an element the model has no parameters for
+            raise frame_error(err, atoms, i) from err
         X.append(np.asarray(feats, dtype=np.float64))
         F.append(np.asarray(res["forces"], dtype=np.float64))
         L.append(local_force_scale(a, F[-1], radius))
@@ -530,7 +570,6 @@ def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str 
         S.append(np.full(len(atoms), i))
     X, F, G, Z, S, L = (np.concatenate(v) for v in (X, F, G, Z, S, L))
     rng = np.random.default_rng(seed)
-    n_held = max(1, round(holdout * len(structures)))
     held_ids = rng.choice(len(structures), n_held, replace=False)
     held = np.isin(S, held_ids)
     prov = backend_provenance(backend)

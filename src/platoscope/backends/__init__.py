@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from platoscope.backends.base import Backend, BackendProvenance, LayerSpec, validate_atoms
-from platoscope.errors import BackendUnavailableError, InputError, UnknownBackendError
+from platoscope.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputError,
+    UnknownBackendError,
+)
 from platoscope.registry import Registry
 
 __all__ = [
@@ -130,7 +135,35 @@ def load_backend(spec: str | Any, *, layer: str | None = None, device: str = "cp
     if prefix.lower() != family.name:
         rest = text.lower()
     family.require()
+    check_device(device)
     return family.factory(rest, layer, device)
+
+
+def check_device(device: str) -> None:
+    """ConfigError naming ``device`` when torch cannot run a model there (not a torch device
+    string, CUDA asked for where torch has no CUDA build or sees no GPU, a GPU index past the
+    last one), before a model is built."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1 ...): "
+                          f"{err}") from err
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            why = f"this torch ({torch.__version__}) is built without CUDA"
+        elif not torch.cuda.is_available():
+            why = "torch sees no CUDA GPU here (CUDA_VISIBLE_DEVICES, driver)"
+        elif dev.index is not None and dev.index >= torch.cuda.device_count():
+            why = f"torch sees {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
+        else:
+            return
+        raise ConfigError(f"device {device!r} cannot be used: {why}; run with --device cpu, "
+                          "or install a CUDA build of torch on a GPU machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} cannot be used: torch has no MPS device here; "
+                          "run with --device cpu")
 
 
 def _from_calculator(calc: Any, *, layer: str | None) -> Backend:

@@ -39,6 +39,9 @@ class MonitorOption:
     choices: tuple[Any, ...] | None = None
     aliases: tuple[str, ...] = ()
     """Extra CLI flags for the same option (e.g. ``--max-force-error``)."""
+    check: Any = None
+    """Optional ``check(value) -> str | None``: why a given value is refused (None: accepted);
+    the CLI refuses such a value before anything loads, naming the flag."""
 
     def flag(self, monitor: str) -> str:
         return f"--{monitor}-{self.name.replace('_', '-')}"

@@ -21,6 +21,13 @@ from platoscope.uncertainty import ForceErrorModel
 DEFAULT_MAX_FORCE_ERROR = 0.5  # eV/Å
 
 
+def _positive(value: Any) -> str | None:
+    """Why ``value`` is no force-error threshold (None: it is one; None means the default)."""
+    if value is None or float(value) > 0:
+        return None
+    return f"must be > 0 eV/Å, got {value}"
+
+
 @register_monitor
 class UncertaintyMonitor(Monitor):
     """Flags atoms whose predicted force error sigma_i (eV/Å) exceeds ``max_force_error``.
@@ -34,7 +41,7 @@ class UncertaintyMonitor(Monitor):
         MonitorOption("max_force_error", float, None,
                       f"Uncertainty monitor threshold on the predicted per-atom force error "
                       f"(eV/Å; default {DEFAULT_MAX_FORCE_ERROR})",
-                      aliases=("--max-force-error",)),
+                      aliases=("--max-force-error",), check=_positive),
         MonitorOption("model", str, None,
                       "Force-error model npz for the uncertainty monitor (from platoscope "
                       "calibrate); default: the running model's shipped calibration"),
@@ -63,8 +70,8 @@ class UncertaintyMonitor(Monitor):
     def __init__(self, estimator: ForceErrorModel, *, max_force_error: float | None = None,
                  **kwargs: Any):
         mfe = DEFAULT_MAX_FORCE_ERROR if max_force_error is None else float(max_force_error)
-        if not mfe > 0:
-            raise InputError(f"max_force_error must be > 0 eV/Å, got {mfe}")
+        if _positive(mfe):
+            raise InputError(f"max_force_error {_positive(mfe)}")
         kwargs.setdefault("threshold", mfe)
         super().__init__(**kwargs)
         if estimator.params_ is None:
@@ -81,9 +88,14 @@ class UncertaintyMonitor(Monitor):
     def score(self, frame: Frame) -> np.ndarray:
         """(N,) predicted force-error norm sigma_i in eV/Å from the frame's embeddings (N, D),
         forces (N, 3) and, for the local-force-scale term, positions."""
-        if frame.embeddings is None or frame.forces is None:
-            raise InputError("the uncertainty monitor needs the frame's raw embeddings and "
-                             "forces (the PlatonicCalculator's results)")
+        if frame.embeddings is None:
+            raise InputError("the uncertainty monitor needs the frame's raw embeddings "
+                             "(the PlatonicCalculator's results)")
+        if frame.forces is None:
+            raise InputError("the frame holds no forces: sigma is predicted from the running "
+                             "model's forces, which md/relax compute and `platoscope monitor` "
+                             "reads from the trajectory (write it with the model's forces, "
+                             "e.g. with platoscope md or an ASE calculator)")
         return self.estimator.predict(frame.embeddings, frame.forces, frame.atoms.numbers,
                                       atoms=frame.atoms)
 
