@@ -17,7 +17,8 @@ subsets of R in {64, 256, 1024} of those anchors, chosen from the anchor list al
 evaluation results): ``stride`` (every K/R-th anchor in the default set's order) and
 ``balanced`` (round robin over elements in order of Z, each element's anchors in set order;
 at R = 64 only the 64 lowest-Z elements get one), stored as float32 or float16 (R * 4 or
-R * 2 bytes per atom). w^2 in {1e-4, 1e-3, 1e-2}. Each setting: mutual k-NN, ratio to raw and
+R * 2 bytes per atom). w^2 in {1e-4, 1e-3, 1e-2}, and its limit w^2 -> 0 (``w2=0+``: order by
+the element distance, then by the global one; ``mknn_lex``). Each setting: mutual k-NN, ratio to raw and
 its paired bootstrap 95 % CI (rows resampled, 1000 draws, as ``common.mknn``).
 Result: results/coverage_global_block.json; docs/shared_space.md says what it showed.
 
@@ -47,6 +48,7 @@ LIN_W2 = (1e-4, 1e-3, 1e-2)
 LIN_R = (64, 256, 1024)
 LIN_DTYPES = {"float32": np.float32, "float16": np.float16}
 CHUNK = 2048
+LEX_DECIMALS = 9
 N_BOOT = 1000
 
 
@@ -115,6 +117,20 @@ def subset(cols: np.ndarray, numbers: np.ndarray, r: int, rule: str) -> np.ndarr
     return np.sort(np.array(order))
 
 
+def mknn_lex(da, ga, db, gb, k: int = 10) -> np.ndarray:
+    """The w^2 -> 0 limit of the mix: neighbours ordered by the element distance (rounded to
+    LEX_DECIMALS, so rounding noise does not count as an order), then by the global distance,
+    then by independent random orders as ``mknn_random_ties``."""
+    def knn(d, g, seed):
+        d = np.round(d, LEX_DECIMALS)
+        np.fill_diagonal(d, np.inf)
+        key = np.random.default_rng(seed).random(d.shape)
+        return np.lexsort((key, g, d), axis=1)[:, :k]
+
+    a, b = knn(da, ga, 1), knn(db, gb, 2)
+    return (a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1) / k
+
+
 def ratio_ci(rows: np.ndarray, raw: np.ndarray, seed: int = 1) -> list[float]:
     rng = np.random.default_rng(seed)
     rat = []
@@ -144,7 +160,8 @@ def main() -> dict:
                   "L2-normalised; no softmax",
         "mix": "d^2 = (1 - w2) d_element^2 + w2 d_linear^2",
         "anchors_valid_in_both": int(both.size), "anchors_total": len(anchors),
-        "w2": list(LIN_W2), "bytes_per_atom_dense_float32": int(both.size) * 4,
+        "w2": [*LIN_W2, "0+ (lexicographic: element distance rounded to 1e-9, then global)"],
+        "bytes_per_atom_dense_float32": int(both.size) * 4,
         "subset_rules": {"stride": "every K/R-th anchor valid in both models, set order",
                          "balanced": "round robin over elements by Z, set order within one"},
         "subset_elements": {k: int(np.unique(anum[v]).size) for k, v in subsets.items()},
@@ -178,6 +195,9 @@ def main() -> dict:
                 r["global"][f"tau={tau},w2={w2}"] = {"mknn": float(m.mean()),
                                                      "ratio": float(m.mean() / raw.mean())}
         r["element_ratio_ci95"] = ratio_ci(rows, raw)
+        zero = np.zeros_like(da)
+        rr = mknn_lex(da, zero, db, zero)
+        r["element_rounded_ratio"] = float(rr.mean() / raw.mean())  # ties as in w2=0+
         lin: dict = {}
         dense = (linear_dense_sqdist(proj[A], xa, both), linear_dense_sqdist(proj[B], xb, both))
         settings = [("dense", None, dense)]
@@ -187,8 +207,11 @@ def main() -> dict:
                 settings.append((f"{key},{dt}", cols.size * np.dtype(t).itemsize,
                                  (sqdist(ga, ga), sqdist(gb, gb))))
         for key, nbytes, (ga_d, gb_d) in settings:
-            for w2 in LIN_W2:
-                m = mknn_random_ties((1 - w2) * da + w2 * ga_d, (1 - w2) * db + w2 * gb_d)
+            for w2 in (*LIN_W2, "0+"):
+                if w2 == "0+":
+                    m = mknn_lex(da, ga_d, db, gb_d)
+                else:
+                    m = mknn_random_ties((1 - w2) * da + w2 * ga_d, (1 - w2) * db + w2 * gb_d)
                 lin[f"{key},w2={w2}"] = {
                     "mknn": float(m.mean()), "ratio": float(m.mean() / raw.mean()),
                     "ratio_ci95": ratio_ci(m, raw),
