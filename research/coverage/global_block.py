@@ -48,7 +48,7 @@ LIN_W2 = (1e-4, 1e-3, 1e-2)
 LIN_R = (64, 256, 1024)
 LIN_DTYPES = {"float32": np.float32, "float16": np.float16}
 CHUNK = 2048
-LEX_DECIMALS = 9
+LEX_DECIMALS = 13
 N_BOOT = 1000
 
 
@@ -119,8 +119,9 @@ def subset(cols: np.ndarray, numbers: np.ndarray, r: int, rule: str) -> np.ndarr
 
 def mknn_lex(da, ga, db, gb, k: int = 10) -> np.ndarray:
     """The w^2 -> 0 limit of the mix: neighbours ordered by the element distance (rounded to
-    LEX_DECIMALS, so rounding noise does not count as an order), then by the global distance,
-    then by independent random orders as ``mknn_random_ties``."""
+    LEX_DECIMALS: cross-element d^2 is 2 within ~1e-15 of rounding noise, while same-element
+    rows with a tiny shared overlap sit at 2 - 1e-12 .. 2 - 1e-9, a real order kept), then by
+    the global distance, then by independent random orders as ``mknn_random_ties``."""
     def knn(d, g, seed):
         d = np.round(d, LEX_DECIMALS)
         np.fill_diagonal(d, np.inf)
@@ -160,7 +161,7 @@ def main() -> dict:
                   "L2-normalised; no softmax",
         "mix": "d^2 = (1 - w2) d_element^2 + w2 d_linear^2",
         "anchors_valid_in_both": int(both.size), "anchors_total": len(anchors),
-        "w2": [*LIN_W2, "0+ (lexicographic: element distance rounded to 1e-9, then global)"],
+        "w2": [*LIN_W2, "0+ (lexicographic: element distance rounded to 1e-13, then global)"],
         "bytes_per_atom_dense_float32": int(both.size) * 4,
         "subset_rules": {"stride": "every K/R-th anchor valid in both models, set order",
                          "balanced": "round robin over elements by Z, set order within one"},
