@@ -132,6 +132,22 @@ def mknn_lex(da, ga, db, gb, k: int = 10) -> np.ndarray:
     return (a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1) / k
 
 
+def diagnostics(zr: np.ndarray, d: dict, key: str, k: int = 10) -> dict:
+    """Per model: how often the element block ties the k-th and (k+1)-th neighbour (within
+    1e-12), how far cross-element d^2 is from 2, and the median same-element d^2 of one linear
+    block (``key``)."""
+    same = zr[:, None] == zr[None, :]
+    off = ~np.eye(zr.size, dtype=bool)
+    out: dict = {"linear_block": key}
+    for m, (de, dg) in d.items():
+        s = np.sort(np.where(off, de, np.inf), axis=1)
+        out[m] = {"tie_k_k1_fraction": float(np.mean(s[:, k] - s[:, k - 1] < 1e-12)),
+                  "cross_element_abs_d2_minus_2_max": (float(np.abs(de[~same] - 2).max())
+                                                       if (~same).any() else None),
+                  "linear_same_element_median_d2": float(np.median(dg[same & off]))}
+    return out
+
+
 def ratio_ci(rows: np.ndarray, raw: np.ndarray, seed: int = 1) -> list[float]:
     rng = np.random.default_rng(seed)
     rat = []
@@ -207,6 +223,8 @@ def main() -> dict:
                 ga, gb = linear_rows(proj[A], xa, cols, t), linear_rows(proj[B], xb, cols, t)
                 settings.append((f"{key},{dt}", cols.size * np.dtype(t).itemsize,
                                  (sqdist(ga, ga), sqdist(gb, gb))))
+        key, _, (ga_d, gb_d) = next(t for t in settings if t[0] == "stride,R=1024,float32")
+        r["diagnostics"] = diagnostics(zr, {A: (da, ga_d), B: (db, gb_d)}, key)
         for key, nbytes, (ga_d, gb_d) in settings:
             for w2 in (*LIN_W2, "0+"):
                 if w2 == "0+":
