@@ -286,6 +286,39 @@ def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path
 
 
 @pytest.mark.backend("chgnet")
+def test_reference_extend_cli_extends_the_default_bank(chgnet_backend, tmp_path):
+    """`reference extend default FILES --model M` extends the bank that runs of M use without
+    --reference (it needed a bank file, so the default bank could not be extended from the
+    command line); the result serves a run on the default anchors as --reference. A BANK that
+    is neither a file nor 'default' is a usage error naming BANK, before any model loads."""
+    from ase.io import write
+    from click.testing import CliRunner
+
+    from platoscope.assembly import load_reference
+    from platoscope.cli import main
+    from platoscope.reference import default_bank
+
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    si.rattle(0.05, seed=3)
+    write(tmp_path / "si.extxyz", [si])
+    out = tmp_path / "ext.npz"
+    r = CliRunner().invoke(main, ["reference", "extend", "default", str(tmp_path / "si.extxyz"),
+                                  "--model", "chgnet:0.3.0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    anchors = AnchorSet.default()
+    base = default_bank(chgnet_backend, anchors)
+    ext = load_reference(out, chgnet_backend, anchors, projection="element")
+    assert len(ext) == len(base) + 8
+    assert ext.provenance["extensions"][-1]["source"] == "si.extxyz"
+    np.testing.assert_allclose(ext.embeddings[len(base):], chgnet_backend.embed([si])[0],
+                               atol=1e-5)
+
+    r = CliRunner().invoke(main, ["reference", "extend", str(tmp_path / "nope.npz"),
+                                  str(tmp_path / "si.extxyz"), "--out", str(tmp_path / "x.npz")])
+    assert r.exit_code == 2 and "neither a bank file nor 'default'" in r.output, r.output
+
+
+@pytest.mark.backend("chgnet")
 def test_default_bank_of_another_projection_reuses_the_shipped_embeddings(chgnet_backend):
     """A default bank for a projection or anchor set that does not ship re-embedded the 23k
     reference atoms (3.5 min for --projection paper); the raw embeddings do not depend on

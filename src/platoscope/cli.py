@@ -309,24 +309,31 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
 
 
 @reference.command("extend")
-@click.argument("bank_path", metavar="BANK", type=click.Path(exists=True))
+@click.argument("bank_path", metavar="BANK")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
 @_with([model_option, layer_option, device_option])
 @click.option("--index", default=":", show_default=True, help="Frames of each file to use")
 @click.option("--out", "-o", required=True, type=click.Path())
 def reference_extend(bank_path, files, model, layer, device, index, out):
     """Add every atom of FILES (your own structures or trajectory frames) to the reference
-    bank BANK, embedded by the model that built it (--model/--layer must name it)."""
+    bank BANK, embedded by the model that built it (--model/--layer must name it). BANK is a
+    bank file or ``default``: the bank that runs of --model use when given no --reference
+    (default anchors and projection); pass the result to them as --reference."""
     from platoscope.backends import load_backend
     from platoscope.readers import read_structures
-    from platoscope.reference import ReferenceBank
+    from platoscope.reference import ReferenceBank, default_bank
 
+    use_default = bank_path == "default" and not Path(bank_path).exists()
+    if not use_default and not Path(bank_path).is_file():
+        raise click.BadParameter(f"{bank_path!r} is neither a bank file nor 'default'",
+                                 param_hint="BANK")
     _file_out(out, "bank.npz")
-    bank = ReferenceBank.load(bank_path)
-    backend = load_backend(model, layer=layer, device=device)
     structures = [a for f in files for a in read_structures(f, index=index)]
     if not structures:
         raise click.ClickException(f"no structures read from {', '.join(files)}")
+    backend = load_backend(model, layer=layer, device=device)
+    bank = (default_bank(backend, _anchors("default"), progress=True) if use_default
+            else ReferenceBank.load(bank_path))
     new = bank.extend(backend, structures, source=", ".join(Path(f).name for f in files),
                       progress=True)
     new.save(out)
