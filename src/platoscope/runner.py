@@ -36,7 +36,7 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from platoscope.calculator import attach_coordinates
+from platoscope.calculator import PlatonicCalculator, attach_coordinates
 from platoscope.coords import dense_rows, row_slice
 from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
@@ -213,8 +213,6 @@ def _verify_coords(calc: Any) -> bool:
     come from its one fitted projector, the one stored. Yes for anything else, e.g. a
     :class:`~platoscope.switching.SwitchingCalculator`, whose projector changes at the
     switch."""
-    from platoscope.calculator import PlatonicCalculator
-
     return not isinstance(calc, PlatonicCalculator)
 
 
