@@ -114,12 +114,12 @@ def summarise(times: dict[str, list[float]], n_atoms: int, base: str | None) -> 
     return out
 
 
-def setup(spec: str) -> tuple[dict, tuple]:
+def setup(spec: str, device: str = "cpu") -> tuple[dict, tuple]:
     """Start-up, timed: model, anchors, bank, calculator and the projector's first use."""
     from platoscope import AnchorSet, PlatonicCalculator, load_backend
     from platoscope.reference import default_bank
 
-    backend, t_model = _timed(lambda: load_backend(spec))
+    backend, t_model = _timed(lambda: load_backend(spec, device=device))
     anchors, t_anchors = _timed(AnchorSet.default)
     bank, t_bank = _timed(lambda: default_bank(backend, anchors))
     calc, t_calc = _timed(lambda: PlatonicCalculator(backend, anchors=anchors,
@@ -143,6 +143,7 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, other: bo
     from platoscope.runner import monitor_frames
 
     backend, _anchors, bank, calc = objs
+    model = ModelSpec.of(backend, device=backend.device)
     n_atoms = sum(len(a) for a in frames)
     h = structures_hash(frames)
     tmp = Path(tempfile.mkdtemp())
@@ -151,7 +152,7 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, other: bo
         backend.embed(frames, batch_size=batch)
 
     def embed(prefetch: int | None = None):
-        with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=batch,
+        with open_executor(model, backend=backend, chunk_size=batch,
                            prefetch=prefetch) as ex:
             embed_to_file(frames, calc, tmp / "c.h5", ex, data_hash=h, progress=False)
 
@@ -165,7 +166,7 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, other: bo
         # the monitor set is built (and calibrated on the bank) untimed: a per-run start-up
         # cost, timed apart below; everything monitor_frames does is timed
         shutil.rmtree(tmp / "mon", ignore_errors=True)
-        with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=batch,
+        with open_executor(model, backend=backend, chunk_size=batch,
                            prefetch=prefetch) as ex:
             monitor_frames(frames, calc, fresh.pop(), tmp / "mon", batch_size=batch,
                            progress=False, executor=ex)
@@ -241,7 +242,7 @@ def scaling(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
     from platoscope.readers import structures_hash
 
     backend, _anchors, _bank, calc = objs
-    model = ModelSpec.of(backend)
+    model = ModelSpec.of(backend, device=backend.device)
     n_atoms = sum(len(a) for a in frames)
     h = structures_hash(frames)
     tmp = Path(tempfile.mkdtemp())
@@ -280,6 +281,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch threads of the single-process part (1: as a worker)")
+    p.add_argument("--device", default="cpu", help="torch device of the models (cpu, cuda)")
     p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--no-other-prefetch", action="store_true",
                    help="leave out embed_prefetchP and monitor_prefetchP (P: the other setting "
@@ -294,7 +296,7 @@ def main() -> None:
     for spec in args.backends.split(","):
         row: dict = {"loadavg_before": loadavg()}
         t0 = time.perf_counter()
-        row["startup"], objs = setup(spec)
+        row["startup"], objs = setup(spec, args.device)
         row["single_process"] = single_process(objs, frames, args.batch_size, args.rounds,
                                                other=not args.no_other_prefetch)
         if not args.skip_scaling:
@@ -314,7 +316,9 @@ def main() -> None:
 
     result = {"note": args.note, "commit": commit, "src_uncommitted_changes": dirty,
               "command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count(),
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "device": args.device,
+              "gpu": (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                      else None),
               "frames": {"what": f"rattled diamond Si, {8 * args.reps ** 3} atoms each",
                          "n": args.frames},
               "versions": package_versions(),

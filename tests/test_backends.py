@@ -125,6 +125,7 @@ class TestCHGNet:
         p = chgnet_backend.provenance().to_dict()
         assert p["model"] == "chgnet:0.3.0" and p["layer"] == "atom_fea"
         assert len(p["weights_sha256"]) == 64 and p["feature_dim"] == 64
+        assert p["device"] == "cpu"
         assert "chgnet" in p["versions"] and "torch" in p["versions"]
 
     def test_unknown_model(self):

@@ -172,6 +172,7 @@ class BackendProvenance:
     weights_sha256: str | None
     layer: str
     feature_dim: int
+    device: str = "cpu"
     versions: dict[str, str] = field(default_factory=package_versions)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -182,6 +183,7 @@ class BackendProvenance:
             "weights_sha256": self.weights_sha256,
             "layer": self.layer,
             "feature_dim": self.feature_dim,
+            "device": self.device,
             "versions": dict(self.versions),
             **({"extra": self.extra} if self.extra else {}),
         }
@@ -332,11 +334,20 @@ class Backend(ABC):
             weights_sha256=self.weights_sha256(),
             layer=self.layer,
             feature_dim=self.feature_dim,
+            device=self.device,
             extra=self.provenance_extra(),
         )
 
     def provenance_extra(self) -> dict[str, Any]:
         return {}
+
+    @property
+    def device(self) -> str:
+        """Torch device the model's weights are on (``cpu``, ``cuda:0`` ...): recorded in
+        provenance, not in :attr:`fingerprint` (the same weights give the same features within
+        float noise on any device)."""
+        param = next(iter(self.torch_model.parameters()), None)
+        return str(param.device) if param is not None else "cpu"
 
     @property
     def fingerprint(self) -> str:

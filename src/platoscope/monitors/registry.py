@@ -53,7 +53,7 @@ class MonitorOption:
 
 @dataclass
 class ModelLoader:
-    """Loads a second model on the running calculator's anchors and projection.
+    """Loads a second model on the running calculator's anchors, projection and torch device.
 
     calc: the running PlatonicCalculator; progress: show progress while a bank is built.
     """
@@ -74,7 +74,7 @@ class ModelLoader:
         from platoscope.backends.base import check_elements
 
         self._anchored(monitor)
-        backend = load_backend(spec)
+        backend = load_backend(spec, device=getattr(self.calc.backend, "device", "cpu"))
         if atoms is not None:
             check_elements(backend, atoms, monitor=monitor)
         return backend
