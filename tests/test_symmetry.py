@@ -128,3 +128,23 @@ def test_symmetry_groups_span_structures():
     assert len(np.unique(groups)) == 2 + 3 + 8  # ids never shared across structures
     with pytest.raises(ValueError, match="no structures"):
         symmetry_groups([])
+
+
+@pytest.mark.parametrize("symprec", [-1.0, 0.0])
+def test_non_positive_symprec_is_refused_not_a_segfault(symprec, tmp_path):
+    """spglib crashed the process (segmentation fault) on symprec -1: ``compare --symprec -1``
+    died with exit 139 and no message. Refused by analyse_symmetry and by the CLI option."""
+    from click.testing import CliRunner
+
+    from platoscope.cli import main
+    from platoscope.errors import InputError
+
+    with pytest.raises(InputError, match="symprec must be > 0"):
+        analyse_symmetry(bulk("NaCl", "rocksalt", a=5.64), symprec=symprec)
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    a.write_bytes(b"x")
+    b.write_bytes(b"x")
+    r = CliRunner().invoke(main, ["compare", str(a), str(b), "--symprec", str(symprec),
+                                  "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "'--symprec'" in r.output, r.output
+    assert not (tmp_path / "c").exists()

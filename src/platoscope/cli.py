@@ -843,7 +843,8 @@ def repair_cmd(run):
               help="The structures the files were made from (as given to embed): retrieval "
                    "then counts symmetry-equivalent atoms as hits, one query per environment")
 @click.option("--limit", type=int, default=None, help="The --limit given to embed")
-@click.option("--symprec", default=1e-3, show_default=True, help="spglib tolerance (Å)")
+@click.option("--symprec", default=1e-3, show_default=True,
+              type=click.FloatRange(min=0.0, min_open=True), help="spglib tolerance (Å)")
 @click.option("--csls", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also rank retrieval by CSLS hubness correction with this many neighbours "
                    "(0: off; 10 is usual)")

@@ -84,9 +84,14 @@ def analyse_symmetry(atoms: Any, symprec: float = 1e-3, angle_tolerance: float =
 
     symprec: distance tolerance in Å; angle_tolerance in degrees (-1: spglib's default).
     Partially periodic cells (slabs) are treated as 3D periodic. Raises
-    :class:`~platoscope.errors.InvalidStructureError` without pbc or without a 3D cell.
+    :class:`~platoscope.errors.InvalidStructureError` without pbc or without a 3D cell, and
+    :class:`~platoscope.errors.InputError` for ``symprec`` <= 0 (spglib crashes the process
+    with a segmentation fault on a negative tolerance).
     """
     import spglib
+
+    if not float(symprec) > 0:
+        raise InputError(f"symprec must be > 0 Å, got {symprec}")
 
     lattice, frac, numbers = _cell_for_spglib(atoms)
     with warnings.catch_warnings():
