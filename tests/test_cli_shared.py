@@ -145,3 +145,15 @@ def test_unusable_device_is_refused_without_traceback(tmp_path):
             assert f"device '{device}'" in res.output and "Traceback" not in res.output
             assert not isinstance(res.exception, AssertionError), res.exception
         assert not (tmp_path / "e.h5").exists() and not (tmp_path / "md").exists()
+
+
+@pytest.mark.parametrize("command", [["embed"], ["reference", "build"]])
+def test_batch_size_below_one_is_a_usage_error(command, tmp_path):
+    """``embed --batch-size 0`` and ``reference build --batch-size 0`` ended in a ValueError
+    traceback from the chunk store after the data was read and the model loaded, and
+    ``reference build`` left a ``bank.npz.parts`` folder behind; refused at parse time."""
+    out = tmp_path / "o.npz"
+    r = CliRunner().invoke(main, [*command, str(TRAIN), "--limit", "2", "--batch-size", "0",
+                                  "--out", str(out)])
+    assert r.exit_code == 2 and "'--batch-size'" in r.output, r.output
+    assert "Traceback" not in r.output and list(tmp_path.iterdir()) == []

@@ -277,7 +277,7 @@ def reference() -> None:
 @click.option("--projection", default=DEFAULT_PROJECTION, show_default=True,
               help=f"Projection preset: {', '.join(PRESETS)}")
 @click.option("--limit", type=int, default=None)
-@click.option("--batch-size", default=16, show_default=True,
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Structures per task and per model batch")
 @_with(cluster_options)
 @click.option("--out", "-o", required=True, type=click.Path())
@@ -352,7 +352,7 @@ def reference_extend(bank_path, files, model, layer, device, index, out):
                    "bank's own)")
 @click.option("--limit", type=int, default=None)
 @click.option("--no-embeddings", is_flag=True, help="Do not store raw embeddings")
-@click.option("--batch-size", default=16, show_default=True,
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Structures per task and per model batch")
 @click.option("--strict", is_flag=True,
               help="Stop at the first structure that fails (default: report it, go on)")
