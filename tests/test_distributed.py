@@ -29,6 +29,7 @@ distributed = pytest.importorskip("distributed")
 from platoscope.cli import main  # noqa: E402
 from platoscope.coords import SPARSE_FLOAT32_ERROR, AtomCoordinates, dense_rows  # noqa: E402
 from platoscope.distributed import (  # noqa: E402
+    ChunkResult,
     ChunkStore,
     ModelSpec,
     ResumeMismatchError,
@@ -318,12 +319,26 @@ def test_resume_skips_completed_chunks(tmp_path, backend, structures, prefetch):
     assert_files_agree(a, b, calc.projector)
     # other settings or other inputs: refused
     store = ChunkStore(tmp_path / "p.parts", {"chunk_size": 3})
-    with pytest.raises(ResumeMismatchError, match="chunk_size"):
-        ChunkStore(tmp_path / "p.parts", {"chunk_size": 4})
     with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=3) as ex:
         list(ex.map(structures[:3], store=store))
+        with pytest.raises(ResumeMismatchError, match="chunk_size"):
+            ChunkStore(tmp_path / "p.parts", {"chunk_size": 4})
         with pytest.raises(ResumeMismatchError, match="inputs differ"):
             list(ex.map(structures[3:6], store=store))
+
+
+def test_parts_folder_without_chunks_takes_the_new_settings(tmp_path):
+    """A run stopped before its first chunk (Ctrl-C, a bad option) leaves only the manifest:
+    the next run with other settings was refused with 'holds chunks of an earlier run' for a
+    folder holding none (and the Ctrl-C message had said 'nothing kept'). Nothing to resume,
+    so the folder takes the new settings; with a chunk in it, other settings are refused."""
+    folder = tmp_path / "o.h5.parts"
+    ChunkStore(folder, {"chunk_size": 3})
+    store = ChunkStore(folder, {"chunk_size": 4})
+    assert json.loads((folder / "manifest.json").read_text())["settings"] == {"chunk_size": 4}
+    store.save(ChunkResult(index=0, start=0, features=[np.zeros((2, 3))]), [2], "h")
+    with pytest.raises(ResumeMismatchError, match="chunk_size"):
+        ChunkStore(folder, {"chunk_size": 5})
 
 
 CUDA = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")

@@ -214,14 +214,17 @@ class ChunkStore:
     """Completed chunks on disk (``<folder>/chunk_<index>.npz``, written atomically).
 
     settings: whatever determines the features (model fingerprint, layer, device, chunk size);
-    a folder made with other settings raises :class:`ResumeMismatchError`, as does a chunk
-    whose input hash differs from the stored one.
+    a folder holding chunks made with other settings raises :class:`ResumeMismatchError`, as
+    does a chunk whose input hash differs from the stored one; a folder holding no chunk yet
+    (a run stopped before its first) takes the new settings.
     """
 
     def __init__(self, folder: str | os.PathLike, settings: dict[str, Any]):
         self.folder = Path(folder)
         self.settings = json.loads(json.dumps(settings, default=str, sort_keys=True))
         manifest = self.folder / "manifest.json"
+        if manifest.is_file() and not any(self.folder.glob("chunk_*.npz")):
+            manifest.unlink()  # no chunk completed (stopped before the first): nothing to resume
         if manifest.is_file():
             old = json.loads(manifest.read_text())
             if old.get("settings") != self.settings:
