@@ -157,3 +157,12 @@ def test_batch_size_below_one_is_a_usage_error(command, tmp_path):
                                   "--out", str(out)])
     assert r.exit_code == 2 and "'--batch-size'" in r.output, r.output
     assert "Traceback" not in r.output and list(tmp_path.iterdir()) == []
+
+
+def test_reference_build_refuses_an_unknown_projection_before_embedding(tmp_path):
+    """``reference build --projection foo`` embedded every structure, then failed with
+    'unknown normalize' and left a .parts folder; a usage error listing the presets."""
+    r = CliRunner().invoke(main, ["reference", "build", str(TRAIN), "--limit", "2",
+                                  "--projection", "foo", "--out", str(tmp_path / "b.npz")])
+    assert r.exit_code == 2 and "'--projection'" in r.output and "element" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []

@@ -274,8 +274,8 @@ def reference() -> None:
 @_with(data_model_options)
 @click.option("--anchors", "anchors_path", default="default", show_default=True,
               help=ANCHORS_HELP)
-@click.option("--projection", default=DEFAULT_PROJECTION, show_default=True,
-              help=f"Projection preset: {', '.join(PRESETS)}")
+@click.option("--projection", type=click.Choice(list(PRESETS)), default=DEFAULT_PROJECTION,
+              show_default=True, help="Projection preset")
 @click.option("--limit", type=int, default=None)
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Structures per task and per model batch")
