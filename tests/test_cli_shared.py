@@ -166,3 +166,12 @@ def test_reference_build_refuses_an_unknown_projection_before_embedding(tmp_path
                                   "--projection", "foo", "--out", str(tmp_path / "b.npz")])
     assert r.exit_code == 2 and "'--projection'" in r.output and "element" in r.output, r.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("k", ["0", "-5"])
+def test_anchors_select_refuses_k_below_one_before_embedding(k, tmp_path):
+    """``anchors select -k 0`` embedded every structure before 'k must be at least 1'."""
+    r = CliRunner().invoke(main, ["anchors", "select", str(TRAIN), "--limit", "2", "-k", k,
+                                  "--out", str(tmp_path / "a.npz")])
+    assert r.exit_code == 2 and "'-k'" in r.output and "embed" not in r.output, r.output
+    assert list(tmp_path.iterdir()) == []

@@ -149,7 +149,8 @@ def anchors() -> None:
 
 @anchors.command("select")
 @_with(data_model_options)
-@click.option("-k", "--k", "k", default=100, show_default=True, help="Number of anchors K")
+@click.option("-k", "--k", "k", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Number of anchors K")
 @click.option("--method", type=click.Choice(["direct", "fps", "random"]), default="direct",
               show_default=True)
 @click.option("--per-element/--no-per-element", default=False,
