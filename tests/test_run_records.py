@@ -164,6 +164,10 @@ def test_action_stop_and_warn_read_cleanly(cli, tmp_path):
     ("monitor", ["--batch-size", "0"], "--batch-size"),
     ("monitor", ["--index", "::0"], "--index"),
     ("monitor", ["--index", "x"], "--index"),
+    # refused only after the second model's reference bank was built (minutes), as
+    # 'interval must be >= 1' without the flag
+    ("md", ["--monitor", "bias:chgnet:0.2.0", "--bias-interval", "0"], "--bias-interval"),
+    ("monitor", ["--monitor", "bias:chgnet:0.2.0", "--bias-interval", "-3"], "--bias-interval"),
 ])
 def test_bad_option_is_named_at_parse_time(tmp_path, command, args, option):
     structure = _structure(tmp_path)

@@ -95,7 +95,8 @@ class BiasMonitor(Monitor):
 
     name = "bias"
     options = (MonitorOption("interval", int, DEFAULT_INTERVAL,
-                             "Evaluate the second model every N steps"),)
+                             "Evaluate the second model every N steps",
+                             check=lambda v: None if int(v) >= 1 else f"must be >= 1, got {v}"),)
     units = "distance between the two models' Platonic coordinates"
     extra_units = {"force": "eV/Å"}  # noqa: RUF012
 
