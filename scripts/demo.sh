@@ -22,12 +22,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_envs.sh sevenn
 OUT=${1:-runs/demo}
+MONITORS=${PLATOSCOPE_DEMO_MONITORS:-uncertainty,bias:sevenn:7net-0}
+BIAS=()  # --bias-interval only with the bias monitor (an option of a monitor not run is refused)
+[[ ,$MONITORS, == *,bias:* ]] && BIAS=(--bias-interval 10)
 rm -rf "$OUT"
 .venv-sevenn/bin/platoscope md examples/structures/Si.cif --repeat 2,2,2 \
   --model chgnet --ensemble nvt --temperature 300 --temperature-end 4000 \
   --steps "${PLATOSCOPE_DEMO_STEPS:-500}" --timestep 1 --friction 0.02 \
-  --monitor "${PLATOSCOPE_DEMO_MONITORS:-uncertainty,bias:sevenn:7net-0}" --bias-interval 10 \
-  --out "$OUT"
+  --monitor "$MONITORS" ${BIAS[@]+"${BIAS[@]}"} --out "$OUT"
 echo
 echo "== 1. Si heated from 300 K to 4000 K ($OUT/report.txt)"
 cat "$OUT/report.txt"

@@ -302,3 +302,20 @@ def test_failed_run_records_why(tmp_path):
     assert summary["error"].startswith("UnsupportedElementError") and "Am" in summary["error"]
     make_report(out)
     assert (out / "report.txt").read_text().startswith("status: failed: UnsupportedElement")
+
+
+@pytest.mark.parametrize(("args", "flag", "monitor"), [
+    (["--monitor", "atypical", "--bias-interval", "5"], "--bias-interval", "bias"),
+    (["--monitor", "symmetry", "--atypical-space", "projected"], "--atypical-space", "atypical"),
+    (["--max-force-error", "0.3"], "--uncertainty-max-force-error", "uncertainty"),
+    (["--monitor-option", "uncertainty_model=m.npz"], "--uncertainty-model", "uncertainty"),
+])
+def test_option_of_a_monitor_not_run_is_refused(tmp_path, args, flag, monitor):
+    """``--monitor atypical --bias-interval 5`` (or --max-force-error, --uncertainty-model,
+    --atypical-space for a monitor not in --monitor) ran as if the option had not been given,
+    and summary.json did not say it was dropped; refused before anything loads."""
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), *args, "--steps", "1",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"{flag} given, but the {monitor} monitor is not in --monitor" in r.output, r.output
+    assert not (tmp_path / "o").exists()

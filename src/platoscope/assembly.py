@@ -77,12 +77,13 @@ class RunConfig:
     reference bank and the calculator; None: ``element``, or the ``reference`` bank's own
     (a ``reference`` bank of another projection is refused);
     monitor_options: ``{"<monitor>_<option>": value}`` (e.g. ``{"atypical_space":
-    "projected"}``); action: what a monitor does at a threshold; out: output folder; strict:
-    a failing monitor stops the run; embeddings: keep raw embeddings in frames.h5;
-    store_coords: ``auto``, ``always`` or ``never``; progress: progress bars; overwrite:
-    clear a non-empty ``out`` (a previous run folder) first; restart: continue the run in
-    ``out`` (MD). A non-empty ``out`` is refused unless one of the two is set (or it is the
-    folder of an interrupted ``monitor`` whose ``<out>.parts`` resumes it).
+    "projected"}``; an option of a monitor not in ``monitors`` is refused); action: what a
+    monitor does at a threshold; out: output folder; strict: a failing monitor stops the run;
+    embeddings: keep raw embeddings in frames.h5; store_coords: ``auto``, ``always`` or
+    ``never``; progress: progress bars; overwrite: clear a non-empty ``out`` (a previous run
+    folder) first; restart: continue the run in ``out`` (MD). A non-empty ``out`` is refused
+    unless one of the two is set (or it is the folder of an interrupted ``monitor`` whose
+    ``<out>.parts`` resumes it).
     """
 
     model: Any = "chgnet"
@@ -199,12 +200,19 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
     from platoscope.projection import Projector
     from platoscope.reference import default_bank
 
-    parse_monitor_spec(config.monitors)  # a misspelt monitor fails before any model loads
-    known = {opt.key(name) for name, opt in monitor_options()}
-    unknown = sorted(set(config.monitor_options) - known)
+    # a misspelt monitor fails before any model loads
+    selected = {cls.name for cls, _ in parse_monitor_spec(config.monitors)}
+    owners = {opt.key(name): (name, opt) for name, opt in monitor_options()}
+    unknown = sorted(set(config.monitor_options) - set(owners))
     if unknown:  # an option no monitor declares would be dropped without a word
         raise ConfigError(f"unknown monitor option(s) {', '.join(unknown)}; valid: "
-                          f"{', '.join(sorted(known))}")
+                          f"{', '.join(sorted(owners))}")
+    idle = [owners[k] for k in config.monitor_options if owners[k][0] not in selected]
+    if idle:  # an option of a monitor that does not run would be dropped without a word
+        raise ConfigError(
+            f"{', '.join(opt.flag(name) for name, opt in idle)} given, but the "
+            f"{', '.join(sorted({name for name, _ in idle}))} monitor is not in --monitor "
+            f"{config.monitors!r}: add it there, or leave the option out")
     if config.projection is not None:
         Projector(config.projection)  # an unknown preset fails before any model loads
     prepare_out(config.out, overwrite=config.overwrite, restart=config.restart)

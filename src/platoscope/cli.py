@@ -497,7 +497,12 @@ def _config(kw: dict[str, Any]):
     from platoscope.monitors.registry import monitor_options
 
     keys = {opt.key(name) for name, opt in monitor_options()}
-    options = {k: kw.pop(k) for k in list(kw) if k in keys}
+    ctx = click.get_current_context()
+    given = {k: kw.pop(k) for k in list(kw) if k in keys}
+    # only the options given on the command line: the monitors' own defaults are the same, and
+    # build_run refuses an option given for a monitor that is not run
+    options = {k: v for k, v in given.items()
+               if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     for item in kw.pop("monitor_option"):
         key, sep, value = item.partition("=")
         if not sep:
