@@ -319,3 +319,35 @@ def test_option_of_a_monitor_not_run_is_refused(tmp_path, args, flag, monitor):
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert f"{flag} given, but the {monitor} monitor is not in --monitor" in r.output, r.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("ensemble", "option"), [
+    ("nvt", ["--pressure", "5"]), ("nve", ["--pressure", "5"]),
+    ("nve", ["--friction", "0.1"]), ("npt", ["--friction", "0.1"]),
+])
+def test_md_option_the_ensemble_does_not_use_is_refused(tmp_path, ensemble, option):
+    """``--ensemble nvt --pressure 5`` and ``--ensemble nve|npt --friction 0.1`` ran without
+    them, and summary.json recorded the pressure or friction as if applied."""
+    r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--ensemble", ensemble, *option,
+                                  "--steps", "1", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and f"'{option[0]}'" in r.output, r.output
+    assert f"the {ensemble} ensemble has no {option[0][2:]}" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("ensemble", "recorded", "absent"), [
+    ("nvt", {"friction": 0.02}, "pressure_GPa"), ("npt", {"pressure_GPa": 0.5}, "friction"),
+    ("nve", {}, "friction"),
+])
+def test_md_records_only_what_its_integrator_used(cli, tmp_path, ensemble, recorded, absent):
+    """summary.json's config said friction 0.01 for Berendsen NPT and velocity-Verlet NVE
+    runs and pressure 0.0 for NVT and NVE runs: settings those integrators never used."""
+    out = tmp_path / ensemble
+    extra = {"nvt": ["--friction", "0.02"], "npt": ["--pressure", "0.5"], "nve": []}[ensemble]
+    r = cli("md", _structure(tmp_path), "--ensemble", ensemble, *extra, "--steps", "1",
+            "--no-report", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert config["ensemble"] == ensemble and absent not in config
+    assert {k: config[k] for k in recorded} == recorded
+    assert "pressure_GPa" not in config or "friction" not in config

@@ -657,6 +657,13 @@ def _end(result: dict, out: str, report: bool) -> None:
 def md(structure, ensemble, temperature, temperature_end, pressure, steps, timestep, friction,
        interval, repeat, seed, restart, report, **kw):
     """Monitored molecular dynamics of STRUCTURE (any file ASE reads)."""
+    ctx = click.get_current_context()
+    for name, used_by in (("friction", ("nvt",)), ("pressure", ("npt",))):
+        if ensemble not in used_by and \
+                ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter(  # it would be dropped without a word
+                f"the {ensemble} ensemble has no {name}: only --ensemble "
+                f"{' or '.join(used_by)} uses it", param_hint=f"'--{name}'")
     config = _config(kw)
     atoms = _read_structure(structure).repeat(repeat)
     config.restart = restart

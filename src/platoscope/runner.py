@@ -220,9 +220,13 @@ def _md_config(atoms: Atoms, ensemble: str, steps: int, timestep_fs: float,
                temperature_K: float, friction: float, pressure_GPa: float, interval: int,
                seed: int, temperature_end_K: float | None = None) -> dict[str, Any]:
     cfg = {"kind": "md", "ensemble": ensemble, "steps": steps, "timestep_fs": timestep_fs,
-           "temperature_K": temperature_K, "friction": friction, "pressure_GPa": pressure_GPa,
-           "interval": interval, "seed": seed, "n_atoms": len(atoms),
-           "formula": atoms.get_chemical_formula()}
+           "temperature_K": temperature_K, "interval": interval, "seed": seed,
+           "n_atoms": len(atoms), "formula": atoms.get_chemical_formula()}
+    # only what the integrator uses (make_dynamics): Langevin's friction, Berendsen's pressure
+    if ensemble == "nvt":
+        cfg["friction"] = friction
+    if ensemble == "npt":
+        cfg["pressure_GPa"] = pressure_GPa
     if temperature_end_K is not None:  # only when set: older runs' configs stay comparable
         cfg["temperature_end_K"] = temperature_end_K
     return cfg
