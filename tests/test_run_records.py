@@ -93,6 +93,11 @@ def test_restart_refuses_changed_settings_and_counts_from_files(cli, tmp_path):
     assert summary["monitoring"]["n_events"] == len(_events(out))
     text = (out / "report.txt").read_text()
     assert "frames: 6" in text and f"events: {len(_events(out))}" in text
+    # fewer total steps than already run: the summary said steps 3 for a run of 5 steps
+    r = cli("md", s, "--steps", "3", "--restart", *base)
+    assert r.exit_code == 1 and "with steps=3: it has already run 5 steps" in r.output, r.output
+    assert json.loads((out / "summary.json").read_text())["config"]["steps"] == 5
+    assert count_frames(out) == 6
 
 
 def test_monitor_keeps_source_steps_skips_bad_frames_and_carries_forces(cli, tmp_path):

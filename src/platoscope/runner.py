@@ -354,6 +354,10 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
         atoms.positions, atoms.cell = prev.positions, prev.cell
         if prev.has("momenta"):
             atoms.set_momenta(prev.get_momenta())
+        if steps < last:  # the record would say `steps` for a run that went further
+            raise InputError(f"cannot restart the run in {out} with steps={steps}: it has "
+                             f"already run {last} steps (steps is the total, counting those "
+                             f"already done: give more than {last} to continue it)")
         first_step, n_steps = last + 1, steps - last
         check_restart(out, _md_config(atoms, ensemble, steps, timestep_fs, temperature_K,
                                       friction, pressure_GPa, interval, seed,
