@@ -277,3 +277,33 @@ def test_embed_element_projection_stores_sparse_rows_and_coverage(tmp_path):
                                   "--anchors", str(anchors), "--projection", "element",
                                   "--out", str(tmp_path / "u.h5")])
     assert r.exit_code != 0 and "element(s) U" in r.output
+
+
+def test_k_not_below_the_scored_points_is_named(tmp_path):
+    """``compare --k 100000`` or ``--max-atoms 5`` (k 10) failed with 'X has shape (5, 10):
+    need at least 11 row(s)', and ``--max-atoms 0`` with 'X has shape (0, 0)', after the
+    output folder was made; refused naming --k and --max-atoms, before anything is written."""
+    rng = np.random.default_rng(2)
+    files = []
+    for name in ("a", "b"):
+        z = rng.random((30, 50))
+        z /= np.linalg.norm(z, axis=1, keepdims=True)
+        c = AtomCoordinates(platonic=z, numbers=np.full(30, 14),
+                            structure_index=np.repeat(np.arange(3), 10),
+                            atom_index=np.tile(np.arange(10), 3), anchor_set_hash="a" * 64,
+                            data_hash="d" * 64, provenance={"model": f"model-{name}"})
+        files.append(str(c.save(tmp_path / f"{name}.h5", layout="dense")))
+    out = tmp_path / "cmp"
+    for extra, want in ((["--k", "30"], "--k 30 needs more than 30 scored points, and there "
+                         "are 30 atoms among the 30 atoms scored (of 30; --max-atoms 5000): "
+                         "lower --k"),
+                        (["--max-atoms", "5"], "--k 10 needs more than 10 scored points, and "
+                         "there are 5 atoms among the 5 atoms scored (of 30; --max-atoms 5): "
+                         "lower --k or raise --max-atoms"),
+                        (["--max-atoms", "0"], "'--max-atoms'"), (["--k", "0"], "'--k'")):
+        r = CliRunner().invoke(main, ["compare", *files, *extra, "--out", str(out)])
+        assert r.exit_code in (1, 2) and want in r.output, r.output
+        assert "Traceback" not in r.output and not out.exists()
+    r = CliRunner().invoke(main, ["compare", *files, "--k", "29", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "compare.json").read_text())["n_scored"] == 30

@@ -848,8 +848,9 @@ def repair_cmd(run):
 @main.command("compare")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output folder")
-@click.option("--k", default=10, show_default=True, help="k of mutual k-NN")
-@click.option("--max-atoms", default=5000, show_default=True,
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1),
+              help="k of mutual k-NN")
+@click.option("--max-atoms", default=5000, show_default=True, type=click.IntRange(min=1),
               help="Above this many atoms, alignment and transport use a random subsample of "
                    "this size (said in compare.txt and compare.json)")
 @click.option("--structures", "structure_files", multiple=True, type=click.Path(exists=True),

@@ -51,8 +51,9 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
         raise InputError("compare needs at least two coordinate files")
     for c in coords[1:]:
         check_comparable(coords[0], c)
+    if k < 1 or max_atoms < 1:
+        raise InputError(f"k and max_atoms must be >= 1, got k={k}, max_atoms={max_atoms}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     names = _unique_names(coords)
     n = len(coords[0])
     rng = np.random.default_rng(seed)
@@ -65,6 +66,13 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
             raise InputError(f"groups has shape {groups.shape}, the coordinates {n} atoms")
         g = groups[idx]
     rep = np.arange(len(idx)) if g is None else np.unique(g, return_index=True)[1]
+    if k >= len(rep):  # mutual k-NN needs more than k points (was 'X has shape ...')
+        what = ("symmetry-distinct environments" if g is not None else "atoms")
+        raise InputError(
+            f"--k {k} needs more than {k} scored points, and there are {len(rep)} {what} "
+            f"among the {len(idx)} atoms scored (of {n}; --max-atoms {max_atoms}): lower --k"
+            + (" or raise --max-atoms" if len(idx) < n else ""))
+    out.mkdir(parents=True, exist_ok=True)
     proj = _scored_rows(coords, names, idx)
     S = coords[0].structure_index[idx]
     raw = {nm: c.embeddings[idx] for nm, c in zip(names, coords, strict=True)
