@@ -356,3 +356,29 @@ def test_md_records_only_what_its_integrator_used(cli, tmp_path, ensemble, recor
     assert config["ensemble"] == ensemble and absent not in config
     assert {k: config[k] for k in recorded} == recorded
     assert "pressure_GPa" not in config or "friction" not in config
+
+
+def test_md_and_relax_read_their_structure_like_every_other_command(cli, tmp_path):
+    """md/relax read STRUCTURE with plain ase.io.read: 'cannot read a structure from notes.txt:
+    txt', '... val.csv: csv', 'bad.cif: ' (no reason). They use platoscope's readers now (the
+    errors every other command gives; CSV and mlearn JSON read too), and say which frame of a
+    file of several they start from (the last, as ase.io.read)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just text\n")
+    for command in ("md", "relax"):
+        r = cli(command, str(notes), "--out", str(tmp_path / "o"))
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert "CorruptFileError: " in r.output and "unknown file format" in r.output
+        assert not (tmp_path / "o").exists()
+    frames = [_nacl() for _ in range(3)]
+    for k, a in enumerate(frames):
+        a.positions[0] += [0.05 * k, 0.0, 0.0]
+    write(tmp_path / "three.extxyz", frames)
+    out = tmp_path / "md"
+    r = cli("md", str(tmp_path / "three.extxyz"), "--steps", "0", "--monitor", "none",
+            "--no-report", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert "holds 3 structures; starting from the last (frame 2)" in r.output
+    first = read(out / "frames.extxyz", 0)
+    np.testing.assert_allclose(first.positions, frames[2].positions, atol=1e-8)
+    assert "source" not in first.info and "source_index" not in first.info

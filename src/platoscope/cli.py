@@ -576,12 +576,19 @@ def _literal(text: str) -> Any:
 
 
 def _read_structure(path: str):
-    from ase.io import read
+    """The structure md and relax start from: the last frame of ``path``, as ase.io.read
+    gives it, read by platoscope's readers (CDVAE CSV, mlearn JSON too; an unreadable file is
+    named with why: plain ase.io.read said 'cannot read a structure from notes.txt: txt');
+    a note says which frame when the file holds several."""
+    from platoscope.readers import read_structures
 
-    try:
-        return read(path)
-    except Exception as err:
-        raise click.ClickException(f"cannot read a structure from {path}: {err}") from err
+    (atoms,) = read_structures(path, index=-1)
+    frame = atoms.info.pop("source_index", 0)
+    atoms.info.pop("source", None)  # the run's frames are not frames of this file
+    if frame:
+        click.echo(f"note: {path} holds {frame + 1} structures; starting from the last "
+                   f"(frame {frame})", err=True)
+    return atoms
 
 
 common_run_options = [
@@ -656,7 +663,8 @@ def _end(result: dict, out: str, report: bool) -> None:
               help="Continue from the last frame in --out (with the recorded settings)")
 def md(structure, ensemble, temperature, temperature_end, pressure, steps, timestep, friction,
        interval, repeat, seed, restart, report, **kw):
-    """Monitored molecular dynamics of STRUCTURE (any file ASE reads)."""
+    """Monitored molecular dynamics of STRUCTURE (any file ASE reads, CDVAE CSV, mlearn JSON;
+    of a file holding several structures, the last)."""
     ctx = click.get_current_context()
     for name, used_by in (("friction", ("nvt",)), ("pressure", ("npt",))):
         if ensemble not in used_by and \
@@ -689,7 +697,7 @@ def md(structure, ensemble, temperature, temperature_end, pressure, steps, times
 @click.option("--cell/--no-cell", default=False, help="Relax the cell too (FrechetCellFilter)")
 @click.option("--optimizer", default="BFGS", show_default=True)
 def relax(structure, fmax, steps, cell, optimizer, report, **kw):
-    """Monitored relaxation of STRUCTURE."""
+    """Monitored relaxation of STRUCTURE (as for md: of several structures, the last)."""
     config = _config(kw)
     atoms = _read_structure(structure)
     run = _build(config, atoms)
