@@ -175,3 +175,15 @@ def test_anchors_select_refuses_k_below_one_before_embedding(k, tmp_path):
                                   "--out", str(tmp_path / "a.npz")])
     assert r.exit_code == 2 and "'-k'" in r.output and "embed" not in r.output, r.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_anchors_show_options_that_would_be_ignored_are_refused():
+    """``anchors show --element Pb`` printed the whole summary (the filter applies only to
+    --list) and ``--json --list`` printed the table, not JSON: usage errors naming the flag."""
+    r = CliRunner().invoke(main, ["anchors", "show", "--element", "Pb"])
+    assert r.exit_code == 2 and "'--element': only --list filters by element" in r.output
+    r = CliRunner().invoke(main, ["anchors", "show", "--json", "--list"])
+    assert r.exit_code == 2 and "'--json'" in r.output and "choose one" in r.output
+    r = CliRunner().invoke(main, ["anchors", "show", "--list", "--element", "Pb"])
+    rows = r.output.splitlines()[1:]
+    assert r.exit_code == 0 and rows and {row.split("\t")[1] for row in rows} == {"Pb"}

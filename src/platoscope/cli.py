@@ -220,6 +220,12 @@ def anchors_show(path, as_json, as_list, element):
     chosen."""
     from collections import Counter
 
+    if element is not None and not as_list:  # the summary would ignore it
+        raise click.BadParameter("only --list filters by element: add --list",
+                                 param_hint="'--element'")
+    if as_json and as_list:  # --list printed its table and --json was ignored
+        raise click.BadParameter("--json is the summary's form; --list prints a table: "
+                                 "choose one", param_hint="'--json'")
     if path not in NAMED_ANCHORS and not Path(path).is_file():
         raise click.BadParameter(f"no anchor-set file {path}", param_hint="PATH")
     s = _anchors(path)
