@@ -166,6 +166,7 @@ def test_action_stop_and_warn_read_cleanly(cli, tmp_path):
     ("md", ["--friction", "-1"], "--friction"),
     ("relax", ["--fmax", "0"], "--fmax"),
     ("relax", ["--steps", "0"], "--steps"),
+    ("relax", ["--optimizer", "foo"], "--optimizer"),  # was refused only after the model loaded
     ("monitor", ["--batch-size", "0"], "--batch-size"),
     ("monitor", ["--index", "::0"], "--index"),
     ("monitor", ["--index", "x"], "--index"),
@@ -382,3 +383,14 @@ def test_md_and_relax_read_their_structure_like_every_other_command(cli, tmp_pat
     first = read(out / "frames.extxyz", 0)
     np.testing.assert_allclose(first.positions, frames[2].positions, atol=1e-8)
     assert "source" not in first.info and "source_index" not in first.info
+
+
+def test_relax_optimizer_in_any_case(cli, tmp_path):
+    """``relax --optimizer bfgs`` called ase.optimize.bfgs, a module: a TypeError traceback
+    ("'module' object is not callable") after the model loaded. Names match in any case and
+    the record holds ASE's class name."""
+    out = tmp_path / "r"
+    r = cli("relax", _structure(tmp_path), "--optimizer", "fire", "--steps", "2",
+            "--no-report", "--out", str(out))
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert json.loads((out / "summary.json").read_text())["config"]["optimizer"] == "FIRE"

@@ -557,6 +557,17 @@ def _index(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _optimizer(name: str) -> str:
+    """--optimizer: an ASE optimizer's name, checked before anything loads."""
+    from platoscope.errors import InputError
+    from platoscope.runner import optimizer_class
+
+    try:
+        return optimizer_class(name).__name__
+    except InputError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 def _build(config: Any, atoms: Any):
     """:func:`platoscope.assembly.build_run`; Ctrl-C while a model loads or a reference bank
     is built says what happened (nothing cached) instead of click's bare "Aborted!"."""
@@ -701,7 +712,9 @@ def md(structure, ensemble, temperature, temperature_end, pressure, steps, times
 @click.option("--steps", default=500, show_default=True, type=_AT_LEAST_ONE,
               help="Most optimizer steps")
 @click.option("--cell/--no-cell", default=False, help="Relax the cell too (FrechetCellFilter)")
-@click.option("--optimizer", default="BFGS", show_default=True)
+@click.option("--optimizer", default="BFGS", show_default=True,
+              callback=lambda ctx, param, value: _optimizer(value),
+              help="An ASE optimizer: BFGS, FIRE, LBFGS, MDMin ... (any case)")
 def relax(structure, fmax, steps, cell, optimizer, report, **kw):
     """Monitored relaxation of STRUCTURE (as for md: of several structures, the last)."""
     config = _config(kw)

@@ -399,17 +399,30 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
     return state["result"]
 
 
+def optimizer_class(name: str) -> type:
+    """The ASE optimizer class called ``name`` (any case: ``bfgs`` is BFGS); an unknown name is
+    an InputError listing the valid ones (``bfgs``, ASE's module of that name, was called and
+    failed with "'module' object is not callable")."""
+    from ase import optimize
+    from ase.optimize.optimize import Optimizer
+
+    valid = {n: c for n in dir(optimize) if isinstance(c := getattr(optimize, n), type)
+             and issubclass(c, Optimizer)}
+    found = [c for n, c in valid.items() if n.lower() == str(name).lower()]
+    if len(found) != 1:
+        raise InputError(f"unknown optimizer {name!r}; valid: {', '.join(sorted(valid))}")
+    return found[0]
+
+
 def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fmax: float = 0.05,
               steps: int = 500, cell: bool = False, optimizer: str = "BFGS",
               strict: bool = False, progress: bool = True, embeddings: bool = True,
               store_coords: str = "auto") -> dict[str, Any]:
     """Relax ``atoms`` (positions, and the cell with ``cell=True`` via FrechetCellFilter)."""
-    from ase import optimize
     from ase.filters import FrechetCellFilter
 
-    opt_cls = getattr(optimize, optimizer, None)
-    if opt_cls is None:
-        raise InputError(f"unknown optimizer {optimizer!r} (try BFGS, FIRE, LBFGS)")
+    opt_cls = optimizer_class(optimizer)
+    optimizer = opt_cls.__name__
     calc = atoms.calc
     config = {"kind": "relax", "fmax": fmax, "steps": steps, "cell": cell,
               "optimizer": optimizer, "n_atoms": len(atoms),
