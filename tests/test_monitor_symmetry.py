@@ -192,6 +192,12 @@ def test_bad_input(calc):
     assert mon.info_.spacegroup == 227
     with pytest.raises(ValueError, match="atoms"):
         mon.score(frame(calc, si.repeat((2, 1, 1)), 1))
+    # as many atoms, other elements (a trajectory of mixed structures): was scored against
+    # Si's classes, rock salt's two classes each came out symmetric, and no event was raised
+    nacl = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    with pytest.raises(ValueError, match="frame holds Cl4Na4, the symmetry reference other"):
+        mon.score(frame(calc, nacl, 2))
+    mon.score(frame(calc, si, 3))
 
 
 def test_reference_without_symmetry_is_inert(calc, caplog):

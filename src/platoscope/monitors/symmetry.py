@@ -97,6 +97,7 @@ class SymmetryMonitor(Monitor):
         self.expected_false_alarm_rate = 0.0
         self.info_: SymmetryInfo | None = None
         self.classes_: np.ndarray | None = None
+        self.numbers_: np.ndarray | None = None  # the reference's atomic numbers
         self.spglib_class_: np.ndarray | None = None
         self.noise_: float | None = None
         self.class_noise_: np.ndarray | None = None
@@ -160,6 +161,7 @@ class SymmetryMonitor(Monitor):
                         "as identical in the reference (spread %.2g): split into %d groups",
                         s["n_atoms"], s["element"], s["spglib_class"], s["spread"], s["into"])
         self.info_, self.classes_ = info, classes
+        self.numbers_ = np.asarray(ref.numbers).copy()
         self.spglib_class_ = np.zeros(classes.max() + 1, dtype=np.int64)
         self.spglib_class_[classes] = info.classes
         self.class_noise_ = _class_max(distance_from_class_mean(z, classes), classes)
@@ -203,6 +205,12 @@ class SymmetryMonitor(Monitor):
         if len(frame.atoms) != len(self.classes_):
             raise InputError(f"frame has {len(frame.atoms)} atoms, the symmetry reference "
                              f"{len(self.classes_)}")
+        if self.numbers_ is not None and (self.numbers_ != frame.atoms.numbers).any():
+            # another structure of as many atoms (a trajectory of mixed structures) was scored
+            # against the reference's classes, and a symmetric one showed as no event
+            raise InputError(f"frame holds {frame.atoms.get_chemical_formula()}, the symmetry "
+                             "reference other elements at the same atom positions: same atoms "
+                             "in the same order needed")
         return self.classes_
 
     def score(self, frame: Frame) -> np.ndarray:
