@@ -394,3 +394,18 @@ def test_relax_optimizer_in_any_case(cli, tmp_path):
             "--no-report", "--out", str(out))
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     assert json.loads((out / "summary.json").read_text())["config"]["optimizer"] == "FIRE"
+
+
+def test_repair_of_a_folder_of_run_folders_repairs_each(cli, tmp_path):
+    """``repair OUT`` on the --out of a monitor of several inputs said 'OUT: no frames.h5' and
+    left the run folders in it as they were; it repairs (here: checks) each."""
+    out = tmp_path / "mon"
+    for name in ("a_frames", "b_frames"):
+        r = cli("md", _structure(tmp_path), "--steps", "1", "--monitor", "none", "--no-report",
+                "--out", str(out / name))
+        assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["repair", str(out)])
+    assert r.exit_code == 0 and "holds 2 run folders" in r.output, r.output
+    for name in ("a_frames", "b_frames"):
+        assert f"{out / name / 'frames.h5'}: closed cleanly (2 frames)" in r.output
+    assert "no frames.h5" not in r.output

@@ -847,15 +847,28 @@ def report_cmd(run_dir):
 def repair_cmd(run):
     """Make a killed run's files open with standard tools (h5py, h5dump).
 
-    RUN is a run folder (or one frames.h5). A run killed mid-write leaves frames.h5 flagged
+    RUN is a run folder, one frames.h5, or the --out of a monitor of several inputs (each of
+    its run folders is repaired). A run killed mid-write leaves frames.h5 flagged
     "open for write"; its committed frames are copied into a clean file that replaces it
     atomically (nothing committed is lost), and a half-written last line of events.jsonl is
     cut off. ``report`` and ``md --restart`` do this themselves.
     """
+    from platoscope.writers.runfiles import SIDECAR, SUMMARY
+
+    path = Path(run)
+    inner = sorted(p.parent for p in path.glob(f"*/{SIDECAR}")) if path.is_dir() and not (
+        (path / SIDECAR).is_file() or (path / SUMMARY).is_file()) else []
+    if inner:  # the --out of a monitor of several inputs: said 'no frames.h5' and left them
+        click.echo(f"{path} holds {len(inner)} run folders (monitor of several inputs): "
+                   "repairing each")
+    for p in inner or [path]:
+        _repair_one(p)
+
+
+def _repair_one(path: Path) -> None:
     from platoscope.writers import repair_run, repair_sidecar
     from platoscope.writers.runfiles import EVENTS, SIDECAR
 
-    path = Path(run)
     if path.is_dir():
         res = repair_run(path)
         side = res[SIDECAR]
