@@ -120,10 +120,13 @@ def test_a_frame_that_cannot_be_projected_is_named(small_setup, tmp_path):
                                   "--reference", str(bank_path), "--no-report",
                                   "--out", str(tmp_path / "mon")])
     assert r.exit_code != 0 and f"InputError: {want}" in r.output, r.output
+    assert not (tmp_path / "mon").exists()  # refused before any frame was embedded or written
     r = CliRunner().invoke(main, ["embed", str(traj), "--anchors", str(anchors_path),
                                   "--out", str(tmp_path / "e.h5")])
     assert r.exit_code != 0 and f"InputError: {want}" in r.output, r.output
     assert not (tmp_path / "e.h5").exists()
+    # before any forward pass (was after all of them): no progress bar, no .parts folder
+    assert "embed chgnet" not in r.output and not (tmp_path / "e.h5.parts").exists()
 
 
 @pytest.mark.backend("chgnet")

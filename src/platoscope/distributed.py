@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from platoscope.errors import ConfigError, PlatoscopeError
+from platoscope.errors import ConfigError, InputError, PlatoscopeError
 
 INSTALL_HINT = "pip install 'platoscope[dask]'"
 PARTS_SUFFIX = ".parts"
@@ -671,6 +671,11 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
 
     if calc.projector is None:
         raise ValueError("the calculator has no anchors: nothing to project on")
+    for i, atoms in enumerate(structures):  # an element without anchors: before any forward
+        try:                                # pass (it failed after all of them)
+            calc.projector.check_numbers(atoms.numbers)
+        except InputError as err:
+            raise frame_error(err, atoms, i) from err
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"kind": "embed", "fingerprint": calc.backend.fingerprint,

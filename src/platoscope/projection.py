@@ -383,6 +383,18 @@ class Projector:
         """Whether atoms are projected on their own element's anchors only (needs ``numbers``)."""
         return self.normalize == "element"
 
+    def check_numbers(self, numbers: Any) -> None:
+        """Raise the InputError :meth:`transform` raises for atoms of an element that has no
+        anchor (element projection; other projections take any element), from the atomic
+        numbers alone: before any model call."""
+        if not self.by_element or getattr(self, "anchor_numbers_", None) is None:
+            return
+        numbers = np.asarray(numbers)
+        have = np.unique(self.anchor_numbers_[self.valid_])
+        missing = np.setdiff1d(np.unique(numbers), have)
+        if missing.size:
+            raise _missing_elements_error(numbers, missing)
+
     def fit(self, anchor_embeddings: Any, reference_embeddings: Any = None, *,
             anchor_numbers: Any = None, anchor_groups: Any = None) -> Projector:
         """anchor_embeddings: (K, D); reference_embeddings: (M, D), needed to standardize/whiten;

@@ -521,6 +521,11 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     """
     from platoscope.distributed import ChunkStore, ModelSpec, open_executor, parts_folder
 
+    for i, src in enumerate(frames):  # an element without anchors: refused before any frame
+        try:                          # is embedded or written (the run failed midway)
+            calc.projector.check_numbers(src.numbers)
+        except InputError as err:
+            raise frame_error(err, src, int(src.info.get("source_index", i))) from err
     with_forces = sum(1 for a in frames if a.calc is not None
                       and a.calc.results.get("forces") is not None)
     config = {"kind": "monitor", "source": source, "index": index, "n_frames": len(frames),
