@@ -409,3 +409,21 @@ def test_repair_of_a_folder_of_run_folders_repairs_each(cli, tmp_path):
     for name in ("a_frames", "b_frames"):
         assert f"{out / name / 'frames.h5'}: closed cleanly (2 frames)" in r.output
     assert "no frames.h5" not in r.output
+
+
+def test_md_relax_refuse_elements_before_writing_a_run(cli, tmp_path):
+    """An element the model has no parameters for (Am, CHGNet) or the anchor set has no
+    anchor of (Li; the test set holds Na, K, Cl, Br) failed at step 0 and left a 'failed' run
+    folder, so the corrected command was refused as a non-empty --out; refused before it."""
+    am = bulk("Cu", "fcc", a=3.6, cubic=True)
+    am.numbers[0] = 95
+    write(tmp_path / "am.extxyz", am)
+    write(tmp_path / "licl.extxyz", bulk("LiCl", "rocksalt", a=5.13, cubic=True))
+    for name, want in (("am", "UnsupportedElementError: model 'chgnet:0.3.0' has no parameters "
+                        "for element(s) Am (Z=95)"),
+                       ("licl", "InputError: the anchor set has no anchor of element(s) Li")):
+        for command in ("md", "relax"):
+            out = tmp_path / f"{command}_{name}"
+            r = cli(command, str(tmp_path / f"{name}.extxyz"), "--steps", "2", "--out", str(out))
+            assert r.exit_code == 1 and want in r.output, r.output
+            assert not out.exists()

@@ -158,10 +158,21 @@ class Run:
         return {"strict": c.strict, "embeddings": c.embeddings, "store_coords": c.store_coords,
                 "progress": c.progress}
 
+    def _check(self, atoms: Atoms) -> None:
+        """An element the model has no parameters for, or (element projection) no anchor of,
+        is refused before the run writes anything: it failed at step 0 and left a 'failed'
+        run folder that the corrected command then had to --overwrite."""
+        from platoscope.backends.base import require_elements
+
+        require_elements(atoms, model=self.backend.spec,
+                         supported=getattr(self.backend, "supported_numbers", None))
+        self.calc.projector.check_numbers(atoms.numbers)
+
     def md(self, atoms: Atoms, **md_options: Any) -> dict[str, Any]:
         """:func:`~platoscope.runner.run_md` of ``atoms`` (given this run's calculator)."""
         from platoscope.runner import run_md
 
+        self._check(atoms)
         atoms.calc = self.calc
         md_options.setdefault("restart", self.config.restart)
         return run_md(atoms, self.monitors, self.config.out, **self._writing(), **md_options)
@@ -170,6 +181,7 @@ class Run:
         """:func:`~platoscope.runner.run_relax` of ``atoms``."""
         from platoscope.runner import run_relax
 
+        self._check(atoms)
         atoms.calc = self.calc
         return run_relax(atoms, self.monitors, self.config.out, **self._writing(),
                          **relax_options)
