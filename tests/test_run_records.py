@@ -290,19 +290,22 @@ def test_report_names_a_monitor_that_failed_on_frames(cli, tmp_path):
     assert "FAILED on 1 frame(s)" in line
 
 
-def test_failed_run_records_why(tmp_path):
-    """A run that fails (here: an element the model has no parameters for) said only
-    'status: failed'; summary.json and report.txt now give the error."""
+def test_failed_run_records_why(tmp_path, chgnet_backend, small_anchors):
+    """A run that fails (here: an element the model has no parameters for, given to run_md
+    directly; the CLI refuses it before writing a run, test above) said only 'status:
+    failed'; summary.json and report.txt now give the error."""
     from ase import Atoms
 
+    from platoscope.calculator import PlatonicCalculator
+    from platoscope.errors import UnsupportedElementError
     from platoscope.report import make_report
+    from platoscope.runner import run_md
 
-    path = tmp_path / "am.extxyz"
-    write(path, Atoms("Am", positions=[[0, 0, 0]], cell=[3.5] * 3, pbc=True))
+    atoms = Atoms("Am", positions=[[0, 0, 0]], cell=[3.5] * 3, pbc=True)
+    atoms.calc = PlatonicCalculator(chgnet_backend, anchors=small_anchors)
     out = tmp_path / "am"
-    r = CliRunner().invoke(main, ["md", str(path), "--steps", "1", "--monitor", "none",
-                                  "--out", str(out)])
-    assert r.exit_code != 0 and "Am" in r.output
+    with pytest.raises(UnsupportedElementError, match="Am"):
+        run_md(atoms, [], out, steps=1, progress=False)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["error"].startswith("UnsupportedElementError") and "Am" in summary["error"]
