@@ -292,3 +292,24 @@ def test_unsupported_calculator_type():
 
     with pytest.raises(UnknownBackendError, match="cannot wrap a .*EMT"):
         load_backend(EMT())
+
+
+@pytest.mark.backend("sevenn")
+def test_sevenn_modal_missing_wrong_or_ignored_is_named(tmp_path):
+    """``--model sevenn:7net-mf-0`` (no modal) and ``@FOO`` ended in a ValueError traceback
+    from SevenNetCalculator; ``sevenn:7net-0@PBE`` dropped the modal without a word."""
+    from click.testing import CliRunner
+
+    from platoscope.cli import main
+
+    for spec, want in (("sevenn:7net-mf-0", "modal argument missing"),
+                       ("sevenn:7net-mf-0@FOO", "unknown modal FOO"),
+                       ("sevenn:7net-0@PBE", "sevenn:7net-0 has no modalities: leave out @PBE")):
+        with pytest.raises(UnknownBackendError, match=want):
+            load_backend(spec)
+    r = CliRunner().invoke(main, ["embed", str(Path(__file__).parents[1] / "examples" /
+                                              "structures" / "Si.cif"),
+                                  "--model", "sevenn:7net-mf-0", "--out", str(tmp_path / "e.h5")])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "give the modal after @, e.g. sevenn:7net-mf-0@PBE" in r.output
+    assert load_backend("sevenn:7net-mf-0@PBE").spec == "sevenn:7net-mf-0@PBE"

@@ -42,7 +42,17 @@ class SevenNetBackend(Backend):
             weights = resolve_checkpoint(model)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                calc = SevenNetCalculator(weights, device=device, modal=modal)
+                try:
+                    calc = SevenNetCalculator(weights, device=device, modal=modal)
+                except ValueError as err:  # a multi-fidelity model without (or a wrong) modal
+                    if "modal" not in str(err):
+                        raise
+                    raise UnknownBackendError(
+                        f"sevenn:{model}{'@' + modal if modal else ''}: {err}; give the modal "
+                        f"after @, e.g. sevenn:{model}@PBE") from None
+            if modal and not calc.modal:  # was dropped without a word
+                raise UnknownBackendError(f"sevenn:{model} has no modalities: leave out "
+                                          f"@{modal}")
         self.modal = calc.modal
         name = model if not self.modal else f"{model}@{self.modal}"
         self._isolated: list[int] = []
