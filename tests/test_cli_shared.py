@@ -190,3 +190,14 @@ def test_anchors_show_options_that_would_be_ignored_are_refused():
     r = CliRunner().invoke(main, ["anchors", "show", "--list", "--element", "Pb"])
     rows = r.output.splitlines()[1:]
     assert r.exit_code == 0 and rows and {row.split("\t")[1] for row in rows} == {"Pb"}
+
+
+@pytest.mark.parametrize("projection", ["paper", "centered"])
+def test_embed_top_k_for_dense_coordinates_is_refused(projection, tmp_path):
+    """``embed --projection paper --top-k 10`` stored every coordinate: --top-k applies only to
+    softmax-kernel coordinates and was ignored; refused before anything loads."""
+    r = CliRunner().invoke(main, ["embed", str(TRAIN), "--limit", "1", "--projection",
+                                  projection, "--top-k", "10", "--out", str(tmp_path / "e.h5")])
+    assert r.exit_code == 2 and "'--top-k'" in r.output, r.output
+    assert f"the '{projection}' projection's coordinates are stored whole" in r.output
+    assert list(tmp_path.iterdir()) == []

@@ -376,6 +376,10 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
     from platoscope.distributed import embed_to_file, parts_folder
 
     _file_out(out, "coords.h5")
+    top_k_given = click.get_current_context().get_parameter_source(
+        "top_k") is not click.core.ParameterSource.DEFAULT
+    if top_k_given and not reference_path:
+        _top_k_applies(projection or DEFAULT_PROJECTION)
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
     anchors_set = _anchors(anchors_path)
@@ -386,6 +390,8 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
         bank = load_reference(reference_path, backend, anchors_set, projection=projection,
                               anchors_label=anchors_path)
         proj = bank.projector
+        if top_k_given:
+            _top_k_applies(proj)
     calc = PlatonicCalculator(backend, anchors=anchors_set, projection=proj)
     try:
         with _executor(backend, device, workers, scheduler, batch_size) as ex:
@@ -401,6 +407,18 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
                f"({backend.spec}, anchors {anchors_set.hash[:12]}); "
                f"{len(res['failed'])} of {res['structures']} structures failed; "
                f"{res['resumed_chunks']} chunks resumed; cluster {res['cluster']['mode']}")
+
+
+def _top_k_applies(projection: Any) -> None:
+    """--top-k given for a projection whose coordinates embed stores dense (it was ignored)."""
+    from platoscope.coords import layout_for
+    from platoscope.projection import Projector
+
+    p = Projector.coerce(projection)
+    if layout_for(p) != "topk":
+        raise click.BadParameter(
+            f"the {p.name!r} projection's coordinates are stored whole; only softmax-kernel "
+            "coordinates (element, shared) are cut to their top k entries", param_hint="'--top-k'")
 
 
 @main.command()
