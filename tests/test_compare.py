@@ -307,3 +307,16 @@ def test_k_not_below_the_scored_points_is_named(tmp_path):
     r = CliRunner().invoke(main, ["compare", *files, "--k", "29", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "compare.json").read_text())["n_scored"] == 30
+
+
+@pytest.mark.parametrize("option", [["--limit", "5"], ["--symprec", "0.01"]])
+def test_structure_options_without_structures_are_refused(option, tmp_path):
+    """``compare A B --limit 5`` (or --symprec) without --structures ran as if not given: both
+    describe the --structures files; a usage error naming the flag."""
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    a.write_bytes(b"x")
+    b.write_bytes(b"x")
+    r = CliRunner().invoke(main, ["compare", str(a), str(b), *option, "--out",
+                                  str(tmp_path / "c")])
+    assert r.exit_code == 2 and f"'{option[0]}': applies to --structures" in r.output, r.output
+    assert not (tmp_path / "c").exists()

@@ -928,6 +928,12 @@ def compare_cmd(files, out, k, max_atoms, structure_files, limit, symprec, csls)
 
     if len(files) < 2:
         raise click.ClickException("compare needs at least two coordinate files")
+    ctx = click.get_current_context()
+    for name in ("limit", "symprec"):  # they describe --structures; without it they were ignored
+        if not structure_files and \
+                ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter("applies to --structures, which is not given",
+                                     param_hint=f"'--{name}'")
     coords = [AtomCoordinates.load(f) for f in files]
     groups = None
     if structure_files:
