@@ -649,6 +649,23 @@ class Progress:
         self.bar.close()
 
 
+def check_anchor_elements(calc: Any, structures: list[Atoms]) -> None:
+    """Refuse, before any forward pass, a structure holding an element that ``calc``'s anchor
+    set has no anchor of (element projection), naming file, frame and element: it failed
+    after every structure had been embedded. A structure the model itself cannot handle is
+    left to the forward pass, which reports it and goes on (unless strict)."""
+    supported = getattr(calc.backend, "supported_numbers", None)
+    for i, atoms in enumerate(structures):
+        if supported is not None and not set(atoms.numbers.tolist()) <= supported:
+            continue
+        try:
+            calc.projector.check_numbers(atoms.numbers)
+        except InputError as err:
+            from platoscope.readers import frame_error
+
+            raise frame_error(err, atoms, int(atoms.info.get("source_index", i))) from err
+
+
 def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                   executor: Executor, *, data_hash: str, embeddings: bool = True,
                   strict: bool = False, progress: bool = True, resume: bool = True,
@@ -671,11 +688,7 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
 
     if calc.projector is None:
         raise ValueError("the calculator has no anchors: nothing to project on")
-    for i, atoms in enumerate(structures):  # an element without anchors: before any forward
-        try:                                # pass (it failed after all of them)
-            calc.projector.check_numbers(atoms.numbers)
-        except InputError as err:
-            raise frame_error(err, atoms, i) from err
+    check_anchor_elements(calc, structures)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"kind": "embed", "fingerprint": calc.backend.fingerprint,

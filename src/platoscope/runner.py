@@ -519,13 +519,15 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     summary.json) and skipped, unless ``strict``. resume: completed chunks are kept in
     ``<out>.parts`` until the run ends, and a rerun with the same settings reuses them.
     """
-    from platoscope.distributed import ChunkStore, ModelSpec, open_executor, parts_folder
+    from platoscope.distributed import (
+        ChunkStore,
+        ModelSpec,
+        check_anchor_elements,
+        open_executor,
+        parts_folder,
+    )
 
-    for i, src in enumerate(frames):  # an element without anchors: refused before any frame
-        try:                          # is embedded or written (the run failed midway)
-            calc.projector.check_numbers(src.numbers)
-        except InputError as err:
-            raise frame_error(err, src, int(src.info.get("source_index", i))) from err
+    check_anchor_elements(calc, frames)  # before any frame is embedded or written
     with_forces = sum(1 for a in frames if a.calc is not None
                       and a.calc.results.get("forces") is not None)
     config = {"kind": "monitor", "source": source, "index": index, "n_frames": len(frames),
