@@ -430,3 +430,13 @@ def test_md_relax_refuse_elements_before_writing_a_run(cli, tmp_path):
             r = cli(command, str(tmp_path / f"{name}.extxyz"), "--steps", "2", "--out", str(out))
             assert r.exit_code == 1 and want in r.output, r.output
             assert not out.exists()
+
+
+def test_a_monitor_given_twice_is_refused_before_anything_loads(tmp_path):
+    """``--monitor atypical,atypical`` (or two bias: models) was refused by the Watcher with
+    'monitor names must be unique' after the model, the banks and any second model loaded."""
+    for spec in ("atypical,atypical", "bias:chgnet:0.2.0,bias:sevenn:7net-0"):
+        r = CliRunner().invoke(main, ["md", _structure(tmp_path), "--monitor", spec,
+                                      "--out", str(tmp_path / "o")])
+        assert r.exit_code == 1 and "given twice" in r.output, r.output
+        assert "embed" not in r.output and not (tmp_path / "o").exists()

@@ -204,6 +204,11 @@ def parse_monitor_spec(spec: str) -> list[tuple[type, str]]:
         if name not in classes:
             raise ConfigError(f"unknown monitor {name!r}; valid: {', '.join(classes)}")
         out.append((classes[name], arg))
+    names = [cls.name for cls, _ in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # the Watcher refused it only after the models and banks had loaded
+        raise ConfigError(f"monitor {', '.join(twice)} given twice in {spec!r}: each monitor "
+                          "runs once (one second model per run for bias and switch)")
     return out
 
 
