@@ -440,3 +440,29 @@ def test_a_monitor_given_twice_is_refused_before_anything_loads(tmp_path):
                                       "--out", str(tmp_path / "o")])
         assert r.exit_code == 1 and "given twice" in r.output, r.output
         assert "embed" not in r.output and not (tmp_path / "o").exists()
+
+
+def test_md_records_where_its_first_velocities_came_from(cli, tmp_path):
+    """``md --ensemble nve`` from a frame holding momenta (a previous run's frames.extxyz)
+    keeps those momenta, while summary.json said temperature_K 300 as if velocities had been
+    drawn at 300 K; the record now says where they came from, also after a restart."""
+    first = tmp_path / "hot"
+    r = cli("md", _structure(tmp_path), "--temperature", "900", "--steps", "2", "--no-report",
+            "--monitor", "none", "--out", str(first))
+    assert r.exit_code == 0, r.output
+    config = json.loads((first / "summary.json").read_text())["config"]
+    assert config["initial_velocities"] == "Maxwell-Boltzmann at 900.0 K (seed 0)"
+    out = tmp_path / "nve"
+    base = ["--ensemble", "nve", "--monitor", "none", "--no-report", "--out", str(out)]
+    r = cli("md", str(first / "frames.extxyz"), "--steps", "2", *base)
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert config["initial_velocities"] == ("the starting structure's momenta (temperature_K "
+                                            "not applied)")
+    start = read(out / "frames.extxyz", 0)
+    np.testing.assert_allclose(start.get_momenta(), read(first / "frames.extxyz", -1)
+                               .get_momenta(), atol=1e-8)
+    r = cli("md", str(first / "frames.extxyz"), "--steps", "3", "--restart", *base)
+    assert r.exit_code == 0, r.output
+    after = json.loads((out / "summary.json").read_text())["config"]
+    assert after["initial_velocities"] == config["initial_velocities"] and after["steps"] == 3

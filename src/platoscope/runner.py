@@ -25,6 +25,7 @@ A run restarted with ``restart=True`` continues from the last complete frame.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -369,11 +370,19 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
     if temperature_end_K is not None and ensemble == "nve":
         raise InputError("a temperature ramp (temperature_end_K) needs a thermostat: "
                          "ensemble nvt or npt, not nve")
-    if not restart and (ensemble != "nve" or not atoms.has("momenta")):
+    if restart:  # the run's own record of where its first velocities came from
+        velocities = json.loads((Path(out) / SUMMARY).read_text()).get(
+            "config", {}).get("initial_velocities")
+    elif ensemble != "nve" or not atoms.has("momenta"):
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K,
                                      rng=np.random.default_rng(seed))
+        velocities = f"Maxwell-Boltzmann at {temperature_K} K (seed {seed})"
+    else:  # nve keeps a structure's momenta: temperature_K was not applied
+        velocities = "the starting structure's momenta (temperature_K not applied)"
     config = _md_config(atoms, ensemble, steps, timestep_fs, temperature_K, friction,
                         pressure_GPa, interval, seed, temperature_end_K)
+    if velocities is not None:
+        config["initial_velocities"] = velocities
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors), interval=interval,
                            embeddings=embeddings, append=restart,
