@@ -478,35 +478,74 @@ def _project_group(projector: Any, chunk: Sequence[Atoms], features: Sequence[An
             out[j] = err
 
 
+FORCES = ("auto", "model", "file")
+"""Where ``monitor_frames`` takes each frame's energy and forces from (:func:`forces_from`)."""
+
+
+def forces_from(mode: str, monitors: Sequence[Monitor]) -> str:
+    """``"model"`` or ``"file"``: where a post-processing run takes frames' energy and forces.
+
+    ``model``: computed by the running model in the pass that gives the features (one forward
+    and backward pass per frame instead of the batched feature-only pass); ``file``: as stored
+    in the source (frames without forces have none); ``auto``: ``model`` when a monitor
+    declares :attr:`~platoscope.monitors.base.Monitor.uses_forces` (the uncertainty monitor's
+    sigma was calibrated on the model's own |F|), else ``file``.
+    """
+    if mode not in FORCES:
+        raise InputError(f"forces must be one of {', '.join(FORCES)}, not {mode!r}")
+    if mode == "auto":
+        return "model" if any(getattr(m, "uses_forces", False) for m in monitors) else "file"
+    return mode
+
+
 def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monitor],
                    out: str | Path, *, batch_size: int = 16, strict: bool = False,
                    progress: bool = True, embeddings: bool = True,
                    source: str | None = None, store_coords: str = "auto",
                    executor: Any = None, resume: bool = True,
                    on_chunk: Any = None, index: str | None = None,
-                   skipped_frames: Sequence[str] = ()) -> dict[str, Any]:
+                   skipped_frames: Sequence[str] = (), forces: str = "auto") -> dict[str, Any]:
     """Run monitors over existing frames; ``step`` is the frame's index in its source
     (``info["source_index"]`` as :func:`platoscope.readers.read_frames` sets it, else its
     position in ``frames``), so ``--index ::2`` records steps 0, 2, 4 ...; index and
     skipped_frames (messages of frames the reader left out) are recorded in summary.json.
 
-    Embeddings come from the backend's batched path (no forces are computed) and are
-    projected with ``calc``'s projector, so no frame is evaluated twice. executor: a
+    forces: ``auto``, ``model`` or ``file`` (:func:`forces_from`). With ``model`` every frame
+    runs alone through :meth:`Backend.compute`: energy, forces and features from one forward
+    (and backward) pass, written to frames.extxyz and frames.h5 as an MD run writes them, and
+    given to the monitors; the file's own energy and forces are not used. With ``file`` the
+    features come from the backend's batched path (no forces computed) and frames carry the
+    energy and forces stored in the source, if any. summary.json (``config["forces"]``)
+    says which. Features are projected with ``calc``'s projector, so no frame is evaluated
+    twice. executor: a
     :class:`platoscope.distributed.Executor` that runs the forward passes (in-process by
     default, or on a Dask cluster); frames are projected, monitored and written here in input
     order. A frame that cannot be embedded is reported (console and ``failed_frames`` in
     summary.json) and skipped, unless ``strict``. resume: completed chunks are kept in
-    ``<out>.parts`` until the run ends, and a rerun with the same settings reuses them.
+    ``<out>.parts`` until the run ends, and a rerun with the same settings (``forces``
+    included: the chunks of a ``model`` run hold the model's energies and forces) reuses them.
     """
-    from platoscope.distributed import ChunkStore, ModelSpec, open_executor, parts_folder
+    from platoscope.distributed import (
+        MODEL_PROPERTIES,
+        ChunkStore,
+        ModelSpec,
+        open_executor,
+        parts_folder,
+    )
 
-    with_forces = sum(1 for a in frames if a.calc is not None
-                      and a.calc.results.get("forces") is not None)
+    used = forces_from(forces, monitors)
+    if used == "model":
+        forces_note = (f"computed by {calc.backend.spec} in the same pass as the features "
+                       "(the source's energies and forces, if any, are not used)")
+    else:
+        with_forces = sum(1 for a in frames if a.calc is not None
+                          and a.calc.results.get("forces") is not None)
+        forces_note = (f"as stored in the source ({with_forces} of {len(frames)} frames "
+                       "hold forces), not computed by the model")
     config = {"kind": "monitor", "source": source, "index": index, "n_frames": len(frames),
-              "batch_size": batch_size,
-              # monitors that use forces (uncertainty's |F|) see the file's, not the model's
-              "forces": f"as stored in the source ({with_forces} of {len(frames)} frames "
-                        "hold forces), not recomputed by the model"}
+              "batch_size": batch_size, "forces_mode": {"requested": forces, "used": used},
+              # monitors that use forces (uncertainty's |F|) see these
+              "forces": forces_note}
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors),
                            embeddings=embeddings, projector=calc.projector,
@@ -528,7 +567,8 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
             store = ChunkStore(parts_folder(out), {
                 "kind": "monitor", "fingerprint": calc.backend.fingerprint,
                 "layer": calc.backend.layer, "device": executor.model.device,
-                "chunk_size": executor.chunk_size, "n_frames": len(frames), "source": source})
+                "chunk_size": executor.chunk_size, "n_frames": len(frames), "source": source,
+                "forces": used})
         t0, n_atoms = time.perf_counter(), 0
         with _lifecycle(recorder, watcher, bar) as state:
             state["cluster"] = executor.info()
@@ -536,8 +576,9 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
             state["skipped_frames"] = list(skipped_frames)
             # closing: a stop or an error ends the executor's background forward-pass thread
             # here, before the chunk files are removed or kept below
-            with contextlib.closing(executor.map(frames, store=store, strict=strict,
-                                                 on_chunk=on_chunk)) as chunks:
+            with contextlib.closing(executor.map(
+                    frames, store=store, strict=strict, on_chunk=on_chunk,
+                    properties=MODEL_PROPERTIES if used == "model" else None)) as chunks:
                 for chunk, res in chunks:
                     for f in res.failures:
                         failed.append(f.describe())
@@ -549,7 +590,13 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                             bar.update(1)
                             continue
                         a = src.copy()
-                        res_src = src.calc.results if src.calc is not None else {}
+                        if used == "model":  # this pass's, written as an MD run writes them
+                            if res.forces is None:
+                                raise RuntimeError(f"chunk {res.index} holds no forces: the "
+                                                   "executor did not compute them")
+                            res_src = {"forces": res.forces[j], "energy": res.energies[j]}
+                        else:
+                            res_src = src.calc.results if src.calc is not None else {}
                         a.calc = None
                         if isinstance(projected[j], Exception):
                             raise frame_error(projected[j], src, step) from projected[j]
