@@ -546,29 +546,30 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
               "batch_size": batch_size, "forces_mode": {"requested": forces, "used": used},
               # monitors that use forces (uncertainty's |F|) see these
               "forces": forces_note}
-    recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
-                           score_units=score_units(monitors),
-                           embeddings=embeddings, projector=calc.projector,
-                           store_coords=store_coords, verify=False,
-                           score_names=[*(m.name for m in monitors), COVERAGE], batch=True)
-    # verify=False: every frame below is projected with calc.projector, the one stored, so a
-    # reader derives exactly these coordinates; checking it per frame cost a second projection.
-    # score_names: the scores every frame has, declared so that frames.h5 is not rewritten
-    # (projector included) when the first frame brings them; batch: one commit per chunk
-    watcher = Watcher(monitors, sinks=[recorder], strict=strict)
-    recorder.write_summary("running", {"monitoring": watcher.summary()})
-    bar = _progress(len(frames), "monitor", progress)
     with contextlib.ExitStack() as stack:
         if executor is None:
             executor = stack.enter_context(open_executor(
                 ModelSpec.of(calc.backend), backend=calc.backend, chunk_size=batch_size))
         store = None
-        if resume:
+        if resume:  # first: chunks of other settings are refused before anything is written
             store = ChunkStore(parts_folder(out), {
                 "kind": "monitor", "fingerprint": calc.backend.fingerprint,
                 "layer": calc.backend.layer, "device": executor.model.device,
                 "chunk_size": executor.chunk_size, "n_frames": len(frames), "source": source,
                 "forces": used})
+        recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
+                               score_units=score_units(monitors),
+                               embeddings=embeddings, projector=calc.projector,
+                               store_coords=store_coords, verify=False,
+                               score_names=[*(m.name for m in monitors), COVERAGE], batch=True)
+        # verify=False: every frame below is projected with calc.projector, the one stored, so
+        # a reader derives exactly these coordinates; checking it per frame cost a second
+        # projection. score_names: the scores every frame has, declared so that frames.h5 is
+        # not rewritten (projector included) when the first frame brings them; batch: one
+        # commit per chunk
+        watcher = Watcher(monitors, sinks=[recorder], strict=strict)
+        recorder.write_summary("running", {"monitoring": watcher.summary()})
+        bar = _progress(len(frames), "monitor", progress)
         t0, n_atoms = time.perf_counter(), 0
         with _lifecycle(recorder, watcher, bar) as state:
             state["cluster"] = executor.info()
