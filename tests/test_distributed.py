@@ -723,3 +723,26 @@ def test_monitor_resume_keeps_model_forces_and_refuses_another_forces_setting(tm
             np.testing.assert_allclose(side.frame(i)["forces"], results["forces"], rtol=0,
                                        atol=1e-5)
             assert w.get_potential_energy() == pytest.approx(results["energy"], abs=1e-5)
+
+
+def test_compute_chunk_with_forces_reports_failures_per_structure(backend, structures):
+    """With the model's energies and forces (``properties``), a structure with an unsupported
+    element or NaN positions is a failure naming its file and frame, as on the batched path;
+    the others carry energy, (N, 3) forces and features of one pass."""
+    from platoscope.distributed import MODEL_PROPERTIES, compute_chunk
+
+    data = [a.copy() for a in structures[:3]]
+    data[1].numbers[0] = 95  # Am
+    data[2].positions[0, 0] = np.nan
+    for i, a in enumerate(data):
+        a.info.update(source="set/x.extxyz", source_index=i)
+    res = compute_chunk(backend, data, start=10, properties=MODEL_PROPERTIES)
+    assert [f.position for f in res.failures] == [11, 12]
+    assert "Am (Z=95)" in res.failures[0].describe() and "frame 1" in res.failures[0].describe()
+    assert "non-finite" in res.failures[1].message
+    assert res.features[1] is None and res.forces[1] is None and res.energies[2] is None
+    ref, feats = backend.compute(data[0], MODEL_PROPERTIES)
+    assert res.forces[0].shape == (len(data[0]), 3)
+    np.testing.assert_allclose(res.forces[0], ref["forces"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(res.features[0], feats, rtol=FEAT_RTOL, atol=FEAT_ATOL)
+    assert res.energies[0] == pytest.approx(float(ref["energy"]), abs=1e-6)

@@ -1,7 +1,9 @@
 """Scale-out of the expensive stage, the model's forward pass, on a Dask cluster.
 
 Only the forward pass (structures -> per-atom features) is distributed. Workers turn chunks of
-structures into features with the backend's batched path (:meth:`Backend.embed`); the driver
+structures into features with the backend's batched path (:meth:`Backend.embed`), or, when
+the running model's energies and forces are wanted (``platoscope monitor --forces model``,
+``properties=MODEL_PROPERTIES``), with one :meth:`Backend.compute` per structure; the driver
 (this process) projects, runs monitors and writes, **in input order**, so a distributed run
 writes what a serial run writes (features equal up to float32 model noise between thread
 counts; coordinates then follow within the projection's float64 arithmetic).
