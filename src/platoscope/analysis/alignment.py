@@ -15,7 +15,7 @@ import numpy as np
 from scipy.linalg import orthogonal_procrustes
 
 from platoscope.analysis.inputs import as_labels, as_matrix, check_metric, same_cols, same_rows
-from platoscope.analysis.neighbors import knn_search, knn_sets, ranks, unit_rows
+from platoscope.analysis.neighbors import KnnSpace, chunk_rows, knn_search, ranks, unit_rows
 from platoscope.errors import InputError
 
 _METRICS = ("cosine", "euclidean")
@@ -32,11 +32,21 @@ def _pair(X: Any, Y: Any, min_rows: int = 1, same_dim: bool = False
 
 
 def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:
-    """Mean overlap of each atom's k-nearest-neighbour sets in X and in Y (self excluded).
+    """Mean overlap of each atom's k-nearest-neighbour sets in X and in Y (self excluded),
+    counting tied neighbours by their probability of being chosen (order-free).
 
     X: (N, Dx), Y: (N, Dy), rows are the same atoms; dimensions may differ. For atom i,
-    overlap_i = |kNN_X(i) ∩ kNN_Y(i)| / k. Returns the mean over atoms in [0, 1]
-    (1: identical neighbourhoods; chance about k / (N - 1)). metric: ``cosine`` or ``euclidean``.
+    overlap_i = sum_j min(p_X(j), p_Y(j)) / k, where p(j) is j's tie-aware membership in i's k
+    nearest (:class:`~platoscope.analysis.neighbors.KnnSpace`: 1 for rows closer than the k-th
+    neighbour distance d_k, m / |T| for each of the |T| rows tied with d_k within
+    ``TIE_RTOL * (d_k + scale)`` when m more are needed, else 0). Without ties this is
+    |kNN_X(i) ∩ kNN_Y(i)| / k; two identical spaces score 1 even with ties; against a tie-free
+    space it is the expected overlap under a uniformly random tie break; when both spaces
+    have ties it is the overlap of the most favourable coupling of their tie breaks (an upper
+    bound on any joint random tie break; independent breaks would give sum_j p_X p_Y / k).
+    The result does not depend on the row order. Returns the mean over atoms in [0, 1]
+    (chance about k / (N - 1)). metric: ``cosine`` or ``euclidean``. Works in row chunks:
+    memory O(chunk x N), never N x N.
     """
     check_metric(metric, _METRICS)
     if int(k) != k or k < 1:
@@ -45,21 +55,25 @@ def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:
 
 
 def _knn_overlaps(X: Any, Y: Any, k: int, metric: str) -> np.ndarray:
+    """(N,) per-row tie-aware overlaps of :func:`mutual_knn`."""
     x, y = _pair(X, Y, min_rows=k + 1)
-    nx_, ny_ = knn_sets(x, k, metric), knn_sets(y, k, metric)
-    out = np.empty(x.shape[0])
-    for s in range(0, x.shape[0], 4096):  # (chunk, k, k) comparisons
-        a, b = nx_[s:s + 4096], ny_[s:s + 4096]
-        out[s:s + 4096] = (a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1) / k
+    sx, sy = KnnSpace(x, metric), KnnSpace(y, metric)
+    n = x.shape[0]
+    out = np.empty(n)
+    step = max(1, chunk_rows(n) // 4)  # a few (step, N) float64 blocks per space at a time
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        out[s:e] = np.minimum(sx.membership(s, e, k), sy.membership(s, e, k)).sum(axis=1) / k
     return out
 
 
 def mutual_knn_interval(X: Any, Y: Any, k: int = 10, metric: str = "cosine", *,
                         n_boot: int = 1000, level: float = 0.95, seed: int = 0
                         ) -> tuple[float, float, float]:
-    """:func:`mutual_knn` and its bootstrap interval over atoms: ``(value, low, high)``.
+    """:func:`mutual_knn` (tie-aware) and its bootstrap interval over atoms:
+    ``(value, low, high)``.
 
-    The neighbour sets are computed once on all rows; the per-atom overlaps are resampled
+    The neighbour weights are computed once on all rows; the per-atom overlaps are resampled
     ``n_boot`` times (seeded), so the interval says how much the figure depends on which atoms
     were scored, not on a refit of the neighbourhoods."""
     check_metric(metric, _METRICS)

@@ -8,6 +8,14 @@ import numpy as np
 import torch
 
 _CHUNK_BYTES = 64 * 2**20  # distance blocks are kept below ~64 MiB
+# k-NN ties (KnnSpace): on the quantity the kernel computes, delta = squared Euclidean
+# distance or cosine distance 1 - cos, two values tie when they differ by at most
+# TIE_RTOL[metric] * delta_k + TIE_ATOL * scale. 2e-6 relative on a squared distance is 1e-6
+# relative on the distance. Both are far above the float64 rounding of the kernels (~1e-15
+# relative on delta, ~1e-16 * scale absolute) and at or below the resolution of float32 model
+# features (~1e-7 relative per value).
+TIE_RTOL = {"euclidean": 2e-6, "cosine": 1e-6}
+TIE_ATOL = 1e-12
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -83,7 +91,11 @@ def knn_search(queries: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarra
 
 
 def knn_sets(x: np.ndarray, k: int, metric: str) -> np.ndarray:
-    """(N, k) indices of each row's k nearest other rows (self excluded even among duplicates)."""
+    """(N, k) indices of each row's k nearest other rows (self excluded even among duplicates).
+
+    Exact distance ties at the k-th neighbour are broken by row order (scikit-learn brute), so
+    the sets depend on how the rows are ordered; :func:`knn_membership` is the order-free,
+    tie-aware form that :func:`platoscope.analysis.mutual_knn` uses."""
     n = x.shape[0]
     from sklearn.neighbors import NearestNeighbors
 
@@ -128,3 +140,66 @@ def mean_k_nearest(d: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
     cnt = ok.sum(axis=1)
     tot = np.where(ok, near, 0.0).sum(axis=1)
     return np.divide(tot, cnt, out=np.full(len(tot), np.nan), where=cnt > 0)
+
+
+class KnnSpace:
+    """Tie-aware k-nearest-neighbour membership of the rows of one space, in row chunks.
+
+    x: (N, D); metric ``euclidean`` or ``cosine``. Distances are compared as delta = the squared
+    Euclidean distance (scale = mean squared row norm) or 1 - cos (scale = 1). For row i (self
+    excluded; rows that duplicate it are not), let delta_k be its k-th smallest delta and
+    tol = ``TIE_RTOL[metric] * delta_k + TIE_ATOL * scale`` (1e-6 relative on the distance).
+    S = rows with delta < delta_k - tol, T = rows with |delta - delta_k| <= tol (the tied k-th
+    neighbours, |T| >= 1), and m = k - |S| of T are needed. Row j's membership weight is 1 on
+    S, m / |T| on T, 0 elsewhere: the probability that j is among i's k nearest when ties are
+    broken uniformly at random. Each row's weights sum to k; without ties they are the 0/1
+    indicator of the k nearest. Permuting the rows permutes the weights (no row order enters).
+    """
+
+    def __init__(self, x: np.ndarray, metric: str):
+        if metric not in TIE_RTOL:
+            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        self.metric = metric
+        if metric == "cosine":
+            self.x = unit_rows(x)
+            self.sq = None
+            self.scale = 1.0
+        else:
+            self.x = x
+            self.sq = (x * x).sum(axis=1)
+            self.scale = float(self.sq.mean())
+        self.n = x.shape[0]
+
+    def deltas(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, N) squared Euclidean or cosine distances of rows start:stop to every
+        row; self at +inf."""
+        q = self.x[start:stop]
+        if self.metric == "cosine":
+            d = 1.0 - q @ self.x.T
+        else:
+            d = self.sq[start:stop, None] + self.sq[None, :] - 2.0 * (q @ self.x.T)
+            np.maximum(d, 0.0, out=d)
+        rows = np.arange(stop - start)
+        d[rows, start + rows] = np.inf
+        return d
+
+    def membership(self, start: int, stop: int, k: int) -> np.ndarray:
+        """(stop - start, N) float64 membership weights of rows start:stop (class docstring)."""
+        if not 1 <= k < self.n:
+            raise ValueError(f"k must be in [1, N - 1 = {self.n - 1}], got {k}")
+        d = self.deltas(start, stop)
+        dk = np.partition(d, k - 1, axis=1)[:, k - 1]
+        tol = TIE_RTOL[self.metric] * dk + TIE_ATOL * self.scale
+        closer = d < (dk - tol)[:, None]
+        tied = d <= (dk + tol)[:, None]
+        tied &= ~closer
+        need = k - closer.sum(axis=1)
+        w = tied * (need / tied.sum(axis=1))[:, None]
+        w[closer] = 1.0
+        return w
+
+
+def knn_membership(x: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """(N, N) tie-aware membership weights of :class:`KnnSpace` for all rows at once (small N;
+    mutual k-NN works in row chunks instead)."""
+    return KnnSpace(x, metric).membership(0, x.shape[0], k)
