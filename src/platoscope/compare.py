@@ -7,7 +7,10 @@ per-atom cosine agreement), optimal transport between each pair, the periodicity
 model and the per-element bias table, and writes ``compare.json``, ``compare.txt`` and PNG
 plots. Every retrieval figure stands beside chance and the element+structure baseline (what
 knowing only an atom's element and structure gives on the same pool), and the site-resolved
-top-1 beside its chance. Sparse (top-k) coordinates are densified for the scored subsample
+top-1 beside its chance. Mutual k-NN is tie-aware (:func:`platoscope.analysis.mutual_knn`):
+atoms of different elements in the ``element`` projection all sit at sqrt(2), and a neighbour
+tied at the k-th distance counts with its probability under a random tie break, never by
+row order or float rounding. Sparse (top-k) coordinates are densified for the scored subsample
 only. Orthogonal Procrustes (:func:`platoscope.analysis.procrustes`, an SVD of a K x K matrix)
 is left to the library.
 """
@@ -291,7 +294,7 @@ def _text(res: dict[str, Any], k: int) -> str:
                      f"{al['site_resolved_queries']} queries): chance "
                      f"{al['site_resolved_chance']:.3f}")
     lines.append(f"  per pair: top-1 / top-5{' / top-1 CSLS' if al['csls_k'] else ''}; "
-                 f"site-resolved top-1; mutual k-NN@{k} projected [95 % CI] / raw; linear "
+                 f"site-resolved top-1; mutual k-NN@{k} (tie-aware) projected [95 % CI] / raw; linear "
                  "CKA; mean per-atom cosine")
     for i, j in itertools.permutations(range(len(names)), 2):
         raw = al[f"mutual_knn{k}_raw"][i][j]
