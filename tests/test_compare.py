@@ -329,3 +329,15 @@ def test_compare_mutual_knn_on_sparse_element_rows_is_tie_aware(tmp_path):
     assert mk[1, 2] == pytest.approx(expected, abs=1e-12)
     raw = np.array(res["alignment"]["mutual_knn10_raw"])
     assert raw[0, 1] == pytest.approx(1.0, abs=1e-12)
+    # rows of the elements with <= 10 atoms (1 + 3 + 5 of 80) have tied 10th neighbours and
+    # score 1 in any pair; the untied figure is the mean over the other 71
+    tied = np.array(res["alignment"]["mutual_knn10_projected_tied_fraction"])
+    assert tied[0, 2] == pytest.approx(9 / 80) and tied[0, 0] == 0
+    from platoscope.analysis import mutual_knn_rows
+
+    o, t = mutual_knn_rows(za, zb, k=10, metric="euclidean")
+    np.testing.assert_array_equal(t, numbers <= 8)
+    np.testing.assert_allclose(o[t], 1.0, rtol=0, atol=1e-12)
+    untied = res["alignment"]["mutual_knn10_projected_untied"][0][2]
+    assert untied == pytest.approx(o[~t].mean(), abs=1e-12) and untied < expected
+    assert "11.2% tied" in (tmp_path / "c" / "compare.txt").read_text()

@@ -9,9 +9,9 @@ evaluation sets (``embed_eval.py``, ``_cache/emb/``) are projected with the libr
 ``Projector('element', tau)`` and scored over one row per symmetry class, as in
 ``default_set.py``. Per set and tau it writes
 
-* ``old_random_ties``: ``default_set.mknn_random_ties`` (ties broken by independent seeded
-  random orders, the figure in docs/shared_space.md), recomputed here as a check that the
-  pipeline reproduces the recorded value;
+* ``old_random_ties``: ``default_set.mknn_random_ties`` on 2 - 2 x inner products (ties broken
+  by independent seeded random orders, the figure in docs/shared_space.md), recomputed here as
+  a check that the pipeline reproduces the recorded value;
 * ``tie_aware``: :func:`platoscope.analysis.mutual_knn` (sum_j min(p_A, p_B) / k) with its 95 %
   bootstrap interval, on the rows compare scores (sparse element rows made dense by
   ``compare._isometric_by_element``);
@@ -89,16 +89,15 @@ def main(argv=None) -> int:
             sparse = [proj[m].transform(emb(name, m)["embeddings"].astype(np.float64)[reps],
                                         z, sparse=True) for m in (A, B)]
             xa, xb = _isometric_by_element(sparse, z)
-            sq_a, sq_b = (xa * xa).sum(1), (xb * xb).sum(1)
-            da = np.add.outer(sq_a, sq_a) - 2 * xa @ xa.T  # 0 products across elements
-            db = np.add.outer(sq_b, sq_b) - 2 * xb @ xb.T
-            # the research figure: ties (equal to 10 decimals) by independent random orders
-            old = mknn_random_ties(np.round(da, 10), np.round(db, 10))
+            # the research figure, reproduced as default_set.evaluate computed it: unit rows,
+            # squared distance 2 - 2 * inner product (exactly 2 across elements), ties broken
+            # by independent random orders
+            old = mknn_random_ties(2 - 2 * xa @ xa.T, 2 - 2 * xb @ xb.T)
             new = _knn_overlaps(xa, xb, KNN, "euclidean")
             wa, wb = knn_membership(xa, KNN, "euclidean"), knn_membership(xb, KNN, "euclidean")
             indep = (wa * wb).sum(axis=1) / KNN
             tied = [int(((w > 0) & (w < 1)).any(axis=1).sum()) for w in (wa, wb)]
-            del wa, wb, da, db
+            del wa, wb
             raw = _knn_overlaps(es.raw(A)[reps], es.raw(B)[reps], KNN, "cosine")
             elig = eligible_rows(es)
             rec = final["rows"][label]["results"][name]

@@ -54,17 +54,53 @@ def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:
     return float(np.mean(_knn_overlaps(X, Y, int(k), metric)))
 
 
-def _knn_overlaps(X: Any, Y: Any, k: int, metric: str) -> np.ndarray:
-    """(N,) per-row tie-aware overlaps of :func:`mutual_knn`."""
+def mutual_knn_rows(X: Any, Y: Any, k: int = 10, metric: str = "cosine"
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-atom terms of :func:`mutual_knn`: ``(overlap (N,), tied (N,) bool)``.
+
+    tied[i]: atom i's k-th nearest distance is tied (its membership weights in X or in Y are
+    not all 0 or 1; see :class:`~platoscope.analysis.neighbors.KnnSpace`), so its overlap
+    counts tied neighbours by probability. In the element projection that flags the atoms of
+    elements with at most k atoms, whose overlap is 1 between any two models."""
+    check_metric(metric, _METRICS)
+    if int(k) != k or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    return _knn_rows(X, Y, int(k), metric)
+
+
+def _knn_rows(X: Any, Y: Any, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = _pair(X, Y, min_rows=k + 1)
     sx, sy = KnnSpace(x, metric), KnnSpace(y, metric)
     n = x.shape[0]
     out = np.empty(n)
+    tied = np.zeros(n, dtype=bool)
     step = max(1, chunk_rows(n) // 4)  # a few (step, N) float64 blocks per space at a time
     for s in range(0, n, step):
         e = min(n, s + step)
-        out[s:e] = np.minimum(sx.membership(s, e, k), sy.membership(s, e, k)).sum(axis=1) / k
-    return out
+        wx, wy = sx.membership(s, e, k), sy.membership(s, e, k)
+        tied[s:e] = ((wx > 0) & (wx < 1)).any(axis=1) | ((wy > 0) & (wy < 1)).any(axis=1)
+        out[s:e] = np.minimum(wx, wy).sum(axis=1) / k
+    return out, tied
+
+
+def _knn_overlaps(X: Any, Y: Any, k: int, metric: str) -> np.ndarray:
+    """(N,) per-row tie-aware overlaps of :func:`mutual_knn`."""
+    return _knn_rows(X, Y, k, metric)[0]
+
+
+def bootstrap_interval(values: Any, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+                       ) -> tuple[float, float]:
+    """Percentile bootstrap interval ``(low, high)`` of the mean of ``values`` (1-D),
+    ``n_boot`` seeded resamples of the rows."""
+    if not 0 < level < 1:
+        raise InputError(f"level must be in (0, 1), got {level!r}")
+    o = np.asarray(values, dtype=np.float64).ravel()
+    if o.size == 0:
+        raise InputError("values is empty: nothing to bootstrap")
+    rng = np.random.default_rng(seed)
+    boots = np.array([o[rng.integers(0, o.size, o.size)].mean() for _ in range(int(n_boot))])
+    a = (1 - level) / 2
+    return float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
 
 
 def mutual_knn_interval(X: Any, Y: Any, k: int = 10, metric: str = "cosine", *,
@@ -82,10 +118,8 @@ def mutual_knn_interval(X: Any, Y: Any, k: int = 10, metric: str = "cosine", *,
     if not 0 < level < 1:
         raise InputError(f"level must be in (0, 1), got {level!r}")
     o = _knn_overlaps(X, Y, int(k), metric)
-    rng = np.random.default_rng(seed)
-    boots = np.array([o[rng.integers(0, o.size, o.size)].mean() for _ in range(int(n_boot))])
-    a = (1 - level) / 2
-    return float(o.mean()), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+    lo, hi = bootstrap_interval(o, n_boot, level, seed)
+    return float(o.mean()), lo, hi
 
 
 def linear_cka(X: Any, Y: Any) -> float:
