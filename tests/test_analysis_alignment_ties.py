@@ -155,8 +155,8 @@ def test_row_chunks_give_the_same_values(monkeypatch):
     x = _element_blocks()
     y = _tie_free(x)
     whole = _knn_overlaps(x, y, K, "euclidean")
-    monkeypatch.setattr(nb, "_CHUNK_BYTES", 8 * x.shape[0] * 4 * 7)  # 7-row chunks
-    assert nb.chunk_rows(x.shape[0]) // 4 == 7
+    monkeypatch.setattr(nb, "_CHUNK_BYTES", 8 * x.shape[0] * 8 * 7)  # 7-row chunks
+    assert nb.chunk_rows(x.shape[0]) // 8 == 7
     np.testing.assert_allclose(_knn_overlaps(x, y, K, "euclidean"), whole, rtol=0, atol=1e-15)
     space = KnnSpace(x, "euclidean")
     parts = np.vstack([space.membership(s, min(s + 7, len(x)), K) for s in range(0, len(x), 7)])

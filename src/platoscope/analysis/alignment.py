@@ -74,7 +74,7 @@ def _knn_rows(X: Any, Y: Any, k: int, metric: str) -> tuple[np.ndarray, np.ndarr
     n = x.shape[0]
     out = np.empty(n)
     tied = np.zeros(n, dtype=bool)
-    step = max(1, chunk_rows(n) // 4)  # a few (step, N) float64 blocks per space at a time
+    step = max(1, chunk_rows(n) // 8)  # ~5 (step, N) float64 blocks live: ~40 MiB in all
     for s in range(0, n, step):
         e = min(n, s + step)
         wx, wy = sx.membership(s, e, k), sy.membership(s, e, k)

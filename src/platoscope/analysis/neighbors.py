@@ -174,10 +174,13 @@ class KnnSpace:
         """(stop - start, N) squared Euclidean or cosine distances of rows start:stop to every
         row; self at +inf."""
         q = self.x[start:stop]
+        d = q @ self.x.T  # then in place: one (rows, N) block
         if self.metric == "cosine":
-            d = 1.0 - q @ self.x.T
+            np.subtract(1.0, d, out=d)
         else:
-            d = self.sq[start:stop, None] + self.sq[None, :] - 2.0 * (q @ self.x.T)
+            d *= -2.0
+            d += self.sq[start:stop, None]
+            d += self.sq[None, :]
             np.maximum(d, 0.0, out=d)
         rows = np.arange(stop - start)
         d[rows, start + rows] = np.inf
@@ -194,7 +197,7 @@ class KnnSpace:
         tied = d <= (dk + tol)[:, None]
         tied &= ~closer
         need = k - closer.sum(axis=1)
-        w = tied * (need / tied.sum(axis=1))[:, None]
+        w = np.multiply(tied, (need / tied.sum(axis=1))[:, None], out=d)  # reuses d's block
         w[closer] = 1.0
         return w
 
