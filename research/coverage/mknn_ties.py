@@ -17,6 +17,8 @@ evaluation sets (``embed_eval.py``, ``_cache/emb/``) are projected with the libr
   ``compare._isometric_by_element``);
 * ``independent_ties_expectation``: sum_j p_A p_B / k, the expectation of the old figure over
   its random orders (what ``old_random_ties`` estimates with one draw);
+* the same over the rows with no tie in either model (``*_untied``, what ``compare`` reports
+  beside the all-rows figure);
 * raw (cosine) mutual k-NN, tie-aware (no ties occur in raw features; equal to the old value),
   and the projected / raw ratio with a bootstrap interval (seed 1, 1,000 resamples), over all
   rows and over rows whose element has > 10 rows.
@@ -60,6 +62,7 @@ def ratio_ci(p: np.ndarray, r: np.ndarray) -> list[float]:
 
 def main(argv=None) -> int:
     from platoscope import AnchorSet
+    from platoscope.analysis import mutual_knn_rows
     from platoscope.analysis.alignment import _knn_overlaps
     from platoscope.analysis.neighbors import knn_membership
     from platoscope.compare import _isometric_by_element
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
             # squared distance 2 - 2 * inner product (exactly 2 across elements), ties broken
             # by independent random orders
             old = mknn_random_ties(2 - 2 * xa @ xa.T, 2 - 2 * xb @ xb.T)
-            new = _knn_overlaps(xa, xb, KNN, "euclidean")
+            new, tied_ab = mutual_knn_rows(xa, xb, KNN, "euclidean")
             wa, wb = knn_membership(xa, KNN, "euclidean"), knn_membership(xb, KNN, "euclidean")
             indep = (wa * wb).sum(axis=1) / KNN
             tied = [int(((w > 0) & (w < 1)).any(axis=1).sum()) for w in (wa, wb)]
@@ -114,7 +117,13 @@ def main(argv=None) -> int:
                  "raw_elig": float(raw[elig].mean()),
                  "ratio_elig": float(new[elig].mean() / raw[elig].mean()),
                  "ratio_elig_ci95": ratio_ci(new[elig], raw[elig]),
-                 "rows_with_tied_neighbours": {A: tied[0], B: tied[1]}}
+                 "rows_with_tied_neighbours": {A: tied[0], B: tied[1]},
+                 # what compare reports beside the all-rows figure: rows tied in neither model
+                 "n_rows_untied": int((~tied_ab).sum()),
+                 "tie_aware_untied": float(new[~tied_ab].mean()),
+                 "raw_untied": float(raw[~tied_ab].mean()),
+                 "ratio_untied": float(new[~tied_ab].mean() / raw[~tied_ab].mean()),
+                 "ratio_untied_ci95": ratio_ci(new[~tied_ab], raw[~tied_ab])}
             res[name] = r
             print(f"{label} / {name}: old {r['old_random_ties']:.3f} (recorded "
                   f"{rec['mknn']:.3f}), independent {r['independent_ties_expectation']:.3f}, "
