@@ -166,7 +166,7 @@ class KnnSpace:
             self.scale = 1.0
         else:
             self.x = x
-            self.sq = (x * x).sum(axis=1)
+            self.sq = np.einsum("ij,ij->i", x, x)  # no (N, D) temporary
             self.scale = float(self.sq.mean())
         self.n = x.shape[0]
 
