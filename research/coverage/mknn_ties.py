@@ -12,11 +12,12 @@ evaluation sets (``embed_eval.py``, ``_cache/emb/``) are projected with the libr
 * ``old_random_ties``: ``default_set.mknn_random_ties`` on 2 - 2 x inner products (ties broken
   by independent seeded random orders, the figure in docs/shared_space.md), recomputed here as
   a check that the pipeline reproduces the recorded value;
-* ``tie_aware``: :func:`platoscope.analysis.mutual_knn` (sum_j min(p_A, p_B) / k) with its 95 %
+* ``tie_aware``: :func:`platoscope.analysis.mutual_knn` (sum_j p_A p_B / k) with its 95 %
   bootstrap interval, on the rows compare scores (sparse element rows made dense by
   ``compare._isometric_by_element``);
-* ``independent_ties_expectation``: sum_j p_A p_B / k, the expectation of the old figure over
-  its random orders (what ``old_random_ties`` estimates with one draw);
+* ``independent_ties_expectation``: sum_j p_A p_B / k from the whole (N, N) membership
+  matrices, the expectation of the old figure over its random orders (what
+  ``old_random_ties`` estimates with one draw): a check of the chunked ``tie_aware``;
 * the same over the rows with no tie in either model (``*_untied``, what ``compare`` reports
   beside the all-rows figure);
 * raw (cosine) mutual k-NN, tie-aware (no ties occur in raw features; equal to the old value),
@@ -78,9 +79,10 @@ def main(argv=None) -> int:
     mats = {m: anchor_matrix(m) for m in (A, B)}
     final = __import__("json").loads((ROOT / "results" / "coverage_final.json").read_text())
     out = {"provenance": provenance(), "k": KNN, "anchor_set": anchors._hash(),
-           "definition": "overlap_i = sum_j min(p_A(j), p_B(j)) / k, p = tie-aware k-NN "
-                         "membership (platoscope.analysis.neighbors.KnnSpace; ties within "
-                         "1e-6 relative on the distance)", "rows": {}}
+           "definition": "overlap_i = sum_j p_A(j) p_B(j) / k (independent random tie "
+                         "breaks), p = tie-aware k-NN membership "
+                         "(platoscope.analysis.neighbors.KnnSpace; ties within 1e-9 relative "
+                         "on the distance)", "rows": {}}
     for label, tau in TAUS.items():
         proj = {m: Projector("element", tau=tau).fit(mats[m], anchor_numbers=anchors.numbers)
                 for m in (A, B)}

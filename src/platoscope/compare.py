@@ -9,8 +9,9 @@ plots. Every retrieval figure stands beside chance and the element+structure bas
 knowing only an atom's element and structure gives on the same pool), and the site-resolved
 top-1 beside its chance. Mutual k-NN is tie-aware (:func:`platoscope.analysis.mutual_knn`):
 atoms of different elements in the ``element`` projection all sit at sqrt(2), and a neighbour
-tied at the k-th distance counts with its probability under a random tie break, never by
-row order or float rounding. Sparse (top-k) coordinates are densified for the scored subsample
+tied at the k-th distance counts with its probability under a random tie break, each space
+breaking its ties independently (ties shared by construction earn chance credit only), never
+by row order or float rounding. Sparse (top-k) coordinates are densified for the scored subsample
 only. Orthogonal Procrustes (:func:`platoscope.analysis.procrustes`, an SVD of a K x K matrix)
 is left to the library.
 """
@@ -321,10 +322,10 @@ def _text(res: dict[str, Any], k: int) -> str:
     tied = np.array(al[f"mutual_knn{k}_projected_tied_fraction"])
     if tied.max() > 0:
         lines += [f"  tied rows: neighbours tied at the k-th distance (k = {k}) count by their "
-                  "probability under a random tie break; two models sharing the tie agree "
-                  "there by construction",
-                  f"  (element projection: atoms of elements with <= {k} scored atoms score 1 "
-                  "in any pair). Per pair: share of tied rows; mutual k-NN over the others:"]
+                  "probability under independent random tie breaks, so a tie two models share "
+                  "by construction earns chance credit only",
+                  f"  (element projection: atoms of elements with <= {k} scored atoms). Per "
+                  "pair: share of tied rows; mutual k-NN over the others:"]
         for i, j in itertools.combinations(range(len(names)), 2):
             u = al[f"mutual_knn{k}_projected_untied"][i][j]
             lines.append(f"  {names[i]} / {names[j]}: {tied[i, j]:.1%} tied; "

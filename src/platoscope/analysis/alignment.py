@@ -36,14 +36,15 @@ def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:
     counting tied neighbours by their probability of being chosen (order-free).
 
     X: (N, Dx), Y: (N, Dy), rows are the same atoms; dimensions may differ. For atom i,
-    overlap_i = sum_j min(p_X(j), p_Y(j)) / k, where p(j) is j's tie-aware membership in i's k
+    overlap_i = sum_j p_X(j) p_Y(j) / k, where p(j) is j's tie-aware membership in i's k
     nearest (:class:`~platoscope.analysis.neighbors.KnnSpace`: 1 for rows closer than the k-th
     neighbour distance d_k, m / |T| for each of the |T| rows tied with d_k within
-    ``TIE_RTOL * (d_k + scale)`` when m more are needed, else 0). Without ties this is
-    |kNN_X(i) ∩ kNN_Y(i)| / k; two identical spaces score 1 even with ties; against a tie-free
-    space it is the expected overlap under a uniformly random tie break; when both spaces
-    have ties it is the overlap of the most favourable coupling of their tie breaks (an upper
-    bound on any joint random tie break; independent breaks would give sum_j p_X p_Y / k).
+    ``TIE_RTOL * d_k + TIE_ATOL * scale`` when m more are needed, else 0): the expected
+    overlap when each space breaks its ties by an independent uniformly random order. Without
+    ties this is |kNN_X(i) ∩ kNN_Y(i)| / k. Ties earn only chance credit, also when both
+    spaces tie the same rows: in the element projection every model puts the atoms of other
+    elements at the same distance, by construction, and that is no agreement between models
+    (two identical tied spaces therefore score below 1; ``mutual_knn_rows`` flags tied rows).
     The result does not depend on the row order. Returns the mean over atoms in [0, 1]
     (chance about k / (N - 1)). metric: ``cosine`` or ``euclidean``. Works in row chunks:
     memory O(chunk x N), never N x N.
@@ -61,7 +62,7 @@ def mutual_knn_rows(X: Any, Y: Any, k: int = 10, metric: str = "cosine"
     tied[i]: atom i's k-th nearest distance is tied (its membership weights in X or in Y are
     not all 0 or 1; see :class:`~platoscope.analysis.neighbors.KnnSpace`), so its overlap
     counts tied neighbours by probability. In the element projection that flags the atoms of
-    elements with at most k atoms, whose overlap is 1 between any two models."""
+    elements with at most k atoms, whose tied neighbours earn only chance credit."""
     check_metric(metric, _METRICS)
     if int(k) != k or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
@@ -79,7 +80,7 @@ def _knn_rows(X: Any, Y: Any, k: int, metric: str) -> tuple[np.ndarray, np.ndarr
         e = min(n, s + step)
         wx, wy = sx.membership(s, e, k), sy.membership(s, e, k)
         tied[s:e] = ((wx > 0) & (wx < 1)).any(axis=1) | ((wy > 0) & (wy < 1)).any(axis=1)
-        out[s:e] = np.minimum(wx, wy).sum(axis=1) / k
+        out[s:e] = np.einsum("ij,ij->i", wx, wy) / k
     return out, tied
 
 
