@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     out = {"provenance": provenance(), "k": KNN, "anchor_set": anchors._hash(),
            "definition": "overlap_i = sum_j p_A(j) p_B(j) / k (independent random tie "
                          "breaks), p = tie-aware k-NN membership "
-                         "(platoscope.analysis.neighbors.KnnSpace; ties within 1e-9 relative "
+                         "(platoscope.analysis.neighbors.KnnSpace; ties within 1e-13 relative "
                          "on the distance)", "rows": {}}
     for label, tau in TAUS.items():
         proj = {m: Projector("element", tau=tau).fit(mats[m], anchor_numbers=anchors.numbers)
