@@ -84,14 +84,17 @@ class RunRecorder:
     batch: keep frames until :meth:`flush` (called by :meth:`write_summary` and :meth:`close`)
     and write them with one extxyz write and one frames.h5 commit (``monitor_frames``: once
     per chunk; a kill then loses the frames of the chunk under way, which a resumed run
-    rewrites); False writes and commits every frame as it comes (MD, relaxations).
+    rewrites); False writes and commits every frame as it comes (MD, relaxations);
+    first_summary: extra entries of the ``running`` summary.json written on opening (the
+    runners pass their watcher's ``monitoring`` here instead of rewriting it at once).
     """
 
     def __init__(self, out: str | Path, *, provenance: dict[str, Any], config: dict[str, Any],
                  interval: int = 1, embeddings: bool = True, append: bool = False,
                  projector: Any = None, store_coords: str = "auto",
                  score_units: dict[str, str] | None = None, verify: bool = True,
-                 score_names: Sequence[str] = (), batch: bool = False):
+                 score_names: Sequence[str] = (), batch: bool = False,
+                 first_summary: dict[str, Any] | None = None):
         self.store_platonic = store_coords_for(store_coords, int(provenance.get("n_anchors") or 0),
                                                embeddings=embeddings)
         self.out = Path(out)
@@ -116,7 +119,7 @@ class RunRecorder:
         if not append:
             for name in (FRAMES,):
                 (self.out / name).unlink(missing_ok=True)
-        self.write_summary("running")
+        self.write_summary("running", first_summary)
 
     def frame(self, frame: Frame, scores: dict[str, np.ndarray]) -> None:
         if frame.step % self.interval:
@@ -366,13 +369,16 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
                                      rng=np.random.default_rng(seed))
     config = _md_config(atoms, ensemble, steps, timestep_fs, temperature_K, friction,
                         pressure_GPa, interval, seed, temperature_end_K)
+    # the watcher first: the recorder's first summary.json carries its ``monitoring`` (one
+    # atomic write, two fsyncs, instead of two)
+    watcher = Watcher(monitors, strict=strict, start_step=first_step)
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors), interval=interval,
                            embeddings=embeddings, append=restart,
                            projector=getattr(calc, "projector", None), store_coords=store_coords,
-                           verify=_verify_coords(calc))
-    watcher = Watcher(monitors, sinks=[recorder], strict=strict, start_step=first_step)
-    recorder.write_summary("running", {"monitoring": watcher.summary()})
+                           verify=_verify_coords(calc),
+                           first_summary={"monitoring": watcher.summary()})
+    watcher.sinks.append(recorder)
 
     def target(step: int) -> float:  # thermostat target of the step about to be taken
         return ramp_temperature(step, steps, temperature_K, temperature_end_K)
@@ -406,12 +412,13 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     config = {"kind": "relax", "fmax": fmax, "steps": steps, "cell": cell,
               "optimizer": optimizer, "n_atoms": len(atoms),
               "formula": atoms.get_chemical_formula()}
+    watcher = Watcher(monitors, strict=strict)
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors),
                            embeddings=embeddings, projector=getattr(calc, "projector", None),
-                           store_coords=store_coords, verify=_verify_coords(calc))
-    watcher = Watcher(monitors, sinks=[recorder], strict=strict)
-    recorder.write_summary("running", {"monitoring": watcher.summary()})
+                           store_coords=store_coords, verify=_verify_coords(calc),
+                           first_summary={"monitoring": watcher.summary()})
+    watcher.sinks.append(recorder)
     target = FrechetCellFilter(atoms) if cell else atoms
     opt = opt_cls(target, logfile=None)
     bar = _progress(steps, f"relax {optimizer}", progress)
@@ -557,18 +564,19 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                 "layer": calc.backend.layer, "device": executor.model.device,
                 "chunk_size": executor.chunk_size, "n_frames": len(frames), "source": source,
                 "forces": used})
+        watcher = Watcher(monitors, strict=strict)
         recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                                score_units=score_units(monitors),
                                embeddings=embeddings, projector=calc.projector,
                                store_coords=store_coords, verify=False,
-                               score_names=[*(m.name for m in monitors), COVERAGE], batch=True)
+                               score_names=[*(m.name for m in monitors), COVERAGE], batch=True,
+                               first_summary={"monitoring": watcher.summary()})
         # verify=False: every frame below is projected with calc.projector, the one stored, so
         # a reader derives exactly these coordinates; checking it per frame cost a second
         # projection. score_names: the scores every frame has, declared so that frames.h5 is
         # not rewritten (projector included) when the first frame brings them; batch: one
         # commit per chunk
-        watcher = Watcher(monitors, sinks=[recorder], strict=strict)
-        recorder.write_summary("running", {"monitoring": watcher.summary()})
+        watcher.sinks.append(recorder)
         bar = _progress(len(frames), "monitor", progress)
         t0, n_atoms = time.perf_counter(), 0
         with _lifecycle(recorder, watcher, bar) as state:
