@@ -88,17 +88,27 @@ def _timed(fn):
     return out, round(time.perf_counter() - t0, 3)
 
 
-def alternate(fns: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds of each function per round, in a rotating order, after one warm-up call each."""
-    for f in fns.values():
-        f()
+def alternate(fns: dict, rounds: int, prepare: dict | None = None) -> dict[str, list[float]]:
+    """Seconds of each function per round, in a rotating order, after one warm-up call each.
+
+    prepare: per name, a function called untimed right before each call of that name's
+    function (start-up that the timed function must not pay, e.g. building a monitor set)."""
+    prepare = prepare or {}
+
+    def call(name: str) -> float:
+        if name in prepare:
+            prepare[name]()
+        t0 = time.perf_counter()
+        fns[name]()
+        return time.perf_counter() - t0
+
+    for name in fns:
+        call(name)
     times: dict[str, list[float]] = {k: [] for k in fns}
     order = list(fns)
     for _ in range(rounds):
         for name in order:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(call(name))
         order = order[1:] + order[:1]
     return times
 
@@ -162,23 +172,26 @@ def single_process(objs: tuple, frames: list, batch: int, rounds: int, other: bo
 
     fresh: list = []
 
-    def monitor(prefetch: int | None = None):
-        # the monitor set is built (and calibrated on the bank) untimed: a per-run start-up
-        # cost, timed apart below; everything monitor_frames does is timed
+    def prepare_monitor():
+        # the monitor set is built (and calibrated on the bank) untimed, before the timed call
+        # (``alternate``'s prepare): a per-run start-up cost, timed apart below; the previous
+        # run's folder is removed untimed too; everything monitor_frames does is timed
         shutil.rmtree(tmp / "mon", ignore_errors=True)
+        fresh.append(build())
+
+    def monitor(prefetch: int | None = None):
         with open_executor(model, backend=backend, chunk_size=batch,
                            prefetch=prefetch) as ex:
             monitor_frames(frames, calc, fresh.pop(), tmp / "mon", batch_size=batch,
                            progress=False, executor=ex)
-        fresh.append(build())
 
-    fresh.append(build())
     fns = {"bare": bare, "embed": embed, "monitor": monitor}
     if other:  # the same with the other prefetch than the backend's default (0 <-> 1)
         p = 1 - min(default_prefetch(backend), 1)
         fns.update({f"embed_prefetch{p}": lambda: embed(p),
                     f"monitor_prefetch{p}": lambda: monitor(p)})
-    times = alternate(fns, rounds)
+    times = alternate(fns, rounds, prepare={k: prepare_monitor for k in fns
+                                            if k.startswith("monitor")})
     build_s = []
     for _ in range(3):
         t0 = time.perf_counter()

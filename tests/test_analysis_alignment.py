@@ -35,7 +35,12 @@ def test_identical_inputs_score_one(metric):
 def test_mutual_knn_self_excluded_with_duplicate_rows():
     x = _cloud(50, 4)
     x = np.vstack([x, x[:10]])  # ten exact duplicates: self may not come first
-    assert mutual_knn(x, x.copy(), k=5, metric="euclidean") == 1.0
+    from platoscope.analysis.neighbors import knn_membership
+
+    w = knn_membership(x, 5, "euclidean")  # a duplicate at the cut ties with its twin
+    assert np.all(np.diag(w) == 0)  # self is never a neighbour
+    assert mutual_knn(x, x.copy(), k=5, metric="euclidean") == pytest.approx(
+        float(((w * w).sum(axis=1) / 5).mean()), abs=1e-12)
 
 
 def test_mutual_knn_across_dimensions_and_chance():

@@ -320,3 +320,75 @@ def test_structure_options_without_structures_are_refused(option, tmp_path):
                                   str(tmp_path / "c")])
     assert r.exit_code == 2 and f"'{option[0]}': applies to --structures" in r.output, r.output
     assert not (tmp_path / "c").exists()
+
+
+def _element_sparse_coords(model, numbers, rows_seed, anchors_per_element=12, noise=None):
+    """Sparse element-projection-like coordinates without a model: each atom's non-negative
+    unit row lives on its own element's anchor columns (atoms of different elements at
+    distance sqrt(2), tied)."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(rows_seed)
+    els = np.unique(numbers)
+    z = np.zeros((len(numbers), anchors_per_element * len(els)))
+    for e, el in enumerate(els):
+        sel = np.flatnonzero(numbers == el)
+        v = np.abs(rng.normal(size=(sel.size, anchors_per_element))) ** 3
+        z[sel, e * anchors_per_element:(e + 1) * anchors_per_element] = v
+    if noise is not None:
+        z = np.where(z > 0, z * noise.uniform(0.7, 1.3, z.shape), 0.0)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(numbers)
+    return AtomCoordinates(
+        platonic=sp.csr_array(z), numbers=numbers, structure_index=np.arange(n) // 4,
+        atom_index=np.arange(n) % 4, anchor_set_hash="a" * 64, data_hash="d" * 64,
+        provenance={"model": model, "projection": "element",
+                    "projection_params": {"normalize": "element", "kernel": "softmax",
+                                          "tau": 0.015}},
+        embeddings=np.random.default_rng(rows_seed + 1).normal(size=(n, 8)))
+
+
+def test_compare_mutual_knn_on_sparse_element_rows_is_tie_aware(tmp_path):
+    """compare scores sparse element rows through an isometric dense form (QR per element,
+    float64 rounding); the tied cross-element distances must not be broken by that rounding:
+    a model against an identical copy scores what the dense rows score against themselves
+    (ties earn chance credit only, so below 1), and any pair equals the tie-aware mutual k-NN
+    of the plain dense rows."""
+    from platoscope.analysis import mutual_knn
+    from platoscope.compare import compare
+
+    numbers = np.repeat([1, 6, 8, 14, 26], [1, 3, 5, 30, 41])  # small elements: tied k-NN
+    a = _element_sparse_coords("a", numbers, 0)
+    twin = _element_sparse_coords("twin", numbers, 0)
+    b = _element_sparse_coords("b", numbers, 0, noise=np.random.default_rng(7))
+    res = compare([a, twin, b], tmp_path / "c", k=10)
+    mk = np.array(res["alignment"]["mutual_knn10_projected"])
+    za, zb = dense_rows(a.platonic), dense_rows(b.platonic)
+    self_score = mutual_knn(za, za.copy(), k=10, metric="euclidean")
+    assert 0.5 < self_score < 0.99  # the small elements' rows are tied
+    assert mk[0, 1] == pytest.approx(self_score, abs=1e-12)
+    lo, hi = res["alignment"]["mutual_knn10_projected_ci95"][0][1]
+    assert lo <= mk[0, 1] <= hi
+    expected = mutual_knn(za, zb, k=10, metric="euclidean")
+    assert 0.3 < expected < 0.99
+    assert mk[0, 2] == mk[2, 0] == pytest.approx(expected, abs=1e-12)
+    assert mk[1, 2] == pytest.approx(expected, abs=1e-12)
+    raw = np.array(res["alignment"]["mutual_knn10_raw"])
+    assert raw[0, 1] == pytest.approx(1.0, abs=1e-12)
+    # rows of the elements with <= 10 atoms (1 + 3 + 5 of 80) have tied 10th neighbours: their
+    # n_el - 1 element mates, then m = 10 - (n_el - 1) of the 80 - n_el others, each with
+    # weight m / (80 - n_el) in both models (chance credit); the untied figure is the mean
+    # over the other 71
+    tied = np.array(res["alignment"]["mutual_knn10_projected_tied_fraction"])
+    assert tied[0, 2] == pytest.approx(9 / 80) and tied[0, 0] == 0
+    from platoscope.analysis import mutual_knn_rows
+
+    o, t = mutual_knn_rows(za, zb, k=10, metric="euclidean")
+    np.testing.assert_array_equal(t, numbers <= 8)
+    n_el = np.array([np.sum(numbers == z) for z in numbers[t]])
+    m = 10 - (n_el - 1)
+    np.testing.assert_allclose(o[t], (n_el - 1 + m * m / (80 - n_el)) / 10, rtol=0, atol=1e-12)
+    assert o.mean() == pytest.approx(expected, abs=1e-12)
+    untied = res["alignment"]["mutual_knn10_projected_untied"][0][2]
+    assert untied == pytest.approx(o[~t].mean(), abs=1e-12)
+    assert "11.2% tied" in (tmp_path / "c" / "compare.txt").read_text()

@@ -644,3 +644,120 @@ def test_embed_ctrl_c_before_any_chunk_says_nothing_was_kept(tmp_path, monkeypat
     assert "interrupted: no chunk had completed (nothing kept); rerun the same command" \
         in res.output, res.output
     assert not parts_folder(tmp_path / "e.h5").exists()
+
+
+FORCE_TOL = (FEAT_RTOL, 1e-5)
+"""Forces (rtol, atol in eV/Å) of a worker (1 torch thread) vs the serial run: float32 noise,
+as for the features."""
+
+
+def test_monitor_model_forces_on_workers_equal_serial(tmp_path):
+    """``monitor --monitor uncertainty`` (``--forces auto``: the model's forces) over a
+    positions-only trajectory on ``--workers 2`` writes what the serial run writes: forces,
+    energies, sigma and embeddings within the float32 noise of another thread count."""
+    from platoscope.writers import read_sidecar
+
+    t = _traj(tmp_path / "t.extxyz", n=5)
+    base = ["monitor", str(t), "--monitor", "uncertainty", "--batch-size", "2", "--no-report",
+            "--store-coords", "always"]
+    runner = CliRunner()
+    r1 = runner.invoke(main, [*base, "--out", str(tmp_path / "serial")])
+    assert r1.exit_code == 0, r1.output
+    r2 = runner.invoke(main, [*base, "--workers", "2", "--out", str(tmp_path / "w")])
+    assert r2.exit_code == 0, r2.output
+    for name in ("serial", "w"):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["config"]["forces_mode"]["used"] == "model"
+        assert summary["monitoring"]["monitor_errors"] == [] and summary["failed_frames"] == []
+    assert summary["cluster"]["mode"] == "local" and summary["cluster"]["workers"] == 2
+    s = read(tmp_path / "serial" / "frames.extxyz", index=":")
+    w = read(tmp_path / "w" / "frames.extxyz", index=":")
+    assert [f.info["step"] for f in s] == [f.info["step"] for f in w] == list(range(5))
+    for fs, fw in zip(s, w, strict=True):
+        assert np.abs(fs.get_forces()).max() > 0.1
+        np.testing.assert_allclose(fw.get_forces(), fs.get_forces(), rtol=FORCE_TOL[0],
+                                   atol=FORCE_TOL[1])
+        np.testing.assert_allclose(fw.get_potential_energy(), fs.get_potential_energy(),
+                                   rtol=FEAT_RTOL)
+        # sigma: k-NN feature distances and |F|, both within relative float32 noise
+        np.testing.assert_allclose(fw.arrays["score_uncertainty"], fs.arrays["score_uncertainty"],
+                                   rtol=FEAT_RTOL, atol=FEAT_ATOL)
+    with read_sidecar(tmp_path / "serial" / "frames.h5") as rs, \
+            read_sidecar(tmp_path / "w" / "frames.h5") as rw:
+        for i in range(len(rs)):
+            np.testing.assert_allclose(rw.frame(i)["embeddings"], rs.frame(i)["embeddings"],
+                                       rtol=FEAT_RTOL, atol=FEAT_ATOL)
+            np.testing.assert_allclose(rw.frame(i)["forces"], rs.frame(i)["forces"],
+                                       rtol=FORCE_TOL[0], atol=FORCE_TOL[1])
+
+
+def test_monitor_resume_keeps_model_forces_and_refuses_another_forces_setting(tmp_path,
+                                                                             backend):
+    """A ``forces="model"`` run interrupted after its first chunk keeps chunk files holding the
+    model's energies and forces; a rerun with ``forces="file"`` is refused (the chunks were made
+    with other settings), the same setting resumes them, and the resumed frames' forces are
+    the model's (equal to a fresh calculation of each frame, within 1e-5 eV/Å: float noise)."""
+    from ase.io import read as ase_read
+
+    from platoscope.anchors import AnchorSet
+    from platoscope.calculator import PlatonicCalculator
+    from platoscope.readers import read_frames
+    from platoscope.runner import monitor_frames
+    from platoscope.writers import read_sidecar
+
+    frames, _ = read_frames(_traj(tmp_path / "t.extxyz", n=5))
+    calc = PlatonicCalculator(backend, anchors=AnchorSet.default())
+    out = tmp_path / "m"
+
+    def ctrl_c(_):
+        raise KeyboardInterrupt
+
+    with open_executor(ModelSpec.of(backend), backend=backend, chunk_size=2,
+                       prefetch=0) as ex:
+        with pytest.raises(KeyboardInterrupt):
+            monitor_frames(frames, calc, [], out, executor=ex, progress=False, forces="model",
+                           on_chunk=ctrl_c)
+        parts = sorted(parts_folder(out).glob("chunk_*.npz"))
+        assert [p.name for p in parts] == ["chunk_0000000.npz"]
+        with np.load(parts[0]) as z:
+            assert z["forces"].shape == (2 * len(frames[0]), 3) and z["energies"].shape == (2,)
+        with pytest.raises(ResumeMismatchError, match="forces"):
+            monitor_frames(frames, calc, [], out, executor=ex, progress=False, forces="file")
+        # refused before anything was written: the interrupted run's folder is as it was
+        assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+        resumed: list[bool] = []
+        res = monitor_frames(frames, calc, [], out, executor=ex, progress=False,
+                             forces="model", on_chunk=lambda r: resumed.append(r.resumed))
+    assert resumed == [True, False, False] and res["resumed_chunks"] == 1
+    assert not parts_folder(out).exists()
+    written = ase_read(out / "frames.extxyz", ":")
+    with read_sidecar(out / "frames.h5") as side:
+        for i, (a, w) in enumerate(zip(frames, written, strict=True)):
+            results, _ = backend.compute(a, ("energy", "forces"))
+            np.testing.assert_allclose(w.get_forces(), results["forces"], rtol=0, atol=1e-5)
+            np.testing.assert_allclose(side.frame(i)["forces"], results["forces"], rtol=0,
+                                       atol=1e-5)
+            assert w.get_potential_energy() == pytest.approx(results["energy"], abs=1e-5)
+
+
+def test_compute_chunk_with_forces_reports_failures_per_structure(backend, structures):
+    """With the model's energies and forces (``properties``), a structure with an unsupported
+    element or NaN positions is a failure naming its file and frame, as on the batched path;
+    the others carry energy, (N, 3) forces and features of one pass."""
+    from platoscope.distributed import MODEL_PROPERTIES, compute_chunk
+
+    data = [a.copy() for a in structures[:3]]
+    data[1].numbers[0] = 95  # Am
+    data[2].positions[0, 0] = np.nan
+    for i, a in enumerate(data):
+        a.info.update(source="set/x.extxyz", source_index=i)
+    res = compute_chunk(backend, data, start=10, properties=MODEL_PROPERTIES)
+    assert [f.position for f in res.failures] == [11, 12]
+    assert "Am (Z=95)" in res.failures[0].describe() and "frame 1" in res.failures[0].describe()
+    assert "non-finite" in res.failures[1].message
+    assert res.features[1] is None and res.forces[1] is None and res.energies[2] is None
+    ref, feats = backend.compute(data[0], MODEL_PROPERTIES)
+    assert res.forces[0].shape == (len(data[0]), 3)
+    np.testing.assert_allclose(res.forces[0], ref["forces"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(res.features[0], feats, rtol=FEAT_RTOL, atol=FEAT_ATOL)
+    assert res.energies[0] == pytest.approx(float(ref["energy"]), abs=1e-6)

@@ -325,16 +325,123 @@ def test_calibrate_cli_names_file_and_frame_before_any_forward_pass(tmp_path, st
     assert not (tmp_path / "m.npz").exists()
 
 
-def test_monitor_cli_uncertainty_on_frames_without_forces_says_so(tmp_path, structures):
-    """`platoscope monitor --monitor uncertainty` over frames that hold no forces: every frame
-    fails the monitor, and the end line says so and why, not just '0 events'."""
-    frames = [a.copy() for a in structures[4:6]]
+FORCE_ATOL = 1e-5
+"""eV/Å: forces written by ``monitor`` vs a separate CHGNet calculation of the same frames as
+read from the same file (frames.extxyz keeps 8 decimals; float noise). Not against the frames
+before they were written: rounding positions to the file's 8 decimals (5e-9 Å) moved CHGNet's
+float32 forces by up to 1e-4 eV/Å on a 63-atom Si frame."""
+
+
+def _positions_only(structures, tmp_path):
+    frames = [a.copy() for a in structures[4:6]]  # Si, 2 frames
     for f in frames:
         del f.arrays["dft_forces"]
         f.info = {}
-    write(tmp_path / "noforces.extxyz", frames)
-    res = CliRunner().invoke(main, ["monitor", str(tmp_path / "noforces.extxyz"), "--monitor",
-                                    "uncertainty", "--no-report", "--out", str(tmp_path / "m")])
+    path = tmp_path / "noforces.extxyz"
+    write(path, frames)
+    return path, frames
+
+
+def test_monitor_cli_uncertainty_computes_the_models_forces(tmp_path, structures):
+    """`platoscope monitor --monitor uncertainty` over a positions-only trajectory (issue 11):
+    the default ``--forces auto`` computes the running model's energy and forces in the pass
+    that gives the features, so every frame is scored (was: every frame failed, 'the frame
+    holds no forces'); frames.extxyz and frames.h5 hold forces equal to a separate CHGNet
+    calculation (FORCE_ATOL), and summary.json says where they came from."""
+    from ase.io import read
+    from chgnet.model import CHGNet
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    from platoscope.writers import read_sidecar
+
+    path, _ = _positions_only(structures, tmp_path)
+    frames = read(path, ":")  # what the monitor reads: positions rounded to the file's decimals
+    res = CliRunner().invoke(main, ["monitor", str(path), "--monitor", "uncertainty",
+                                    "--no-report", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    assert "monitor error" not in res.output and "note: " not in res.output, res.output
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["monitoring"]["monitor_errors"] == []
+    assert summary["config"]["forces"].startswith(
+        "computed by chgnet:0.3.0 in the same pass as the features")
+    assert summary["config"]["forces_mode"] == {"requested": "auto", "used": "model"}
+    written = read(tmp_path / "m" / "frames.extxyz", ":")
+    assert len(written) == len(frames)
+    bare = CHGNetCalculator(model=CHGNet.load(verbose=False), use_device="cpu")
+    with read_sidecar(tmp_path / "m" / "frames.h5") as side:
+        for i, (w, a) in enumerate(zip(written, frames, strict=True)):
+            sigma = w.arrays["score_uncertainty"]
+            assert sigma.shape == (len(a),) and np.all(np.isfinite(sigma)) and np.all(sigma > 0)
+            ref = a.copy()
+            ref.calc = bare
+            f_ref = ref.get_forces()
+            assert np.abs(f_ref).max() > 0.1  # not a trivially force-free frame
+            np.testing.assert_allclose(w.get_forces(), f_ref, rtol=0, atol=FORCE_ATOL)
+            np.testing.assert_allclose(w.get_potential_energy(), ref.get_potential_energy(),
+                                       rtol=0, atol=1e-4)
+            np.testing.assert_allclose(side.frame(i)["forces"], f_ref, rtol=0, atol=FORCE_ATOL)
+
+
+def test_monitor_forces_model_vs_file_on_dft_labelled_frames(tmp_path, structures,
+                                                             chgnet_backend, bank):
+    """A DFT-labelled trajectory: with ``forces="model"`` sigma comes from the model's own
+    forces, so frames whose stored forces are 3x the DFT ones give the same sigma as the
+    unscaled file; with ``forces="file"`` sigma uses the stored forces and differs."""
+    from ase.io import read
+
+    from platoscope import AnchorSet
+    from platoscope.calculator import PlatonicCalculator
+    from platoscope.monitors.uncertainty import UncertaintyMonitor
+    from platoscope.readers import read_frames
+    from platoscope.runner import monitor_frames
+
+    calc = PlatonicCalculator(chgnet_backend, anchors=AnchorSet.default(),
+                              projection=bank.projector)
+    est = ForceErrorModel.default(chgnet_backend, bank)
+    sigma = {}
+    for scale in (1.0, 3.0):
+        frames = []
+        for a in structures[4:6]:
+            b = a.copy()
+            b.calc = SinglePointCalculator(b, forces=scale * a.arrays["dft_forces"])
+            del b.arrays["dft_forces"]
+            frames.append(b)
+        path = tmp_path / f"dft_x{scale:g}.extxyz"
+        write(path, frames)
+        for mode in ("model", "file"):
+            out = tmp_path / f"{mode}_x{scale:g}"
+            got, _ = read_frames(path)
+            res = monitor_frames(got, calc, [UncertaintyMonitor(est)], out, progress=False,
+                                 forces=mode, source=str(path))
+            assert res["status"] == "completed" and res["monitoring"]["monitor_errors"] == []
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["config"]["forces_mode"]["used"] == mode
+            written = read(out / "frames.extxyz", ":")
+            sigma[mode, scale] = np.concatenate([w.arrays["score_uncertainty"]
+                                                 for w in written])
+            if mode == "file":
+                assert summary["config"]["forces"] == ("as stored in the source (2 of 2 frames "
+                                                       "hold forces), not computed by the "
+                                                       "model")
+                np.testing.assert_allclose(written[0].get_forces(),
+                                           scale * structures[4].arrays["dft_forces"],
+                                           rtol=0, atol=1e-7)
+    # the same forward passes: equal up to float noise (stated: rtol 1e-6)
+    np.testing.assert_allclose(sigma["model", 3.0], sigma["model", 1.0], rtol=1e-6)
+    rel = np.abs(sigma["file", 3.0] - sigma["file", 1.0]) / sigma["file", 1.0]
+    assert rel.max() > 0.05, rel.max()
+    with pytest.raises(InputError, match="forces must be one of auto, model, file"):
+        monitor_frames(got, calc, [], tmp_path / "bad", progress=False, forces="dft")
+
+
+def test_monitor_cli_uncertainty_on_frames_without_forces_says_so(tmp_path, structures):
+    """`platoscope monitor --monitor uncertainty --forces file` (today's behaviour before
+    --forces) over frames that hold no forces: every frame fails the monitor, and the end
+    line says so and why, not just '0 events'."""
+    path, _ = _positions_only(structures, tmp_path)
+    res = CliRunner().invoke(main, ["monitor", str(path), "--monitor", "uncertainty",
+                                    "--forces", "file", "--no-report", "--out",
+                                    str(tmp_path / "m")])
     assert res.exit_code == 0, res.output
     end = res.output[res.output.rindex("status: "):]  # the end line (after a progress bar)
     assert end.startswith("status: completed; 0 events; 2 monitor error(s) (uncertainty: "
@@ -344,9 +451,10 @@ def test_monitor_cli_uncertainty_on_frames_without_forces_says_so(tmp_path, stru
     errors = summary["monitoring"]["monitor_errors"]
     assert [e["step"] for e in errors] == [0, 1]
     # where sigma's |F| comes from is said (console) and recorded (summary.json)
-    assert "note: sigma uses the forces stored in" in res.output
+    assert "note: --forces file: sigma uses the forces stored in" in res.output
     assert summary["config"]["forces"] == ("as stored in the source (0 of 2 frames hold "
-                                           "forces), not recomputed by the model")
+                                           "forces), not computed by the model")
+    assert summary["config"]["forces_mode"] == {"requested": "file", "used": "file"}
     assert all("holds no forces" in e["error"] for e in errors)
 
 

@@ -753,18 +753,28 @@ def relax(structure, fmax, steps, cell, optimizer, report, **kw):
               help="Frames per task and per model batch")
 @click.option("--index", default=":", show_default=True, callback=_index,
               help="Frames to read (ASE syntax); steps stay the source's frame indices")
+@click.option("--forces", "forces", type=click.Choice(["auto", "model", "file"]),
+              default="auto", show_default=True,
+              help="Energy and forces of each frame: model = computed by the running model in "
+                   "the pass that gives the features (one pass per frame); file = as stored in "
+                   "the trajectory (none where it holds none; features from the faster "
+                   "batched pass); auto = model when a monitor uses forces (uncertainty), "
+                   "else file")
 @_with(cluster_options)
-def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
+def monitor(trajectories, batch_size, index, forces, report, workers, scheduler, **kw):
     """Run monitors over existing TRAJECTORIES (any format ASE reads); step = frame index.
 
     One trajectory writes its run folder to OUT; several write one folder each under OUT,
     named after their paths (run1/md.traj -> OUT/run1_md). --strict also stops at the first
-    frame that cannot be embedded (default: reported in summary.json, skipped).
+    frame that cannot be embedded (default: reported in summary.json, skipped). --forces
+    model (the default with the uncertainty monitor) writes the model's energy and forces
+    into frames.extxyz and frames.h5; summary.json says where the forces came from.
     """
     import dataclasses
     import os
 
     from platoscope.readers import read_frames
+    from platoscope.runner import forces_from
 
     # the whole command line (inputs as absolute paths): "rerun the same command" is this
     settings = json.dumps({**click.get_current_context().params, "trajectories": [
@@ -795,16 +805,19 @@ def monitor(trajectories, batch_size, index, report, workers, scheduler, **kw):
             if not frames:
                 raise click.ClickException(f"no readable frame in {trajectory}")
             run = _build(dataclasses.replace(config, out=run_out), frames[0])
-            if any(m.name == "uncertainty" for m in run.monitors):
-                click.echo(f"note: sigma uses the forces stored in {trajectory} as the running "
-                           "model's |F| (not recomputed): meaningful for frames written with "
-                           f"{run.backend.spec}'s forces, not DFT or another model's", err=True)
+            if forces_from(forces, run.monitors) == "file" and \
+                    any(m.uses_forces for m in run.monitors):
+                click.echo(f"note: --forces file: sigma uses the forces stored in {trajectory} "
+                           "as the running model's |F| (not recomputed): meaningful for frames "
+                           f"written with {run.backend.spec}'s forces, not DFT or another "
+                           "model's", err=True)
             if ex is None:  # one cluster for every input
                 ex = stack.enter_context(_executor(run.backend, config.device, workers,
                                                    scheduler, batch_size))
             try:
                 result = run.monitor(frames, batch_size=batch_size, source=str(trajectory),
-                                     executor=ex, index=index, skipped_frames=skipped)
+                                     executor=ex, index=index, skipped_frames=skipped,
+                                     forces=forces)
             except KeyboardInterrupt:
                 from platoscope.distributed import parts_folder
 

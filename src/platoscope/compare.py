@@ -7,7 +7,11 @@ per-atom cosine agreement), optimal transport between each pair, the periodicity
 model and the per-element bias table, and writes ``compare.json``, ``compare.txt`` and PNG
 plots. Every retrieval figure stands beside chance and the element+structure baseline (what
 knowing only an atom's element and structure gives on the same pool), and the site-resolved
-top-1 beside its chance. Sparse (top-k) coordinates are densified for the scored subsample
+top-1 beside its chance. Mutual k-NN is tie-aware (:func:`platoscope.analysis.mutual_knn`):
+atoms of different elements in the ``element`` projection all sit at sqrt(2), and a neighbour
+tied at the k-th distance counts with its probability under a random tie break, each space
+breaking its ties independently (ties shared by construction earn chance credit only), never
+by row order or float rounding. Sparse (top-k) coordinates are densified for the scored subsample
 only. Orthogonal Procrustes (:func:`platoscope.analysis.procrustes`, an SVD of a K x K matrix)
 is left to the library.
 """
@@ -94,6 +98,8 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     site_chance = n_site = None
     knn_p = np.eye(m)
     knn_p_ci = [[[1.0, 1.0] for _ in range(m)] for _ in range(m)]
+    knn_p_untied = np.eye(m)
+    knn_p_tied = np.zeros((m, m))
     knn_r = np.full((m, m), np.nan)
     for i, nm in enumerate(names):
         knn_r[i, i] = 1.0 if nm in raw else np.nan
@@ -109,10 +115,13 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
         site[i, j], site_chance, n_site = an.site_resolved_retrieval(proj[a], proj[b], Z, S, g)
     for i, j in itertools.combinations(range(m), 2):
         a, b = names[i], names[j]
-        v, lo, hi = an.mutual_knn_interval(proj[a][rep], proj[b][rep], k=k, metric="euclidean",
-                                           seed=seed)
-        knn_p[i, j] = knn_p[j, i] = v
+        o, tied = an.mutual_knn_rows(proj[a][rep], proj[b][rep], k=k, metric="euclidean")
+        lo, hi = an.bootstrap_interval(o, seed=seed)
+        knn_p[i, j] = knn_p[j, i] = float(o.mean())
         knn_p_ci[i][j] = knn_p_ci[j][i] = [lo, hi]
+        knn_p_tied[i, j] = knn_p_tied[j, i] = float(tied.mean())
+        knn_p_untied[i, j] = knn_p_untied[j, i] = (float(o[~tied].mean()) if (~tied).any()
+                                                   else np.nan)
         cka[i, j] = cka[j, i] = an.linear_cka(proj[a], proj[b])
         cos[i, j] = cos[j, i] = float(np.mean(an.cosine_agreement(proj[a], proj[b])))
         if a in raw and b in raw:
@@ -136,6 +145,12 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
                         f"mutual_knn{k}_projected_ci95": knn_p_ci,
                         "symmetry_aware": g is not None, "n_environments": len(rep),
                         f"mutual_knn{k}_projected": knn_p.tolist(),
+                        # rows whose k-th neighbour distance is tied in either model (e.g. in
+                        # the element projection, atoms of elements with <= k scored atoms:
+                        # they score 1 between any two models) and the mean over the others
+                        f"mutual_knn{k}_projected_tied_fraction": knn_p_tied.tolist(),
+                        f"mutual_knn{k}_projected_untied": [
+                            [None if v != v else v for v in row] for row in knn_p_untied.tolist()],
                         f"mutual_knn{k}_raw": knn_r.tolist(), "linear_cka": cka.tolist(),
                         "cosine_agreement_mean": cos.tolist()}
     res["transport"] = ot_rows
@@ -299,8 +314,8 @@ def _text(res: dict[str, Any], k: int) -> str:
                      f"{al['site_resolved_queries']} queries): chance "
                      f"{al['site_resolved_chance']:.3f}")
     lines.append(f"  per pair: top-1 / top-5{' / top-1 CSLS' if al['csls_k'] else ''}; "
-                 f"site-resolved top-1; mutual k-NN@{k} projected [95 % CI] / raw; linear "
-                 "CKA; mean per-atom cosine")
+                 f"site-resolved top-1; mutual k-NN@{k} (tie-aware) projected [95 % CI] / raw; "
+                 "linear CKA; mean per-atom cosine")
     for i, j in itertools.permutations(range(len(names)), 2):
         raw = al[f"mutual_knn{k}_raw"][i][j]
         lo, hi = al[f"mutual_knn{k}_projected_ci95"][i][j]
@@ -312,6 +327,17 @@ def _text(res: dict[str, Any], k: int) -> str:
                      f"{al[f'mutual_knn{k}_projected'][i][j]:.3f} [{lo:.3f}, {hi:.3f}]"
                      f" / {'n/a' if raw is None or raw != raw else f'{raw:.3f}'}; "
                      f"{al['linear_cka'][i][j]:.3f}; {al['cosine_agreement_mean'][i][j]:.3f}")
+    tied = np.array(al[f"mutual_knn{k}_projected_tied_fraction"])
+    if tied.max() > 0:
+        lines += [f"  tied rows: neighbours tied at the k-th distance (k = {k}) count by their "
+                  "probability under independent random tie breaks, so a tie two models share "
+                  "by construction earns chance credit only",
+                  f"  (element projection: atoms of elements with <= {k} scored atoms). Per "
+                  "pair: share of tied rows; mutual k-NN over the others:"]
+        for i, j in itertools.combinations(range(len(names)), 2):
+            u = al[f"mutual_knn{k}_projected_untied"][i][j]
+            lines.append(f"  {names[i]} / {names[j]}: {tied[i, j]:.1%} tied; "
+                         f"{'n/a' if u is None else f'{u:.3f}'}")
     lines.append("\noptimal transport:")
     for r in res["transport"]:
         lines.append(f"  {r['source']} -> {r['target']}: cost {r['cost']:.4g}, same atom "

@@ -1,7 +1,9 @@
 """Scale-out of the expensive stage, the model's forward pass, on a Dask cluster.
 
 Only the forward pass (structures -> per-atom features) is distributed. Workers turn chunks of
-structures into features with the backend's batched path (:meth:`Backend.embed`); the driver
+structures into features with the backend's batched path (:meth:`Backend.embed`), or, when
+the running model's energies and forces are wanted (``platoscope monitor --forces model``,
+``properties=MODEL_PROPERTIES``), with one :meth:`Backend.compute` per structure; the driver
 (this process) projects, runs monitors and writes, **in input order**, so a distributed run
 writes what a serial run writes (features equal up to float32 model noise between thread
 counts; coordinates then follow within the projection's float64 arithmetic).
@@ -125,7 +127,13 @@ class StructureFailure:
 
 @dataclass
 class ChunkResult:
-    """Features of one chunk: ``features[j]`` is (N_j, D) float64, None where j failed."""
+    """Features of one chunk: ``features[j]`` is (N_j, D) float64, None where j failed.
+
+    energies, forces: when the chunk was computed with ``properties`` (energy and forces
+    from the forward pass that gave the features), ``energies[j]`` (eV) and ``forces[j]``
+    ((N_j, 3) eV/Å) of each structure, None where j failed; None (the lists) when only
+    features were computed.
+    """
 
     index: int
     start: int
@@ -134,6 +142,8 @@ class ChunkResult:
     seconds: float = 0.0
     worker: str = "in-process"
     resumed: bool = False
+    energies: list[float | None] | None = None
+    forces: list[np.ndarray | None] | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -157,13 +167,23 @@ def _failure(position: int, atoms: Atoms, err: BaseException) -> StructureFailur
                             error=type(err).__name__, message=str(err))
 
 
+MODEL_PROPERTIES = ("energy", "forces")
+"""What a chunk computes beside the features when the running model's forces are wanted
+(``platoscope monitor --forces model``)."""
+
+
 def compute_chunk(backend: Any, structures: list[Atoms], *, index: int = 0, start: int = 0,
-                  ) -> ChunkResult:
+                  properties: tuple[str, ...] | None = None) -> ChunkResult:
     """Features of one chunk with the backend's batched path; failures become records.
 
     Structures are checked first (empty, NaN, unsupported element); the valid ones run as one
     batch of ``len(structures)``. If the batch raises, each structure runs alone so that only
     the failing one is reported.
+
+    properties: e.g. :data:`MODEL_PROPERTIES`: each structure runs alone through
+    :meth:`Backend.compute` (one forward and backward pass gives the calculator's energy and
+    forces and the features), and the result carries ``energies`` and ``forces``; a structure
+    whose pass raises or gives non-finite energy or forces is a failure.
     """
     t0 = time.perf_counter()
     feats: list[np.ndarray | None] = [None] * len(structures)
@@ -175,6 +195,20 @@ def compute_chunk(backend: Any, structures: list[Atoms], *, index: int = 0, star
             ok.append(j)
         except Exception as err:
             failures.append(_failure(start + j, atoms, err))
+    if properties is not None:
+        energies: list[float | None] = [None] * len(structures)
+        forces: list[np.ndarray | None] = [None] * len(structures)
+        for j in ok:
+            try:
+                results, f = backend.compute(structures[j], tuple(properties))
+                e, frc = _energy_forces(results, len(structures[j]))
+            except Exception as err:
+                failures.append(_failure(start + j, structures[j], err))
+                continue
+            feats[j], energies[j], forces[j] = f, e, frc
+        failures.sort(key=lambda f: f.position)
+        return ChunkResult(index=index, start=start, features=feats, failures=failures,
+                           seconds=time.perf_counter() - t0, energies=energies, forces=forces)
     if ok:
         try:
             out = backend.embed([structures[j] for j in ok], batch_size=len(ok))
@@ -191,9 +225,25 @@ def compute_chunk(backend: Any, structures: list[Atoms], *, index: int = 0, star
                        seconds=time.perf_counter() - t0)
 
 
-def _remote_chunk(model: ModelSpec, index: int, start: int, structures: list[Atoms]
-                  ) -> ChunkResult:
-    """The task a Dask worker runs: build (once) the backend, embed one chunk."""
+def _energy_forces(results: dict[str, Any], n: int) -> tuple[float, np.ndarray]:
+    """The energy (eV) and (n, 3) forces (eV/Å) of a calculator's results, float64; a
+    ValueError when either is missing or not finite (a model that diverged)."""
+    for key in ("energy", "forces"):
+        if results.get(key) is None:
+            raise ValueError(f"the model returned no {key}")
+    e = float(np.asarray(results["energy"]).reshape(-1)[0])
+    f = np.array(results["forces"], dtype=np.float64).reshape(n, 3)
+    bad = np.flatnonzero(~np.isfinite(f).all(axis=1))
+    if not np.isfinite(e) or bad.size:
+        raise ValueError("the model gave non-finite "
+                         + (f"forces on atoms {bad[:10].tolist()}" if bad.size else "energy"))
+    return e, f
+
+
+def _remote_chunk(model: ModelSpec, index: int, start: int, structures: list[Atoms],
+                  properties: tuple[str, ...] | None = None) -> ChunkResult:
+    """The task a Dask worker runs: build (once) the backend, embed one chunk (with the
+    energies and forces of ``properties``, when given)."""
     try:
         from distributed import get_worker
 
@@ -204,7 +254,8 @@ def _remote_chunk(model: ModelSpec, index: int, start: int, structures: list[Ato
                               getattr(worker, "nthreads", None))
     except (ImportError, ValueError):
         name = f"pid {os.getpid()}"
-    res = compute_chunk(worker_backend(model), structures, index=index, start=start)
+    res = compute_chunk(worker_backend(model), structures, index=index, start=start,
+                        properties=properties)
     res.worker = name
     return res
 
@@ -213,10 +264,11 @@ def _remote_chunk(model: ModelSpec, index: int, start: int, structures: list[Ato
 class ChunkStore:
     """Completed chunks on disk (``<folder>/chunk_<index>.npz``, written atomically).
 
-    settings: whatever determines the features (model fingerprint, layer, device, chunk size);
-    a folder holding chunks made with other settings raises :class:`ResumeMismatchError`, as
-    does a chunk whose input hash differs from the stored one; a folder holding no chunk yet
-    (a run stopped before its first) takes the new settings.
+    settings: whatever determines the features (model fingerprint, layer, device, chunk size;
+    for ``monitor``, where the forces come from: chunks computed with the model's energies and
+    forces store them too); a folder holding chunks made with other settings raises
+    :class:`ResumeMismatchError`, as does a chunk whose input hash differs from the stored one;
+    a folder holding no chunk yet (a run stopped before its first) takes the new settings.
     """
 
     def __init__(self, folder: str | os.PathLike, settings: dict[str, Any]):
@@ -256,6 +308,9 @@ class ChunkStore:
                 flat = z["features"]
                 failures = [StructureFailure(**d) for d in json.loads(str(z["failures"]))]
                 meta = json.loads(str(z["meta"]))
+                has_forces = "forces" in z.files
+                flat_f = z["forces"] if has_forces else None
+                energies = z["energies"] if has_forces else None
         except (OSError, KeyError, ValueError):
             path.unlink(missing_ok=True)  # a damaged part is recomputed
             return None
@@ -264,25 +319,36 @@ class ChunkStore:
                 f"{path}: chunk {index} was computed from other structures than the input "
                 f"now holds at positions {start}..{start + len(sizes) - 1}: the inputs differ "
                 f"from the interrupted run's; delete {self.folder} to start again")
-        parts = np.split(flat, np.cumsum(sizes[ok])[:-1]) if ok.any() else []
-        it = iter(parts)
-        feats = [next(it) if k else None for k in ok]
+        feats = _unflatten(flat, sizes, ok)
+        forces = energies_out = None
+        if flat_f is not None:
+            forces = _unflatten(flat_f, sizes, ok)
+            it = iter(energies.tolist())
+            energies_out = [next(it) if k else None for k in ok]
         self.n_resumed += 1
         return ChunkResult(index=index, start=start, features=feats, failures=failures,
                            seconds=float(meta.get("seconds", 0.0)),
-                           worker=str(meta.get("worker", "")), resumed=True)
+                           worker=str(meta.get("worker", "")), resumed=True,
+                           energies=energies_out, forces=forces)
 
     def save(self, res: ChunkResult, sizes: list[int], input_hash: str) -> None:
         ok = np.array([f is not None for f in res.features], dtype=bool)
         good = [f for f in res.features if f is not None]
         flat = np.concatenate(good) if good else np.zeros((0, 0))
+        extra: dict[str, np.ndarray] = {}
+        if res.forces is not None:  # the model's energies and forces of the same passes
+            f_ok = [f for f, k in zip(res.forces, ok, strict=True) if k]
+            extra["forces"] = np.concatenate(f_ok) if f_ok else np.zeros((0, 3))
+            extra["energies"] = np.array([e for e, k in zip(res.energies or [], ok, strict=True)
+                                          if k], dtype=np.float64)
         path = self._path(res.index)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
             np.savez(fh, input_hash=np.array(input_hash), sizes=np.asarray(sizes, np.int64),
                      ok=ok, features=flat,
                      failures=np.array(json.dumps([asdict(f) for f in res.failures])),
-                     meta=np.array(json.dumps({"seconds": res.seconds, "worker": res.worker})))
+                     meta=np.array(json.dumps({"seconds": res.seconds, "worker": res.worker})),
+                     **extra)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -290,6 +356,15 @@ class ChunkStore:
     def remove(self) -> None:
         """Delete the folder (after the assembled output is safely written)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _unflatten(flat: np.ndarray, sizes: np.ndarray, ok: np.ndarray
+               ) -> list[np.ndarray | None]:
+    """Per structure its rows of ``flat`` (the stacked rows of the structures that did not
+    fail), None where ``ok`` is False."""
+    parts = np.split(flat, np.cumsum(sizes[ok])[:-1]) if ok.any() else []
+    it = iter(parts)
+    return [next(it) if k else None for k in ok]
 
 
 def parts_folder(out: str | os.PathLike) -> Path:
@@ -355,26 +430,34 @@ class Executor:
         return out
 
     def map(self, structures: Iterable[Atoms], *, store: ChunkStore | None = None,
-            strict: bool = False, on_chunk: Any = None
+            strict: bool = False, on_chunk: Any = None,
+            properties: tuple[str, ...] | None = None
             ) -> Iterator[tuple[list[Atoms], ChunkResult]]:
         """Yield ``(chunk structures, ChunkResult)`` in input order.
 
-        store: completed chunks are saved there as they arrive and reused on a rerun;
+        store: completed chunks are saved there as they arrive and reused on a rerun (the
+        store's settings must say whether chunks carry forces: ``properties`` is not checked
+        against them here);
         strict: raise :class:`StructureFailedError` at the first failed structure;
-        on_chunk: called with each ChunkResult as it is yielded (progress, tests).
+        on_chunk: called with each ChunkResult as it is yielded (progress, tests);
+        properties: e.g. :data:`MODEL_PROPERTIES`: each structure's energy and forces from
+        the pass that gives its features (:func:`compute_chunk`), None: features only
+        (the batched path).
         """
         from platoscope.readers import structures_hash
 
+        props = tuple(properties) if properties is not None else None
         chunks = _chunked(structures, self.chunk_size)
         if self.client is not None:
-            yield from self._map_cluster(chunks, store, strict, on_chunk)
+            yield from self._map_cluster(chunks, store, strict, on_chunk, props)
             return
 
         def produce(index: int, start: int, atoms: list[Atoms]) -> ChunkResult:
             key = structures_hash(atoms) if store is not None else ""
             res = store.load(index, start, key) if store is not None else None
             if res is None:
-                res = compute_chunk(self.backend, atoms, index=index, start=start)
+                res = compute_chunk(self.backend, atoms, index=index, start=start,
+                                    properties=props)
                 if store is not None:
                     store.save(res, [len(a) for a in atoms], key)
             return res
@@ -396,7 +479,8 @@ class Executor:
         yield atoms, res
 
     def _map_cluster(self, chunks: Iterator[tuple[int, list[Atoms]]], store: ChunkStore | None,
-                     strict: bool, on_chunk: Any) -> Iterator[tuple[list[Atoms], ChunkResult]]:
+                     strict: bool, on_chunk: Any, properties: tuple[str, ...] | None = None
+                     ) -> Iterator[tuple[list[Atoms], ChunkResult]]:
         from distributed import wait
 
         from platoscope.readers import structures_hash
@@ -421,7 +505,8 @@ class Executor:
                         ready[index] = (atoms, res)
                     else:
                         fut = client.submit(_remote_chunk, self.model, index, start,
-                                            [_light(a) for a in atoms], pure=False,
+                                            [_light(a) for a in atoms], properties,
+                                            pure=False,
                                             key=f"platoscope-chunk-{index}-{os.urandom(4).hex()}")
                         pending[index] = (atoms, key, fut)
                     index += 1

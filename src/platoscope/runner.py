@@ -85,14 +85,17 @@ class RunRecorder:
     batch: keep frames until :meth:`flush` (called by :meth:`write_summary` and :meth:`close`)
     and write them with one extxyz write and one frames.h5 commit (``monitor_frames``: once
     per chunk; a kill then loses the frames of the chunk under way, which a resumed run
-    rewrites); False writes and commits every frame as it comes (MD, relaxations).
+    rewrites); False writes and commits every frame as it comes (MD, relaxations);
+    first_summary: extra entries of the ``running`` summary.json written on opening (the
+    runners pass their watcher's ``monitoring`` here instead of rewriting it at once).
     """
 
     def __init__(self, out: str | Path, *, provenance: dict[str, Any], config: dict[str, Any],
                  interval: int = 1, embeddings: bool = True, append: bool = False,
                  projector: Any = None, store_coords: str = "auto",
                  score_units: dict[str, str] | None = None, verify: bool = True,
-                 score_names: Sequence[str] = (), batch: bool = False):
+                 score_names: Sequence[str] = (), batch: bool = False,
+                 first_summary: dict[str, Any] | None = None):
         self.store_platonic = store_coords_for(store_coords, int(provenance.get("n_anchors") or 0),
                                                embeddings=embeddings)
         self.out = Path(out)
@@ -117,7 +120,7 @@ class RunRecorder:
         if not append:
             for name in (FRAMES,):
                 (self.out / name).unlink(missing_ok=True)
-        self.write_summary("running")
+        self.write_summary("running", first_summary)
 
     def frame(self, frame: Frame, scores: dict[str, np.ndarray]) -> None:
         if frame.step % self.interval:
@@ -383,13 +386,16 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
                         pressure_GPa, interval, seed, temperature_end_K)
     if velocities is not None:
         config["initial_velocities"] = velocities
+    # the watcher first: the recorder's first summary.json carries its ``monitoring`` (one
+    # atomic write, two fsyncs, instead of two)
+    watcher = Watcher(monitors, strict=strict, start_step=first_step)
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors), interval=interval,
                            embeddings=embeddings, append=restart,
                            projector=getattr(calc, "projector", None), store_coords=store_coords,
-                           verify=_verify_coords(calc))
-    watcher = Watcher(monitors, sinks=[recorder], strict=strict, start_step=first_step)
-    recorder.write_summary("running", {"monitoring": watcher.summary()})
+                           verify=_verify_coords(calc),
+                           first_summary={"monitoring": watcher.summary()})
+    watcher.sinks.append(recorder)
 
     def target(step: int) -> float:  # thermostat target of the step about to be taken
         return ramp_temperature(step, steps, temperature_K, temperature_end_K)
@@ -436,12 +442,13 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     config = {"kind": "relax", "fmax": fmax, "steps": steps, "cell": cell,
               "optimizer": optimizer, "n_atoms": len(atoms),
               "formula": atoms.get_chemical_formula()}
+    watcher = Watcher(monitors, strict=strict)
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors),
                            embeddings=embeddings, projector=getattr(calc, "projector", None),
-                           store_coords=store_coords, verify=_verify_coords(calc))
-    watcher = Watcher(monitors, sinks=[recorder], strict=strict)
-    recorder.write_summary("running", {"monitoring": watcher.summary()})
+                           store_coords=store_coords, verify=_verify_coords(calc),
+                           first_summary={"monitoring": watcher.summary()})
+    watcher.sinks.append(recorder)
     target = FrechetCellFilter(atoms) if cell else atoms
     opt = opt_cls(target, logfile=None)
     bar = _progress(steps, f"relax {optimizer}", progress)
@@ -508,27 +515,55 @@ def _project_group(projector: Any, chunk: Sequence[Atoms], features: Sequence[An
             out[j] = err
 
 
+FORCES = ("auto", "model", "file")
+"""Where ``monitor_frames`` takes each frame's energy and forces from (:func:`forces_from`)."""
+
+
+def forces_from(mode: str, monitors: Sequence[Monitor]) -> str:
+    """``"model"`` or ``"file"``: where a post-processing run takes frames' energy and forces.
+
+    ``model``: computed by the running model in the pass that gives the features (one forward
+    and backward pass per frame instead of the batched feature-only pass); ``file``: as stored
+    in the source (frames without forces have none); ``auto``: ``model`` when a monitor
+    declares :attr:`~platoscope.monitors.base.Monitor.uses_forces` (the uncertainty monitor's
+    sigma was calibrated on the model's own |F|), else ``file``.
+    """
+    if mode not in FORCES:
+        raise InputError(f"forces must be one of {', '.join(FORCES)}, not {mode!r}")
+    if mode == "auto":
+        return "model" if any(getattr(m, "uses_forces", False) for m in monitors) else "file"
+    return mode
+
+
 def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monitor],
                    out: str | Path, *, batch_size: int = 16, strict: bool = False,
                    progress: bool = True, embeddings: bool = True,
                    source: str | None = None, store_coords: str = "auto",
                    executor: Any = None, resume: bool = True,
                    on_chunk: Any = None, index: str | None = None,
-                   skipped_frames: Sequence[str] = ()) -> dict[str, Any]:
+                   skipped_frames: Sequence[str] = (), forces: str = "auto") -> dict[str, Any]:
     """Run monitors over existing frames; ``step`` is the frame's index in its source
     (``info["source_index"]`` as :func:`platoscope.readers.read_frames` sets it, else its
     position in ``frames``), so ``--index ::2`` records steps 0, 2, 4 ...; index and
     skipped_frames (messages of frames the reader left out) are recorded in summary.json.
 
-    Embeddings come from the backend's batched path (no forces are computed) and are
-    projected with ``calc``'s projector, so no frame is evaluated twice. executor: a
+    forces: ``auto``, ``model`` or ``file`` (:func:`forces_from`). With ``model`` every frame
+    runs alone through :meth:`Backend.compute`: energy, forces and features from one forward
+    (and backward) pass, written to frames.extxyz and frames.h5 as an MD run writes them, and
+    given to the monitors; the file's own energy and forces are not used. With ``file`` the
+    features come from the backend's batched path (no forces computed) and frames carry the
+    energy and forces stored in the source, if any. summary.json (``config["forces"]``)
+    says which. Features are projected with ``calc``'s projector, so no frame is evaluated
+    twice. executor: a
     :class:`platoscope.distributed.Executor` that runs the forward passes (in-process by
     default, or on a Dask cluster); frames are projected, monitored and written here in input
     order. A frame that cannot be embedded is reported (console and ``failed_frames`` in
     summary.json) and skipped, unless ``strict``. resume: completed chunks are kept in
-    ``<out>.parts`` until the run ends, and a rerun with the same settings reuses them.
+    ``<out>.parts`` until the run ends, and a rerun with the same settings (``forces``
+    included: the chunks of a ``model`` run hold the model's energies and forces) reuses them.
     """
     from platoscope.distributed import (
+        MODEL_PROPERTIES,
         ChunkStore,
         ModelSpec,
         check_anchor_elements,
@@ -537,35 +572,44 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
     )
 
     check_anchor_elements(calc, frames)  # before any frame is embedded or written
-    with_forces = sum(1 for a in frames if a.calc is not None
-                      and a.calc.results.get("forces") is not None)
+    used = forces_from(forces, monitors)
+    if used == "model":
+        forces_note = (f"computed by {calc.backend.spec} in the same pass as the features "
+                       "(the source's energies and forces, if any, are not used)")
+    else:
+        with_forces = sum(1 for a in frames if a.calc is not None
+                          and a.calc.results.get("forces") is not None)
+        forces_note = (f"as stored in the source ({with_forces} of {len(frames)} frames "
+                       "hold forces), not computed by the model")
     config = {"kind": "monitor", "source": source, "index": index, "n_frames": len(frames),
-              "batch_size": batch_size,
-              # monitors that use forces (uncertainty's |F|) see the file's, not the model's
-              "forces": f"as stored in the source ({with_forces} of {len(frames)} frames "
-                        "hold forces), not recomputed by the model"}
-    recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
-                           score_units=score_units(monitors),
-                           embeddings=embeddings, projector=calc.projector,
-                           store_coords=store_coords, verify=False,
-                           score_names=[*(m.name for m in monitors), COVERAGE], batch=True)
-    # verify=False: every frame below is projected with calc.projector, the one stored, so a
-    # reader derives exactly these coordinates; checking it per frame cost a second projection.
-    # score_names: the scores every frame has, declared so that frames.h5 is not rewritten
-    # (projector included) when the first frame brings them; batch: one commit per chunk
-    watcher = Watcher(monitors, sinks=[recorder], strict=strict)
-    recorder.write_summary("running", {"monitoring": watcher.summary()})
-    bar = _progress(len(frames), "monitor", progress)
+              "batch_size": batch_size, "forces_mode": {"requested": forces, "used": used},
+              # monitors that use forces (uncertainty's |F|) see these
+              "forces": forces_note}
     with contextlib.ExitStack() as stack:
         if executor is None:
             executor = stack.enter_context(open_executor(
                 ModelSpec.of(calc.backend), backend=calc.backend, chunk_size=batch_size))
         store = None
-        if resume:
+        if resume:  # first: chunks of other settings are refused before anything is written
             store = ChunkStore(parts_folder(out), {
                 "kind": "monitor", "fingerprint": calc.backend.fingerprint,
                 "layer": calc.backend.layer, "device": executor.model.device,
-                "chunk_size": executor.chunk_size, "n_frames": len(frames), "source": source})
+                "chunk_size": executor.chunk_size, "n_frames": len(frames), "source": source,
+                "forces": used})
+        watcher = Watcher(monitors, strict=strict)
+        recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
+                               score_units=score_units(monitors),
+                               embeddings=embeddings, projector=calc.projector,
+                               store_coords=store_coords, verify=False,
+                               score_names=[*(m.name for m in monitors), COVERAGE], batch=True,
+                               first_summary={"monitoring": watcher.summary()})
+        # verify=False: every frame below is projected with calc.projector, the one stored, so
+        # a reader derives exactly these coordinates; checking it per frame cost a second
+        # projection. score_names: the scores every frame has, declared so that frames.h5 is
+        # not rewritten (projector included) when the first frame brings them; batch: one
+        # commit per chunk
+        watcher.sinks.append(recorder)
+        bar = _progress(len(frames), "monitor", progress)
         t0, n_atoms = time.perf_counter(), 0
         with _lifecycle(recorder, watcher, bar) as state:
             state["cluster"] = executor.info()
@@ -573,8 +617,9 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
             state["skipped_frames"] = list(skipped_frames)
             # closing: a stop or an error ends the executor's background forward-pass thread
             # here, before the chunk files are removed or kept below
-            with contextlib.closing(executor.map(frames, store=store, strict=strict,
-                                                 on_chunk=on_chunk)) as chunks:
+            with contextlib.closing(executor.map(
+                    frames, store=store, strict=strict, on_chunk=on_chunk,
+                    properties=MODEL_PROPERTIES if used == "model" else None)) as chunks:
                 for chunk, res in chunks:
                     for f in res.failures:
                         failed.append(f.describe())
@@ -586,7 +631,13 @@ def monitor_frames(frames: Sequence[Atoms], calc: Any, monitors: Sequence[Monito
                             bar.update(1)
                             continue
                         a = src.copy()
-                        res_src = src.calc.results if src.calc is not None else {}
+                        if used == "model":  # this pass's, written as an MD run writes them
+                            if res.forces is None:
+                                raise RuntimeError(f"chunk {res.index} holds no forces: the "
+                                                   "executor did not compute them")
+                            res_src = {"forces": res.forces[j], "energy": res.energies[j]}
+                        else:
+                            res_src = src.calc.results if src.calc is not None else {}
                         a.calc = None
                         if isinstance(projected[j], Exception):
                             raise frame_error(projected[j], src, step) from projected[j]

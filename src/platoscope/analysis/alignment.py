@@ -15,7 +15,7 @@ import numpy as np
 from scipy.linalg import orthogonal_procrustes
 
 from platoscope.analysis.inputs import as_labels, as_matrix, check_metric, same_cols, same_rows
-from platoscope.analysis.neighbors import knn_search, knn_sets, ranks, unit_rows
+from platoscope.analysis.neighbors import KnnSpace, chunk_rows, knn_search, ranks, unit_rows
 from platoscope.errors import InputError
 
 _METRICS = ("cosine", "euclidean")
@@ -32,11 +32,22 @@ def _pair(X: Any, Y: Any, min_rows: int = 1, same_dim: bool = False
 
 
 def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:
-    """Mean overlap of each atom's k-nearest-neighbour sets in X and in Y (self excluded).
+    """Mean overlap of each atom's k-nearest-neighbour sets in X and in Y (self excluded),
+    counting tied neighbours by their probability of being chosen (order-free).
 
     X: (N, Dx), Y: (N, Dy), rows are the same atoms; dimensions may differ. For atom i,
-    overlap_i = |kNN_X(i) ∩ kNN_Y(i)| / k. Returns the mean over atoms in [0, 1]
-    (1: identical neighbourhoods; chance about k / (N - 1)). metric: ``cosine`` or ``euclidean``.
+    overlap_i = sum_j p_X(j) p_Y(j) / k, where p(j) is j's tie-aware membership in i's k
+    nearest (:class:`~platoscope.analysis.neighbors.KnnSpace`: 1 for rows closer than the k-th
+    neighbour distance d_k, m / |T| for each of the |T| rows tied with d_k within
+    ``TIE_RTOL * d_k + TIE_ATOL * scale`` when m more are needed, else 0): the expected
+    overlap when each space breaks its ties by an independent uniformly random order. Without
+    ties this is |kNN_X(i) ∩ kNN_Y(i)| / k. Ties earn only chance credit, also when both
+    spaces tie the same rows: in the element projection every model puts the atoms of other
+    elements at the same distance, by construction, and that is no agreement between models
+    (two identical tied spaces therefore score below 1; ``mutual_knn_rows`` flags tied rows).
+    The result does not depend on the row order. Returns the mean over atoms in [0, 1]
+    (chance about k / (N - 1)). metric: ``cosine`` or ``euclidean``. Works in row chunks:
+    memory O(chunk x N), never N x N.
     """
     check_metric(metric, _METRICS)
     if int(k) != k or k < 1:
@@ -44,22 +55,62 @@ def mutual_knn(X: Any, Y: Any, k: int = 10, metric: str = "cosine") -> float:
     return float(np.mean(_knn_overlaps(X, Y, int(k), metric)))
 
 
-def _knn_overlaps(X: Any, Y: Any, k: int, metric: str) -> np.ndarray:
+def mutual_knn_rows(X: Any, Y: Any, k: int = 10, metric: str = "cosine"
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-atom terms of :func:`mutual_knn`: ``(overlap (N,), tied (N,) bool)``.
+
+    tied[i]: atom i's k-th nearest distance is tied (its membership weights in X or in Y are
+    not all 0 or 1; see :class:`~platoscope.analysis.neighbors.KnnSpace`), so its overlap
+    counts tied neighbours by probability. In the element projection that flags the atoms of
+    elements with at most k atoms, whose tied neighbours earn only chance credit."""
+    check_metric(metric, _METRICS)
+    if int(k) != k or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    return _knn_rows(X, Y, int(k), metric)
+
+
+def _knn_rows(X: Any, Y: Any, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = _pair(X, Y, min_rows=k + 1)
-    nx_, ny_ = knn_sets(x, k, metric), knn_sets(y, k, metric)
-    out = np.empty(x.shape[0])
-    for s in range(0, x.shape[0], 4096):  # (chunk, k, k) comparisons
-        a, b = nx_[s:s + 4096], ny_[s:s + 4096]
-        out[s:s + 4096] = (a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1) / k
-    return out
+    sx, sy = KnnSpace(x, metric), KnnSpace(y, metric)
+    n = x.shape[0]
+    out = np.empty(n)
+    tied = np.zeros(n, dtype=bool)
+    step = max(1, chunk_rows(n) // 8)  # ~5 (step, N) float64 blocks live: ~40 MiB in all
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        wx, wy = sx.membership(s, e, k), sy.membership(s, e, k)
+        tied[s:e] = ((wx > 0) & (wx < 1)).any(axis=1) | ((wy > 0) & (wy < 1)).any(axis=1)
+        out[s:e] = np.einsum("ij,ij->i", wx, wy) / k
+    return out, tied
+
+
+def _knn_overlaps(X: Any, Y: Any, k: int, metric: str) -> np.ndarray:
+    """(N,) per-row tie-aware overlaps of :func:`mutual_knn`."""
+    return _knn_rows(X, Y, k, metric)[0]
+
+
+def bootstrap_interval(values: Any, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+                       ) -> tuple[float, float]:
+    """Percentile bootstrap interval ``(low, high)`` of the mean of ``values`` (1-D),
+    ``n_boot`` seeded resamples of the rows."""
+    if not 0 < level < 1:
+        raise InputError(f"level must be in (0, 1), got {level!r}")
+    o = np.asarray(values, dtype=np.float64).ravel()
+    if o.size == 0:
+        raise InputError("values is empty: nothing to bootstrap")
+    rng = np.random.default_rng(seed)
+    boots = np.array([o[rng.integers(0, o.size, o.size)].mean() for _ in range(int(n_boot))])
+    a = (1 - level) / 2
+    return float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
 
 
 def mutual_knn_interval(X: Any, Y: Any, k: int = 10, metric: str = "cosine", *,
                         n_boot: int = 1000, level: float = 0.95, seed: int = 0
                         ) -> tuple[float, float, float]:
-    """:func:`mutual_knn` and its bootstrap interval over atoms: ``(value, low, high)``.
+    """:func:`mutual_knn` (tie-aware) and its bootstrap interval over atoms:
+    ``(value, low, high)``.
 
-    The neighbour sets are computed once on all rows; the per-atom overlaps are resampled
+    The neighbour weights are computed once on all rows; the per-atom overlaps are resampled
     ``n_boot`` times (seeded), so the interval says how much the figure depends on which atoms
     were scored, not on a refit of the neighbourhoods."""
     check_metric(metric, _METRICS)
@@ -68,10 +119,8 @@ def mutual_knn_interval(X: Any, Y: Any, k: int = 10, metric: str = "cosine", *,
     if not 0 < level < 1:
         raise InputError(f"level must be in (0, 1), got {level!r}")
     o = _knn_overlaps(X, Y, int(k), metric)
-    rng = np.random.default_rng(seed)
-    boots = np.array([o[rng.integers(0, o.size, o.size)].mean() for _ in range(int(n_boot))])
-    a = (1 - level) / 2
-    return float(o.mean()), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+    lo, hi = bootstrap_interval(o, n_boot, level, seed)
+    return float(o.mean()), lo, hi
 
 
 def linear_cka(X: Any, Y: Any) -> float:

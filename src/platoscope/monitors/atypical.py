@@ -260,8 +260,9 @@ class AtypicalMonitor(Monitor):
 
     def extra_scores(self, frame: Frame) -> dict[str, np.ndarray]:
         """``force``: (N,) |F| in eV/Å per atom when the frame has forces (N, 3): the running
-        model's own in MD and relaxations; in trajectory post-processing, the forces stored
-        with the trajectory."""
+        model's own in MD and relaxations; in trajectory post-processing, the model's with
+        ``--forces model`` (or ``auto`` beside a monitor that uses forces), else the forces
+        stored with the trajectory."""
         if frame.forces is None:
             return {}
         return {"force": np.linalg.norm(np.asarray(frame.forces, dtype=np.float64), axis=1)}

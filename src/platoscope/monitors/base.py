@@ -101,6 +101,11 @@ class Monitor(ABC):
     """Units of each :meth:`extra_scores` key."""
     options: tuple[Any, ...] = ()
     """:class:`~platoscope.monitors.registry.MonitorOption` s; the CLI makes them flags."""
+    uses_forces: bool = False
+    """Whether :meth:`score` needs the running model's forces (``frame.forces``). In
+    trajectory post-processing (``platoscope monitor --forces auto``, the default) a run with
+    such a monitor computes them with the features, in one pass per frame; otherwise only
+    features are computed and frames carry the forces stored in the file."""
 
     def __init__(self, *, threshold: float | None = None, action: str = "record",
                  callback: Callable[[Event, Atoms], Any] | None = None, interval: int = 1,

@@ -1,10 +1,11 @@
 """Uncertainty monitor: predicted per-atom force-error norm sigma_i (eV/Å) of the running model.
 
 Score: :class:`platoscope.uncertainty.ForceErrorModel` on the frame's own features (the hooked
-layer's raw embeddings) and forces: no extra model call. Threshold: ``max_force_error`` (eV/Å;
-default 0.5). The estimator is the shipped calibration of the running model (fitted on mlearn
-Li/Si training) or the npz given as ``--uncertainty-model`` (made by
-``platoscope calibrate``). Measured ranking and coverage: docs/detection.md.
+layer's raw embeddings) and forces: no extra model call (``uses_forces``: ``platoscope
+monitor`` computes the model's forces in the pass that gives the features). Threshold:
+``max_force_error`` (eV/Å; default 0.5). The estimator is the shipped calibration of the
+running model (fitted on mlearn Li/Si training) or the npz given as ``--uncertainty-model``
+(made by ``platoscope calibrate``). Measured ranking and coverage: docs/detection.md.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class UncertaintyMonitor(Monitor):
 
     name = "uncertainty"
     units = "eV/Å"
+    uses_forces = True  # sigma is calibrated on the running model's own |F|
     options = (
         MonitorOption("max_force_error", float, None,
                       f"Uncertainty monitor threshold on the predicted per-atom force error "
@@ -94,8 +96,9 @@ class UncertaintyMonitor(Monitor):
         if frame.forces is None:
             raise InputError("the frame holds no forces: sigma is predicted from the running "
                              "model's forces, which md/relax compute and `platoscope monitor` "
-                             "reads from the trajectory (write it with the model's forces, "
-                             "e.g. with platoscope md or an ASE calculator)")
+                             "computes unless --forces file (which reads them from the "
+                             "trajectory): drop --forces file, or write the trajectory with "
+                             "the model's forces")
         return self.estimator.predict(frame.embeddings, frame.forces, frame.atoms.numbers,
                                       atoms=frame.atoms)
 
