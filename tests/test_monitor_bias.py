@@ -10,7 +10,12 @@ from ase.build import bulk
 from platoscope.coords import dense_rows
 from platoscope.errors import UnsupportedElementError
 from platoscope.monitors import Frame, Watcher, build_monitors
-from platoscope.monitors.bias import MIN_ATOMS_PER_ELEMENT, BiasMonitor, paired_distances
+from platoscope.monitors.bias import (
+    MIN_ATOMS_PER_ELEMENT,
+    BiasMonitor,
+    calibrate_thresholds,
+    paired_distances,
+)
 from platoscope.reference import ReferenceBank, reference_structures
 
 pytestmark = [pytest.mark.backend("chgnet"), pytest.mark.backend("sevenn"),
@@ -31,8 +36,8 @@ def models(chgnet_backend, sevenn_backend, small_anchors):
 
 
 def test_calibration_per_element(models):
-    """threshold_e = median_e x pooled quantile of d / median_e: in sample, 1 - q of the atoms
-    cross their element's threshold."""
+    """threshold_e = s_e x pooled quantile of d / s_e with s_e = max(median_e, median of all):
+    in sample, 1 - q of the atoms cross their element's threshold."""
     _, calc_b, bank_a, bank_b = models
     mon = BiasMonitor(calc_b, bank_a=bank_a, bank_b=bank_b, quantile=0.9)
     d = paired_distances(bank_a, bank_b)
@@ -45,13 +50,39 @@ def test_calibration_per_element(models):
     assert np.mean(d > thr) == pytest.approx(0.1, abs=1 / len(d) + 1e-9)
     si = bank_a.numbers == 14
     assert si.sum() >= MIN_ATOMS_PER_ELEMENT
-    ratio = mon.element_thresholds_[14] / np.median(d[si])
+    ratio = mon.element_thresholds_[14] / max(np.median(d[si]), np.median(d))
     assert ratio == pytest.approx(mon.global_threshold_ / np.median(d))
     rare = [z for z in np.unique(bank_a.numbers)
             if (bank_a.numbers == z).sum() < MIN_ATOMS_PER_ELEMENT]
     assert rare and all(mon.element_thresholds_[int(z)] == mon.global_threshold_ for z in rare)
     assert mon.thresholds_for(Frame(step=0, atoms=Atoms("Po"), platonic=np.zeros((1, 1))))[0] \
         == mon.global_threshold_
+
+
+def test_calibration_survives_an_element_on_which_the_models_coincide():
+    """An element whose atoms sit (nearly) on the same coordinates in both models (median
+    distance ~1e-16, as for an element whose atoms all take one anchor) must not inflate the
+    others' thresholds: its ratios d / median were ~1e15 and set every threshold ~1e14, above
+    any possible distance, so the monitor never fired. With the median floor: 1 - q of the
+    atoms cross in sample, every threshold stays within the distances' range, and a split
+    half calibrates the other half to within sampling error of 1 - q."""
+    rng = np.random.default_rng(0)
+    z = np.repeat([8, 14, 36], [3000, 2000, 400])
+    d = np.concatenate([rng.gamma(2.0, 0.1, 3000), rng.gamma(2.0, 0.2, 2000),
+                        np.abs(rng.normal(0, 1e-16, 400))])
+    d[-100:] = rng.uniform(0.8, 1.4, 100)  # real disagreements on a quarter of its atoms
+    q = 0.99
+    per, glob = calibrate_thresholds(d, z, q)
+    assert max(per.values()) < d.max() and glob < d.max()
+    thr = np.array([per[int(x)] for x in z])
+    assert np.mean(d > thr) == pytest.approx(1 - q, abs=1 / len(d) + 1e-9)
+    half = rng.random(len(d)) < 0.5
+    per_h, _ = calibrate_thresholds(d[half], z[half], q)
+    thr_h = np.array([per_h[int(x)] for x in z])
+    rate = np.mean(d[~half] > thr_h[~half])
+    assert abs(rate - (1 - q)) < 4 * np.sqrt(q * (1 - q) / (~half).sum())
+    with pytest.raises(Exception, match="median distance 0"):
+        calibrate_thresholds(np.zeros(10), np.full(10, 14), q)
 
 
 def test_md_scores_every_interval(models):

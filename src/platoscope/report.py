@@ -438,6 +438,10 @@ def _text(data: dict[str, Any], steps: np.ndarray) -> str:
                      f"{'n/a' if fa is None else f'{fa:.2g}'}"
                      + (f"; FAILED on {failed_at[name]} frame(s), not checked there (monitor "
                         "errors below)" if failed_at.get(name) else ""))
+        if mon.get("elements_above_every_reference_distance"):
+            never = ", ".join(mon["elements_above_every_reference_distance"])
+            lines.append(f"    cannot flag {never}: their calibrated threshold lies above every "
+                         "distance between the two models on the reference atoms")
         if mon.get("elements_not_in_reference"):
             missing = ", ".join(mon["elements_not_in_reference"])
             lines.append(f"    NOT in the reference bank: {missing}"

@@ -9,10 +9,11 @@ committee baseline (DP-GEN style).
 
 Thresholds are calibrated per element on the two models' reference banks, which hold the same
 reference atoms in the same order (:func:`calibrate_thresholds`): each element's median
-distance times the ``quantile`` of the distances divided by their element's median, pooled over
-all elements (elements with fewer than ``MIN_ATOMS_PER_ELEMENT`` reference atoms, or none, use
-the pooled median): plain per-element quantiles fitted on few atoms do not hold out of sample,
-the median-scaled pooled quantile does (measured in docs/symmetry_switch.md). So on
+distance (floored at the median over all atoms) times the ``quantile`` of the distances divided
+by their element's scale, pooled over all elements (elements with fewer than
+``MIN_ATOMS_PER_ELEMENT`` reference atoms, or none, use the pooled median): plain per-element
+quantiles fitted on few atoms do not hold out of sample, the median-scaled pooled quantile does
+(measured in docs/symmetry_switch.md). So on
 reference-like atoms an atom crosses its threshold with probability about ``1 - quantile`` per
 evaluation (the stated false-alarm rate). With two models the score is
 symmetric: it says *where* they disagree, not which one is wrong (use three or more models and
@@ -53,18 +54,25 @@ def calibrate_thresholds(d: np.ndarray, numbers: np.ndarray, quantile: float
                          ) -> tuple[dict[int, float], float]:
     """Per-element thresholds on reference distances d (M,) of atoms with ``numbers`` (M,).
 
-    threshold_e = median_e * q-quantile(d_i / median_e(i)), pooled over all atoms; elements
-    with fewer than MIN_ATOMS_PER_ELEMENT atoms use the pooled median. Returns
-    ({Z: threshold}, threshold for elements not in the reference).
+    threshold_e = s_e * q-quantile(d_i / s_e(i)), pooled over all atoms, with s_e = max(median
+    of element e's distances, median of all distances); elements with fewer than
+    MIN_ATOMS_PER_ELEMENT atoms use the median of all. The floor matters: where both models
+    put an element's atoms (nearly) on the same coordinates (median ~1e-16 in the element
+    projection), its ratios would be ~1e15 and set every threshold far above any distance.
+    Returns ({Z: threshold}, threshold for elements not in the reference).
     """
     d, numbers = np.asarray(d, np.float64), np.asarray(numbers)
     pooled = float(np.median(d))
+    if not pooled > 0:
+        raise InputError("the two models' reference coordinates coincide for most atoms "
+                         "(median distance 0): no threshold can be calibrated on them")
     med = {}
     for z in np.unique(numbers):
         dz = d[numbers == z]
-        med[int(z)] = float(np.median(dz)) if dz.size >= MIN_ATOMS_PER_ELEMENT else pooled
+        med[int(z)] = (max(float(np.median(dz)), pooled) if dz.size >= MIN_ATOMS_PER_ELEMENT
+                       else pooled)
     scale = np.array([med[int(z)] for z in numbers])
-    rq = float(np.quantile(d / np.maximum(scale, 1e-300), quantile))
+    rq = float(np.quantile(d / scale, quantile))
     return {z: m * rq for z, m in med.items()}, pooled * rq
 
 
@@ -113,6 +121,7 @@ class BiasMonitor(Monitor):
         self.quantile = quantile
         self.element_thresholds_: dict[int, float] = {}
         self.global_threshold_: float | None = None
+        self.calibration_max_: float | None = None
         self.bank_models_: tuple[str, str] | None = None
         if bank_a is not None and bank_b is not None:
             self.calibrate(bank_a, bank_b)
@@ -188,6 +197,7 @@ class BiasMonitor(Monitor):
             d, bank_a.numbers[shared_rows(bank_a, bank_b)[0]], self.quantile)
         self.bank_models_ = (bank_a.model, bank_b.model)
         self.calibration_median_ = float(np.median(d))
+        self.calibration_max_ = float(d.max())
         return self
 
     # -- checks ----------------------------------------------------------------------------
@@ -293,6 +303,10 @@ class BiasMonitor(Monitor):
                  element_thresholds={chemical_symbols[z]: round(t, 6)
                                      for z, t in sorted(self.element_thresholds_.items())},
                  global_threshold=self.global_threshold_, elements=per,
+                 # thresholds above every reference distance: the monitor cannot flag these
+                 elements_above_every_reference_distance=sorted(
+                     chemical_symbols[z] for z, t in self.element_thresholds_.items()
+                     if self.calibration_max_ is not None and t > self.calibration_max_),
                  force_disagreement=self.force_summary(),
                  most_disagreeing=list(per)[:5],
                  note="two models: the score is symmetric; it locates disagreement, not blame")
