@@ -375,3 +375,22 @@ def test_bank_saved_against_a_shipped_matrix_refers_to_it(small_setup, chgnet_ba
     src.unlink()
     with pytest.raises(CorruptFileError, match="is missing"):
         ReferenceBank.load(path)
+
+
+def test_reference_extend_refuses_to_overwrite_the_bank_it_extends(tmp_path):
+    """`reference extend BANK FILES --out BANK` would replace the bank that runs and files
+    point to (``anchors extend`` refuses the same): refused before any model loads, the bank
+    left as it was."""
+    from click.testing import CliRunner
+
+    from platoscope.cli import main
+
+    bank = tmp_path / "bank.npz"
+    bank.write_bytes(b"not touched")
+    from pathlib import Path
+
+    structure = Path(__file__).resolve().parents[1] / "examples" / "structures" / "Si.cif"
+    r = CliRunner().invoke(main, ["reference", "extend", str(bank), str(structure),
+                                  "--out", str(tmp_path / "." / "bank.npz")])
+    assert r.exit_code != 0 and "is the bank being extended" in r.output, r.output
+    assert bank.read_bytes() == b"not touched"

@@ -335,6 +335,10 @@ def reference_extend(bank_path, files, model, layer, device, index, out):
         raise click.BadParameter(f"{bank_path!r} is neither a bank file nor 'default'",
                                  param_hint="BANK")
     _file_out(out, "bank.npz")
+    if not use_default and Path(out).exists() and Path(out).resolve() == Path(bank_path).resolve():
+        raise click.ClickException(f"--out {out} is the bank being extended: runs and files made "
+                                   "with it would point to other atoms; write the extended bank "
+                                   "to another file")
     structures = [a for f in files for a in read_structures(f, index=index)]
     if not structures:
         raise click.ClickException(f"no structures read from {', '.join(files)}")
