@@ -186,6 +186,21 @@ def test_build_monitors_refuses_a_second_model_lacking_an_element(models):
         Watcher([SwitchMonitor(calc_b)], strict=True)(po)
 
 
+def test_switch_check_interval_is_an_option(models):
+    """``--switch-interval N`` (the check mode's interval; it was fixed at 10 from the CLI)
+    reaches the monitor through the context's options; the default stays 10."""
+    from platoscope.monitors.registry import DEFAULT_INTERVAL, MonitorContext, monitor_options
+    from platoscope.monitors.switch import SwitchMonitor
+
+    calc_a, _, bank_a, _ = models
+    si = bulk("Si", "diamond", a=5.43)
+    assert ("switch", "--switch-interval") in {(n, o.flag(n)) for n, o in monitor_options()}
+    given = MonitorContext(calc=calc_a, bank=bank_a, atoms=si, options={"switch_interval": 3})
+    assert SwitchMonitor.from_spec("sevenn:7net-0", given).interval == 3
+    plain = MonitorContext(calc=calc_a, bank=bank_a, atoms=si)
+    assert SwitchMonitor.from_spec("sevenn:7net-0", plain).interval == DEFAULT_INTERVAL == 10
+
+
 def test_bad_configuration(models):
     _, calc_b, bank_a, bank_b = models
     with pytest.raises(ValueError, match="reference banks"):

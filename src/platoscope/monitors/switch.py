@@ -39,7 +39,12 @@ from platoscope.backends.base import check_elements
 from platoscope.coords import dense_rows
 from platoscope.errors import ConfigError, InputError, InvalidStructureError
 from platoscope.monitors.base import Event, Frame, Monitor
-from platoscope.monitors.registry import DEFAULT_INTERVAL, MonitorContext, register_monitor
+from platoscope.monitors.registry import (
+    DEFAULT_INTERVAL,
+    MonitorContext,
+    MonitorOption,
+    register_monitor,
+)
 from platoscope.switching import SwitchingCalculator, SwitchRecord
 
 __all__ = ["MIN_MATCHED", "HandOver", "SwitchMonitor", "SwitchRecord", "SwitchingCalculator",
@@ -80,6 +85,9 @@ class SwitchMonitor(Monitor):
     """
 
     name = "switch"
+    options = (MonitorOption("interval", int, DEFAULT_INTERVAL,
+                             "Check mode: evaluate the second model every N steps",
+                             check=lambda v: None if int(v) >= 1 else f"must be >= 1, got {v}"),)
     units = "1 - fraction of atoms matched to themselves or an equivalent atom"
 
     def __init__(self, calc_b: Any = None, *, min_matched: float = MIN_MATCHED,
@@ -105,27 +113,31 @@ class SwitchMonitor(Monitor):
 
     @classmethod
     def from_spec(cls, arg: str, context: MonitorContext | None = None, *, calc: Any = None,
-                  atoms: Atoms | None = None, interval: int = DEFAULT_INTERVAL,
+                  atoms: Atoms | None = None, interval: int | None = None,
                   **kwargs: Any) -> SwitchMonitor:
         """Check mode: B from a backend spec on the running calculator's anchors and
         projection (``context.loader``; without a context, ``calc`` and ``atoms`` build one),
-        evaluated every ``interval`` frames; B's element coverage is checked first."""
+        evaluated every ``interval`` frames (``--switch-interval``, default 10); B's element
+        coverage is checked first."""
         from platoscope.projection import Projector
 
         if not arg:
             raise ConfigError("switch needs a second model: switch:<spec>")
         if context is None:
             context = MonitorContext(calc=calc, atoms=atoms)
-            opts: dict[str, Any] = {}
+            opts: dict[str, Any] = {"interval": DEFAULT_INTERVAL if interval is None
+                                    else interval}
         else:
-            opts = context.common
+            opts = {**context.options_for(cls), **context.common}
+            if interval is not None:
+                opts["interval"] = interval
         loader = context.loader
         backend_b = loader.backend(arg, atoms=context.atoms, monitor="switch")
         proj = Projector.coerce(context.calc.projector)
         if proj.needs_reference:
             proj = loader.bank(backend_b, projection=proj).projector
         calc_b = loader.calculator(backend_b, projection=proj)
-        return cls(calc_b, interval=interval, **{**opts, **kwargs})
+        return cls(calc_b, **{**opts, **kwargs})
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, frame: Frame) -> None:
