@@ -175,6 +175,8 @@ def test_action_stop_and_warn_read_cleanly(cli, tmp_path):
     ("md", ["--monitor", "bias:chgnet:0.2.0", "--bias-interval", "0"], "--bias-interval"),
     ("monitor", ["--monitor", "bias:chgnet:0.2.0", "--bias-interval", "-3"], "--bias-interval"),
     ("md", ["--monitor", "switch:chgnet:0.2.0", "--switch-interval", "0"], "--switch-interval"),
+    # recorded only step 0 and said completed
+    ("md", ["--interval", "5", "--steps", "3"], "--interval"),
 ])
 def test_bad_option_is_named_at_parse_time(tmp_path, command, args, option):
     structure = _structure(tmp_path)

@@ -711,6 +711,9 @@ def md(structure, ensemble, temperature, temperature_end, pressure, steps, times
             raise click.BadParameter(  # it would be dropped without a word
                 f"the {ensemble} ensemble has no {name}: only --ensemble "
                 f"{' or '.join(used_by)} uses it", param_hint=f"'--{name}'")
+    if 0 < steps < interval:  # only step 0 would be recorded, the run's end never
+        raise click.BadParameter(f"--interval {interval} is more than --steps {steps}: only "
+                                 "step 0 would be recorded", param_hint="'--interval'")
     config = _config(kw)
     atoms = _read_structure(structure).repeat(repeat)
     config.restart = restart
