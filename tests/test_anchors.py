@@ -240,6 +240,7 @@ def test_anchors_extend_and_show_list_cli(tmp_path):
 
 @pytest.mark.backend("chgnet")
 def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path):
+    from platoscope.errors import InputError
     from platoscope.projection import TOLERANCE
     from platoscope.reference import ReferenceBank
 
@@ -257,12 +258,19 @@ def test_reference_bank_extend_keeps_rows_and_projector(chgnet_backend, tmp_path
     assert big.provenance["extensions"][0]["source"] == "cu.extxyz"
     loaded = ReferenceBank.load(big.save(tmp_path / "big.npz"))
     assert len(loaded) == len(big)
+    # the same structures again (the same file twice) would count their atoms twice: refused,
+    # naming the extension that added them, before any forward pass
+    with pytest.raises(InputError, match="already in the bank .*'cu.extxyz'"):
+        loaded.extend(chgnet_backend, [extra.copy()])
+    with pytest.raises(InputError, match="already in the bank .*when it was built"):
+        bank.extend(chgnet_backend, [bulk("NaCl", "rocksalt", a=5.64),
+                                     bulk("Si", "diamond", a=5.43)])
 
     # an element the model lacks, in frame 3 of a file read with an index: named by its file
     # and frame (was "structure 0", its place in the selection)
     from ase.io import write
 
-    from platoscope.errors import InputError, UnsupportedElementError
+    from platoscope.errors import UnsupportedElementError
     from platoscope.readers import read_structures
 
     frames = [bulk("Si", "diamond", a=5.43) for _ in range(4)]

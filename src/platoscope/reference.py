@@ -143,6 +143,13 @@ class ReferenceBank:
         structures = list(structures)
         if not structures:
             raise InputError("no structures to extend the reference bank with")
+        new_hash = structures_hash(structures)
+        done = [e for e in self.provenance.get("extensions", []) if e.get("data_hash") == new_hash]
+        if done or new_hash == self.data_hash:
+            how = (f"by the extension from {done[0].get('source')!r}" if done
+                   else "when it was built")
+            raise InputError(f"these {len(structures)} structures are already in the bank (added "
+                             f"{how}): extending again would count their atoms twice")
         from platoscope.backends.base import require_elements
         from platoscope.errors import PlatoscopeError
         from platoscope.readers import frame_error
@@ -170,7 +177,6 @@ class ReferenceBank:
                 raise frame_error(err, atoms, i) from err
         feats = backend.embed(structures, batch_size=batch_size, progress=progress)
         start = int(self.structure_index.max()) + 1
-        new_hash = structures_hash(structures)
         prov = {**self.provenance, "extensions": [
             *self.provenance.get("extensions", []),
             {"source": source, "n_structures": len(structures),
