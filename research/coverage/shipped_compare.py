@@ -57,7 +57,7 @@ def git_info(src: Path) -> dict:
         try:
             return subprocess.check_output(["git", "-C", str(repo), *args], text=True,
                                            stderr=subprocess.STDOUT).strip()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return f"unavailable: {exc}"
 
     return {"repo": str(repo), "head": run("rev-parse", "HEAD"),
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    import common
+
     import platoscope
     from platoscope import analysis as an
     from platoscope import coords as pc
@@ -98,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     from platoscope.coords import AtomCoordinates
     from platoscope.provenance import package_versions
     from platoscope.reference import default_bank
-
-    import common
 
     if not a.with_transport:
         from types import SimpleNamespace
