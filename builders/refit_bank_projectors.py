@@ -3,11 +3,12 @@
     OMP_NUM_THREADS=1 PYTHONPATH=src python builders/refit_bank_projectors.py
 
 For each ``src/platoscope/data/reference_*.npz``: the shipped anchor set it was built on
-(checked by hash), the same projection parameters and anchor matrix, fitted with
+(checked by hash), the projection its file is named for (the preset's parameters today: an
+``element`` bank gains the global block) and the same anchor matrix, fitted with
 ``anchor_groups=AnchorSet.groups`` so that its coverage thresholds hold out whole anchor
 structures (``coverage_holdout: structure``). The embeddings, the data hash and every
-coordinate stay as they were (checked on the bank's first atoms within
-``projection.TOLERANCE``); only the thresholds the projector derives change. This is what
+anchor-column coordinate stay as they were, up to the global block's scale sqrt(1 - w^2)
+(checked on the bank's first atoms within ``projection.TOLERANCE``). This is what
 ``builders/build_default_bank.py`` and ``build_default_data.py`` now write too, without
 re-embedding the 23k reference atoms. A bank whose projector was fitted without
 ``anchor_numbers`` (the ``shared`` bank: one pooled threshold) gets them, as a build now gives.
@@ -39,12 +40,17 @@ def main() -> None:
         if old.anchor_numbers_ is not None and not np.array_equal(old.anchor_numbers_,
                                                                   anchors.numbers):
             raise SystemExit(f"{path.name}: its anchor numbers differ from the anchor set's")
-        refit = bank.refit(Projector(**old.get_params()), old.anchors_, anchors, provenance={
-            "projector_refit": {"why": "coverage thresholds held out by anchor structure",
-                                **invocation()}})
+        preset = path.stem.rsplit("_", 1)[-1]
+        refit = bank.refit(Projector(preset), old.anchors_, anchors, provenance={
+            "projector_refit": {"why": f"the {preset!r} preset's parameters "
+                                f"{Projector(preset).get_params()}; coverage thresholds held "
+                                "out by anchor structure", **invocation()}})
         new = refit.projector
         e, z = bank.embeddings[:2000].astype(np.float64), bank.numbers[:2000]
-        diff = np.abs(dense_rows(new.transform(e, z)) - dense_rows(old.transform(e, z))).max()
+        k = old.anchors_.shape[0]
+        scale = np.sqrt(1.0 - new.global_weight) / np.sqrt(1.0 - old.global_weight)
+        diff = np.abs(dense_rows(new.transform(e, z))[:, :k] / scale
+                      - dense_rows(old.transform(e, z))[:, :k]).max()
         if diff > TOLERANCE:
             raise SystemExit(f"{path.name}: coordinates moved by {diff:.2e}")
         matrix = default_data_path("anchors") / (f"{anchors.hash[:16]}-"

@@ -79,7 +79,9 @@ def test_results_equal_backend_and_coordinates_are_the_projection(backend, name,
     assert e == pytest.approx(ref["energy"], rel=1e-6)
     np.testing.assert_allclose(f, ref["forces"], rtol=1e-6, atol=1e-6 * np.abs(f).max())
     zs = calc.get_platonic()
-    assert zs.shape == (len(atoms), len(anchors)) and zs.dtype == np.float64
+    k = len(anchors)
+    r = min(k, calc.projector.global_anchors)  # the default projection's global block
+    assert zs.shape == (len(atoms), k + r) and zs.dtype == np.float64
     assert is_sparse(zs)  # the element projection: each row stores its element's block
     z = dense_rows(zs)
     emb = calc.get_embeddings()
@@ -94,9 +96,12 @@ def test_results_equal_backend_and_coordinates_are_the_projection(backend, name,
         m = mat[own].mean(axis=0) if own.sum() > 1 else np.zeros(mat.shape[1])
         c = _unit((emb[i] - m)[None]) @ _unit(mat[own] - m).T
         w = np.exp((c - c.max()) / 0.015)
-        np.testing.assert_allclose(z[i, own], np.sqrt(w / w.sum())[0], atol=1e-10)
-        assert np.all(z[i, ~own] == 0)
-        np.testing.assert_array_equal(zs[[i]].indices, np.flatnonzero(own))  # whole block
+        scale = np.sqrt(1 - calc.projector.global_weight)
+        np.testing.assert_allclose(z[i, :k][own], scale * np.sqrt(w / w.sum())[0], atol=1e-10)
+        assert np.all(z[i, :k][~own] == 0)
+        # the whole block, then the R global columns
+        np.testing.assert_array_equal(zs[[i]].indices,
+                                      np.r_[np.flatnonzero(own), np.arange(k, k + r)])
         assert calc.get_property("coverage")[i] == pytest.approx(c.max(), abs=1e-10)
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-12)
     # "shared": one centring over all anchors, the same kernel
@@ -159,7 +164,7 @@ def test_relaxation_with_cell_filter(backend, name):
     opt = BFGS(FrechetCellFilter(atoms), logfile=None)
     opt.run(fmax=0.05, steps=60)
     assert np.abs(atoms.get_forces()).max() < 0.05 + 1e-9 or opt.nsteps == 60
-    assert atoms.calc.get_platonic().shape == (len(atoms), 5)
+    assert atoms.calc.get_platonic().shape == (len(atoms), 5 + 5)  # 5 anchors, 5 global columns
 
 
 @pytest.mark.backend("chgnet")
@@ -261,7 +266,7 @@ def test_wraps_a_built_calculator_and_anchor_file(chgnet_backend, tmp_path):
     calc = PlatonicCalculator(chgnet_backend.calc, anchors=str(path))
     atoms = system("chgnet")
     atoms.calc = calc
-    assert calc.get_platonic(atoms).shape == (8, 5)
+    assert calc.get_platonic(atoms).shape == (8, 5 + 5)  # 5 anchors and the global block
     prov = calc.provenance()
     assert prov["anchor_set_hash"] == calc.anchors.hash
     assert prov["model"] == "chgnet:0.3.0" and len(prov["weights_sha256"]) == 64

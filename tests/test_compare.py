@@ -248,10 +248,12 @@ def test_embed_element_projection_stores_sparse_rows_and_coverage(tmp_path):
     assert c.provenance["projection"] == "element"
     z = dense_rows(c.platonic)
     za = AnchorSet.load(anchors).numbers
-    for i in range(len(c)):  # only own-element anchors carry mass
-        assert np.all(z[i, za != c.numbers[i]] == 0)
+    k = len(za)
+    for i in range(len(c)):  # only own-element anchors carry mass (before the global block)
+        assert np.all(z[i, :k][za != c.numbers[i]] == 0)
     assert np.median(c.coverage) > 0.9  # rattled copies of these very atoms are anchors
-    assert np.all(c.residual < 1) and c.platonic.shape == (len(c), len(za))
+    assert c.n_anchors == k and c.n_global == min(k, 128)
+    assert np.all(c.residual < 1) and c.platonic.shape == (len(c), k + c.n_global)
 
     # compare's scored rows: element blocks reduced to an isometry (same inner products within
     # and across models, float64 rounding) in at most as many columns as rows
@@ -262,7 +264,7 @@ def test_embed_element_projection_stores_sparse_rows_and_coverage(tmp_path):
     za_, zb_ = sp.csr_array(c.platonic), sp.csr_array(c.platonic).copy()
     zb_.data = zb_.data * np.random.default_rng(0).uniform(0.5, 1.5, zb_.nnz)  # a 2nd "model"
     xa, xb = _isometric_by_element([za_, zb_], c.numbers)
-    assert xa.shape[1] <= 2 * len(c)
+    assert xa.shape[1] <= 2 * len(c) + c.n_global  # the global columns are kept as they are
     for u, v, x, y in ((za_, zb_, xa, xb), (za_, za_, xa, xa), (zb_, zb_, xb, xb)):
         np.testing.assert_allclose(x @ y.T, (u @ v.T).toarray(), rtol=0, atol=1e-12)
     shared = sp.csr_array(np.ones((len(c), 3)))  # rows of all elements on the same columns

@@ -45,9 +45,11 @@ VAL = os.path.join(REPO, "data", "mp20_partial", "val.csv")
 FEAT_RTOL, FEAT_ATOL = 1e-5, 1e-6
 COORD_NOISE_ATOL = 1e-4
 """Coordinates of two runs whose features may differ by FEAT_RTOL (see the module docstring)."""
+GLOBAL_RTOL = 2.0**-11
+"""float16 storage of the global block: relative rounding of each stored value."""
 
 
-def assert_topk_close(a, b, atol):
+def assert_topk_close(a, b, atol, n_anchors=None):
     """Coordinates of two ``topk``-layout files (sparse, each row its k largest entries) agree
     within ``atol``, allowing the entries at the k-th place to differ.
 
@@ -59,6 +61,11 @@ def assert_topk_close(a, b, atol):
     cut, another row) still fails."""
     import scipy.sparse as sp
 
+    if n_anchors is not None and a.shape[1] > n_anchors:  # a global block: stored whole
+        from platoscope.coords import split_global
+
+        (a, ga), (b, gb) = split_global(a, n_anchors), split_global(b, n_anchors)
+        np.testing.assert_allclose(ga, gb, rtol=GLOBAL_RTOL, atol=atol)
     x, y = sp.csr_matrix(a), sp.csr_matrix(b)
     assert x.shape == y.shape
     da, db = dense_rows(x), dense_rows(y)
@@ -109,18 +116,19 @@ def assert_files_agree(a, b, projector, feat_tol=(FEAT_RTOL, FEAT_ATOL),
     rows; embeddings within float32 noise; each file's coordinates and coverage the projection
     of its own embeddings (any difference between the files then comes from the features);
     coordinates of the two within ``coord_atol``."""
-    from platoscope.coords import TOP_K, top_k_rows, topk_to_csr
+    from platoscope.coords import TOP_K, stored_rows
     from platoscope.projection import TOLERANCE
 
     for name in ("numbers", "structure_index", "atom_index"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     np.testing.assert_allclose(b.embeddings, a.embeddings, rtol=feat_tol[0], atol=feat_tol[1])
+    k = a.n_anchors
     for c in (a, b):
         z, cov = projector.transform_with_coverage(c.embeddings, c.numbers)
-        idx, val, _ = top_k_rows(z, TOP_K)
-        assert_topk_close(c.platonic, topk_to_csr(idx, val, z.shape[1]), SPARSE_FLOAT32_ERROR)
+        want, _ = stored_rows(z, k, TOP_K)  # what the file gives back for these coordinates
+        assert_topk_close(c.platonic, want, SPARSE_FLOAT32_ERROR, n_anchors=k)
         np.testing.assert_allclose(c.coverage, cov, rtol=0, atol=TOLERANCE)
-    assert_topk_close(a.platonic, b.platonic, coord_atol)
+    assert_topk_close(a.platonic, b.platonic, coord_atol, n_anchors=k)
     np.testing.assert_allclose(a.coverage, b.coverage, rtol=0, atol=coord_atol)
 
 

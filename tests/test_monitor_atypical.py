@@ -200,7 +200,7 @@ def test_projected_space_on_the_sparse_bank_equals_the_dense_computation(setup, 
 
     bank, calc = setup
     z = bank.coords
-    assert is_sparse(z) and z.shape == (len(bank), len(bank.projector.anchors_))
+    assert is_sparse(z) and z.shape == (len(bank), bank.projector.n_columns)
     assert nbytes(z) == bank.coords_nbytes() < 0.1 * 8 * z.shape[0] * z.shape[1]
     sparse = AtypicalMonitor(bank, space="projected", same_element=same_element)
     dense = AtypicalMonitor(DenseBank(bank), space="projected", same_element=same_element)

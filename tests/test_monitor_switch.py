@@ -21,6 +21,7 @@ from platoscope.monitors.switch import (
     hand_over,
 )
 from platoscope.monitors.symmetry import SymmetryMonitor
+from platoscope.projection import Projector
 from platoscope.reference import ReferenceBank, reference_structures
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -94,11 +95,18 @@ def test_switching_calculator_rule_and_results(chgnet_pair):
         f = atoms.get_forces()
         assert calc.switched == (k >= 2) and calc.calc is (b if k >= 2 else a)
         np.testing.assert_array_equal(f, calc.calc.results["forces"])
-        assert calc.results["platonic"].shape == (8, len(a.anchors))
+        assert calc.results["platonic"].shape == (8, a.projector.n_columns)
     assert calc.record.call == 2 and calc.n_calls == 4
     assert calc.provenance()["switching"]["switched_at_call"] == 2
     with pytest.raises(ValueError, match="rule"):
         SwitchingCalculator(a, b, rule=-1)
+    from platoscope.calculator import PlatonicCalculator
+
+    # a projection without the global block gives rows of another width: refused, named
+    plain = PlatonicCalculator(b.backend, a.anchors, projection=Projector(
+        "element", global_weight=0, global_anchors=0))
+    with pytest.raises(ValueError, match=r"gives 38204 coordinate columns.* 38076"):
+        SwitchingCalculator(a, plain)
 
 
 def test_same_model_hand_over_matches_every_atom_to_itself(chgnet_pair, chgnet_bank):

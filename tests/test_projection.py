@@ -159,9 +159,15 @@ def test_softmax_kernel_forms_agree_with_the_definition(tau):
 
 def test_presets_and_names():
     assert Projector().get_params() == {"normalize": "element", "kernel": "softmax",
-                                        "tau": 0.015, "eps": 1e-6}
+                                        "tau": 0.015, "eps": 1e-6, "global_weight": 1e-4,
+                                        "global_anchors": 128}
     assert Projector("shared").get_params() == {"normalize": "center", "kernel": "softmax",
-                                                "tau": 0.015, "eps": 1e-6}
+                                                "tau": 0.015, "eps": 1e-6, "global_weight": 0.0,
+                                                "global_anchors": 0}
+    # the element block alone (no global block) is a projection of its own, by parameters
+    assert Projector("element", global_weight=0, global_anchors=0).name == "element-softmax0.015"
+    assert Projector("element", global_weight=1e-3, global_anchors=64).name == \
+        "element-softmax0.015-g64w0.001"
     assert Projector().name == "element" and Projector("paper").name == "paper"
     assert Projector("shared").name == "shared" and Projector().by_element
     assert Projector("none").name == "paper" and Projector("center").name == "centered"
@@ -213,7 +219,9 @@ def _element_data(seed=0):
 
 def test_element_projection_uses_own_element_anchors_centred_on_their_mean():
     anchors, za, emb, ze = _element_data()
-    p = Projector("element", tau=0.05).fit(anchors, anchor_numbers=za)
+    # the element block alone (the global block: tests/test_projection_global.py)
+    p = Projector("element", tau=0.05, global_weight=0, global_anchors=0).fit(
+        anchors, anchor_numbers=za)
     z = p.transform(emb, ze, sparse=False)
     assert z.shape == (25, 60)
     for i in range(25):

@@ -43,7 +43,7 @@ def test_md_writes_every_output(small_setup, chgnet_backend, tmp_path):
     assert res["status"] == "completed"
     frames = read(tmp_path / "frames.extxyz", ":")
     assert [f.info["step"] for f in frames] == list(range(7))
-    assert frames[-1].arrays["platonic"].shape == (8, len(anchors))
+    assert frames[-1].arrays["platonic"].shape == (8, bank.projector.n_columns)
     assert frames[-1].arrays["score_atypical"].shape == (8,)
     # the model's own |F| beside the atypicality score, in both files
     np.testing.assert_allclose(frames[-1].arrays["score_atypical_force"],
@@ -429,11 +429,13 @@ def test_a_switching_run_still_checks_derived_coordinates(small_setup, chgnet_ba
                                                           tmp_path, monkeypatch):
     """A SwitchingCalculator's projector changes at the switch: its frames are still checked
     against the stored projector, and those it does not give keep their coordinates."""
+    from platoscope.projection import Projector
     from platoscope.switching import SwitchingCalculator
 
     anchors, bank, *_ = small_setup
     a = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
-    b = PlatonicCalculator(chgnet_backend, anchors=anchors, projection="shared")
+    b = PlatonicCalculator(chgnet_backend, anchors=anchors,  # same width, another kernel
+                           projection=Projector("element", tau=0.05))
     calls = _count_projections(monkeypatch)
     atoms = nacl()
     atoms.calc = SwitchingCalculator(a, b, rule=2)
@@ -477,7 +479,8 @@ def test_large_k_run_is_compact(chgnet_backend, tmp_path):
             assert ("platonic" in side.fields) == (mode == "always")
             assert len(side) == len(spy.coords) == n_frames
             for i, z in enumerate(spy.coords):
-                assert z.shape == (16, k) and _within_contract(side.frame(i)["platonic"], z), i
+                assert z.shape == (16, calc.projector.n_columns), i
+                assert _within_contract(side.frame(i)["platonic"], z), i
     assert sizes["auto"]["frames.extxyz"] < 0.05 * sizes["always"]["frames.extxyz"], sizes
     coord_bytes = n_frames * 16 * k * 8
     assert sizes["always"]["frames.h5"] - sizes["auto"]["frames.h5"] >= 0.9 * coord_bytes, sizes
@@ -494,7 +497,8 @@ def test_cli_store_coords_option(small_setup, tmp_path):
     assert r.exit_code == 0, r.output
     assert "platonic" not in read(tmp_path / "a" / "frames.extxyz", 0).arrays
     with read_sidecar(tmp_path / "a" / "frames.h5") as side:
-        assert "platonic" not in side.fields and side.frame(0)["platonic"].shape == (8, 18)
+        # 18 anchors and R = min(128, K) = 18 global-block columns, derived, not stored
+        assert "platonic" not in side.fields and side.frame(0)["platonic"].shape == (8, 36)
     r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "b"), "--store-coords",
                                   "never", "--no-embeddings"])
     assert r.exit_code != 0 and "no-embeddings" in r.output

@@ -42,7 +42,9 @@ def _element_setup(seed=0, k_per=(40, 25, 30, 1), d=16, n=50):
     a = rng.normal(size=(za.size, d))
     e = rng.normal(size=(n, d))
     ze = rng.choice(zs, n)
-    return Projector("element").fit(a, anchor_numbers=za), a, za, e, ze
+    # the element block's CSR (the global block after it: tests/test_projection_global.py)
+    block = Projector("element", global_weight=0, global_anchors=0)
+    return block.fit(a, anchor_numbers=za), a, za, e, ze
 
 
 def test_element_transform_is_csr_holding_each_atoms_whole_block():
@@ -215,10 +217,12 @@ def test_default_anchor_frame_holds_its_element_blocks_only(chgnet_default, smal
     atoms.calc = chgnet_default
     z = chgnet_default.get_platonic(atoms)
     k = len(small_anchors)
+    r = chgnet_default.projector.n_columns - k  # the global block: R entries per row
     counts = np.bincount(small_anchors.numbers)
-    assert is_sparse(z) and z.shape == (64, k) and k > 30000
-    assert z.nnz == sum(int(counts[x]) for x in atoms.numbers)  # exactly the own blocks
-    assert z.nnz <= 64 * int(counts.max())
+    assert is_sparse(z) and z.shape == (64, k + r) and k > 30000 and r == 128
+    # exactly the own blocks, and the global block
+    assert z.nnz == sum(int(counts[x]) for x in atoms.numbers) + 64 * r
+    assert z.nnz <= 64 * (int(counts.max()) + r)
     assert nbytes(z) <= z.nnz * (8 + 4) + (64 + 1) * 8
     assert nbytes(z) < 0.1 * 64 * k * 8  # vs the dense frame (19.5 MB)
     # K > ARRAY_MAX_K: no dense copy in atoms.arrays, and no stale rows left there

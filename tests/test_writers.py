@@ -430,7 +430,8 @@ def test_derived_platonic_round_trip(tmp_path, preset):
     sizes, growth = {}, {}
     for store in (True, False):
         path = tmp_path / f"store_{store}.h5"
-        with FrameSidecar(path, attrs={"n_anchors": k}, projector_state=proj.get_state(),
+        with FrameSidecar(path, attrs={"n_anchors": k, "n_columns": proj.n_columns},
+                          projector_state=proj.get_state(),
                           store_platonic=store, score_names=["a"]) as sc:
             for i, fr in enumerate(frames):
                 sc.append(i, **fr)
@@ -440,7 +441,9 @@ def test_derived_platonic_round_trip(tmp_path, preset):
         sizes[store] = path.stat().st_size
         growth[store] = sizes[store] - first
         with read_sidecar(path) as r:
-            assert ("platonic" in r.fields) == store and r.n_anchors == k
+            # the sidecar's width: K, plus the element projection's global block
+            assert ("platonic" in r.fields) == store and r.n_anchors == proj.n_columns
+            assert proj.n_columns == k + (128 if preset == "element" else 0)
             state = proj.get_state()
             assert r.projector_state.keys() == state.keys()
             for key, val in state.items():

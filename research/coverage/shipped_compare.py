@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                 structure_index=e["structure_index"].astype(np.int64),
                 atom_index=e["atom_index"].astype(np.int64),
                 anchor_set_hash=anchors.hash, data_hash=str(e["data_hash"]),
-                provenance=provenance(m), embeddings=emb))
+                provenance=provenance(m), embeddings=emb,
+                # the projection's global block (columns K.., absent before it existed)
+                **({"n_global": int(z.shape[1]) - len(anchors)}
+                   if "n_global" in AtomCoordinates.__dataclass_fields__ else {})))
             n = len(numbers)
             width = int(z.shape[1])
             kk = min(pc.TOP_K, width)

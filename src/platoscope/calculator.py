@@ -108,7 +108,7 @@ class PlatonicCalculator(Calculator):
         self.results = results
 
     def get_platonic(self, atoms: Atoms | None = None) -> Any:
-        """(N, K) float64 Platonic coordinates (see :meth:`Projector.transform
+        """(N, K [+ R]) float64 Platonic coordinates (see :meth:`Projector.transform
         <platoscope.projection.Projector.transform>`): a ``scipy.sparse.csr_array`` for the
         ``element`` projection (each row stores its element's block, nothing truncated), a
         dense ndarray for the others. ``platoscope.coords.dense_rows(z)`` densifies."""
@@ -128,6 +128,8 @@ class PlatonicCalculator(Calculator):
             **prov,
             "anchor_set_hash": self.anchors.hash if self.anchors is not None else None,
             "n_anchors": len(self.anchors) if self.anchors is not None else 0,
+            # coordinate width: the K anchors and the projection's global block, if any
+            "n_columns": self.projector.n_columns if self.projector is not None else 0,
             "anchors_left_out": (int((~self.projector.valid_).sum())
                                  if self.projector is not None else 0),
             "projection": self.projector.name if self.projector is not None else None,

@@ -368,8 +368,9 @@ def reference_extend(bank_path, files, model, layer, device, index, out):
 @click.option("--strict", is_flag=True,
               help="Stop at the first structure that fails (default: report it, go on)")
 @click.option("--top-k", default=TOP_K, show_default=True, type=click.IntRange(min=1),
-              help="Softmax-kernel coordinates: entries kept per atom (the file records each "
-                   "atom's truncation bound)")
+              help="Softmax-kernel coordinates: anchor entries kept per atom (the file records "
+                   "each atom's truncation bound; the element projection's global block, 128 "
+                   "columns, is stored whole beside them in float16)")
 @_with(cluster_options)
 @click.option("--out", "-o", required=True, type=click.Path())
 def embed(data, model, layer, device, anchors_path, reference_path, projection, limit,

@@ -8,7 +8,8 @@ model and the per-element bias table, and writes ``compare.json``, ``compare.txt
 plots. Every retrieval figure stands beside chance and the element+structure baseline (what
 knowing only an atom's element and structure gives on the same pool), and the site-resolved
 top-1 beside its chance. Mutual k-NN is tie-aware (:func:`platoscope.analysis.mutual_knn`):
-atoms of different elements in the ``element`` projection all sit at sqrt(2), and a neighbour
+atoms of different elements in an ``element`` projection without a global block all sit at
+sqrt(2) (the default projection's global block separates them), and a neighbour
 tied at the k-th distance counts with its probability under a random tie break, each space
 breaking its ties independently (ties shared by construction earn chance credit only), never
 by row order or float rounding. Sparse (top-k) coordinates are densified for the scored subsample
@@ -203,42 +204,52 @@ def _scored_rows(coords: list[AtomCoordinates], names: list[str], idx: np.ndarra
 
 def _isometric_by_element(rows: list[Any], numbers: np.ndarray) -> list[np.ndarray] | None:
     """The sparse rows (n, K) of m models as dense (n, d) arrays with the same pairwise inner
-    products within and across models, or None when the rows of different elements share
-    anchor columns (not an element projection).
+    products within and across models, or None when most columns are shared between elements
+    (not an element projection).
 
     The rows of element z (all models together, m * n_z of them) use only the columns c_z of
-    z's anchors, disjoint from every other element's, so the blocks are orthogonal. A block
-    with more columns than rows is replaced by the R factor of a QR decomposition of its
-    transpose (an isometry onto the span of its rows; exact up to float64 rounding, Householder
-    QR, errors ~1e-15 relative); d = sum_z min(c_z, m * n_z). With the default anchors
-    (K = 38,076) and 5,000 scored atoms of MP-20 the compacted columns alone were ~30,000
-    (1.2 GB per model, and CKA's d x d products did not fit in 12 GB); this gives d <= m * n.
+    z's anchors, disjoint from every other element's, so the blocks are orthogonal; columns
+    that rows of several elements use (the projection's global block) are kept as they are,
+    after the blocks. A block with more columns than rows is replaced by the R factor of a QR
+    decomposition of its transpose (an isometry onto the span of its rows; exact up to float64
+    rounding, Householder QR, errors ~1e-15 relative); d = sum_z min(c_z, m * n_z) + shared.
+    With the default anchors (K = 38,076) and 5,000 scored atoms of MP-20 the compacted
+    columns alone were ~30,000 (1.2 GB per model, and CKA's d x d products did not fit in
+    12 GB); this gives d <= m * n + shared.
     """
     import scipy.sparse as sp
 
     m = len(rows)
     csr = [sp.csr_array(r) for r in rows]
-    owner = np.full(csr[0].shape[1], -1, dtype=np.int64)
-    parts = []
-    for z in np.unique(numbers):
+    elements = np.unique(numbers)
+    users = np.zeros(csr[0].shape[1], dtype=np.int64)  # how many elements use each column
+    subs = []
+    for z in elements:
         sel = np.flatnonzero(numbers == z)
         sub = sp.vstack([r[sel] for r in csr], format="csr")
         cols = np.unique(sub.indices[:sub.nnz])
-        if (owner[cols] >= 0).any():
-            return None
-        owner[cols] = z
+        users[cols] += 1
+        subs.append((sel, sub, cols))
+    shared = np.flatnonzero(users > 1)
+    if shared.size and 2 * shared.size > np.count_nonzero(users):
+        return None
+    parts = []
+    for sel, sub, cols in subs:
+        cols = np.setdiff1d(cols, shared, assume_unique=True)
         block = sub[:, cols].toarray() if cols.size else np.zeros((sub.shape[0], 0))
         if block.shape[1] > block.shape[0]:
             block = np.linalg.qr(block.T, mode="r").T  # (m n_z, m n_z), same Gram matrix
         parts.append((sel, block))
     d = sum(b.shape[1] for _, b in parts)
-    out = [np.zeros((csr[0].shape[0], d)) for _ in range(m)]
+    out = [np.zeros((csr[0].shape[0], d + shared.size)) for _ in range(m)]
     col = 0
     for sel, block in parts:
         w = block.shape[1]
         for i in range(m):
             out[i][sel, col:col + w] = block[i * sel.size:(i + 1) * sel.size]
         col += w
+    for i in range(m):
+        out[i][:, d:] = csr[i][:, shared].toarray()
     return out
 
 

@@ -9,9 +9,13 @@ anchor sets or different atoms.
 Layout (HDF5): coordinates either ``dense`` (dataset ``platonic`` (M, K) float64) or ``topk``
 (root attribute ``platonic_layout``): ``platonic_indices`` (M, k) int32 anchor columns (-1:
 padding), ``platonic_values`` (M, k) float32 and ``platonic_residual`` (M,) float32, the L2
-norm of what was dropped. Softmax-kernel coordinates (unit rows; ``embed`` writes them
-``topk`` with :data:`TOP_K` entries) are stored sparse: the distance between two stored rows
-differs from the exact one by at most ``r_a + r_b + SPARSE_FLOAT32_ERROR``. Also optional
+norm of what was dropped; a projection with a global block (root attribute ``n_global`` = R)
+adds ``platonic_global`` (M, R) float16, columns K..K+R-1 of every row, stored whole (its
+rounding is counted in the residual). Softmax-kernel coordinates (unit rows; ``embed`` writes
+them ``topk`` with :data:`TOP_K` entries) are stored sparse and read back with each row's kept
+entries rescaled to unit norm (:func:`topk_coords`); each loaded row then lies within
+``residual = sqrt(2) * platonic_residual`` of the exact one, so the distance between two loaded
+rows differs from the exact one by at most ``res_a + res_b + SPARSE_FLOAT32_ERROR``. Also optional
 ``embeddings`` (M, D) float32, ``coverage`` (M,) (see :mod:`platoscope.projection`),
 ``numbers`` (M,), ``structure_index`` (M,), ``atom_index`` (M,); root attributes ``format``,
 ``provenance`` (JSON), ``anchor_set_hash``, ``data_hash``, ``n_anchors``.
@@ -178,13 +182,15 @@ def pairwise_sq_distances(a: Any, b: Any) -> np.ndarray:
     return d2
 
 
-def top_k_rows(z: Any, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top_k_rows(z: Any, k: int, sq_norms: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` largest entries of each row of non-negative unit rows ``z`` (N, K), dense or
     scipy-sparse (read from the stored entries of each row, never densified).
 
     Returns indices (N, k) int32 (descending value; -1 where the row has fewer non-zeros),
     values (N, k) float32 and residual (N,) float32: the L2 norm of the dropped entries,
-    ``sqrt(1 - sum(kept**2))``, an exact bound on each row's truncation error.
+    ``sqrt(1 - sum(kept**2))``, an exact bound on each row's truncation error (``sq_norms``
+    (N,): each row's squared norm in place of 1, for rows that are not unit).
     """
     if int(k) < 1:
         raise InputError(f"top-k must be >= 1, got {k!r}")
@@ -194,7 +200,8 @@ def top_k_rows(z: Any, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         idx, vals = _top_k_dense(z, int(k))
     idx[vals <= 0] = -1
     vals[vals <= 0] = 0.0
-    residual = np.sqrt(np.clip(1.0 - np.sum(vals ** 2, axis=1), 0.0, None))
+    residual = np.sqrt(np.clip((1.0 if sq_norms is None else sq_norms)
+                               - np.sum(vals ** 2, axis=1), 0.0, None))
     return idx, vals.astype(np.float32), residual.astype(np.float32)
 
 
@@ -271,6 +278,18 @@ def topk_to_csr(indices: np.ndarray, values: np.ndarray, n_anchors: int) -> Any:
                       shape=(indices.shape[0], int(n_anchors)))
 
 
+def _with_global(own: Any, g: np.ndarray) -> Any:
+    """Stored top-k rows (N, K) and a global block (N, R) as one ``csr_array`` (N, K + R)
+    laid out as the projector's: each row's element entries, then all R global entries
+    (zeros kept)."""
+    own = sp.csr_array(own)
+    n, r = g.shape
+    glob = sp.csr_array((np.asarray(g, dtype=np.float64).ravel(),
+                         np.tile(np.arange(r, dtype=own.indices.dtype), n),
+                         np.arange(0, n * r + 1, r, dtype=own.indptr.dtype)), shape=(n, r))
+    return sp.hstack([own, glob], format="csr")
+
+
 def dense_rows(z: Any, rows: Any = None) -> np.ndarray:
     """Rows of dense or scipy-sparse coordinates as a dense float64 array (the one place a
     sparse frame is densified: for dense file formats and a few rows on request)."""
@@ -282,22 +301,31 @@ def dense_rows(z: Any, rows: Any = None) -> np.ndarray:
 class CoordinateWriter:
     """Appends coordinates (and coverage) to an open HDF5 file in one layout.
 
-    h: h5py.File; n_anchors: K; layout: ``dense`` or ``topk``; top_k: entries kept per atom.
+    h: h5py.File; n_anchors: K; layout: ``dense`` or ``topk``; top_k: element-block entries
+    kept per atom; n_global: R, the projection's global-block columns (K..K+R-1 of each row,
+    :class:`platoscope.projection.Projector`), 0 for none. ``topk`` stores them whole as
+    ``platonic_global`` (M, R) float16 (2 bytes each); their rounding error is added to the
+    row's ``platonic_residual`` (columns disjoint from the dropped entries: the residual is
+    ``sqrt(dropped^2 + rounding^2)``), so the stated distance bound still holds.
     """
 
     def __init__(self, h: Any, n_anchors: int, layout: str = "topk", top_k: int = TOP_K,
-                 coverage: bool = True):
+                 coverage: bool = True, n_global: int = 0):
         if layout not in LAYOUTS:
             raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.k, self.layout, self.n = int(n_anchors), layout, 0
+        self.r = int(n_global)
+        self.width = self.k + self.r
         self.top_k = min(int(top_k), self.k)
         h.attrs["platonic_layout"] = layout
         h.attrs["n_anchors"] = self.k
+        h.attrs["n_global"] = self.r
         opts = H5_COMPRESSION
         if layout == "dense":
+            w = self.width
             self.ds = {"platonic": h.create_dataset(
-                "platonic", shape=(0, self.k), maxshape=(None, self.k), dtype=np.float64,
-                chunks=(max(1, min(1024, 4096 // self.k + 1)), self.k), **opts)}
+                "platonic", shape=(0, w), maxshape=(None, w), dtype=np.float64,
+                chunks=(max(1, min(1024, 4096 // w + 1)), w), **opts)}
         else:
             kk = self.top_k
             self.ds = {"platonic_indices": h.create_dataset(
@@ -309,21 +337,24 @@ class CoordinateWriter:
                 "platonic_residual": h.create_dataset(
                 "platonic_residual", shape=(0,), maxshape=(None,), dtype=np.float32,
                 chunks=(4096,))}
+            if self.r:
+                self.ds["platonic_global"] = h.create_dataset(
+                    "platonic_global", shape=(0, self.r), maxshape=(None, self.r),
+                    dtype=np.float16, chunks=(max(1, 65536 // self.r), self.r), **opts)
         if coverage:
             self.ds["coverage"] = h.create_dataset("coverage", shape=(0,), maxshape=(None,),
                                                    dtype=np.float64, chunks=(4096,))
 
     def append(self, z: Any, coverage: Any = None) -> None:
-        """z: (m, K) coordinates, dense or scipy-sparse (the ``topk`` layout reads sparse rows
-        directly; the ``dense`` layout writes them dense)."""
+        """z: (m, K + R) coordinates, dense or scipy-sparse (the ``topk`` layout reads sparse
+        rows directly; the ``dense`` layout writes them dense)."""
         z = as_coords(z)
-        if z.shape[1] != self.k:
-            raise InputError(f"coordinates have shape {z.shape}, the file holds K={self.k}")
-        if self.layout == "dense":
-            vals = {"platonic": dense_rows(z)}
-        else:
-            idx, v, r = top_k_rows(z, self.top_k)
-            vals = {"platonic_indices": idx, "platonic_values": v, "platonic_residual": r}
+        if z.shape[1] != self.width:
+            raise InputError(f"coordinates have shape {z.shape}, the file holds "
+                             f"{self.width} columns (K={self.k}"
+                             + (f" + {self.r} global)" if self.r else ")"))
+        vals = ({"platonic": dense_rows(z)} if self.layout == "dense"
+                else topk_parts(z, self.k, self.top_k))
         if "coverage" in self.ds:
             vals["coverage"] = (np.full(z.shape[0], np.nan) if coverage is None
                                 else np.asarray(coverage, dtype=np.float64))
@@ -335,6 +366,80 @@ class CoordinateWriter:
         self.n += m
 
 
+def topk_parts(z: Any, n_anchors: int, top_k: int) -> dict[str, np.ndarray]:
+    """The ``topk`` layout's datasets for unit rows ``z`` (N, K [+ R]): the ``top_k`` largest
+    anchor entries (``platonic_indices`` int32, ``platonic_values`` float32), the global block
+    whole (``platonic_global`` float16, when R > 0) and ``platonic_residual`` float32, the L2
+    norm of what was dropped or rounded."""
+    z = as_coords(z)
+    if z.shape[1] == n_anchors:
+        idx, v, r = top_k_rows(z, top_k)
+        return {"platonic_indices": idx, "platonic_values": v, "platonic_residual": r}
+    own, g = split_global(z, n_anchors)
+    g16 = g.astype(np.float16)
+    idx, v, dropped = top_k_rows(own, top_k, sq_norms=1.0 - np.einsum("ij,ij->i", g, g))
+    rounding = np.sum((g16.astype(np.float64) - g) ** 2, axis=1)
+    return {"platonic_indices": idx, "platonic_values": v,
+            "platonic_residual": np.sqrt(dropped.astype(np.float64) ** 2
+                                         + rounding).astype(np.float32),
+            "platonic_global": g16}
+
+
+def topk_coords(indices: np.ndarray, values: np.ndarray, n_anchors: int,
+                global_block: np.ndarray | None = None) -> Any:
+    """Coordinates (N, K [+ R]) from the ``topk`` layout's datasets, as a ``csr_array``: each
+    row's kept anchor entries **rescaled** so that the row (with its global block) has unit
+    norm again, as the exact row had; then the global block (zeros kept).
+
+    Why rescaled: read as they are, the kept entries of a row that lost mass r have norm
+    sqrt(1 - r^2), so it sits closer to every other row by about r^2 and becomes a hub for
+    nearest-neighbour queries, and atoms of other elements, exactly sqrt(2) apart before
+    truncation, no longer are (on Perov-5, SevenNet-0, mean r 0.005, up to 0.4, that cost
+    mutual k-NN a quarter of its value; docs/shared_space.md). The dropped mass is spread
+    over the kept entries in proportion, which moves the row by at most its r: the distance
+    from the exact row is at most ``sqrt(2) * r`` (plus float32 rounding)."""
+    own = sp.csr_array(topk_to_csr(indices, values, n_anchors))
+    g = None if global_block is None else np.asarray(global_block, dtype=np.float64)
+    target = np.ones(own.shape[0]) if g is None else np.clip(
+        1.0 - np.einsum("ij,ij->i", g, g), 0.0, None)
+    kept = np.asarray(own.multiply(own).sum(axis=1), dtype=np.float64).ravel()
+    scale = np.where(kept > 0, np.sqrt(target / np.where(kept > 0, kept, 1.0)), 1.0)
+    own.data *= np.repeat(scale, np.diff(own.indptr))
+    return own if g is None else _with_global(own, g)
+
+
+def stored_rows(z: Any, n_anchors: int, top_k: int = TOP_K) -> tuple[Any, np.ndarray]:
+    """What a ``topk`` file gives back for unit rows ``z``: the coordinates as
+    :func:`topk_coords` reads them, and each row's bound on its distance from ``z``
+    (``sqrt(2) * residual``, :attr:`AtomCoordinates.residual`)."""
+    p = topk_parts(z, n_anchors, top_k)
+    return (topk_coords(p["platonic_indices"], p["platonic_values"], n_anchors,
+                        p.get("platonic_global")),
+            np.sqrt(2.0) * p["platonic_residual"].astype(np.float64))
+
+
+def split_global(z: Any, k: int) -> tuple[Any, np.ndarray]:
+    """Coordinates (N, K + R) as their anchor columns (N, K) (same form as ``z``) and their
+    global block (N, R) dense: what :class:`CoordinateWriter` stores apart."""
+    z = as_coords(z)
+    if not sp.issparse(z):
+        return z[:, :k], np.ascontiguousarray(z[:, k:])
+    z = sp.csr_array(z)
+    n, r = z.shape[0], z.shape[1] - k
+    mask = z.indices[:z.nnz] >= k
+    if int(mask.sum()) == n * r and np.all(np.diff(z.indptr) >= r):
+        # the projector's layout: each row's R global entries last, every one stored
+        own_counts = np.diff(z.indptr) - r
+        indptr = np.concatenate([[0], np.cumsum(own_counts)]).astype(z.indptr.dtype)
+        own = sp.csr_array((z.data[:z.nnz][~mask], z.indices[:z.nnz][~mask], indptr),
+                           shape=(n, k))
+        g = z.data[:z.nnz][mask].reshape(n, r)
+        cols = z.indices[:z.nnz][mask].reshape(n, r)
+        if np.array_equal(cols, np.broadcast_to(np.arange(k, k + r), (n, r))):
+            return own, g
+    return z[:, :k], z[:, k:].toarray()
+
+
 def layout_for(projector: Any) -> str:
     """``topk`` for softmax-kernel coordinates (unit, non-negative rows), else ``dense``."""
     return "topk" if getattr(projector, "kernel", None) == "softmax" else "dense"
@@ -344,8 +449,10 @@ def layout_for(projector: Any) -> str:
 class AtomCoordinates:
     """Coordinates of M atoms from one model; rows follow (structure_index, atom_index).
 
-    platonic: (M, K) dense array or scipy.sparse matrix (files in the ``topk`` layout load
-    sparse; ``residual`` then holds each row's truncation bound); coverage: (M,) or None.
+    platonic: (M, K [+ R]) dense array or scipy.sparse matrix (files in the ``topk`` layout
+    load sparse, rows rescaled to unit norm; ``residual`` then holds each row's bound on its
+    distance from the exact row); coverage: (M,) or None; n_global: R, the projection's
+    global-block columns (the last R).
     """
 
     platonic: Any
@@ -359,6 +466,7 @@ class AtomCoordinates:
     path: str | None = None
     coverage: np.ndarray | None = None
     residual: np.ndarray | None = None
+    n_global: int = 0
 
     def __post_init__(self) -> None:
         m = len(self.numbers)
@@ -378,7 +486,8 @@ class AtomCoordinates:
 
     @property
     def n_anchors(self) -> int:
-        return int(self.platonic.shape[1])
+        """K: the anchor columns (the coordinates' width less the global block)."""
+        return int(self.platonic.shape[1]) - int(self.n_global)
 
     def save(self, path: str | os.PathLike, *, embeddings: bool = True,
              layout: str | None = None, top_k: int = TOP_K) -> Path:
@@ -400,7 +509,7 @@ class AtomCoordinates:
             h.attrs["anchor_set_hash"] = self.anchor_set_hash
             h.attrs["data_hash"] = self.data_hash
             w = CoordinateWriter(h, self.n_anchors, layout, top_k,
-                                 coverage=self.coverage is not None)
+                                 coverage=self.coverage is not None, n_global=self.n_global)
             for s in range(0, len(self), 4096):
                 w.append(self.platonic[s:s + 4096],
                          None if self.coverage is None else self.coverage[s:s + 4096])
@@ -426,15 +535,17 @@ class AtomCoordinates:
                     raise CorruptFileError(f"{path}: not a platoscope coordinates file "
                                            f"(format {h.attrs.get('format')!r})")
                 layout = str(h.attrs.get("platonic_layout", "dense"))
+                n_global = int(h.attrs.get("n_global", 0))
                 if layout == "topk":
-                    platonic = topk_to_csr(h["platonic_indices"][()], h["platonic_values"][()],
-                                           int(h.attrs["n_anchors"]))
+                    platonic = topk_coords(h["platonic_indices"][()], h["platonic_values"][()],
+                                           int(h.attrs["n_anchors"]),
+                                           h["platonic_global"][()] if n_global else None)
                 else:
                     platonic = h["platonic"][()]
                 out = cls(
                     platonic=platonic,
                     coverage=h["coverage"][()] if "coverage" in h else None,
-                    residual=(h["platonic_residual"][()].astype(np.float64)
+                    residual=(np.sqrt(2.0) * h["platonic_residual"][()].astype(np.float64)
                               if "platonic_residual" in h else None),
                     numbers=h["numbers"][()].astype(np.int64),
                     structure_index=h["structure_index"][()].astype(np.int64),
@@ -444,6 +555,7 @@ class AtomCoordinates:
                     provenance=json.loads(h.attrs["provenance"]),
                     embeddings=h["embeddings"][()] if "embeddings" in h else None,
                     path=str(path),
+                    n_global=n_global,
                 )
         except CorruptFileError:
             raise
@@ -464,8 +576,9 @@ def check_comparable(a: AtomCoordinates, b: AtomCoordinates) -> None:
             f"{na} ({len(a)} atoms, data {a.data_hash[:12]}) and {nb} ({len(b)} atoms, data "
             f"{b.data_hash[:12]}) do not hold the same atoms in the same order")
     pa, pb = (c.provenance.get("projection_params") for c in (a, b))
-    if pa and pb and {k: pa.get(k) for k in ("normalize", "kernel", "tau")} != {
-            k: pb.get(k) for k in ("normalize", "kernel", "tau")}:
+    keys = ("normalize", "kernel", "tau", "global_weight", "global_anchors")
+    if pa and pb and {k: pa.get(k) or None for k in keys} != {
+            k: pb.get(k) or None for k in keys}:
         raise AnchorSetMismatchError(
             f"{na} ({a.provenance.get('projection')} projection) and {nb} "
             f"({b.provenance.get('projection')} projection) were projected differently: the "
@@ -509,4 +622,5 @@ def embed_structures(calc: Any, structures: list, *, data_hash: str, batch_size:
         data_hash=data_hash,
         provenance=calc.provenance(),
         embeddings=emb,
+        n_global=calc.projector.n_columns - len(calc.anchors),
     )

@@ -8,8 +8,14 @@ distance between coordinates is the Hellinger distance; it is what makes two mod
 agree (docs/shared_space.md). In the ``element`` projection each atom is projected on the
 anchors of its own element only, each element centred on the mean of its own anchors
 (``m = m_Z``); its row is zero outside its element's block, so atoms of different elements sit
-at distance sqrt(2). :class:`Projector` learns ``m`` and ``W`` (scikit-learn style: parameters
-in ``__init__``, learned attributes end in ``_``, ``transform`` is pure).
+at distance sqrt(2), unless the projector adds a **global block**: R more columns holding the
+paper's linear cosines to a fixed subset of R anchors (every element's, one centring over all
+anchors), L2-normalised and weighted so that ``d^2 = (1 - w^2) d_element^2 + w^2 d_global^2``
+(``w^2 = global_weight``). With w^2 = 1e-4 it changes no real element-block ordering but
+breaks the exact ties between atoms of other elements (docs/shared_space.md). Coordinates are
+then (N, K + R): columns K.. are the global block. :class:`Projector` learns ``m`` and ``W``
+(scikit-learn style: parameters in ``__init__``, learned attributes end in ``_``,
+``transform`` is pure).
 
 Every projection also gives a per-atom **coverage**: the largest (normalised) cosine of the atom
 to the anchors it is projected on, in [-1, 1] (1: an anchor has the same environment). The
@@ -35,7 +41,8 @@ from platoscope.errors import InputError
 NORMALIZATIONS = ("none", "center", "standardize", "whiten", "element")
 KERNELS = ("linear", "softmax")
 PRESETS: dict[str, dict[str, Any]] = {
-    "element": {"normalize": "element", "kernel": "softmax", "tau": 0.015},
+    "element": {"normalize": "element", "kernel": "softmax", "tau": 0.015,
+                "global_weight": 1e-4, "global_anchors": 128},
     "shared": {"normalize": "center", "kernel": "softmax", "tau": 0.015},
     "paper": {"normalize": "none", "kernel": "linear"},
     "centered": {"normalize": "center", "kernel": "linear"},
@@ -43,7 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "whitened": {"normalize": "whiten", "kernel": "linear"},
 }
 """Named projections. ``element``: per-element anchors, each element centred on its own anchor
-mean, softmax kernel (docs/shared_space.md: chosen on one split, measured on another);
+mean, softmax kernel (docs/shared_space.md: chosen on one split, measured on another), with a
+light cross-element block (:class:`Projector`, ``global_weight``);
 ``shared``: one centring over all anchors, softmax kernel at tau = 0.015 (the cross-element
 view: elements can be compared, e.g. periodicity); ``paper``: Li & Walsh's recipe as written
 (plain cosines)."""
@@ -327,12 +335,17 @@ class Projector:
     """
 
     def __init__(self, normalize: str = DEFAULT_PROJECTION, *, kernel: str | None = None,
-                 tau: float | None = None, eps: float = 1e-6):
+                 tau: float | None = None, eps: float = 1e-6,
+                 global_weight: float | None = None, global_anchors: int | None = None):
         preset = PRESETS.get(normalize)
         if preset is not None:
             normalize = preset["normalize"]
             kernel = kernel or preset["kernel"]
             tau = tau if tau is not None else preset.get("tau")
+            global_weight = (global_weight if global_weight is not None
+                             else preset.get("global_weight"))
+            global_anchors = (global_anchors if global_anchors is not None
+                              else preset.get("global_anchors"))
         if normalize not in NORMALIZATIONS:
             raise InputError(f"unknown normalize={normalize!r}; valid: {', '.join(NORMALIZATIONS)}"
                              f" or a preset: {', '.join(PRESETS)}")
@@ -344,25 +357,42 @@ class Projector:
             _check_tau(tau)
         elif tau is not None:
             raise InputError("tau applies to kernel='softmax' only")
+        global_weight = float(global_weight or 0.0)
+        global_anchors = int(global_anchors or 0)
+        if not (0.0 <= global_weight < 1.0) or (global_weight > 0) != (global_anchors > 0) \
+                or global_anchors < 0:
+            raise InputError(
+                "global_weight (w^2, in [0, 1)) and global_anchors (R >= 1) go together: both "
+                f"set or both 0, got global_weight={global_weight!r}, "
+                f"global_anchors={global_anchors!r}")
+        if global_anchors and normalize != "element":
+            raise InputError("a global block applies to the element projection only (the "
+                             f"{normalize!r} normalisation already compares every element)")
         self.normalize = normalize
         self.kernel = kernel
         self.tau = tau
         self.eps = eps
+        self.global_weight = global_weight
+        self.global_anchors = global_anchors
 
     @property
     def name(self) -> str:
         """The preset this projector matches (``shared``, ``paper`` ...) or a descriptive
-        ``<normalize>-<kernel>[<tau>]`` label; used in provenance and file names."""
+        ``<normalize>-<kernel>[<tau>][-g<R>w<w^2>]`` label; used in provenance and file names."""
+        mine = (self.normalize, self.kernel, self.tau, self.global_weight, self.global_anchors)
         for key, p in PRESETS.items():
-            if (p["normalize"], p["kernel"], p.get("tau")) == (self.normalize, self.kernel,
-                                                                 self.tau):
+            if (p["normalize"], p["kernel"], p.get("tau"), float(p.get("global_weight", 0.0)),
+                    int(p.get("global_anchors", 0))) == mine:
                 return key
-        return f"{self.normalize}-{self.kernel}" + (f"{self.tau:g}" if self.tau else "")
+        return (f"{self.normalize}-{self.kernel}" + (f"{self.tau:g}" if self.tau else "")
+                + (f"-g{self.global_anchors}w{self.global_weight:g}" if self.global_anchors
+                   else ""))
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters: ``Projector(**p.get_params())`` is an unfitted copy."""
         return {"normalize": self.normalize, "kernel": self.kernel, "tau": self.tau,
-                "eps": self.eps}
+                "eps": self.eps, "global_weight": self.global_weight,
+                "global_anchors": self.global_anchors}
 
     @classmethod
     def coerce(cls, projection: str | Projector | None) -> Projector:
@@ -447,8 +477,27 @@ class Projector:
                 vals = np.maximum(vals, self.eps * vals.max())
                 self.transform_ = (vecs / np.sqrt(vals)) @ vecs.T
         self.anchors_ = a_in.copy()
+        self._set_global(a.mean(axis=0) if self.global_anchors else None)
         self._prepared = None
         return self
+
+    def _set_global(self, mean: np.ndarray | None) -> None:
+        """The global block's learned attributes: ``global_columns_`` (R,) the anchors it
+        uses (:func:`global_subset` of the anchor list: the same columns for every model on
+        one anchor set), ``global_mean_`` (D,) the mean of this model's valid anchors."""
+        if not self.global_anchors:
+            self.global_columns_ = np.zeros(0, dtype=np.int64)
+            self.global_mean_ = None
+            return
+        self.global_columns_ = global_subset(self.anchor_numbers_, self.global_anchors)
+        self.global_mean_ = mean
+
+    @property
+    def n_columns(self) -> int:
+        """Width of the coordinates: K anchors, plus R global columns (fitted projector)."""
+        if not hasattr(self, "anchors_"):
+            raise RuntimeError("Projector is not fitted: call fit(anchor_embeddings) first")
+        return self.anchors_.shape[0] + self.global_columns_.size
 
     def _prepare(self) -> tuple:
         if not hasattr(self, "anchors_"):
@@ -473,11 +522,20 @@ class Projector:
                 self._prepared = ("shared", (an, m, w, None if valid.all() else cols))
             self._thresholds = _coverage_thresholds(
                 units, None if self.anchor_numbers_ is None else self.anchor_numbers_[valid])
+            self._global = None
+            if self.global_columns_.size:
+                m = torch.as_tensor(self.global_mean_, dtype=torch.float64)
+                a = torch.as_tensor(np.nan_to_num(self.anchors_[self.global_columns_]),
+                                    dtype=torch.float64)
+                # an anchor this model cannot embed: a zero row (cosine 0), like its column
+                gv = torch.as_tensor(self.valid_[self.global_columns_])
+                self._global = (_unit_rows(a, m, None) * gv[:, None], m)
         return self._prepared
 
     def transform(self, embeddings: Any, numbers: Any = None, *, sparse: bool | None = None
                   ) -> Any:
-        """(N, D) embeddings -> (N, K) float64 Platonic coordinates. numbers: (N,) atomic
+        """(N, D) embeddings -> (N, :attr:`n_columns`) float64 Platonic coordinates: K anchor
+        columns, then R global-block columns if the projector has one. numbers: (N,) atomic
         numbers, needed by the element projection.
 
         sparse: None (default) gives a ``scipy.sparse.csr_array`` for the element projection
@@ -509,9 +567,12 @@ class Projector:
             if numbers is None:
                 raise InputError("the element projection needs the atoms' atomic numbers: "
                                  "transform(embeddings, numbers)")
-            return _apply_element(e, _atomic_numbers(numbers, e.shape[0], "numbers"), prep,
-                                  self.tau, self.anchors_.shape[0], coverage,
-                                  sparse=sparse is not False)
+            z = _apply_element(e, _atomic_numbers(numbers, e.shape[0], "numbers"), prep,
+                               self.tau, self.anchors_.shape[0], coverage,
+                               sparse=sparse is not False)
+            if self._global is None:
+                return z
+            return _append_global(z, _global_rows(e, *self._global), self.global_weight)
         an, m, w, cols = prep
         return _apply(e, an, m, w, self.tau, cols, self.anchors_.shape[0], coverage)
 
@@ -550,6 +611,10 @@ class Projector:
             state["anchor_numbers"] = self.anchor_numbers_
         if getattr(self, "anchor_groups_", None) is not None:
             state["anchor_groups"] = self.anchor_groups_
+        if self.global_anchors:
+            state["global_weight"] = np.array(self.global_weight)
+            state["global_anchors"] = np.array(self.global_anchors)
+            state["global_mean"] = self.global_mean_
         return state
 
     def _stored_anchors(self) -> np.ndarray:
@@ -567,7 +632,9 @@ class Projector:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Projector:
         p = cls(str(state["normalize"]), kernel=str(state.get("kernel", "linear")),
-                tau=float(state["tau"]) if "tau" in state else None, eps=float(state["eps"]))
+                tau=float(state["tau"]) if "tau" in state else None, eps=float(state["eps"]),
+                global_weight=float(state.get("global_weight", 0.0)),
+                global_anchors=int(state.get("global_anchors", 0)))
         stored = np.asarray(state["anchors"])
         p.anchors_ = stored.astype(np.float64, copy=False)
         if stored.dtype == np.float32:  # float32 -> float64 -> float32 is exact
@@ -581,12 +648,71 @@ class Projector:
                             if "anchor_groups" in state else None)
         if p.by_element and p.anchor_numbers_ is None:
             raise InputError("an element projector's state has no anchor_numbers")
+        p._set_global(np.asarray(state["global_mean"], dtype=np.float64)
+                      if p.global_anchors else None)
         p._prepared = None
         return p
 
     def __repr__(self) -> str:
         tau = f", tau={self.tau:g}" if self.tau is not None else ""
-        return f"Projector(normalize={self.normalize!r}, kernel={self.kernel!r}{tau})"
+        g = (f", global_weight={self.global_weight:g}, global_anchors={self.global_anchors}"
+             if self.global_anchors else "")
+        return f"Projector(normalize={self.normalize!r}, kernel={self.kernel!r}{tau}{g})"
+
+
+def global_subset(anchor_numbers: np.ndarray, r: int) -> np.ndarray:
+    """(min(r, K),) sorted anchor indices of the global block, from the anchor list alone:
+    round robin over the elements in order of Z, each element's anchors in list order (r >= the
+    number of elements gives every element an anchor). Every model fitted on one anchor set
+    gets the same columns, whichever anchors it can embed."""
+    zs = np.asarray(anchor_numbers, dtype=np.int64)
+    per = [np.flatnonzero(zs == z) for z in np.unique(zs)]
+    r = min(int(r), zs.size)
+    order: list[int] = []
+    i = 0
+    while len(order) < r:
+        order += [int(p[i]) for p in per if i < p.size][: r - len(order)]
+        i += 1
+    return np.sort(np.array(order, dtype=np.int64))
+
+
+def _global_rows(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor) -> np.ndarray:
+    """(N, R) the global block of validated embeddings ``e``: cosines of ``e - m`` to the
+    prepared unit rows ``an`` (R, D), each row L2-normalised (a row of zero cosines stays 0)."""
+    out = np.empty((e.shape[0], an.shape[0]), dtype=np.float64)
+    out_t = torch.from_numpy(out)
+    for s in range(0, e.shape[0], BLOCK_ROWS):
+        c = torch.mm(_unit_rows(e[s:s + BLOCK_ROWS], m, None), an.T)
+        out_t[s:s + BLOCK_ROWS] = torch.nn.functional.normalize(c, dim=1)
+    return out
+
+
+def _append_global(z: Any, g: np.ndarray, w2: float) -> Any:
+    """Element coordinates ``z`` (N, K), dense or CSR, scaled by sqrt(1 - w2), with the global
+    rows ``g`` (N, R) scaled by sqrt(w2) as columns K..K+R-1: unit rows stay unit rows. The
+    CSR keeps each row's element entries first, then its R global entries (zeros stored)."""
+    a, b = np.sqrt(1.0 - w2), np.sqrt(w2)
+    n, k = z.shape
+    r = g.shape[1]
+    if not hasattr(z, "indptr"):
+        return np.hstack([z * a, g * b])
+    from scipy.sparse import csr_array
+
+    counts = np.diff(z.indptr)
+    nnz = int(z.indptr[-1]) + n * r
+    index_dtype = np.int32 if max(nnz, k + r) < 2**31 else np.int64
+    indptr = z.indptr.astype(index_dtype) + (r * np.arange(n + 1)).astype(index_dtype)
+    data = np.empty(nnz, dtype=np.float64)
+    indices = np.empty(nnz, dtype=index_dtype)
+    own = np.arange(int(z.indptr[-1])) + r * np.repeat(np.arange(n), counts)
+    data[own] = z.data[:z.indptr[-1]] * a
+    indices[own] = z.indices[:z.indptr[-1]]
+    pos = (indptr[:-1] + counts)[:, None] + np.arange(r)[None, :]
+    data[pos] = g * b
+    indices[pos] = k + np.arange(r)[None, :]
+    out = csr_array((data, indices, indptr), shape=(n, k + r), copy=False)
+    out.has_canonical_format = True
+    return out
 
 
 def _group_labels(groups: Any, k: int) -> np.ndarray:

@@ -63,7 +63,7 @@ def status_line(result: dict[str, Any]) -> str:
 
 
 RESTART_PROVENANCE = ("model", "spec", "weights_sha256", "layer", "anchor_set_hash",
-                      "n_anchors", "projection")
+                      "n_anchors", "n_columns", "projection")
 """Provenance keys a restart must share with the recorded run (the model and coordinates)."""
 
 

@@ -223,7 +223,8 @@ class ReferenceBank:
 
     @cached_property
     def coords(self) -> Any:
-        """(M, K) float64 projected coordinates of the reference atoms.
+        """(M, K [+ R]) float64 projected coordinates of the reference atoms (R: the
+        projection's global block; the width is ``projector.n_columns``).
 
         Element projection (:attr:`Projector.by_element`): a ``scipy.sparse.csr_array`` holding
         each atom's whole element block, exact (the dense array's values; 12 bytes per stored
@@ -260,7 +261,8 @@ class ReferenceBank:
         zs = self.projector.anchor_numbers_[self.projector.valid_]
         z, count = np.unique(self.numbers, return_counts=True)
         width = np.array([np.count_nonzero(zs == x) for x in z], dtype=np.int64)
-        nnz = int(np.dot(count.astype(np.int64), width))
+        nnz = int(np.dot(count.astype(np.int64), width)) + len(self) * (
+            self.projector.n_columns - k)
         per = 12 if max(nnz, k) < 2**31 else 16
         return per * nnz + (per - 8) * (len(self) + 1)
 
@@ -399,8 +401,10 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
     it once (a minute or two on a CPU, with a progress bar) and caches it. The cache key
     includes the model fingerprint and the hash of the shipped reference file, so a new
     release's reference set is never scored against an old cached bank. A bank made before
-    coverage thresholds were held out by structure (its projector has no anchor groups) is
-    not used as it is: its embeddings are kept and its projector is fitted anew (seconds).
+    coverage thresholds were held out by structure (its projector has no anchor groups), or
+    with other projection parameters under the same name (an ``element`` bank from before the
+    global block), is not used as it is: its embeddings are kept and its projector is fitted
+    anew (seconds).
     """
     from platoscope.paths import cache_dir, default_data_path
     from platoscope.provenance import sha256_bytes
@@ -413,7 +417,8 @@ def default_bank(backend: Any, anchors: AnchorSet, *, projection: str | Projecto
         if path.is_file():
             bank = ReferenceBank.load(path)
             bank.check_backend(backend)
-            if bank.projector.coverage_holdout == "structure":
+            if bank.projector.coverage_holdout == "structure" \
+                    and bank.projector.get_params() == proj.get_params():
                 return bank
     structures = reference_structures()
     reused = _reuse_embeddings(backend, anchors, proj, structures, ref_hash, progress=progress)

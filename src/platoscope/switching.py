@@ -60,6 +60,12 @@ class SwitchingCalculator(BaseCalculator):
         kb = len(calc_b.anchors) if getattr(calc_b, "anchors", None) is not None else None
         if ka is None or ka != kb or calc_a.anchors.hash != calc_b.anchors.hash:
             raise InputError("calc_a and calc_b must be PlatonicCalculators on the same AnchorSet")
+        wa, wb = calc_a.projector.n_columns, calc_b.projector.n_columns
+        if wa != wb:
+            raise InputError(
+                f"calc_a's projection ({calc_a.projector.name}) gives {wa} coordinate columns, "
+                f"calc_b's ({calc_b.projector.name}) {wb}: one run file cannot hold both; "
+                "use one projection for both models")
         self.calcs = (calc_a, calc_b)
         self.implemented_properties = [p for p in calc_a.implemented_properties
                                        if p in calc_b.implemented_properties]

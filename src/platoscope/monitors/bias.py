@@ -212,10 +212,10 @@ class BiasMonitor(Monitor):
 
     def start(self, frame: Frame) -> None:
         self.check(frame.atoms)
-        k_b = len(self.calc_b.anchors)
+        k_b = self.calc_b.projector.n_columns
         if np.shape(frame.platonic)[1] != k_b:
-            raise AnchorSetMismatchError(f"frames have K={np.shape(frame.platonic)[1]} "
-                                         f"coordinates, the second model's anchors K={k_b}")
+            raise AnchorSetMismatchError(f"frames have {np.shape(frame.platonic)[1]} coordinate "
+                                         f"columns, the second model's projection {k_b}")
 
     # -- scoring ---------------------------------------------------------------------------
     def score(self, frame: Frame) -> np.ndarray:

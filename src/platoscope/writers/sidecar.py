@@ -31,7 +31,7 @@ SIDECAR_FORMAT_VERSION = 2  # 2: optional /projector, coordinates derived from e
 
 # Provenance keys that must agree when a run is continued into an existing sidecar.
 IDENTITY_KEYS = ("backend", "model", "weights_sha256", "layer", "feature_dim",
-                 "anchor_set_hash", "n_anchors", "projection")
+                 "anchor_set_hash", "n_anchors", "n_columns", "projection")
 
 _FIELDS = ("platonic", "embeddings", "forces")
 _PROJECTOR = "projector"
@@ -454,8 +454,8 @@ class FrameSidecar:
         self._warned = False
         attrs = dict(to_jsonable(dict(attrs or {})))
         ident = _identity(attrs)
-        if n_anchors is None and ident.get("n_anchors"):
-            n_anchors = int(ident["n_anchors"])
+        if n_anchors is None and (ident.get("n_columns") or ident.get("n_anchors")):
+            n_anchors = int(ident.get("n_columns") or ident["n_anchors"])
         if embedding_dim is None and ident.get("feature_dim"):
             embedding_dim = int(ident["feature_dim"])
         for name in score_names:
