@@ -74,6 +74,22 @@ def test_auto_small_is_exact_and_reports_masses():
     assert shuffled.same_atom_mass < 0.05 and shuffled.same_element_mass == pytest.approx(1.0)
 
 
+def test_auto_is_an_exact_assignment_up_to_4000_atoms_per_side():
+    """compare's scored sets (thousands of atoms, many symmetry-equivalent duplicates) get
+    scipy's dense assignment, not the sparse LAPJV that looped for ever on Perov-5's 3,000."""
+    from scipy.optimize import linear_sum_assignment
+
+    from platoscope.analysis.optimal_transport import MAX_ASSIGNMENT, MAX_EXACT
+
+    assert MAX_ASSIGNMENT == MAX_EXACT == 4000 * 4000
+    x, y, _ = _clustered(2200, 10, 5, noise=0.05)
+    y = np.repeat(y[:1100], 2, axis=0)  # exact duplicates, as equivalent sites give
+    res = transport(x, y)
+    assert res.method.startswith("emd") and "linear_sum_assignment" in res.method
+    rows, cols = linear_sum_assignment(((x[:, None] - y[None]) ** 2).sum(-1))
+    assert res.cost == pytest.approx(((x[rows] - y[cols]) ** 2).sum(-1).mean(), rel=1e-12)
+
+
 def test_blocks_match_exact_when_elements_separate():
     x, y, el = _clustered(400, 10, 6, noise=0.3)
     exact = transport(x, y, method="emd", elements=el)
