@@ -301,8 +301,12 @@ def test_default_anchors_with_a_model_covering_part_of_the_table(mace_backend, t
     atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
     atoms.calc = calc
     z = dense_rows(calc.get_platonic(atoms))
-    assert z.shape == (len(atoms), len(anchors)) and np.isfinite(z).all()
-    assert (z[:, ~valid] == 0).all()
+    k, cols = len(anchors), calc.projector.global_columns_
+    assert z.shape == (len(atoms), k + cols.size) and np.isfinite(z).all()
+    assert (z[:, :k][:, ~valid] == 0).all()
+    # none of the global block's anchors is embeddable (each holds an element it lacks): the
+    # block is 0 and the element rows keep all the mass (unit rows, as the norm check says)
+    assert not valid[cols].any() and (z[:, k:] == 0).all()
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-12)  # softmax rows
     # the projector's state (run files) keeps which anchors were left out
     from platoscope.projection import Projector

@@ -84,6 +84,19 @@ def test_an_anchor_the_model_cannot_embed_gives_a_zero_global_column():
     assert np.all(z[:, 90 + col] == 0)
 
 
+def test_a_model_that_embeds_none_of_the_block_keeps_unit_element_rows():
+    valid = np.ones(90, dtype=bool)
+    p, *_ = _fitted(r=3)
+    valid[p.global_columns_] = False
+    q, a, zs, rng = _fitted(r=3, valid=valid)
+    e, n = rng.normal(size=(6, 12)), np.array([3, 8, 14, 3, 8, 14])
+    z = dense_rows(q.transform(e, n))
+    plain = Projector("element", global_weight=0, global_anchors=0).fit(a, anchor_numbers=zs)
+    assert np.all(z[:, 90:] == 0)
+    np.testing.assert_allclose(z[:, :90], dense_rows(plain.transform(e, n)), rtol=0,
+                               atol=TOLERANCE)
+
+
 def test_atoms_of_other_elements_no_longer_tie_and_mix_as_stated():
     p, a, _, rng = _fitted()
     e = rng.normal(size=(40, 12))

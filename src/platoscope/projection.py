@@ -689,13 +689,16 @@ def _global_rows(e: torch.Tensor, an: torch.Tensor, m: torch.Tensor) -> np.ndarr
 
 def _append_global(z: Any, g: np.ndarray, w2: float) -> Any:
     """Element coordinates ``z`` (N, K), dense or CSR, scaled by sqrt(1 - w2), with the global
-    rows ``g`` (N, R) scaled by sqrt(w2) as columns K..K+R-1: unit rows stay unit rows. The
-    CSR keeps each row's element entries first, then its R global entries (zeros stored)."""
-    a, b = np.sqrt(1.0 - w2), np.sqrt(w2)
+    rows ``g`` (N, R) scaled by sqrt(w2) as columns K..K+R-1: unit rows stay unit rows. A
+    zero global row (a model that can embed none of the block's anchors) leaves its element
+    row unscaled. The CSR keeps each row's element entries first, then its R global entries
+    (zeros stored)."""
+    b = np.sqrt(w2)
+    a = np.sqrt(1.0 - w2 * np.einsum("ij,ij->i", g, g))  # (N,): sqrt(1 - w2), or 1
     n, k = z.shape
     r = g.shape[1]
     if not hasattr(z, "indptr"):
-        return np.hstack([z * a, g * b])
+        return np.hstack([z * a[:, None], g * b])
     from scipy.sparse import csr_array
 
     counts = np.diff(z.indptr)
@@ -705,7 +708,7 @@ def _append_global(z: Any, g: np.ndarray, w2: float) -> Any:
     data = np.empty(nnz, dtype=np.float64)
     indices = np.empty(nnz, dtype=index_dtype)
     own = np.arange(int(z.indptr[-1])) + r * np.repeat(np.arange(n), counts)
-    data[own] = z.data[:z.indptr[-1]] * a
+    data[own] = z.data[:z.indptr[-1]] * np.repeat(a, counts)
     indices[own] = z.indices[:z.indptr[-1]]
     pos = (indptr[:-1] + counts)[:, None] + np.arange(r)[None, :]
     data[pos] = g * b
