@@ -219,7 +219,8 @@ def embed_stages(calc, frames: list, batch: int, tmp: Path) -> dict[str, float]:
     store = ChunkStore(tmp / "stages.parts", {"kind": "stages"})
     h = h5py.File(tmp / "stages.h5", "w")
     with h:
-        w = CoordinateWriter(h, len(calc.anchors), layout_for(calc.projector), TOP_K)
+        w = CoordinateWriter(h, len(calc.anchors), layout_for(calc.projector), TOP_K,
+                             n_global=calc.projector.n_columns - len(calc.anchors))
         for s in range(0, len(frames), batch):
             chunk = frames[s:s + batch]
             t0 = time.perf_counter()
@@ -234,9 +235,9 @@ def embed_stages(calc, frames: list, batch: int, tmp: Path) -> dict[str, float]:
                 feats, np.concatenate([a.numbers for a in chunk]))
             t2 = time.perf_counter()
             if w.layout == "topk":
-                from platoscope.coords import top_k_rows
+                from platoscope.coords import topk_parts
 
-                top_k_rows(z, TOP_K)
+                topk_parts(z, len(calc.anchors), TOP_K)
             t3 = time.perf_counter()
             w.append(z, cov)  # top-k again inside, subtracted below
             t4 = time.perf_counter()

@@ -212,3 +212,33 @@ def test_compare_rows_keep_every_inner_product_with_a_shared_global_block():
     full = np.vstack([dense_rows(z1), dense_rows(z2)])
     comp = np.vstack(out)
     np.testing.assert_allclose(comp @ comp.T, full @ full.T, rtol=0, atol=1e-12)
+
+
+def test_coordinates_made_from_a_calculators_provenance_know_their_global_block():
+    """Built by hand from the projector's rows and the calculator's provenance (n_anchors,
+    n_columns), the file still stores the block apart; a file whose block was not declared
+    does not compare with one whose was."""
+    p, _, _, rng = _fitted()
+    e, n = rng.normal(size=(6, 12)), np.array([3, 8, 14, 3, 8, 14])
+    z = p.transform(e, n)
+    kw = dict(numbers=n, structure_index=np.zeros(6, int), atom_index=np.arange(6),
+              anchor_set_hash="a", data_hash="d")
+    prov = {"n_anchors": 90, "n_columns": 106, "projection_params": p.get_params()}
+    assert AtomCoordinates(platonic=z, provenance=prov, **kw).n_global == 16
+    blind = AtomCoordinates(platonic=z, provenance={"projection_params": p.get_params()}, **kw)
+    assert blind.n_global == 0 and blind.n_anchors == 106
+    with pytest.raises(AnchorSetMismatchError, match="16 global"):
+        check_comparable(AtomCoordinates(platonic=z, provenance=prov, **kw), blind)
+
+
+def test_a_restart_of_a_run_recorded_before_the_global_block_is_refused(tmp_path):
+    import json
+
+    from platoscope.errors import ConfigError
+    from platoscope.records import check_restart
+
+    old = {"model": "m", "anchor_set_hash": "a", "n_anchors": 90, "projection": "element"}
+    (tmp_path / "summary.json").write_text(json.dumps({"config": {}, "provenance": old}))
+    with pytest.raises(ConfigError, match=r"n_columns \(recorded 90, given 106\)"):
+        check_restart(tmp_path, {}, {**old, "n_columns": 106}, [])
+    check_restart(tmp_path, {}, {**old, "n_columns": 90}, [])  # the element block alone

@@ -469,6 +469,10 @@ class AtomCoordinates:
     n_global: int = 0
 
     def __post_init__(self) -> None:
+        cols, k = self.provenance.get("n_columns"), self.provenance.get("n_anchors")
+        if not self.n_global and cols and k and int(cols) > int(k) \
+                and self.platonic.shape[1] == int(cols):  # the calculator's rows, as given
+            self.n_global = int(cols) - int(k)
         m = len(self.numbers)
         for name in ("platonic", "structure_index", "atom_index", "coverage", "residual"):
             v = getattr(self, name)
@@ -584,9 +588,10 @@ def check_comparable(a: AtomCoordinates, b: AtomCoordinates) -> None:
             f"({b.provenance.get('projection')} projection) were projected differently: the "
             "same anchors, but their coordinates do not mean the same thing; embed both with "
             "one --projection")
-    if a.platonic.shape[1] != b.platonic.shape[1]:
-        raise AnchorSetMismatchError(f"{na} has K={a.platonic.shape[1]}, {nb} has "
-                                     f"K={b.platonic.shape[1]}")
+    if a.platonic.shape[1] != b.platonic.shape[1] or a.n_global != b.n_global:
+        raise AnchorSetMismatchError(
+            f"{na} has {a.platonic.shape[1]} coordinate columns ({a.n_global} global), {nb} "
+            f"has {b.platonic.shape[1]} ({b.n_global} global)")
 
 
 def embed_structures(calc: Any, structures: list, *, data_hash: str, batch_size: int = 16,

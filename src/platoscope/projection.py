@@ -337,6 +337,8 @@ class Projector:
     def __init__(self, normalize: str = DEFAULT_PROJECTION, *, kernel: str | None = None,
                  tau: float | None = None, eps: float = 1e-6,
                  global_weight: float | None = None, global_anchors: int | None = None):
+        if global_weight == 0 and global_anchors is None:  # "no global block" said once
+            global_anchors = 0
         preset = PRESETS.get(normalize)
         if preset is not None:
             normalize = preset["normalize"]

@@ -89,7 +89,9 @@ def check_restart(out: str | Path, config: dict[str, Any], provenance: dict[str,
     for key, value in config.items():
         if key != "steps" and key in old_config and old_config[key] != value:
             diffs.append(f"{key} (recorded {old_config[key]!r}, given {value!r})")
-    old_prov = recorded.get("provenance", {})
+    old_prov = dict(recorded.get("provenance", {}))
+    if "n_columns" not in old_prov and "n_anchors" in old_prov:  # recorded before the width
+        old_prov["n_columns"] = old_prov["n_anchors"]            # could differ from K
     for key in RESTART_PROVENANCE:
         if key in old_prov and old_prov[key] != provenance.get(key):
             diffs.append(f"{key} (recorded {old_prov[key]!r}, given {provenance.get(key)!r})")

@@ -543,7 +543,8 @@ class FrameSidecar:
             raise SidecarMismatchError(f"{self.path}: cannot continue a sidecar made by another "
                                        f"model/anchor set ({detail})")
         if file_k > 0 and k is not None and k != file_k:
-            raise SidecarMismatchError(f"{self.path}: file holds K={file_k} anchors, run has {k}")
+            raise SidecarMismatchError(f"{self.path}: file holds {file_k} coordinate columns, "
+                                       f"the run's projection gives {k}")
         if file_d > 0 and d is not None and d != file_d:
             raise SidecarMismatchError(f"{self.path}: file holds embedding dim D={file_d}, "
                                        f"run has {d}")
@@ -697,8 +698,8 @@ class FrameSidecar:
             arr = (_as_coords(platonic, n_at) if sp.issparse(platonic)
                    else _as_array(platonic, "platonic", (n_at, None), np.float64))
             if self.n_anchors is not None and arr.shape[1] != self.n_anchors:
-                raise SidecarMismatchError(f"{self.path}: platonic has K={arr.shape[1]} anchors, "
-                                           f"the sidecar holds K={self.n_anchors}")
+                raise SidecarMismatchError(f"{self.path}: platonic has {arr.shape[1]} columns, "
+                                           f"the sidecar holds {self.n_anchors}")
             if self.store_platonic or not self._derives(arr, opt.get("embeddings"), numbers):
                 opt["platonic"] = dense_rows(arr)  # the file stores (A_f, K) rows dense
         if forces is not None:
@@ -725,9 +726,9 @@ class FrameSidecar:
                                 f"{type(fr).__name__}")
             if "platonic" in fr.opt and self.n_anchors is not None \
                     and fr.opt["platonic"].shape[1] != self.n_anchors:
-                raise SidecarMismatchError(f"{self.path}: platonic has K="
-                                           f"{fr.opt['platonic'].shape[1]} anchors, the sidecar "
-                                           f"holds K={self.n_anchors}")
+                raise SidecarMismatchError(f"{self.path}: platonic has "
+                                           f"{fr.opt['platonic'].shape[1]} columns, the sidecar "
+                                           f"holds {self.n_anchors}")
             if "embeddings" in fr.opt and self.embedding_dim is not None \
                     and fr.opt["embeddings"].shape[1] != self.embedding_dim:
                 raise SidecarMismatchError(f"{self.path}: embeddings have D="
