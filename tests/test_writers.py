@@ -228,7 +228,7 @@ def test_mismatch_on_append_raises(tmp_path):
     with FrameSidecar(path, attrs={"model": "m", "anchor_set_hash": "h1"}) as sc:
         sc.append(0, **_small(0, 3))
     with FrameSidecar(path, mode="a") as sc:  # K taken from the file
-        with pytest.raises(SidecarMismatchError, match="K=5"):
+        with pytest.raises(SidecarMismatchError, match="has 5 columns, the sidecar holds 4"):
             sc.append(1, **_small(1, 3, k=5))
         with pytest.raises(SidecarMismatchError, match="D=7"):
             sc.append(1, **_small(1, 3, d=7))
@@ -626,7 +626,7 @@ def test_append_many_is_appends_in_one_commit(tmp_path):
         with pytest.raises(TypeError, match="frame_data"):
             sc.append_many([want[0]])
         bad = {**_small(9, 2), "platonic": np.zeros((2, 5))}
-        with pytest.raises(SidecarMismatchError, match="K=5"):
+        with pytest.raises(SidecarMismatchError, match="has 5 columns, the sidecar holds 4"):
             sc.frame_data(90, **bad)
         assert sc.n_frames == 4
     with read_sidecar(tmp_path / "one.h5") as one, read_sidecar(tmp_path / "many.h5") as many:
