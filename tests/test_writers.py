@@ -238,7 +238,7 @@ def test_mismatch_on_append_raises(tmp_path):
             sc.append(1, **bad)
         assert sc.n_frames == 1  # nothing half written
         sc.append(1, **_small(1, 2))
-    with pytest.raises(SidecarMismatchError, match="K=4"):
+    with pytest.raises(SidecarMismatchError, match="file holds 4 coordinate columns"):
         FrameSidecar(path, mode="a", n_anchors=100)
     with pytest.raises(SidecarMismatchError, match="anchor_set_hash"):
         FrameSidecar(path, mode="a", attrs={"anchor_set_hash": "h2"})
