@@ -423,6 +423,34 @@ def test_bad_cif_row_raises_naming_row_and_id(bad_row_csv):
     assert len(read_structures(path, limit=2)) == 2  # rows before it read fine
 
 
+def test_a_parser_assert_without_message_names_the_check_that_failed(tmp_path):
+    """ASE's parsers stop on bare asserts (no message): the error then names the failed check
+    (its source line), never a bare 'AssertionError: '."""
+    import importlib.util
+
+    from platoscope.readers import _reason
+
+    src = tmp_path / "fakeio" / "parser.py"  # a module pytest does not rewrite, as ASE's
+    src.parent.mkdir()
+    src.write_text("def parse(line):\n    assert line.startswith('data_')\n")
+    spec = importlib.util.spec_from_file_location("fakeio_parser", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(AssertionError) as bare:
+        mod.parse("_cell_length_a 4.0")
+    assert str(bare.value) == ""
+    assert _reason(bare.value) == (f"AssertionError in {'/'.join(src.parts[-3:])} line 2: "
+                                   "assert line.startswith('data_')")
+    assert _reason(ValueError("bad cell")) == "ValueError: bad cell"
+    path = tmp_path / "no_data_block.cif"
+    path.write_text("_cell_length_a 4.0\n")  # a CIF must open with a data_ block
+    with pytest.raises(CorruptFileError, match=r"no_data_block\.cif: cannot be read as cif: ") \
+            as err:
+        read_structures(path)
+    detail = str(err.value).split("cannot be read as cif: ", 1)[1]
+    assert detail.split(":", 1)[-1].strip()  # whatever ASE raises, some detail follows
+
+
 def test_bad_cif_row_skip_mode(bad_row_csv, caplog):
     path, material_id = bad_row_csv
     with caplog.at_level(logging.WARNING, logger="platoscope.readers"):

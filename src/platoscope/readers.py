@@ -319,7 +319,7 @@ def _csv_atoms(p: Path, i: int, row: dict[str | None, Any]) -> Atoms:
     try:
         blocks = ase.io.read(io.StringIO(cif), format="cif", index=":")
     except Exception as err:  # ASE raises many types on bad CIF text
-        raise CorruptFileError(f"{where}: CIF does not parse: {type(err).__name__}: {err}") \
+        raise CorruptFileError(f"{where}: CIF does not parse: {_reason(err)}") \
             from err
     if len(blocks) != 1:
         raise CorruptFileError(f"{where}: CIF holds {len(blocks)} data blocks, expected 1")
@@ -436,6 +436,24 @@ def _structure_atoms(struct: dict[str, Any], where: str) -> Atoms:
 # ------------------------------------------------------------------------------- ase.io formats
 
 
+def _reason(err: BaseException) -> str:
+    """``Type: message`` of a reader's exception; for one without a message (ASE's parsers
+    stop on bare ``assert`` statements) the failed check itself, from the innermost frame of
+    its traceback, e.g. ``AssertionError in ase/io/cif.py line 508:
+    assert line.lower().startswith('data_')``."""
+    import traceback
+
+    text = str(err).strip()
+    if text:
+        return f"{type(err).__name__}: {text}"
+    tb = traceback.extract_tb(err.__traceback__)
+    if not tb:
+        return f"{type(err).__name__} (no detail given)"
+    last = tb[-1]
+    where = "/".join(Path(last.filename).parts[-3:])
+    return f"{type(err).__name__} in {where} line {last.lineno}: {(last.line or '').strip()}"
+
+
 def _ase_entries(p: Path, idx: int | slice, limit: int | None) -> Iterator[Entry]:
     try:
         fmt = filetype(str(p), read=True)
@@ -466,8 +484,7 @@ def _ase_entries(p: Path, idx: int | slice, limit: int | None) -> Iterator[Entry
             n_yielded += 1
             yield k, partial(_ase_frame, atoms, f"{p}: frame {k}", fmt)
     if broken is not None and n_read == 0:
-        raise CorruptFileError(f"{p}: cannot be read as {fmt}: {type(broken).__name__}: "
-                               f"{broken}") from broken
+        raise CorruptFileError(f"{p}: cannot be read as {fmt}: {_reason(broken)}") from broken
     if ended and n_read == 0:
         raise CorruptFileError(f"{p}: holds no structures")
     if fwd is None:
@@ -477,7 +494,7 @@ def _ase_entries(p: Path, idx: int | slice, limit: int | None) -> Iterator[Entry
         raise PlatoscopeError(f"{p}: index {idx} out of range, the file holds {n_read} frames")
     if broken is not None:
         message = (f"{p}: frame {n_read} and any after it cannot be read: "
-                   f"{type(broken).__name__}: {broken}")
+                   f"{_reason(broken)}")
         yield n_read, partial(_raise, CorruptFileError(message), broken)
 
 
