@@ -220,7 +220,7 @@ def embed_stages(calc, frames: list, batch: int, tmp: Path) -> dict[str, float]:
     h = h5py.File(tmp / "stages.h5", "w")
     with h:
         w = CoordinateWriter(h, len(calc.anchors), layout_for(calc.projector), TOP_K,
-                             n_global=calc.projector.n_columns - len(calc.anchors))
+                             n_global=calc.projector.n_global)
         for s in range(0, len(frames), batch):
             chunk = frames[s:s + batch]
             t0 = time.perf_counter()

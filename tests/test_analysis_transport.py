@@ -87,7 +87,8 @@ def test_auto_is_an_exact_assignment_up_to_4000_atoms_per_side():
     res = transport(x, y)
     assert res.method.startswith("emd") and "linear_sum_assignment" in res.method
     rows, cols = linear_sum_assignment(((x[:, None] - y[None]) ** 2).sum(-1))
-    assert res.cost == pytest.approx(((x[rows] - y[cols]) ** 2).sum(-1).mean(), rel=1e-12)
+    # ot.dist forms |x|^2 + |y|^2 - 2 x.y: rounding differs from the direct sum, not the optimum
+    assert res.cost == pytest.approx(((x[rows] - y[cols]) ** 2).sum(-1).mean(), rel=1e-9)
 
 
 def test_blocks_match_exact_when_elements_separate():

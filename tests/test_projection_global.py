@@ -126,7 +126,8 @@ def test_state_roundtrip_and_an_old_element_state_has_no_global_block():
     e, n = rng.normal(size=(7, 12)), np.array([3, 8, 14, 3, 8, 14, 3])
     q = Projector.from_state(p.get_state())
     assert q.get_params() == p.get_params() and q.name == p.name
-    np.testing.assert_array_equal(dense_rows(q.transform(e, n)), dense_rows(p.transform(e, n)))
+    np.testing.assert_allclose(dense_rows(q.transform(e, n)), dense_rows(p.transform(e, n)),
+                               rtol=0, atol=TOLERANCE)  # the contract, not bit patterns
     old = {k: v for k, v in p.get_state().items() if not k.startswith("global")}
     o = Projector.from_state(old)
     assert o.global_anchors == 0 and o.n_columns == 90 and o.name == "element-softmax0.015"

@@ -77,17 +77,23 @@ def corpus_source() -> np.ndarray:
 
 def save_json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, default=_jsonable))
+    path.write_text(json.dumps(obj, indent=1, default=jsonable))
 
 
-def _jsonable(x):
+def jsonable(x, strict: bool = True):
+    """``json.dumps(default=...)``: numpy scalars and arrays, tuples and sets as plain values;
+    anything else a TypeError, or its ``str`` with ``strict=False``."""
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, np.floating):
         return float(x)
     if isinstance(x, np.ndarray):
         return x.tolist()
-    raise TypeError(type(x))
+    if isinstance(x, (tuple, set)):
+        return list(x)
+    if strict:
+        raise TypeError(type(x))
+    return str(x)
 
 
 # ----------------------------------------------------------------------------- distances

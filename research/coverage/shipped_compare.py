@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         res["sets"][name] = out_set
     res["wall_seconds"] = time.perf_counter() - t_start
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=1, default=_jsonable))
+    a.out.write_text(json.dumps(res, indent=1, default=partial(common.jsonable, strict=False)))
     print(f"wrote {a.out} in {res['wall_seconds']:.0f} s", flush=True)
     return 0
 
@@ -267,20 +268,6 @@ def _ratio_ci(cs, groups, max_atoms, v, an, pc, np) -> dict:
     return {"ratio_ci95": [float(np.quantile(rat, 0.025)), float(np.quantile(rat, 0.975))],
             "check_projected_rows_mean_minus_compare": float(o.mean() - v[f"mknn{K}_projected"]),
             "check_raw_rows_mean_minus_compare": float(r.mean() - v[f"mknn{K}_raw"])}
-
-
-def _jsonable(x):
-    import numpy as np
-
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (tuple, set)):
-        return list(x)
-    return str(x)
 
 
 if __name__ == "__main__":

@@ -278,18 +278,6 @@ def topk_to_csr(indices: np.ndarray, values: np.ndarray, n_anchors: int) -> Any:
                       shape=(indices.shape[0], int(n_anchors)))
 
 
-def _with_global(own: Any, g: np.ndarray) -> Any:
-    """Stored top-k rows (N, K) and a global block (N, R) as one ``csr_array`` (N, K + R)
-    laid out as the projector's: each row's element entries, then all R global entries
-    (zeros kept)."""
-    own = sp.csr_array(own)
-    n, r = g.shape
-    glob = sp.csr_array((np.asarray(g, dtype=np.float64).ravel(),
-                         np.tile(np.arange(r, dtype=own.indices.dtype), n),
-                         np.arange(0, n * r + 1, r, dtype=own.indptr.dtype)), shape=(n, r))
-    return sp.hstack([own, glob], format="csr")
-
-
 def dense_rows(z: Any, rows: Any = None) -> np.ndarray:
     """Rows of dense or scipy-sparse coordinates as a dense float64 array (the one place a
     sparse frame is densified: for dense file formats and a few rows on request)."""
@@ -404,8 +392,12 @@ def topk_coords(indices: np.ndarray, values: np.ndarray, n_anchors: int,
         1.0 - np.einsum("ij,ij->i", g, g), 0.0, None)
     kept = np.asarray(own.multiply(own).sum(axis=1), dtype=np.float64).ravel()
     scale = np.where(kept > 0, np.sqrt(target / np.where(kept > 0, kept, 1.0)), 1.0)
-    own.data *= np.repeat(scale, np.diff(own.indptr))
-    return own if g is None else _with_global(own, g)
+    if g is None:
+        own.data *= np.repeat(scale, np.diff(own.indptr))
+        return own
+    from platoscope.projection import append_dense_columns
+
+    return append_dense_columns(own, g, row_scale=scale)
 
 
 def stored_rows(z: Any, n_anchors: int, top_k: int = TOP_K) -> tuple[Any, np.ndarray]:
@@ -627,5 +619,5 @@ def embed_structures(calc: Any, structures: list, *, data_hash: str, batch_size:
         data_hash=data_hash,
         provenance=calc.provenance(),
         embeddings=emb,
-        n_global=calc.projector.n_columns - len(calc.anchors),
+        n_global=calc.projector.n_global,
     )

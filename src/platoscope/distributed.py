@@ -797,7 +797,7 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
         with h5py.File(tmp, "w") as h:
             d = calc.backend.feature_dim
             plat = CoordinateWriter(h, len(calc.anchors), layout_for(calc.projector), top_k,
-                                    n_global=calc.projector.n_columns - len(calc.anchors))
+                                    n_global=calc.projector.n_global)
             cols = {name: h.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt,
                                            chunks=(4096,))
                     for name, dt in (("numbers", np.int16), ("structure_index", np.int32),

@@ -11,8 +11,9 @@ anchors of its own element only, each element centred on the mean of its own anc
 at distance sqrt(2), unless the projector adds a **global block**: R more columns holding the
 paper's linear cosines to a fixed subset of R anchors (every element's, one centring over all
 anchors), L2-normalised and weighted so that ``d^2 = (1 - w^2) d_element^2 + w^2 d_global^2``
-(``w^2 = global_weight``). With w^2 = 1e-4 it changes no real element-block ordering but
-breaks the exact ties between atoms of other elements (docs/shared_space.md). Coordinates are
+(``w^2 = global_weight``). With w^2 = 1e-4 it breaks the exact ties between atoms of other
+elements and reorders only element-block distances closer than about 1e-4 in d^2
+(docs/shared_space.md). Coordinates are
 then (N, K + R): columns K.. are the global block. :class:`Projector` learns ``m`` and ``W``
 (scikit-learn style: parameters in ``__init__``, learned attributes end in ``_``,
 ``transform`` is pure).
@@ -495,6 +496,13 @@ class Projector:
         self.global_mean_ = mean
 
     @property
+    def n_global(self) -> int:
+        """R: the global block's columns (0 without one; fitted projector)."""
+        if not hasattr(self, "anchors_"):
+            raise RuntimeError("Projector is not fitted: call fit(anchor_embeddings) first")
+        return int(self.global_columns_.size)
+
+    @property
     def n_columns(self) -> int:
         """Width of the coordinates: K anchors, plus R global columns (fitted projector)."""
         if not hasattr(self, "anchors_"):
@@ -693,30 +701,38 @@ def _append_global(z: Any, g: np.ndarray, w2: float) -> Any:
     """Element coordinates ``z`` (N, K), dense or CSR, scaled by sqrt(1 - w2), with the global
     rows ``g`` (N, R) scaled by sqrt(w2) as columns K..K+R-1: unit rows stay unit rows. A
     zero global row (a model that can embed none of the block's anchors) leaves its element
-    row unscaled. The CSR keeps each row's element entries first, then its R global entries
-    (zeros stored)."""
-    b = np.sqrt(w2)
+    row unscaled."""
     a = np.sqrt(1.0 - w2 * np.einsum("ij,ij->i", g, g))  # (N,): sqrt(1 - w2), or 1
+    return append_dense_columns(z, g * np.sqrt(w2), row_scale=a)
+
+
+def append_dense_columns(z: Any, g: np.ndarray, row_scale: np.ndarray | None = None) -> Any:
+    """``z`` (N, K), dense or CSR (rows multiplied by ``row_scale`` (N,) if given), with the
+    dense block ``g`` (N, R) as columns K..K+R-1. A CSR result keeps each row's entries of
+    ``z`` first, then its R block entries, zeros stored: the layout of the global block that
+    :func:`platoscope.coords.split_global` reads back without a column search."""
     n, k = z.shape
     r = g.shape[1]
+    scale = np.ones(n) if row_scale is None else np.asarray(row_scale, dtype=np.float64)
     if not hasattr(z, "indptr"):
-        return np.hstack([z * a[:, None], g * b])
+        return np.hstack([np.asarray(z) * scale[:, None], g])
     from scipy.sparse import csr_array
 
+    end = int(z.indptr[-1])
     counts = np.diff(z.indptr)
-    nnz = int(z.indptr[-1]) + n * r
+    nnz = end + n * r
     index_dtype = np.int32 if max(nnz, k + r) < 2**31 else np.int64
     indptr = z.indptr.astype(index_dtype) + (r * np.arange(n + 1)).astype(index_dtype)
     data = np.empty(nnz, dtype=np.float64)
     indices = np.empty(nnz, dtype=index_dtype)
-    own = np.arange(int(z.indptr[-1])) + r * np.repeat(np.arange(n), counts)
-    data[own] = z.data[:z.indptr[-1]] * np.repeat(a, counts)
-    indices[own] = z.indices[:z.indptr[-1]]
+    own = np.arange(end) + r * np.repeat(np.arange(n), counts)
+    data[own] = z.data[:end] * np.repeat(scale, counts)
+    indices[own] = z.indices[:end]
     pos = (indptr[:-1] + counts)[:, None] + np.arange(r)[None, :]
-    data[pos] = g * b
+    data[pos] = g
     indices[pos] = k + np.arange(r)[None, :]
     out = csr_array((data, indices, indptr), shape=(n, k + r), copy=False)
-    out.has_canonical_format = True
+    out.has_canonical_format = bool(getattr(z, "has_canonical_format", False))
     return out
 
 

@@ -262,7 +262,7 @@ class ReferenceBank:
         z, count = np.unique(self.numbers, return_counts=True)
         width = np.array([np.count_nonzero(zs == x) for x in z], dtype=np.int64)
         nnz = int(np.dot(count.astype(np.int64), width)) + len(self) * (
-            self.projector.n_columns - k)
+            self.projector.n_global)
         per = 12 if max(nnz, k) < 2**31 else 16
         return per * nnz + (per - 8) * (len(self) + 1)
 
