@@ -13,6 +13,7 @@ from platoscope.coords import (
     dense_rows,
     split_global,
     top_k_rows,
+    topk_parts,
     topk_to_csr,
 )
 from platoscope.errors import AnchorSetMismatchError, InputError
@@ -73,6 +74,36 @@ def test_coordinates_are_the_scaled_element_block_then_the_global_block():
     np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(dense_rows(p.transform(e, n, sparse=False)), d, rtol=0,
                                atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("layout", ["one element", "runs", "scattered"])
+def test_block_rows_and_their_top_k_match_the_dense_path_whatever_the_order(layout):
+    """The CSR with the block (slice copies per run of one element's atoms, a scatter when
+    elements interleave) and the ``topk`` file parts read from it (the block found at each
+    row's end) against the dense path, which finds neither by layout."""
+    rng = np.random.default_rng(5)
+    zs = np.repeat([3, 8, 14], [20, 30, 40])  # blocks of three widths: runs break at each change
+    p = Projector("element", global_weight=W2, global_anchors=16).fit(
+        rng.normal(size=(90, 12)), anchor_numbers=zs)
+    n = {"one element": np.full(200, 8),
+         "runs": np.repeat([8, 3, 14, 8, 3], [40, 60, 7, 90, 3]),
+         "scattered": rng.choice([3, 8, 14], 200)}[layout]
+    e = rng.normal(size=(n.size, 12))
+    z = p.transform(e, n)
+    dense = p.transform(e, n, sparse=False)
+    np.testing.assert_allclose(dense_rows(z), dense, rtol=0, atol=TOLERANCE)
+    width = {3: 20, 8: 30, 14: 40}
+    np.testing.assert_array_equal(np.diff(z.indptr), [width[x] + 16 for x in n])
+    for k in (1, 8, 30):
+        fast, slow = topk_parts(z, 90, k), topk_parts(dense, 90, k)
+        assert fast.keys() == slow.keys()
+        np.testing.assert_array_equal(fast["platonic_indices"], slow["platonic_indices"])
+        for key in ("platonic_values", "platonic_residual", "platonic_global"):
+            np.testing.assert_allclose(fast[key].astype(np.float64),
+                                       slow[key].astype(np.float64), rtol=0, atol=1e-6)
+    own, g = split_global(z, 90)
+    np.testing.assert_allclose(dense_rows(own), dense[:, :90], rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(g, dense[:, 90:], rtol=0, atol=TOLERANCE)
 
 
 def test_an_anchor_the_model_cannot_embed_gives_a_zero_global_column():

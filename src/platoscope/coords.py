@@ -198,6 +198,11 @@ def top_k_rows(z: Any, k: int, sq_norms: np.ndarray | None = None
         idx, vals = _top_k_sparse(as_coords(z), int(k))
     else:
         idx, vals = _top_k_dense(z, int(k))
+    return _kept_and_residual(idx, vals, sq_norms)
+
+
+def _kept_and_residual(idx: np.ndarray, vals: np.ndarray, sq_norms: np.ndarray | None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     idx[vals <= 0] = -1
     vals[vals <= 0] = 0.0
     residual = np.sqrt(np.clip((1.0 if sq_norms is None else sq_norms)
@@ -218,29 +223,38 @@ def _top_k_dense(z: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(vals, order, axis=1)
 
 
-def _top_k_sparse(z: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of each CSR row from its stored entries. Rows are grouped by their number of
-    stored entries (the element projection: one group per element), so that each group is one
-    (rows, entries) array: a partial sort per row, no sort over all entries (lexsort over
-    1024 atoms x ~1000 entries took ~0.7 ms per atom; this ~0.05)."""
+def _top_k_sparse(z: Any, k: int, tail: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each CSR row from its stored entries, the last ``tail`` of each row left out
+    (the global block's). Rows come in runs of consecutive rows with the same number of
+    stored entries (the element projection: a frame's atoms of one element), each run one
+    (rows, entries) view: a partial sort per row, no sort over all entries (lexsort over 1024
+    atoms x ~1000 entries took ~0.7 ms per atom; this ~0.05). Many short runs (interleaved
+    elements) are gathered by entry count instead."""
     z.sum_duplicates()
     n = z.shape[0]
     k = min(k, z.shape[1])
     counts = np.diff(z.indptr)
     idx = np.full((n, k), -1, dtype=np.int32)
     vals = np.zeros((n, k), dtype=np.float64)
-    for c in np.unique(counts):
-        if c == 0:
-            continue
-        rows = np.flatnonzero(counts == c)
-        p0 = int(z.indptr[rows[0]])
-        if rows.size == rows[-1] - rows[0] + 1:  # consecutive rows: (r, c) views, no copy
-            d = z.data[p0:p0 + rows.size * c].reshape(rows.size, c)
-            ind = z.indices[p0:p0 + rows.size * c].reshape(rows.size, c)
+    runs = equal_count_runs(counts)
+    if len(runs) > max(8, n // 16):
+        groups = [np.flatnonzero(counts == c) for c in np.unique(counts)]
+    else:
+        groups = [slice(a, b) for a, b, _ in runs]
+    for rows in groups:
+        if isinstance(rows, slice):
+            m, c = rows.stop - rows.start, int(counts[rows.start])
+            p0 = int(z.indptr[rows.start])
+            d = z.data[p0:p0 + m * c].reshape(m, c)[:, :c - tail]
+            ind = z.indices[p0:p0 + m * c].reshape(m, c)[:, :c - tail]
         else:
-            pos = z.indptr[rows][:, None] + np.arange(c)  # (r, c) positions in data/indices
+            c = int(counts[rows[0]])
+            pos = z.indptr[rows][:, None] + np.arange(c - tail)  # (r, c) positions
             d, ind = z.data[pos], z.indices[pos]
-        kk = min(k, int(c))
+        c -= tail
+        if c <= 0:
+            continue
+        kk = min(k, c)
         # the kk largest, selected in place of the smallest c - kk (no negated copy of d)
         part = (np.argpartition(d, c - kk, axis=1)[:, c - kk:] if kk < c
                 else np.broadcast_to(np.arange(c), d.shape))
@@ -250,6 +264,31 @@ def _top_k_sparse(z: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         vals[rows, :kk] = np.take_along_axis(v, order, axis=1)
         idx[rows, :kk] = np.take_along_axis(ind, sel, axis=1)
     return idx, vals
+
+
+def _global_tail(z: Any, k: int) -> np.ndarray | None:
+    """The global block (N, R) of CSR coordinates (N, K + R) in the projector's layout (each
+    row's R block entries stored last, in column order), or None for another layout."""
+    n, r = z.shape[0], z.shape[1] - k
+    if r <= 0 or np.any(np.diff(z.indptr) < r):
+        return None
+    pos = z.indptr[1:, None] - r + np.arange(r)[None, :]
+    if not np.array_equal(z.indices[pos], np.broadcast_to(np.arange(k, k + r), (n, r))):
+        return None
+    return z.data[pos]
+
+
+def equal_count_runs(counts: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of consecutive CSR rows that store the same number of entries: ``(a, b, c)`` for
+    rows a..b-1 with c entries each, whose entries are then one contiguous (b - a, c) block
+    (a frame's atoms of one element under the element projection)."""
+    counts = np.asarray(counts)
+    if counts.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(counts)) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [counts.size]])
+    return [(int(a), int(b), int(counts[a])) for a, b in zip(starts, ends, strict=True)]
 
 
 def row_slice(z: Any, a: int, b: int) -> Any:
@@ -363,9 +402,17 @@ def topk_parts(z: Any, n_anchors: int, top_k: int) -> dict[str, np.ndarray]:
     if z.shape[1] == n_anchors:
         idx, v, r = top_k_rows(z, top_k)
         return {"platonic_indices": idx, "platonic_values": v, "platonic_residual": r}
-    own, g = split_global(z, n_anchors)
+    g = _global_tail(z, n_anchors) if sp.issparse(z) else None
+    if g is None:
+        own, g = split_global(z, n_anchors)
+        idx, v, dropped = top_k_rows(own, top_k, sq_norms=1.0 - np.einsum("ij,ij->i", g, g))
+    else:  # the projector's layout: top-k over each row's entries but its last R
+        if int(top_k) < 1:
+            raise InputError(f"top-k must be >= 1, got {top_k!r}")
+        idx, v, dropped = _kept_and_residual(
+            *_top_k_sparse(z, int(top_k), tail=g.shape[1]),
+            1.0 - np.einsum("ij,ij->i", g, g))
     g16 = g.astype(np.float16)
-    idx, v, dropped = top_k_rows(own, top_k, sq_norms=1.0 - np.einsum("ij,ij->i", g, g))
     rounding = np.sum((g16.astype(np.float64) - g) ** 2, axis=1)
     return {"platonic_indices": idx, "platonic_values": v,
             "platonic_residual": np.sqrt(dropped.astype(np.float64) ** 2
@@ -417,18 +464,15 @@ def split_global(z: Any, k: int) -> tuple[Any, np.ndarray]:
     if not sp.issparse(z):
         return z[:, :k], np.ascontiguousarray(z[:, k:])
     z = sp.csr_array(z)
-    n, r = z.shape[0], z.shape[1] - k
-    mask = z.indices[:z.nnz] >= k
-    if int(mask.sum()) == n * r and np.all(np.diff(z.indptr) >= r):
-        # the projector's layout: each row's R global entries last, every one stored
-        own_counts = np.diff(z.indptr) - r
-        indptr = np.concatenate([[0], np.cumsum(own_counts)]).astype(z.indptr.dtype)
-        own = sp.csr_array((z.data[:z.nnz][~mask], z.indices[:z.nnz][~mask], indptr),
-                           shape=(n, k))
-        g = z.data[:z.nnz][mask].reshape(n, r)
-        cols = z.indices[:z.nnz][mask].reshape(n, r)
-        if np.array_equal(cols, np.broadcast_to(np.arange(k, k + r), (n, r))):
-            return own, g
+    z.sum_duplicates()
+    g = _global_tail(z, k)
+    if g is not None:  # the projector's layout: each row's R global entries last
+        n, r = g.shape
+        keep = np.ones(z.indptr[-1], dtype=bool)
+        keep[z.indptr[1:, None] - r + np.arange(r)[None, :]] = False
+        indptr = z.indptr - r * np.arange(n + 1, dtype=z.indptr.dtype)
+        return sp.csr_array((z.data[:z.indptr[-1]][keep], z.indices[:z.indptr[-1]][keep],
+                             indptr), shape=(n, k)), g
     return z[:, :k], z[:, k:].toarray()
 
 

@@ -718,6 +718,8 @@ def append_dense_columns(z: Any, g: np.ndarray, row_scale: np.ndarray | None = N
         return np.hstack([np.asarray(z) * scale[:, None], g])
     from scipy.sparse import csr_array
 
+    from platoscope.coords import equal_count_runs
+
     end = int(z.indptr[-1])
     counts = np.diff(z.indptr)
     nnz = end + n * r
@@ -725,12 +727,24 @@ def append_dense_columns(z: Any, g: np.ndarray, row_scale: np.ndarray | None = N
     indptr = z.indptr.astype(index_dtype) + (r * np.arange(n + 1)).astype(index_dtype)
     data = np.empty(nnz, dtype=np.float64)
     indices = np.empty(nnz, dtype=index_dtype)
-    own = np.arange(end) + r * np.repeat(np.arange(n), counts)
-    data[own] = z.data[:end] * np.repeat(scale, counts)
-    indices[own] = z.indices[:end]
-    pos = (indptr[:-1] + counts)[:, None] + np.arange(r)[None, :]
-    data[pos] = g
-    indices[pos] = k + np.arange(r)[None, :]
+    block_cols = np.arange(k, k + r, dtype=index_dtype)
+    runs = equal_count_runs(counts)
+    if len(runs) > max(8, n // 16):  # many short runs (interleaved elements): one scatter
+        own = np.arange(end) + r * np.repeat(np.arange(n), counts)
+        data[own] = z.data[:end] * np.repeat(scale, counts)
+        indices[own] = z.indices[:end]
+        pos = (indptr[:-1] + counts)[:, None] + np.arange(r)[None, :]
+        data[pos] = g
+        indices[pos] = block_cols[None, :]
+        runs = []
+    for a, b, c in runs:  # each run: one (rows, c + r) block of the result, slice copies
+        s0, d0, m = int(z.indptr[a]), int(indptr[a]), b - a
+        out_d = data[d0:d0 + m * (c + r)].reshape(m, c + r)
+        out_i = indices[d0:d0 + m * (c + r)].reshape(m, c + r)
+        np.multiply(z.data[s0:s0 + m * c].reshape(m, c), scale[a:b, None], out=out_d[:, :c])
+        out_i[:, :c] = z.indices[s0:s0 + m * c].reshape(m, c)
+        out_d[:, c:] = g[a:b]
+        out_i[:, c:] = block_cols[None, :]
     out = csr_array((data, indices, indptr), shape=(n, k + r), copy=False)
     out.has_canonical_format = bool(getattr(z, "has_canonical_format", False))
     return out
