@@ -358,9 +358,11 @@ class CoordinateWriter:
             self.ds = {"platonic_indices": h.create_dataset(
                 "platonic_indices", shape=(0, kk), maxshape=(None, kk), dtype=np.int32,
                 chunks=(max(1, 65536 // kk), kk), **opts),
+                # not compressed: float32 values gain little from gzip for most of the
+                # write time (docs/distributed.md, "Throughput")
                 "platonic_values": h.create_dataset(
                 "platonic_values", shape=(0, kk), maxshape=(None, kk), dtype=np.float32,
-                chunks=(max(1, 65536 // kk), kk), **opts),
+                chunks=(max(1, 65536 // kk), kk)),
                 "platonic_residual": h.create_dataset(
                 "platonic_residual", shape=(0,), maxshape=(None,), dtype=np.float32,
                 chunks=(4096,))}

@@ -423,7 +423,8 @@ class Projector:
         if not self.by_element or getattr(self, "anchor_numbers_", None) is None:
             return
         numbers = np.asarray(numbers)
-        have = np.unique(self.anchor_numbers_[self.valid_])
+        blocks = self._prepare()[1]  # one per element with a valid anchor
+        have = np.fromiter(blocks, dtype=np.int64, count=len(blocks))
         missing = np.setdiff1d(np.unique(numbers), have)
         if missing.size:
             raise _missing_elements_error(numbers, missing)
