@@ -404,16 +404,18 @@ def topk_parts(z: Any, n_anchors: int, top_k: int) -> dict[str, np.ndarray]:
     if z.shape[1] == n_anchors:
         idx, v, r = top_k_rows(z, top_k)
         return {"platonic_indices": idx, "platonic_values": v, "platonic_residual": r}
-    g = _global_tail(z, n_anchors) if sp.issparse(z) else None
+    g = None
+    if sp.issparse(z):
+        z.sum_duplicates()  # canonical rows: the block, if stored last, is found there
+        g = _global_tail(z, n_anchors)
     if g is None:
         own, g = split_global(z, n_anchors)
         idx, v, dropped = top_k_rows(own, top_k, sq_norms=1.0 - np.einsum("ij,ij->i", g, g))
-    else:  # the projector's layout: top-k over each row's entries but its last R
-        if int(top_k) < 1:
-            raise InputError(f"top-k must be >= 1, got {top_k!r}")
-        idx, v, dropped = _kept_and_residual(
-            *_top_k_sparse(z, int(top_k), tail=g.shape[1]),
-            1.0 - np.einsum("ij,ij->i", g, g))
+    elif int(top_k) < 1:
+        raise InputError(f"top-k must be >= 1, got {top_k!r}")
+    else:  # the projector's layout: top-k over each row's entries but its last R, in place
+        idx, v, dropped = _kept_and_residual(*_top_k_sparse(z, int(top_k), tail=g.shape[1]),
+                                             1.0 - np.einsum("ij,ij->i", g, g))
     g16 = g.astype(np.float16)
     rounding = np.sum((g16.astype(np.float64) - g) ** 2, axis=1)
     return {"platonic_indices": idx, "platonic_values": v,
