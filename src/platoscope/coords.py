@@ -237,7 +237,7 @@ def _top_k_sparse(z: Any, k: int, tail: int = 0) -> tuple[np.ndarray, np.ndarray
     idx = np.full((n, k), -1, dtype=np.int32)
     vals = np.zeros((n, k), dtype=np.float64)
     runs = equal_count_runs(counts)
-    if len(runs) > max(8, n // 16):
+    if runs is None:
         groups = [np.flatnonzero(counts == c) for c in np.unique(counts)]
     else:
         groups = [slice(a, b) for a, b, _ in runs]
@@ -266,29 +266,38 @@ def _top_k_sparse(z: Any, k: int, tail: int = 0) -> tuple[np.ndarray, np.ndarray
     return idx, vals
 
 
-def _global_tail(z: Any, k: int) -> np.ndarray | None:
+def _global_tail(z: Any, k: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The global block (N, R) of CSR coordinates (N, K + R) in the projector's layout (each
-    row's R block entries stored last, in column order), or None for another layout."""
+    row's R block entries stored last, in column order) and its positions (N, R) in
+    ``z.data``, or None for another layout."""
     n, r = z.shape[0], z.shape[1] - k
     if r <= 0 or np.any(np.diff(z.indptr) < r):
         return None
     pos = z.indptr[1:, None] - r + np.arange(r)[None, :]
     if not np.array_equal(z.indices[pos], np.broadcast_to(np.arange(k, k + r), (n, r))):
         return None
-    return z.data[pos]
+    return z.data[pos], pos
 
 
-def equal_count_runs(counts: np.ndarray) -> list[tuple[int, int, int]]:
+def equal_count_runs(counts: np.ndarray) -> list[tuple[int, int, int]] | None:
     """Runs of consecutive CSR rows that store the same number of entries: ``(a, b, c)`` for
     rows a..b-1 with c entries each, whose entries are then one contiguous (b - a, c) block
-    (a frame's atoms of one element under the element projection)."""
+    (a frame's atoms of one element under the element projection). None when the rows are
+    too fragmented for a slice per run to pay (:func:`fragmented`): gather them instead."""
     counts = np.asarray(counts)
-    if counts.size == 0:
-        return []
     breaks = np.flatnonzero(np.diff(counts)) + 1
+    if fragmented(breaks.size + 1, counts.size):
+        return None
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [counts.size]])
-    return [(int(a), int(b), int(counts[a])) for a, b in zip(starts, ends, strict=True)]
+    return [(int(a), int(b), int(counts[a])) for a, b in zip(starts, ends, strict=True)
+            if b > a]
+
+
+def fragmented(n_runs: int, n_rows: int) -> bool:
+    """Whether ``n_rows`` rows in ``n_runs`` runs are better copied by one fancy-indexed
+    gather or scatter than by a slice copy per run (the Python loop costs more)."""
+    return n_runs > max(8, n_rows // 16)
 
 
 def row_slice(z: Any, a: int, b: int) -> Any:
@@ -404,16 +413,17 @@ def topk_parts(z: Any, n_anchors: int, top_k: int) -> dict[str, np.ndarray]:
     if z.shape[1] == n_anchors:
         idx, v, r = top_k_rows(z, top_k)
         return {"platonic_indices": idx, "platonic_values": v, "platonic_residual": r}
-    g = None
+    tail = None
     if sp.issparse(z):
         z.sum_duplicates()  # canonical rows: the block, if stored last, is found there
-        g = _global_tail(z, n_anchors)
-    if g is None:
+        tail = _global_tail(z, n_anchors)
+    if tail is None:
         own, g = split_global(z, n_anchors)
         idx, v, dropped = top_k_rows(own, top_k, sq_norms=1.0 - np.einsum("ij,ij->i", g, g))
     elif int(top_k) < 1:
         raise InputError(f"top-k must be >= 1, got {top_k!r}")
     else:  # the projector's layout: top-k over each row's entries but its last R, in place
+        g = tail[0]
         idx, v, dropped = _kept_and_residual(*_top_k_sparse(z, int(top_k), tail=g.shape[1]),
                                              1.0 - np.einsum("ij,ij->i", g, g))
     g16 = g.astype(np.float16)
@@ -469,11 +479,12 @@ def split_global(z: Any, k: int) -> tuple[Any, np.ndarray]:
         return z[:, :k], np.ascontiguousarray(z[:, k:])
     z = sp.csr_array(z)
     z.sum_duplicates()
-    g = _global_tail(z, k)
-    if g is not None:  # the projector's layout: each row's R global entries last
+    tail = _global_tail(z, k)
+    if tail is not None:  # the projector's layout: each row's R global entries last
+        g, pos = tail
         n, r = g.shape
         keep = np.ones(z.indptr[-1], dtype=bool)
-        keep[z.indptr[1:, None] - r + np.arange(r)[None, :]] = False
+        keep[pos] = False
         indptr = z.indptr - r * np.arange(n + 1, dtype=z.indptr.dtype)
         return sp.csr_array((z.data[:z.indptr[-1]][keep], z.indices[:z.indptr[-1]][keep],
                              indptr), shape=(n, k)), g

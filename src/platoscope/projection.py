@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from platoscope.coords import equal_count_runs, fragmented
 from platoscope.errors import InputError
 
 NORMALIZATIONS = ("none", "center", "standardize", "whiten", "element")
@@ -234,7 +235,7 @@ def _scatter_rows(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, row
     together), a fancy-indexed scatter only when the rows are scattered."""
     c = cols.size
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    if breaks.size + 1 > max(8, rows.size // 16):  # many short runs: one fancy scatter
+    if fragmented(breaks.size + 1, rows.size):  # many short runs: one fancy scatter
         pos = indptr[rows].astype(np.int64)[:, None] + np.arange(c)[None, :]
         data[pos] = block
         indices[pos] = cols[None, :]
@@ -719,8 +720,6 @@ def append_dense_columns(z: Any, g: np.ndarray, row_scale: np.ndarray | None = N
         return np.hstack([np.asarray(z) * scale[:, None], g])
     from scipy.sparse import csr_array
 
-    from platoscope.coords import equal_count_runs
-
     end = int(z.indptr[-1])
     counts = np.diff(z.indptr)
     nnz = end + n * r
@@ -730,7 +729,7 @@ def append_dense_columns(z: Any, g: np.ndarray, row_scale: np.ndarray | None = N
     indices = np.empty(nnz, dtype=index_dtype)
     block_cols = np.arange(k, k + r, dtype=index_dtype)
     runs = equal_count_runs(counts)
-    if len(runs) > max(8, n // 16):  # many short runs (interleaved elements): one scatter
+    if runs is None:  # many short runs (interleaved elements): one scatter
         own = np.arange(end) + r * np.repeat(np.arange(n), counts)
         data[own] = z.data[:end] * np.repeat(scale, counts)
         indices[own] = z.indices[:end]
