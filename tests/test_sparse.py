@@ -183,6 +183,41 @@ def test_top_k_from_csr_rows_equals_top_k_from_dense_rows(tmp_path):
         np.testing.assert_array_equal(out["sparse"][key], out["dense"][key])
 
 
+
+@pytest.mark.parametrize("width", [200, 70_000])  # uint16 columns, and int32 past 65,534
+def test_topk_file_indices_read_back_as_int32_with_minus_one_padding(tmp_path, width):
+    import h5py
+    import scipy.sparse as sp
+
+    from platoscope.coords import read_indices, topk_coords
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(30):  # rows of 3..29 entries: padded where top-k = 24 is more
+        cols = np.sort(rng.choice(width, 3 + i % 27, replace=False))
+        rows.append((cols, rng.random(cols.size)))
+    z = sp.csr_array((np.concatenate([v for _, v in rows]),
+                      np.concatenate([c for c, _ in rows]),
+                      np.cumsum([0] + [c.size for c, _ in rows])), shape=(30, width))
+    z = sp.csr_array(z.multiply(1.0 / row_norms(z)[:, None]))
+    ref_i, ref_v, _ = top_k_rows(z, 24)
+    assert np.all(ref_v[ref_i >= 0] > 0)
+    with h5py.File(tmp_path / "c.h5", "w") as h:
+        CoordinateWriter(h, width, "topk", top_k=24, coverage=False).append(z)
+        stored = h["platonic_indices"].dtype
+        idx = read_indices(h["platonic_indices"])
+        vals = h["platonic_values"][()]
+        res = h["platonic_residual"][()].astype(np.float64)
+    assert stored == (np.uint16 if width < 65_535 else np.int32)
+    assert idx.dtype == np.int32 and (idx == -1).any()
+    np.testing.assert_array_equal(idx, ref_i)
+    back = topk_coords(idx, vals, width)
+    whole = np.diff(z.indptr) <= 24  # all entries kept: the row as it was, float32 values
+    assert whole.any() and not whole.all()
+    assert max_abs_diff(back[whole], z[whole]) < 1e-6
+    assert np.all(row_distances(back, z) <= np.sqrt(2) * res + 1e-6)  # the stated bound
+
+
 # -- real CHGNet 0.3.0 frames on the shipped default anchors (K = 38,076) -------------------------
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,20 @@ structures whose atoms it holds; :func:`check_comparable` refuses files made wit
 anchor sets or different atoms.
 
 Layout (HDF5): coordinates either ``dense`` (dataset ``platonic`` (M, K) float64) or ``topk``
-(root attribute ``platonic_layout``): ``platonic_indices`` (M, k) int32 anchor columns (-1:
-padding), ``platonic_values`` (M, k) float32 and ``platonic_residual`` (M,) float32, the L2
-norm of what was dropped; a projection with a global block (root attribute ``n_global`` = R)
-adds ``platonic_global`` (M, R) float16, columns K..K+R-1 of every row, stored whole (its
-rounding is counted in the residual). Softmax-kernel coordinates (unit rows; ``embed`` writes
-them ``topk`` with :data:`TOP_K` entries) are stored sparse and read back with each row's kept
-entries rescaled to unit norm (:func:`topk_coords`); each loaded row then lies within
-``residual = sqrt(2) * platonic_residual`` of the exact one, so the distance between two loaded
-rows differs from the exact one by at most ``res_a + res_b + SPARSE_FLOAT32_ERROR``. Also optional
-``embeddings`` (M, D) float32, ``coverage`` (M,) (see :mod:`platoscope.projection`),
-``numbers`` (M,), ``structure_index`` (M,), ``atom_index`` (M,); root attributes ``format``,
-``provenance`` (JSON), ``anchor_set_hash``, ``data_hash``, ``n_anchors``.
+(root attribute ``platonic_layout``): ``platonic_indices`` (M, k) anchor columns, uint16 with
+65535 as padding when the K + R columns fit (else int32, gzip, -1 as padding; read back as int32
+with -1 either way, :func:`read_indices`), ``platonic_values`` (M, k) float32 and
+``platonic_residual`` (M,) float32, the L2 norm of what was dropped; a projection with a global
+block (root attribute ``n_global`` = R) adds ``platonic_global`` (M, R) float16, columns
+K..K+R-1 of every row, stored whole (its rounding is counted in the residual). Softmax-kernel
+coordinates (unit rows; ``embed`` writes them ``topk`` with :data:`TOP_K` entries) are stored
+sparse and read back with each row's kept entries rescaled to unit norm (:func:`topk_coords`);
+each loaded row then lies within ``residual = sqrt(2) * platonic_residual`` of the exact one, so
+the distance between two loaded rows differs from the exact one by at most ``res_a + res_b +
+SPARSE_FLOAT32_ERROR``. Also optional ``embeddings`` (M, D) float32, ``coverage`` (M,) (see
+:mod:`platoscope.projection`), ``numbers`` (M,), ``structure_index`` (M,), ``atom_index`` (M,);
+root attributes ``format``, ``provenance`` (JSON), ``anchor_set_hash``, ``data_hash``,
+``n_anchors``.
 
 In memory, coordinates are a dense ndarray or a ``scipy.sparse.csr_array`` (the element
 projection's exact per-frame form, see :meth:`platoscope.projection.Projector.transform`); the
@@ -51,9 +53,11 @@ SPARSE_FLOAT32_ERROR = 1e-6
 """Bound on the distance error from storing the kept entries as float32 (unit rows)."""
 LAYOUTS = ("dense", "topk")
 H5_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
-"""Filters of the compressed datasets (coordinates, embeddings): gzip level 1 after HDF5's
-byte shuffle, both built into every HDF5 reader. Same bytes read back as gzip level 4 without
-shuffle; faster to write and smaller (docs/distributed.md, "Throughput")."""
+"""Filters of the compressed datasets (the global block, int32 indices): gzip level 1 after
+HDF5's byte shuffle, both built into every HDF5 reader. Same bytes read back as gzip level 4
+without shuffle; faster to write and smaller (docs/distributed.md, "Throughput")."""
+INDEX_PAD_U16 = np.iinfo(np.uint16).max
+"""Padding of ``platonic_indices`` stored as uint16 (-1 in memory)."""
 
 
 # -- one frame's (or one data set's) coordinates: dense ndarray or scipy.sparse CSR -----------
@@ -350,6 +354,7 @@ class CoordinateWriter:
         if layout not in LAYOUTS:
             raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.k, self.layout, self.n = int(n_anchors), layout, 0
+        self.u16 = False
         self.r = int(n_global)
         self.width = self.k + self.r
         self.top_k = min(int(top_k), self.k)
@@ -364,11 +369,14 @@ class CoordinateWriter:
                 chunks=(max(1, min(1024, 4096 // w + 1)), w), **opts)}
         else:
             kk = self.top_k
+            # uint16 columns, not compressed, where they fit: 2 bytes each, as small as int32
+            # after gzip in a quarter of the write time; float32 values gain little from gzip
+            # (docs/distributed.md, "Throughput")
+            self.u16 = self.width < INDEX_PAD_U16
             self.ds = {"platonic_indices": h.create_dataset(
-                "platonic_indices", shape=(0, kk), maxshape=(None, kk), dtype=np.int32,
-                chunks=(max(1, 65536 // kk), kk), **opts),
-                # not compressed: float32 values gain little from gzip for most of the
-                # write time (docs/distributed.md, "Throughput")
+                "platonic_indices", shape=(0, kk), maxshape=(None, kk),
+                dtype=np.uint16 if self.u16 else np.int32,
+                chunks=(max(1, 65536 // kk), kk), **({} if self.u16 else opts)),
                 "platonic_values": h.create_dataset(
                 "platonic_values", shape=(0, kk), maxshape=(None, kk), dtype=np.float32,
                 chunks=(max(1, 65536 // kk), kk)),
@@ -393,6 +401,9 @@ class CoordinateWriter:
                              + (f" + {self.r} global)" if self.r else ")"))
         vals = ({"platonic": dense_rows(z)} if self.layout == "dense"
                 else topk_parts(z, self.k, self.top_k))
+        if self.layout == "topk" and self.u16:
+            idx = vals["platonic_indices"]
+            vals["platonic_indices"] = np.where(idx < 0, INDEX_PAD_U16, idx).astype(np.uint16)
         if "coverage" in self.ds:
             vals["coverage"] = (np.full(z.shape[0], np.nan) if coverage is None
                                 else np.asarray(coverage, dtype=np.float64))
@@ -432,6 +443,17 @@ def topk_parts(z: Any, n_anchors: int, top_k: int) -> dict[str, np.ndarray]:
             "platonic_residual": np.sqrt(dropped.astype(np.float64) ** 2
                                          + rounding).astype(np.float32),
             "platonic_global": g16}
+
+
+def read_indices(ds: Any) -> np.ndarray:
+    """``platonic_indices`` of a ``topk`` file (an h5py dataset or array, uint16 or int32) as
+    int32 with -1 as padding."""
+    idx = np.asarray(ds[()])
+    if idx.dtype == np.uint16:
+        pad = idx == INDEX_PAD_U16
+        idx = idx.astype(np.int32)
+        idx[pad] = -1
+    return idx.astype(np.int32, copy=False)
 
 
 def topk_coords(indices: np.ndarray, values: np.ndarray, n_anchors: int,
@@ -572,8 +594,7 @@ class AtomCoordinates:
             h.create_dataset("structure_index", data=np.asarray(self.structure_index, np.int32))
             h.create_dataset("atom_index", data=np.asarray(self.atom_index, np.int32))
             if embeddings and self.embeddings is not None:
-                h.create_dataset("embeddings", data=np.asarray(self.embeddings, np.float32),
-                                 **H5_COMPRESSION)
+                h.create_dataset("embeddings", data=np.asarray(self.embeddings, np.float32))
         os.replace(tmp, path)
         return path
 
@@ -592,7 +613,8 @@ class AtomCoordinates:
                 layout = str(h.attrs.get("platonic_layout", "dense"))
                 n_global = int(h.attrs.get("n_global", 0))
                 if layout == "topk":
-                    platonic = topk_coords(h["platonic_indices"][()], h["platonic_values"][()],
+                    platonic = topk_coords(read_indices(h["platonic_indices"]),
+                                           h["platonic_values"][()],
                                            int(h.attrs["n_anchors"]),
                                            h["platonic_global"][()] if n_global else None)
                 else:

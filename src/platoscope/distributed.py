@@ -43,6 +43,7 @@ import queue
 import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -311,8 +312,8 @@ class ChunkStore:
                 has_forces = "forces" in z.files
                 flat_f = z["forces"] if has_forces else None
                 energies = z["energies"] if has_forces else None
-        except (OSError, KeyError, ValueError):
-            path.unlink(missing_ok=True)  # a damaged part is recomputed
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            path.unlink(missing_ok=True)  # a damaged part (CRC, truncation) is recomputed
             return None
         if stored != input_hash:
             raise ResumeMismatchError(
@@ -343,14 +344,16 @@ class ChunkStore:
                                           if k], dtype=np.float64)
         path = self._path(res.index)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        # Renamed into place whole, not fsynced: a killed or interrupted process leaves it
+        # complete (the page cache outlives the process), and one torn by a system crash fails
+        # its zip CRC in load() and is recomputed. An fsync here also waits for every other
+        # file's dirty pages on ext4 (data=ordered), 5-10 % of an SevenNet embed's time.
         with open(tmp, "wb") as fh:
             np.savez(fh, input_hash=np.array(input_hash), sizes=np.asarray(sizes, np.int64),
                      ok=ok, features=flat,
                      failures=np.array(json.dumps([asdict(f) for f in res.failures])),
                      meta=np.array(json.dumps({"seconds": res.seconds, "worker": res.worker})),
                      **extra)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     def remove(self) -> None:
@@ -768,7 +771,7 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
     """
     import h5py
 
-    from platoscope.coords import FORMAT, H5_COMPRESSION, TOP_K, CoordinateWriter, layout_for
+    from platoscope.coords import FORMAT, TOP_K, CoordinateWriter, layout_for
     from platoscope.readers import frame_error
 
     if calc.projector is None:
@@ -802,8 +805,10 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                                            chunks=(4096,))
                     for name, dt in (("numbers", np.int16), ("structure_index", np.int32),
                                      ("atom_index", np.int32))}
+            # float32 features, not compressed: gzip saves a quarter of their bytes for
+            # about a third of the file's write time (docs/distributed.md, "Throughput")
             emb = (h.create_dataset("embeddings", shape=(0, d), maxshape=(None, d),
-                                    dtype=np.float32, chunks=(1024, d), **H5_COMPRESSION)
+                                    dtype=np.float32, chunks=(1024, d))
                    if embeddings else None)
             with contextlib.closing(executor.map(  # closed: the prefetch thread ends
                     structures, store=store, strict=strict, on_chunk=_callback)) as chunks:
