@@ -493,7 +493,7 @@ def test_missing_dask_names_the_extra(backend, monkeypatch):
 
 
 def test_prefetch_writes_what_serial_writes(tmp_path, backend, structures):
-    """The background forward pass (prefetch=1, opt-in) writes the file the serial path
+    """The background forward pass (prefetch=1) writes the file the serial path
     writes: same rows, numbers and indices, the same failures; coordinates within the file's
     float32 bound and embeddings within float32 noise (the same thread count: in practice
     equal). Also monitor_frames: the same frames.h5 and frames.extxyz rows."""

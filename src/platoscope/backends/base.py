@@ -202,11 +202,9 @@ class Backend(ABC):
     prefetch: int = 0
     """Chunks the in-process executor may embed ahead in a background thread (0: none), used
     when torch leaves a CPU core free (:func:`platoscope.distributed.default_prefetch`).
-    CHGNet sets 1: its batched graphs are a few large torch calls that release the GIL, and
-    with 1 torch thread on an idle 2-core machine ``embed`` ran ~10 % faster. 0 elsewhere:
-    SevenNet's structure-by-structure forward pass (many small torch calls) ran 4-20 %
-    slower beside the main thread, about what the overlap saved or more
-    (docs/distributed.md, "Throughput")."""
+    CHGNet and SevenNet set 1: with 1 torch thread on an idle 2-core machine their forward
+    pass overlaps the main thread's projection, top-k and writes (docs/distributed.md,
+    "Throughput"). 0 for backends where that was not measured."""
 
     def __init__(self, calc: Calculator, *, model: str, weights_path: str | None,
                  layer: str | None = None):

@@ -31,6 +31,7 @@ class IsolatedAtomWarning(UserWarning):
 
 class SevenNetBackend(Backend):
     family = "sevenn"
+    prefetch = 1  # the forward pass overlaps the main thread's projection and writes
     default_layer = "1_equivariant_gate"
 
     def __init__(self, model: str = "7net-0", *, layer: str | None = None, device: str = "cpu",
