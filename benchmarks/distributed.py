@@ -17,8 +17,7 @@ alternating rounds (the order rotates each round so load drifts hit every varian
            thresholds on the bank, a fixed cost per run) is start-up, untimed here and
            reported as ``build_monitors_s``
   embed_prefetchP, monitor_prefetchP   the same with the other ``prefetch`` than the
-           default (``default_prefetch``: CHGNet and SevenNet 1 with a core free of torch,
-           others 0):
+           default (``default_prefetch``: the backend's ``prefetch`` with a core free of torch):
            ``prefetch0`` runs each chunk's forward pass after the previous chunk's projection
            and writes (the path before the pipelining), ``prefetch1`` runs it in a background
            thread beside them (``--no-other-prefetch`` leaves these out)

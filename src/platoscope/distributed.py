@@ -23,8 +23,7 @@ counts; coordinates then follow within the projection's float64 arithmetic).
   thread while the caller projects, monitors and writes the current one (torch releases the
   GIL in its kernels); chunks still come out in input order, at most ``prefetch`` + 1 of them
   held at once. ``prefetch=0`` is the serial path; the default (:func:`default_prefetch`) is
-  the backend's ``Backend.prefetch`` (1 for CHGNet and SevenNet, 0 for the others) when
-  torch leaves a CPU core free, else 0.
+  the backend's ``Backend.prefetch`` when torch leaves a CPU core free, else 0.
 - Faults: a worker that dies has its tasks rerun elsewhere by Dask; results are taken once per
   chunk index, in order, so nothing is written twice or lost. A structure that fails (unsupported
   element, NaN positions, a model error) comes back as a :class:`StructureFailure` naming its
@@ -620,9 +619,9 @@ def _chunk_note(index: int, start: int, atoms: list[Atoms] | None) -> str:
 
 def default_prefetch(backend: Any) -> int:
     """Chunks to embed ahead in a background thread, in-process: the backend's
-    ``prefetch`` (CHGNet and SevenNet 1, others 0) if torch's threads leave a CPU core of
-    this process free for the main thread's projection and writes, else 0 (with 2 torch
-    threads on 2 cores the thread gained nothing; docs/distributed.md, "Throughput").
+    ``Backend.prefetch`` if torch's threads leave a CPU core of this process free for the
+    main thread's projection and writes, else 0 (with 2 torch threads on 2 cores the thread
+    gained nothing; docs/distributed.md, "Throughput").
     """
     import torch
 
