@@ -2,7 +2,8 @@
 """Cross-model comparison through the shipped product path, on the three evaluation sets.
 
 For each set of ``common.EVAL_SETS`` (mp20_val, perov5_eval, carbon24_eval; embeddings cached by
-``embed_eval.py`` in ``_cache/emb/``) and the pair chgnet:0.3.0 (A) vs sevenn:7net-0 (B):
+``embed_eval.py`` in ``_cache/emb/``) and the pair chgnet:0.3.0 (A) vs sevenn:7net-0 (B)
+(``--pair`` names another, e.g. the same-family chgnet:0.3.0 vs chgnet:0.2.0):
 
 1. each model's projector is the shipped default one,
    ``default_bank(load_backend(model), AnchorSet.default()).projector``;
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", nargs="+", default=None, help="subset of common.EVAL_SETS")
     p.add_argument("--max-atoms", type=int, default=None,
                    help="cap on scored atoms (default: all atoms of each set)")
+    p.add_argument("--pair", nargs=2, metavar=("A", "B"), default=list(PAIR),
+                   help="the two models (default: %(default)s); e.g. chgnet:0.3.0 chgnet:0.2.0 "
+                        "for the same-family pair (embeddings cached by embed_eval.py --models)")
     p.add_argument("--no-roundtrip", action="store_true",
                    help="skip the save/load (top-k file) variant")
     p.add_argument("--with-transport", action="store_true",
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(3000 atoms, the k-NN matching of analysis.optimal_transport) it ran for "
                         "more than 17 min without finishing)")
     a = p.parse_args(argv)
+    pair = tuple(a.pair)
     t_start = time.perf_counter()
     src = a.src.resolve()
     sys.path.insert(0, str(src))
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                  "command": " ".join([Path(sys.executable).name, *sys.argv]),
                  "src": str(src), "platoscope_file": platoscope.__file__, "git": git_info(src),
                  "script_git": git_info(WT / "src"),
-                 "pair": {"A": PAIR[0], "B": PAIR[1]}, "k": K, "symprec": common.SYMPREC,
+                 "pair": {"A": pair[0], "B": pair[1]}, "k": K, "symprec": common.SYMPREC,
                  "anchor_set_hash": anchors.hash, "n_anchors": len(anchors),
                  "top_k": pc.TOP_K, "transport": ("run" if a.with_transport else
                                                    "skipped (stubbed, see --with-transport)"), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     backends, projectors = {}, {}
-    for m in PAIR:
+    for m in pair:
         backends[m] = load_backend(m)
         bank = default_bank(backends[m], anchors)
         projectors[m] = bank.projector
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         ts = time.perf_counter()
         groups = np.asarray(common.groups(name))
         coords, info = [], {}
-        for m in PAIR:
+        for m in pair:
             e = common.emb(name, m)
             if not e["valid"].all():
                 raise SystemExit(f"{name}: {m} has invalid embeddings")
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.no_roundtrip:
             tmp = tempfile.TemporaryDirectory(prefix="shipped_compare_")
             rt = []
-            for m, c in zip(PAIR, coords, strict=True):
+            for m, c in zip(pair, coords, strict=True):
                 path = c.save(Path(tmp.name) / f"{common.slug(m)}.h5")
                 out_set["coordinates"][m]["file_bytes_per_atom"] = path.stat().st_size / n
                 loaded = AtomCoordinates.load(path)
