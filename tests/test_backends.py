@@ -114,6 +114,17 @@ class TestCHGNet:
         with pytest.raises(InvalidStructureError, match=r"atom\(s\) \[0, 1\] \(Rb, Rb\)"):
             chgnet_backend.compute(lonely)
 
+    def test_molecule_without_a_cell_is_named(self, chgnet_backend):
+        """A cell-less molecule (a plain .xyz) ended in numpy's 'Singular matrix'."""
+        from ase.build import molecule
+
+        water = molecule("H2O")
+        for call in (chgnet_backend.compute, lambda a: chgnet_backend.embed([a])):
+            with pytest.raises(InvalidStructureError, match="needs a 3D cell.*give it a box"):
+                call(water)
+        water.center(vacuum=6.0)
+        assert chgnet_backend.embed([water])[0].shape == (3, chgnet_backend.feature_dim)
+
     def test_element_outside_model(self, chgnet_backend):
         a = nacl()
         a.numbers[0] = 99

@@ -309,6 +309,17 @@ def test_k_not_below_the_scored_points_is_named(tmp_path):
     r = CliRunner().invoke(main, ["compare", *files, "--k", "29", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "compare.json").read_text())["n_scored"] == 30
+    # a rerun into the same folder: the earlier comparison's plots go, other files stay
+    (out / "periodicity_old-model.png").write_bytes(b"from an earlier comparison")
+    (out / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(main, ["compare", *files, "--k", "29", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert not (out / "periodicity_old-model.png").exists() and (out / "notes.txt").exists()
+    assert (out / "alignment.png").is_file()
+    # an --out that is a file: a traceback (FileExistsError) before
+    r = CliRunner().invoke(main, ["compare", *files, "--out", str(out / "notes.txt")])
+    assert r.exit_code == 1 and "is a file, not a folder" in r.output, r.output
+    assert "Traceback" not in r.output and (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("option", [["--limit", "5"], ["--symprec", "0.01"]])

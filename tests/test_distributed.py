@@ -285,6 +285,26 @@ def test_failed_structure_reported_others_go_on(tmp_path, backend, structures):
     r = CliRunner().invoke(main, ["embed", str(path), "--strict", "--out",
                                   str(tmp_path / "s.h5")])
     assert r.exit_code != 0 and "frame 1" in r.output
+    # a frame the reader refuses (NaN positions) is reported and left out too; it stopped
+    # the whole command before, with or without --strict
+    nan_path = tmp_path / "nan.extxyz"
+    write(nan_path, [structures[0], structures[0], structures[3]])
+    lines = nan_path.read_text().splitlines()
+    cols = lines[2].split()
+    cols[1] = "nan"  # frame 0, atom 0, x
+    lines[2] = " ".join(cols)
+    nan_path.write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(main, ["embed", str(nan_path), "--out", str(tmp_path / "n.h5")])
+    assert r.exit_code == 0, r.output
+    assert "failed:" in r.output and "nan.extxyz" in r.output and "frame 0" in r.output
+    assert "1 of 3 structures failed" in r.output, r.output
+    c = AtomCoordinates.load(tmp_path / "n.h5")
+    assert len(c.provenance["unreadable_structures"]) == 1
+    assert len(set(c.structure_index.tolist())) == 2
+    r = CliRunner().invoke(main, ["embed", str(nan_path), "--strict", "--out",
+                                  str(tmp_path / "ns.h5")])
+    assert r.exit_code == 1 and "frame 0" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "ns.h5").exists()
 
 
 @pytest.mark.parametrize("prefetch", [0, 1])

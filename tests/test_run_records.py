@@ -74,6 +74,69 @@ def test_non_empty_out_is_refused_unless_overwrite(cli, tmp_path):
     assert (unrelated / "thesis.tex").is_file()
 
 
+def test_restart_refuses_changed_monitor_settings_and_file_contents(cli, tmp_path):
+    """A restart with the same monitors but other settings (a threshold, the atypical space,
+    what the run files hold) was accepted, and summary.json then gave the new settings for
+    the whole run."""
+    s = _structure(tmp_path)
+
+    def check(run, out, base, changes):
+        r = run("md", s, "--steps", "2", *base)
+        assert r.exit_code == 0, r.output
+        before = (out / "summary.json").read_text()
+        for extra, named in changes:
+            r = run("md", s, "--steps", "4", "--restart", *base, *extra)
+            assert r.exit_code == 1 and named in r.output, (extra, r.output)
+            assert "Traceback" not in r.output
+            assert (out / "summary.json").read_text() == before  # nothing written
+            assert count_frames(out) == 3
+        r = run("md", s, "--steps", "4", "--restart", *base)  # the same settings continue
+        assert r.exit_code == 0, r.output
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["frames_written"] == count_frames(out) == 5
+        return {m["name"]: m["settings"] for m in summary["monitoring"]["monitors"]}
+
+    out = tmp_path / "a"
+    settings = check(cli, out, ["--out", str(out), "--no-report", "--monitor", "atypical"],
+                     [(["--atypical-space", "projected"],
+                       "atypical monitor space (recorded 'raw', given 'projected')"),
+                      (["--no-embeddings", "--store-coords", "always"],
+                       "embeddings (recorded True, given False)")])
+    assert settings["atypical"]["space"] == "raw"
+
+    def plain(command, *args):  # the shipped calibration needs the default bank
+        return CliRunner().invoke(main, [command, *args, "--model", "chgnet"])
+
+    out = tmp_path / "u"
+    settings = check(plain, out, ["--out", str(out), "--no-report", "--monitor", "uncertainty"],
+                     [(["--max-force-error", "0.01"],
+                       "uncertainty monitor threshold (recorded 0.5, given 0.01)")])
+    assert settings["uncertainty"]["threshold"] == 0.5
+
+
+def test_restart_end_line_counts_every_segments_events(cli, tmp_path):
+    """The console line after a restart counted only the last segment's events."""
+    out = tmp_path / "r"
+    s = _structure(tmp_path, distorted=True)
+    base = ["--out", str(out), "--no-report", "--monitor", "atypical"]
+    assert cli("md", s, "--steps", "2", *base).exit_code == 0
+    r = cli("md", s, "--steps", "4", "--restart", *base)
+    assert r.exit_code == 0, r.output
+    n = len(_events(out))
+    assert n > 1 and f"; {n} events" in r.output, r.output
+    assert json.loads((out / "summary.json").read_text())["monitoring"]["n_events"] == n
+
+
+def test_report_names_a_damaged_summary(cli, tmp_path):
+    out = tmp_path / "r"
+    assert cli("md", _structure(tmp_path), "--steps", "1", "--out", str(out),
+               "--no-report").exit_code == 0
+    (out / "summary.json").write_text("{")
+    r = CliRunner().invoke(main, ["report", str(out)])
+    assert r.exit_code == 1 and "summary.json is not valid JSON" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
 def test_restart_refuses_changed_settings_and_counts_from_files(cli, tmp_path):
     out = tmp_path / "r"
     s = _structure(tmp_path)
@@ -177,6 +240,12 @@ def test_action_stop_and_warn_read_cleanly(cli, tmp_path):
     ("md", ["--monitor", "switch:chgnet:0.2.0", "--switch-interval", "0"], "--switch-interval"),
     # recorded only step 0 and said completed
     ("md", ["--interval", "5", "--steps", "3"], "--interval"),
+    # NaN and inf passed click's FloatRange: the run started and failed at its first step
+    ("md", ["--temperature", "nan"], "--temperature"),
+    ("md", ["--timestep", "inf"], "--timestep"),
+    ("md", ["--pressure", "nan", "--ensemble", "npt"], "--pressure"),
+    ("relax", ["--fmax", "nan"], "--fmax"),  # ran every step, "asked nan eV/Å"
+    ("relax", ["--fmax", "inf"], "--fmax"),  # said completed after one step
 ])
 def test_bad_option_is_named_at_parse_time(tmp_path, command, args, option):
     structure = _structure(tmp_path)
@@ -184,6 +253,16 @@ def test_bad_option_is_named_at_parse_time(tmp_path, command, args, option):
     assert r.exit_code == 2, r.output
     assert f"'{option}'" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("command", [["reference", "extend", "default"],
+                                     ["anchors", "extend", "default"]])
+def test_extend_index_is_checked_like_monitors(tmp_path, command):
+    """``--index abc`` ended in a TypeError traceback from the reader."""
+    r = CliRunner().invoke(main, [*command, _structure(tmp_path), "--index", "abc",
+                                  "--out", str(tmp_path / "x.npz")])
+    assert r.exit_code == 2 and "'--index'" in r.output and "is not an ASE index" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "x.npz").exists()
 
 
 def test_ctrl_c_while_the_bank_builds_says_what_happened(small_setup, tmp_path, monkeypatch):

@@ -323,6 +323,15 @@ def test_calibrate_cli_names_file_and_frame_before_any_forward_pass(tmp_path, st
     assert "frame 1 of " in res.output and "am.extxyz: model 'chgnet:0.3.0' has no " \
         "parameters for element(s) Am (Z=95)" in res.output, res.output
     assert not (tmp_path / "m.npz").exists()
+    nan = [f.copy() for f in frames[4:]]
+    nan[2].arrays["REF_f"][3, 1] = np.nan  # fitted nothing and wrote the start values before
+    write(tmp_path / "nan.extxyz", nan)
+    res = r.invoke(main, ["calibrate", str(tmp_path / "a.extxyz"), str(tmp_path / "nan.extxyz"),
+                          "--dft-forces-key", "REF_f", "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code == 1, res.output
+    assert "nan.extxyz" in res.output and "'REF_f' is NaN or inf at atom indices [3]" \
+        in res.output, res.output
+    assert not (tmp_path / "m.npz").exists()
 
 
 FORCE_ATOL = 1e-5
@@ -469,7 +478,8 @@ def test_max_force_error_out_of_range_is_refused_naming_the_flag(tmp_path):
             res = r.invoke(main, [*cmd, "--monitor", "uncertainty", f"--max-force-error={value}",
                                   "--out", str(out)])
             assert res.exit_code == 2, (cmd, value, res.output)  # click's usage error
-            assert "'--max-force-error': must be > 0 eV/Å, got" in res.output, res.output
+            want = "'nan' is not a finite number" if value == "nan" else "must be > 0 eV/Å, got"
+            assert f"'--max-force-error': {want}" in res.output, res.output
             assert not out.exists()
     ok = r.invoke(main, ["md", structure, "--steps", "1", "--monitor", "uncertainty",
                          "--max-force-error", "0.3", "--no-report", "--out", str(tmp_path / "ok")])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,52 @@ class _Group(click.Group):
             raise click.ClickException(f"{type(err).__name__}: {err}") from err
 
 
-def _read(paths: tuple[str, ...], limit: int | None = None) -> tuple[list, str]:
-    from platoscope.readers import read_structures, structures_hash
+def _read(paths: tuple[str, ...], limit: int | None = None, *, skip: bool = False
+          ) -> tuple[Any, str]:
+    """The structures of every path, in order, and their hash. ``skip``: a row/frame that
+    cannot be read or is invalid (NaN, degenerate cell) is left out; the returned list's
+    ``skipped`` holds one message per such frame, naming its file and frame."""
+    from platoscope.readers import StructureList, read_structures, structures_hash
 
-    structures: list = []
+    structures = StructureList()
     for p in paths:
-        structures.extend(read_structures(p, limit=limit))
+        got = read_structures(p, limit=limit, on_error="skip" if skip else "raise")
+        structures.extend(got)
+        structures.skipped.extend((i, msg) for i, msg in got.skipped)
     if not structures:
-        raise click.ClickException(f"no structures read from {', '.join(paths)}")
+        why = "; ".join(msg for _, msg in structures.skipped[:3])
+        raise click.ClickException(f"no structures read from {', '.join(paths)}"
+                                   + (f" ({why})" if why else ""))
     return structures, structures_hash(structures)
+
+
+class _Finite(click.FloatRange):
+    """A float option in a range that also refuses NaN and inf (click's FloatRange lets
+    them through: ``--temperature nan`` started a run that failed at its first step)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+def _index(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--index: an ASE index (``:``, ``::2``, ``-1``, ``10:20``), checked before models load."""
+    from ase.io.formats import string2index
+
+    if value is None:
+        return None
+    try:
+        idx = string2index(value)
+    except ValueError:
+        idx = None
+    if not isinstance(idx, int | slice) or (isinstance(idx, slice) and idx.step == 0):
+        raise click.BadParameter(f"{value!r} is not an ASE index such as ':', '::2', '-1', "
+                                 "'10:20'", ctx=ctx, param=param)
+    return value
 
 
 def _file_out(out: str, example: str) -> None:
@@ -178,9 +216,9 @@ def anchors_select(data, model, layer, device, k, method, per_element, seed, lim
 @click.option("--max-per-element", type=click.IntRange(min=1), default=None,
               help="At most this many new anchors per element (default: every "
                    "symmetry-distinct environment)")
-@click.option("--index", default=None,
+@click.option("--index", default=None, callback=_index,
               help="Frames of each file to use, e.g. ':5' for the first five of a trajectory")
-@click.option("--symprec", default=1e-3, show_default=True, type=click.FloatRange(min=0.0,
+@click.option("--symprec", default=1e-3, show_default=True, type=_Finite(min=0.0,
               min_open=True), help="spglib tolerance (Å) for distinct environments")
 @click.option("--out", "-o", required=True, type=click.Path())
 def anchors_extend(anchors_path, files, max_per_element, index, symprec, out):
@@ -319,7 +357,8 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
 @click.argument("bank_path", metavar="BANK")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
 @_with([model_option, layer_option, device_option])
-@click.option("--index", default=":", show_default=True, help="Frames of each file to use")
+@click.option("--index", default=":", show_default=True, callback=_index,
+              help="Frames of each file to use")
 @click.option("--out", "-o", required=True, type=click.Path())
 def reference_extend(bank_path, files, model, layer, device, index, out):
     """Add every atom of FILES (your own structures or trajectory frames) to the reference
@@ -385,7 +424,8 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
         "top_k") is not click.core.ParameterSource.DEFAULT
     if top_k_given and not reference_path:
         _top_k_applies(projection or DEFAULT_PROJECTION)
-    structures, data_hash = _read(data, limit)
+    structures, data_hash = _read(data, limit, skip=not strict)
+    unread = [msg for _, msg in structures.skipped]
     backend = load_backend(model, layer=layer, device=device)
     anchors_set = _anchors(anchors_path)
     proj: Any = projection or DEFAULT_PROJECTION
@@ -401,16 +441,18 @@ def embed(data, model, layer, device, anchors_path, reference_path, projection, 
     try:
         with _executor(backend, device, workers, scheduler, batch_size) as ex:
             res = embed_to_file(structures, calc, out, ex, data_hash=data_hash,
-                                embeddings=not no_embeddings, strict=strict, top_k=top_k)
+                                embeddings=not no_embeddings, strict=strict, top_k=top_k,
+                                unread=unread)
     except KeyboardInterrupt:
         click.echo(f"interrupted: {_kept(parts_folder(out))}; rerun the same command to "
                    "resume", err=True)
         sys.exit(130)
-    for line in res["failed"]:
+    for line in unread + res["failed"]:
         click.echo(f"failed: {line}", err=True)
     click.echo(f"wrote {out}: {res['atoms']} atoms x K={len(anchors_set)} "
                f"({backend.spec}, anchors {anchors_set.hash[:12]}); "
-               f"{len(res['failed'])} of {res['structures']} structures failed; "
+               f"{len(unread) + len(res['failed'])} of {len(unread) + res['structures']} "
+               "structures failed; "
                f"{res['resumed_chunks']} chunks resumed; cluster {res['cluster']['mode']}")
 
 
@@ -434,7 +476,7 @@ def _top_k_applies(projection: Any) -> None:
 @click.option("--reference", "reference_path", default=None, type=click.Path(exists=True),
               help="Reference bank (default: the model's default bank)")
 @click.option("--holdout", default=0.2, show_default=True,
-              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              type=_Finite(0, 1, min_open=True, max_open=True),
               help="Fraction of structures held out to check coverage before the final fit")
 @click.option("--form", type=click.Choice(["additive", "mult"]), default="additive",
               show_default=True,
@@ -514,8 +556,13 @@ def _monitor_flags() -> list:
             return value
         return callback
 
-    return [click.option(opt.flag(name), *opt.aliases, opt.key(name), type=click.Choice(opt.choices)
-                         if opt.choices else opt.type, default=opt.default, show_default=True,
+    def kind(opt):
+        if opt.choices:
+            return click.Choice(opt.choices)
+        return _Finite() if opt.type is float else opt.type
+
+    return [click.option(opt.flag(name), *opt.aliases, opt.key(name), type=kind(opt),
+                         default=opt.default, show_default=True,
                          help=opt.help, callback=checked(opt)) for name, opt in monitor_options()]
 
 
@@ -546,9 +593,9 @@ def _config(kw: dict[str, Any]):
                      store_coords=kw.pop("store_coords"))
 
 
-_POSITIVE = click.FloatRange(min=0.0, min_open=True)
-_POSITIVE_OR_ZERO = click.FloatRange(min=0.0)
-_FINITE = click.FloatRange(min=-1e300, max=1e300)
+_POSITIVE = _Finite(min=0.0, min_open=True)
+_POSITIVE_OR_ZERO = _Finite(min=0.0)
+_FINITE = _Finite()
 _COUNT = click.IntRange(min=0)
 _AT_LEAST_ONE = click.IntRange(min=1)
 
@@ -564,20 +611,6 @@ def _repeat(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int
         raise click.BadParameter(f"{value!r} is not three positive integers such as 2,2,2",
                                  ctx=ctx, param=param)
     return reps  # type: ignore[return-value]
-
-
-def _index(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """--index: an ASE index (``:``, ``::2``, ``-1``, ``10:20``), checked before models load."""
-    from ase.io.formats import string2index
-
-    try:
-        idx = string2index(value)
-    except ValueError:
-        idx = None
-    if not isinstance(idx, int | slice) or (isinstance(idx, slice) and idx.step == 0):
-        raise click.BadParameter(f"{value!r} is not an ASE index such as ':', '::2', '-1', "
-                                 "'10:20'", ctx=ctx, param=param)
-    return value
 
 
 def _optimizer(name: str) -> str:
@@ -937,7 +970,7 @@ def _repair_one(path: Path) -> None:
                    "then counts symmetry-equivalent atoms as hits, one query per environment")
 @click.option("--limit", type=int, default=None, help="The --limit given to embed")
 @click.option("--symprec", default=1e-3, show_default=True,
-              type=click.FloatRange(min=0.0, min_open=True), help="spglib tolerance (Å)")
+              type=_Finite(min=0.0, min_open=True), help="spglib tolerance (Å)")
 @click.option("--csls", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also rank retrieval by CSLS hubness correction with this many neighbours "
                    "(0: off; 10 is usual)")

@@ -77,7 +77,7 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
             f"--k {k} needs more than {k} scored points, and there are {len(rep)} {what} "
             f"among the {len(idx)} atoms scored (of {n}; --max-atoms {max_atoms}): lower --k"
             + (" or raise --max-atoms" if len(idx) < n else ""))
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(out)
     proj = _scored_rows(coords, names, idx)
     S = coords[0].structure_index[idx]
     raw = {nm: c.embeddings[idx] for nm, c in zip(names, coords, strict=True)
@@ -182,6 +182,23 @@ def compare(coords: list[AtomCoordinates], out: str | Path, *, k: int = 10,
     write_json_atomic(out / "compare.json", res)
     (out / "compare.txt").write_text(_text(res, k))
     return res
+
+
+OUTPUTS = ("compare.json", "compare.txt", "alignment.png", "bias_per_element.png")
+"""What :func:`compare` writes into ``out``, beside one ``periodicity_<model>.png`` per model."""
+
+
+def _prepare_out(out: Path) -> None:
+    """Make the ``out`` folder. An existing file there is refused; an earlier comparison's
+    outputs there are removed first (its periodicity maps are named after the models it
+    compared, and stayed beside the new ones); nothing else in the folder is touched."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out {out} is a file, not a folder: compare writes a folder "
+                         f"({', '.join(OUTPUTS)}, periodicity maps)")
+    if (out / "compare.json").is_file():
+        for path in [*(out / name for name in OUTPUTS), *out.glob("periodicity_*.png")]:
+            path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _scored_rows(coords: list[AtomCoordinates], names: list[str], idx: np.ndarray

@@ -43,7 +43,7 @@ import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -753,13 +753,16 @@ def check_anchor_elements(calc: Any, structures: list[Atoms]) -> None:
 def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                   executor: Executor, *, data_hash: str, embeddings: bool = True,
                   strict: bool = False, progress: bool = True, resume: bool = True,
-                  on_chunk: Any = None, top_k: int | None = None) -> dict[str, Any]:
+                  on_chunk: Any = None, top_k: int | None = None,
+                  unread: Sequence[str] = ()) -> dict[str, Any]:
     """``platoscope embed`` on an executor: coordinates of every atom -> one .h5 file.
 
     The file has the layout of :class:`~platoscope.coords.AtomCoordinates` (read it with
     ``AtomCoordinates.load``), written chunk by chunk so that the (M, K) coordinates are never
     held whole. Structures that fail are left out (``structure_index`` keeps the input
-    numbering) and listed in the provenance as ``failed_structures``. Completed chunks wait in
+    numbering) and listed in the provenance as ``failed_structures``; ``unread`` (one message
+    per input frame the reader left out, naming its file and frame) goes there too, as
+    ``unreadable_structures``. Completed chunks wait in
     ``<out>.parts`` until the file is complete; a rerun resumes from them. Softmax-kernel
     coordinates are stored as their ``top_k`` largest entries per atom (default
     :data:`platoscope.coords.TOP_K`), others dense.
@@ -839,7 +842,8 @@ def embed_to_file(structures: list[Atoms], calc: Any, out: str | os.PathLike,
                 raise ValueError("no structure could be embedded: "
                                  + "; ".join(f.describe() for f in failures[:3]))
             prov = {**prov, "cluster": executor.info(),
-                    "failed_structures": [asdict(f) for f in failures]}
+                    "failed_structures": [asdict(f) for f in failures],
+                    "unreadable_structures": list(unread)}
             h.attrs["format"] = FORMAT
             h.attrs["provenance"] = json.dumps(prov, default=str)
             h.attrs["anchor_set_hash"] = calc.anchors.hash

@@ -4,14 +4,17 @@ restart continues the recorded run with the recorded settings."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from platoscope.errors import ConfigError
+from platoscope.writers.jsonio import to_jsonable
 from platoscope.writers.runfiles import EVENTS, FRAMES, SUMMARY
 
-__all__ = ["RESTART_PROVENANCE", "check_restart", "count_events", "count_frames", "status_line"]
+__all__ = ["RESTART_PROVENANCE", "check_restart", "count_events", "count_frames", "same_setting",
+           "status_line"]
 
 
 def count_frames(out: str | Path) -> int:
@@ -62,6 +65,22 @@ def status_line(result: dict[str, Any]) -> str:
     return str(status)
 
 
+def same_setting(a: Any, b: Any, rel: float = 1e-9) -> bool:
+    """Whether two JSON values are the same setting: numbers within ``rel`` (a threshold
+    recalibrated from the same bank on another CPU may differ in its last bits), the rest
+    equal, lists and dicts item by item."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b or (math.isfinite(a) and math.isfinite(b)
+                          and abs(a - b) <= rel * max(abs(a), abs(b)))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_setting(x, y, rel) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_setting(a[k], b[k], rel) for k in a)
+    return a == b
+
+
 RESTART_PROVENANCE = ("model", "spec", "weights_sha256", "layer", "anchor_set_hash",
                       "n_anchors", "n_columns", "projection")
 """Provenance keys a restart must share with the recorded run (the model and coordinates)."""
@@ -73,7 +92,9 @@ def check_restart(out: str | Path, config: dict[str, Any], provenance: dict[str,
 
     A run is one record: a restart continues it with the same ensemble, temperature,
     timestep, friction, pressure, interval, seed, model, anchors, projection and monitors
-    (names, actions, thresholds); only ``steps`` (the total) may grow. Raises
+    (names, actions, and every setting of :meth:`~platoscope.monitors.base.Monitor.settings`:
+    thresholds, intervals, spaces, reference banks, calibrations) and what the run files hold
+    (embeddings, coordinates); only ``steps`` (the total) may grow. Raises
     :class:`~platoscope.errors.ConfigError` naming every differing setting, recorded and
     given value. To change a setting, start a new run from the last frame instead.
     """
@@ -95,11 +116,21 @@ def check_restart(out: str | Path, config: dict[str, Any], provenance: dict[str,
     for key in RESTART_PROVENANCE:
         if key in old_prov and old_prov[key] != provenance.get(key):
             diffs.append(f"{key} (recorded {old_prov[key]!r}, given {provenance.get(key)!r})")
-    old_mons = [(m.get("name"), m.get("action")) for m in
-                recorded.get("monitoring", {}).get("monitors", [])]
+    recorded_mons = recorded.get("monitoring", {}).get("monitors", [])
+    old_mons = [(m.get("name"), m.get("action")) for m in recorded_mons]
     new_mons = [(m.name, m.action) for m in monitors]
     if "monitoring" in recorded and old_mons != new_mons:
         diffs.append(f"monitors (recorded {old_mons}, given {new_mons})")
+    elif "monitoring" in recorded:
+        for rec, mon in zip(recorded_mons, monitors, strict=True):
+            old_set = rec.get("settings")  # absent in runs recorded before settings were
+            if old_set is None:
+                continue
+            new_set = to_jsonable(mon.settings())
+            for key in sorted(set(old_set) | set(new_set)):
+                if not same_setting(old_set.get(key), new_set.get(key)):
+                    diffs.append(f"{mon.name} monitor {key} (recorded {old_set.get(key)!r}, "
+                                 f"given {new_set.get(key)!r})")
     if diffs:
         raise ConfigError(f"cannot restart the run in {out} with other settings: "
                           + "; ".join(diffs) + ". Restart with the recorded settings, or "

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from platoscope.errors import CorruptFileError
 from platoscope.records import status_line
 from platoscope.writers import SidecarLockedError, read_events, read_sidecar, repair_run
 from platoscope.writers.runfiles import EVENTS, REPORT, SIDECAR, SUMMARY
@@ -43,7 +44,13 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 
     run = Path(run_dir)
     summary_path = run / SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary: dict[str, Any] = {}
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except ValueError as err:
+            raise CorruptFileError(f"{summary_path} is not valid JSON ({err}): the run's "
+                                   "record is damaged; restore it or rerun") from None
     events = read_events(run / EVENTS, warn=False).events if (
         run / EVENTS).is_file() else []
     side = read_sidecar(run / SIDECAR)

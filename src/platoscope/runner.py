@@ -161,10 +161,13 @@ class RunRecorder:
     def event(self, event: Event) -> None:
         self.events.append(event.to_dict())
 
-    def write_summary(self, status: str, extra: dict[str, Any] | None = None) -> None:
+    def write_summary(self, status: str, extra: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+        """Write summary.json; returns ``extra`` as written (event counts over every segment
+        of a restarted run, taken from the files)."""
         self.flush()
         extra = dict(extra or {})
-        if "monitoring" in extra:  # counts over the whole run (every segment), from the files
+        if "monitoring" in extra:
             extra["monitoring"] = {**extra["monitoring"], "n_events": count_events(self.out)}
         write_json_atomic(self.out / SUMMARY, {
             "status": status, "provenance": self.provenance, "config": self.config,
@@ -173,6 +176,7 @@ class RunRecorder:
             "platonic_source": PLATONIC_STORED if self.store_platonic else PLATONIC_DERIVED,
             **extra,
         })
+        return extra
 
     def close(self) -> None:
         try:
@@ -222,7 +226,10 @@ def _verify_coords(calc: Any) -> bool:
 
 def _md_config(atoms: Atoms, ensemble: str, steps: int, timestep_fs: float,
                temperature_K: float, friction: float, pressure_GPa: float, interval: int,
-               seed: int, temperature_end_K: float | None = None) -> dict[str, Any]:
+               seed: int, temperature_end_K: float | None = None,
+               files: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's config record; ``files``: what the run files hold (a restart must keep it, or
+    part of frames.extxyz would carry coordinates and part not under one summary)."""
     cfg = {"kind": "md", "ensemble": ensemble, "steps": steps, "timestep_fs": timestep_fs,
            "temperature_K": temperature_K, "interval": interval, "seed": seed,
            "n_atoms": len(atoms), "formula": atoms.get_chemical_formula()}
@@ -233,6 +240,7 @@ def _md_config(atoms: Atoms, ensemble: str, steps: int, timestep_fs: float,
         cfg["pressure_GPa"] = pressure_GPa
     if temperature_end_K is not None:  # only when set: older runs' configs stay comparable
         cfg["temperature_end_K"] = temperature_end_K
+    cfg.update(files or {})
     return cfg
 
 
@@ -325,7 +333,7 @@ def _finish(recorder: RunRecorder, watcher: Watcher, status: str, **extra: Any) 
     summary = {"monitoring": watcher.summary(), **extra}
     if watcher.stop_requested is not None:
         summary["stopped_by"] = watcher.stop_requested.to_dict()
-    recorder.write_summary(status, summary)
+    summary = recorder.write_summary(status, summary)
     recorder.close()
     return {"status": status, **summary}
 
@@ -350,6 +358,8 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
 
     calc = atoms.calc
     first_step, n_steps = 0, steps
+    files = {"embeddings": bool(embeddings), "coordinates_stored": store_coords_for(
+        store_coords, int(calc.provenance().get("n_anchors") or 0), embeddings=embeddings)}
     if restart:
         prev, last = last_frame(out)
         if len(prev) != len(atoms) or (prev.numbers != atoms.numbers).any():
@@ -365,7 +375,7 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
         first_step, n_steps = last + 1, steps - last
         check_restart(out, _md_config(atoms, ensemble, steps, timestep_fs, temperature_K,
                                       friction, pressure_GPa, interval, seed,
-                                      temperature_end_K),
+                                      temperature_end_K, files),
                       calc.provenance(), monitors)
         start = first_frame(out)
         for m in monitors:
@@ -383,7 +393,7 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
     else:  # nve keeps a structure's momenta: temperature_K was not applied
         velocities = "the starting structure's momenta (temperature_K not applied)"
     config = _md_config(atoms, ensemble, steps, timestep_fs, temperature_K, friction,
-                        pressure_GPa, interval, seed, temperature_end_K)
+                        pressure_GPa, interval, seed, temperature_end_K, files)
     if velocities is not None:
         config["initial_velocities"] = velocities
     # the watcher first: the recorder's first summary.json carries its ``monitoring`` (one

@@ -516,6 +516,11 @@ def dft_forces_of(atoms: Any, key: str, where: str) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     if f.shape != (len(atoms), 3):
         raise InputError(f"{where}: {key!r} has shape {f.shape}, expected ({len(atoms)}, 3)")
+    bad = np.flatnonzero(~np.isfinite(f).all(axis=1))
+    if bad.size:
+        raise InputError(f"{where}: {key!r} is NaN or inf at atom indices {bad[:10].tolist()}"
+                         f"{' ...' if bad.size > 10 else ''}; a calibration needs finite DFT "
+                         "forces (eV/Å): fix or leave out that structure")
     return f
 
 

@@ -77,6 +77,16 @@ class CHGNetBackend(Backend):
     def supported_numbers(self) -> frozenset[int]:
         return frozenset(range(1, N_ELEMENTS + 1))
 
+    def check_atoms(self, atoms: Atoms) -> None:
+        super().check_atoms(atoms)
+        # CHGNet builds its graph from a pymatgen Structure, which needs three lattice vectors
+        # (a cell-less .xyz molecule ended in numpy's "Singular matrix")
+        if abs(float(np.linalg.det(atoms.cell.array))) < 1e-6:
+            raise InvalidStructureError(
+                f"{self.spec} needs a 3D cell and this structure's cell has zero volume (a "
+                "molecule from a file without a cell?): give it a box, e.g. "
+                "atoms.center(vacuum=10.0), with a vacuum larger than the model's cutoff")
+
     def compute(self, atoms: Atoms, properties: Sequence[str] = ("energy", "forces"),
                 system_changes: Sequence[str] = tuple(all_changes)
                 ) -> tuple[dict[str, Any], np.ndarray]:

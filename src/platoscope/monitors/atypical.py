@@ -281,6 +281,11 @@ class AtypicalMonitor(Monitor):
             d["elements_not_in_reference"] = unknown
         return d
 
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "k": self.k, "quantile": self.quantile,
+                "same_element": self.same_element, "space": self.space,
+                "reference_model": self.bank.model, "reference_data_hash": self.bank.data_hash}
+
     def summary(self) -> dict[str, Any]:
         from ase.data import chemical_symbols
 

@@ -190,11 +190,18 @@ class Monitor(ABC):
         out.update({f"{self.name}_{k}": u for k, u in self.extra_units.items()})
         return out
 
+    def settings(self) -> dict[str, Any]:
+        """What this monitor was asked to do, JSON-ready (summary.json ``settings``): a restart
+        that gives other settings is refused (:func:`platoscope.records.check_restart`), so
+        one run never mixes two configurations under one record."""
+        return {"threshold": self.threshold, "action": self.action, "interval": self.interval}
+
     def summary(self) -> dict[str, Any]:
         """Configuration for summary.json: threshold(s), action, false-alarm rate, units."""
         return {"name": self.name, "threshold": self.threshold, "action": self.action,
                 "interval": self.interval, "units": self.score_units(),
-                "expected_false_alarm_rate": self.expected_false_alarm_rate}
+                "expected_false_alarm_rate": self.expected_false_alarm_rate,
+                "settings": self.settings()}
 
 
 def score_units(monitors: Sequence[Monitor]) -> dict[str, str]:

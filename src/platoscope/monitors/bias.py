@@ -295,6 +295,10 @@ class BiasMonitor(Monitor):
                 "max_atom": None if worst is None else worst[2],
                 "max_element": None if worst is None else chemical_symbols[worst[3]]}
 
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "model_b": self.model_b, "quantile": self.quantile,
+                "calibrated_on": list(self.bank_models_) if self.bank_models_ else None}
+
     def summary(self) -> dict[str, Any]:
         s = super().summary()
         per = self.element_summary()

@@ -288,6 +288,10 @@ class SwitchMonitor(Monitor):
                       score=1.0 - h.matched_equivalent, threshold=1.0 - self.min_matched,
                       action=self.action if flagged else "record", details=details)]
 
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "min_matched": self.min_matched, "symprec": self.symprec,
+                "model_b": self.calc_b.backend.spec if self.calc_b is not None else None}
+
     def summary(self) -> dict[str, Any]:
         s = super().summary()
         s.update(threshold=None, min_matched=self.min_matched, symprec=self.symprec,

@@ -274,6 +274,12 @@ class SymmetryMonitor(Monitor):
                 "ratio": float(spread / self.threshold) if self.threshold else None,
                 "spglib_class": int(self.spglib_class_[c])}
 
+    def settings(self) -> dict[str, Any]:
+        # ``threshold`` is set from the first frame's noise unless given: keep what was given
+        return {**super().settings(), "threshold": self.fixed_threshold,
+                "symprec": self.symprec, "factor": self.factor, "floor": self.floor,
+                "repeat": self.repeat}
+
     def summary(self) -> dict[str, Any]:
         s = super().summary()
         s.update(symprec=self.symprec, factor=self.factor, floor=self.floor, repeat=self.repeat,

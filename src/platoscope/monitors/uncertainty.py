@@ -102,6 +102,17 @@ class UncertaintyMonitor(Monitor):
         return self.estimator.predict(frame.embeddings, frame.forces, frame.atoms.numbers,
                                       atoms=frame.atoms)
 
+    def settings(self) -> dict[str, Any]:
+        from ase.data import chemical_symbols
+
+        est = self.estimator
+        return {**super().settings(), "max_force_error": self.max_force_error,
+                "estimator": dict(est.provenance_), "form": est.form,
+                "params": dict(est.params_), "c": est.c_, "k": est.k, "quantile": est.quantile,
+                "terms": list(est.terms), "radius_A": est.radius,
+                "element_offsets": {chemical_symbols[z]: v for z, v in est.offsets_.items()},
+                "unseen_element_offset": est.unseen}
+
     def summary(self) -> dict[str, Any]:
         from ase.data import chemical_symbols
 
