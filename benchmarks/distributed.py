@@ -31,7 +31,11 @@ alternating rounds (the order rotates each round so load drifts hit every varian
 Part 2, LocalCluster of 1 worker x 1 thread vs 2 workers x 1 thread: ``forward`` (the forward
 passes only, ``embed_list``) and ``embed`` (the whole ``embed_to_file`` with the driver
 projecting and writing), alternating rounds after a warm-up. Target on a 2-core machine:
-2 workers >= 1.6 x 1 worker.
+2 workers >= 1.6 x 1 worker. ``--scaling-frames N`` sizes this part apart from part 1.
+
+Part 3 (``--ceiling``): two independent plain processes, each the bare batched forward pass on
+the same frames, against one alone: what the machine's second core gives a forward pass with
+neither Dask nor platoscope in the way, the ceiling of part 2's speed-up.
 
     python benchmarks/distributed.py --backends chgnet,sevenn:7net-0 --frames 96 --rounds 3
 
@@ -251,6 +255,17 @@ def embed_stages(calc, frames: list, batch: int, tmp: Path) -> dict[str, float]:
     return {k: round(v, 3) for k, v in t.items()}
 
 
+def _cpu_timed(fn, log: list[float]):
+    """``fn`` that appends the CPU seconds of this process (every thread) each call takes."""
+    def call():
+        t0 = time.process_time()
+        try:
+            return fn()
+        finally:
+            log.append(time.process_time() - t0)
+    return call
+
+
 def scaling(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
     from platoscope.distributed import ModelSpec, embed_list, embed_to_file, open_executor
     from platoscope.readers import structures_hash
@@ -270,11 +285,17 @@ def scaling(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
             fns = {"forward": lambda ex=ex: embed_list(ex, frames),
                    "embed": lambda ex=ex: embed_to_file(frames, calc, tmp / "c.h5", ex,
                                                         data_hash=h, progress=False)}
-            times = alternate(fns, rounds)
+            cpu: dict[str, list[float]] = {k: [] for k in fns}
+            times = alternate({k: _cpu_timed(f, cpu[k]) for k, f in fns.items()}, rounds)
             info = ex.info()
             t0 = time.perf_counter()
         t_close = round(time.perf_counter() - t0, 3)
         out[f"{workers}x1"] = {**summarise(times, n_atoms, None),
+                               # CPU seconds of the driver process per round (all its threads:
+                               # the projection and writes, Dask's client and, for a local
+                               # cluster, its scheduler); the warm-up call first
+                               "driver_cpu_s": {k: [round(x, 3) for x in v]
+                                                for k, v in cpu.items()},
                                "startup": {"start_cluster_s": t_start,
                                            "first_chunk_per_worker_s": t_warm,
                                            "close_cluster_s": t_close},
@@ -284,6 +305,60 @@ def scaling(objs: tuple, frames: list, batch: int, rounds: int) -> dict:
     out["speedup_2_vs_1"] = {k: round(statistics.median(one[k]) / statistics.median(two[k]), 3)
                              for k in one}
     return out
+
+
+def _ceiling_worker(spec: str, device: str, n: int, reps: int, batch: int, conn) -> None:
+    """A plain process: the bare batched forward pass on ``conn``'s command, its seconds back."""
+    import torch as _torch
+
+    from platoscope import load_backend
+
+    _torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    backend = load_backend(spec, device=device)
+    frames = frames_for(n, reps)
+    backend.embed(frames[:batch], batch_size=batch)
+    conn.send("ready")
+    while conn.recv() == "run":
+        t0 = time.perf_counter()
+        backend.embed(frames, batch_size=batch)
+        conn.send(time.perf_counter() - t0)
+
+
+def ceiling(spec: str, device: str, n: int, reps: int, batch: int, rounds: int) -> dict:
+    """The machine's own 2-vs-1 limit: two independent processes (no Dask, no platoscope
+    beyond the layer hook), each running the bare forward pass on all ``n`` frames at once,
+    against one alone; alternating rounds after a warm-up. ``speedup_2_vs_1`` is
+    2 x t(one) / max(t(two)), the throughput the second core adds."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    pipes, procs = [], []
+    for _ in range(2):
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_ceiling_worker, args=(spec, device, n, reps, batch, there))
+        proc.start()
+        pipes.append(here)
+        procs.append(proc)
+    try:
+        for c in pipes:
+            c.recv()
+
+        def run(k: int) -> float:
+            for c in pipes[:k]:
+                c.send("run")
+            return max(c.recv() for c in pipes[:k])
+
+        fns = {"one_process": lambda: run(1), "two_processes": lambda: run(2)}
+        times = alternate(fns, rounds)
+    finally:
+        for c in pipes:
+            c.send("stop")
+        for proc in procs:
+            proc.join(timeout=30)
+    one, two = (statistics.median(times[k]) for k in fns)
+    return {"seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
+            "speedup_2_vs_1": round(2 * one / two, 3)}
 
 
 def main() -> None:
@@ -297,6 +372,16 @@ def main() -> None:
                    help="torch threads of the single-process part (1: as a worker)")
     p.add_argument("--device", default="cpu", help="torch device of the models (cpu, cuda)")
     p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--skip-single", action="store_true",
+                   help="leave out part 1 (one process against the bare backend)")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also part 3: two independent bare processes against one (the "
+                        "machine's own limit for the 2-vs-1 target, no Dask)")
+    p.add_argument("--scaling-frames", type=int, default=None,
+                   help="frames of part 2 (default: --frames); with batch B and W workers a "
+                        "round has frames / B chunks, and the pipeline's fill and drain (the "
+                        "first chunk per worker, the driver's last projection and write) weigh "
+                        "more the fewer chunks each worker gets")
     p.add_argument("--no-other-prefetch", action="store_true",
                    help="leave out embed_prefetchP and monitor_prefetchP (P: the other setting "
                         "than the backend's default)")
@@ -306,15 +391,21 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.torch_threads)
     frames = frames_for(args.frames, args.reps)
+    scaling_frames = (frames if args.scaling_frames in (None, args.frames)
+                      else frames_for(args.scaling_frames, args.reps))
     rows = {}
     for spec in args.backends.split(","):
         row: dict = {"loadavg_before": loadavg()}
         t0 = time.perf_counter()
         row["startup"], objs = setup(spec, args.device)
-        row["single_process"] = single_process(objs, frames, args.batch_size, args.rounds,
-                                               other=not args.no_other_prefetch)
+        if not args.skip_single:
+            row["single_process"] = single_process(objs, frames, args.batch_size, args.rounds,
+                                                   other=not args.no_other_prefetch)
         if not args.skip_scaling:
-            row["workers"] = scaling(objs, frames, args.batch_size, args.rounds)
+            row["workers"] = scaling(objs, scaling_frames, args.batch_size, args.rounds)
+        if args.ceiling:
+            row["ceiling"] = ceiling(spec, args.device, len(scaling_frames), args.reps,
+                                     args.batch_size, args.rounds)
         row["loadavg_after"] = loadavg()
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         rows[spec] = row
@@ -334,7 +425,7 @@ def main() -> None:
               "gpu": (torch.cuda.get_device_name() if args.device.startswith("cuda")
                       else None),
               "frames": {"what": f"rattled diamond Si, {8 * args.reps ** 3} atoms each",
-                         "n": args.frames},
+                         "n": args.frames, "n_scaling": len(scaling_frames)},
               "versions": package_versions(),
               "targets": {"ratio_to_bare": 0.9, "speedup_2_vs_1": 1.6},
               "results": rows}
