@@ -109,7 +109,7 @@ def test_clear_errors(setup, chgnet_backend):
                  embeddings=np.zeros((8, 128)))
     with pytest.raises(ValueError, match=r"D=128.*D=64.*different models or layers"):
         mon.score(wide)
-    with pytest.raises(ValueError, match=r"K=3 coordinates.*different anchor sets"):
+    with pytest.raises(ValueError, match=r"3 coordinate columns.*anchor sets or projections"):
         AtypicalMonitor(bank, space="projected").score(
             Frame(step=0, atoms=f.atoms, platonic=np.zeros((8, 3))))
 

@@ -558,3 +558,30 @@ def test_save_reports_the_path_written_and_out_folders_are_refused(tmp_path, fit
         assert res.exit_code == 1 and "is a folder; this command writes one file" in res.output, \
             (args, res.output, res.exception)
     assert list(folder.iterdir()) == [] and not (tmp_path / "folder.parts").exists()
+
+
+def test_uncertainty_keeps_its_own_bank_beside_an_extended_reference(tmp_path):
+    """The README's workflow (extend the default bank with your structures, pass it as
+    --reference) was refused by the uncertainty monitor: its shipped calibration is tied to
+    the default bank. sigma now keeps that bank; the atypical monitor uses the extended one."""
+    from ase.build import bulk
+
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    si.rattle(0.05, seed=1)
+    write(tmp_path / "mine.extxyz", si)
+    r = CliRunner()
+    res = r.invoke(main, ["reference", "extend", "default", str(tmp_path / "mine.extxyz"),
+                          "--model", "chgnet", "--out", str(tmp_path / "ext.npz")])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run"
+    res = r.invoke(main, ["md", str(tmp_path / "mine.extxyz"), "--model", "chgnet", "--steps",
+                          "1", "--monitor", "atypical,uncertainty", "--reference",
+                          str(tmp_path / "ext.npz"), "--no-report", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    mons = {m["name"]: m for m in
+            json.loads((out / "summary.json").read_text())["monitoring"]["monitors"]}
+    from platoscope.reference import ReferenceBank
+
+    ext = ReferenceBank.load(tmp_path / "ext.npz")
+    assert mons["atypical"]["reference_data_hash"] == ext.data_hash
+    assert mons["uncertainty"]["estimator"]["bank_data_hash"] != ext.data_hash

@@ -89,6 +89,9 @@ class AnchorSet:
             if key not in keys:
                 keys[key] = len(structures)
                 structures.append(c)
+            if isinstance(i, bool) or not isinstance(i, int | np.integer):
+                raise InputError(f"anchor atom index {i!r} of {atoms.get_chemical_formula()} "
+                                 "is not an integer")
             index.append((keys[key], int(i)))
         return cls(structures, index, meta)
 

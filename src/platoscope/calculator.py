@@ -72,6 +72,9 @@ class PlatonicCalculator(Calculator):
         self.implemented_properties = [*self.backend.implemented_properties, *EXTRA_PROPERTIES]
         if isinstance(anchors, (str, bytes)) or hasattr(anchors, "__fspath__"):
             anchors = AnchorSet.load(anchors)
+        if anchors is not None and not isinstance(anchors, AnchorSet):
+            raise InputError(f"anchors must be an AnchorSet, a shipped set's name or an anchors "
+                             f".npz path, got {type(anchors).__name__}")
         self.anchors = anchors
         self.array_name = array_name
         self.projector: Projector | None = None

@@ -65,7 +65,7 @@ class _Finite(click.FloatRange):
     """A float option in a range that also refuses NaN and inf (click's FloatRange lets
     them through: ``--temperature nan`` started a run that failed at its first step)."""
 
-    name = "finite float"
+    name = "float range"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         rv = super().convert(value, param, ctx)

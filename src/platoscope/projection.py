@@ -497,23 +497,24 @@ class Projector:
         self.global_columns_ = global_subset(self.anchor_numbers_, self.global_anchors)
         self.global_mean_ = mean
 
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "anchors_"):
+            raise RuntimeError("Projector is not fitted: call fit(anchor_embeddings) first")
+
     @property
     def n_global(self) -> int:
         """R: the global block's columns (0 without one; fitted projector)."""
-        if not hasattr(self, "anchors_"):
-            raise RuntimeError("Projector is not fitted: call fit(anchor_embeddings) first")
+        self._require_fitted()
         return int(self.global_columns_.size)
 
     @property
     def n_columns(self) -> int:
         """Width of the coordinates: K anchors, plus R global columns (fitted projector)."""
-        if not hasattr(self, "anchors_"):
-            raise RuntimeError("Projector is not fitted: call fit(anchor_embeddings) first")
+        self._require_fitted()
         return self.anchors_.shape[0] + self.global_columns_.size
 
     def _prepare(self) -> tuple:
-        if not hasattr(self, "anchors_"):
-            raise RuntimeError("Projector is not fitted: call fit(anchor_embeddings) first")
+        self._require_fitted()
         if getattr(self, "_prepared", None) is None:
             valid = self.valid_
             cols = np.flatnonzero(valid)
@@ -611,6 +612,7 @@ class Projector:
         """Plain arrays (for npz files) that ``from_state`` turns back into this projector.
         The anchor matrix is stored as float32 when that is exact (models' features are
         float32): half the size, the same projector."""
+        self._require_fitted()
         state = {"normalize": np.array(self.normalize), "kernel": np.array(self.kernel),
                  "eps": np.array(self.eps), "anchors": self._stored_anchors()}
         if self.tau is not None:

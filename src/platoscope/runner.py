@@ -338,6 +338,27 @@ def _finish(recorder: RunRecorder, watcher: Watcher, status: str, **extra: Any) 
     return {"status": status, **summary}
 
 
+def check_settings(**given: tuple[Any, str]) -> None:
+    """Refuse run settings out of range before anything runs, naming each (the CLI checks
+    its flags the same way; the Python path let ``temperature_K=-5`` start a run that failed
+    with NaN positions). ``given``: name -> (value, rule), rule one of ``count`` (integer
+    >= 0), ``positive_int``, ``positive``, ``non_negative``, ``finite`` (floats finite)."""
+    for name, (value, rule) in given.items():
+        if rule in ("count", "positive_int"):
+            ok = (not isinstance(value, bool) and isinstance(value, int | np.integer)
+                  and value >= (0 if rule == "count" else 1))
+            want = "an integer >= 0" if rule == "count" else "an integer >= 1"
+        else:
+            ok = (not isinstance(value, bool) and isinstance(value, int | float | np.number)
+                  and bool(np.isfinite(value))
+                  and {"positive": value > 0, "non_negative": value >= 0,
+                       "finite": True}[rule])
+            want = {"positive": "a finite number > 0", "non_negative": "a finite number >= 0",
+                    "finite": "a finite number"}[rule]
+        if not ok:
+            raise InputError(f"{name} must be {want}, got {value!r}")
+
+
 def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps: int,
            ensemble: str = "nvt", timestep_fs: float = 1.0, temperature_K: float = 300.0,
            friction: float = 0.01, pressure_GPa: float = 0.0, interval: int = 1,
@@ -356,6 +377,12 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
     """
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
+    check_settings(steps=(steps, "count"), timestep_fs=(timestep_fs, "positive"),
+                   temperature_K=(temperature_K, "non_negative"),
+                   friction=(friction, "non_negative"), pressure_GPa=(pressure_GPa, "finite"),
+                   interval=(interval, "positive_int"),
+                   **({"temperature_end_K": (temperature_end_K, "non_negative")}
+                      if temperature_end_K is not None else {}))
     calc = atoms.calc
     first_step, n_steps = 0, steps
     files = {"embeddings": bool(embeddings), "coordinates_stored": store_coords_for(
@@ -446,6 +473,7 @@ def run_relax(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, fma
     """Relax ``atoms`` (positions, and the cell with ``cell=True`` via FrechetCellFilter)."""
     from ase.filters import FrechetCellFilter
 
+    check_settings(fmax=(fmax, "positive"), steps=(steps, "positive_int"))
     opt_cls = optimizer_class(optimizer)
     optimizer = opt_cls.__name__
     calc = atoms.calc

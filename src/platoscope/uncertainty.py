@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.analysis.neighbors import knn_distance
+from platoscope.analysis.neighbors import check_k, knn_distance
 from platoscope.errors import ConfigError, CorruptFileError, InputError, PlatoscopeError
 
 FORMAT = "platoscope.uncertainty/3"
@@ -114,6 +114,7 @@ class ForceErrorModel:
                  unseen: str = "max", radius: float = CONTEXT_RADIUS):
         if getattr(bank, "embeddings", None) is None:
             raise InputError("ForceErrorModel needs a reference bank with raw embeddings")
+        check_k(k)
         if not 0 < quantile < 1:
             raise InputError(f"quantile must be in (0, 1), got {quantile}")
         bad = set(terms) - set(TERMS)
@@ -193,9 +194,16 @@ class ForceErrorModel:
     def _inputs(self, features, forces, numbers, force_scale=None, atoms=None):
         """fnorm (N,), local scale L (N,) or None, u (N,) or None, after shape checks."""
         numbers = np.asarray(numbers)
+        if numbers.ndim != 1 or not np.issubdtype(numbers.dtype, np.integer):
+            raise InputError(f"numbers must be atomic numbers, a 1-D integer array, got dtype "
+                             f"{numbers.dtype} and shape {numbers.shape}")
         f = np.asarray(forces, dtype=np.float64)
         if f.shape != (len(numbers), 3):
             raise InputError(f"forces have shape {f.shape}, expected ({len(numbers)}, 3)")
+        bad = np.flatnonzero(~np.isfinite(f).all(axis=1))
+        if bad.size:
+            raise InputError(f"the model's forces are NaN or inf at atoms {bad[:10].tolist()}: "
+                             "sigma needs finite forces (eV/Å)")
         L = None
         if "context" in self.terms:
             if force_scale is None and atoms is None:
@@ -277,6 +285,10 @@ class ForceErrorModel:
         if f.shape != (n, 3) or g.shape != (n, 3):
             raise InputError(f"forces {f.shape} and dft_forces {g.shape} must both be ({n}, 3) "
                              f"for {n} atoms")
+        bad = np.flatnonzero(~np.isfinite(g).all(axis=1))
+        if bad.size:
+            raise InputError(f"dft_forces are NaN or inf at atom rows {bad[:10].tolist()}: a "
+                             "calibration needs finite DFT forces (eV/Å)")
         sidx = np.asarray(structure_index)
         if len(sidx) != n:
             raise InputError(f"structure_index has {len(sidx)} entries for {n} atoms")
@@ -408,7 +420,10 @@ class ForceErrorModel:
         if prov.get("bank_data_hash") and prov["bank_data_hash"] != bank.data_hash:
             raise ConfigError(f"force-error model was fitted against reference bank "
                               f"{prov['bank_data_hash'][:12]} ({prov.get('bank_model')}), not "
-                              f"{bank.data_hash[:12]} ({bank.model})")
+                              f"{bank.data_hash[:12]} ({bank.model}): sigma's feature-distance "
+                              "term needs the bank it was fitted with; pass that bank as "
+                              "--reference, or refit on this one with `platoscope calibrate "
+                              "FILES --reference BANK`")
         terms = tuple(str(state["terms"]).split(","))
         if fmt != OLD_FORMATS[0]:
             m = cls(bank, k=int(state["k"]), quantile=float(state["quantile"]), terms=terms,

@@ -4,8 +4,12 @@ neighbours."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+
+from platoscope.errors import InputError
 
 _CHUNK_BYTES = 64 * 2**20  # distance blocks are kept below ~64 MiB
 # k-NN ties (KnnSpace): on the quantity the kernel computes, delta = squared Euclidean
@@ -17,6 +21,13 @@ _CHUNK_BYTES = 64 * 2**20  # distance blocks are kept below ~64 MiB
 # sqrt(2)) and rows whose stored top-k entries share no column.
 TIE_RTOL = {"euclidean": 1e-13, "cosine": 1e-13}
 TIE_ATOL = 1e-15
+
+
+def check_k(k: Any) -> int:
+    """``k`` as a number of nearest neighbours: an integer >= 1, else an InputError naming it."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InputError(f"k (nearest neighbours) must be an integer >= 1, got {k!r}")
+    return int(k)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -138,6 +138,18 @@ def validate_atoms(atoms: Atoms, *, model: str, supported: frozenset[int] | None
     require_elements(atoms, model=model, supported=supported)
 
 
+def _closest_pair(atoms: Atoms) -> str:
+    """'; the closest atoms, i and j, are d Å apart' (minimum image), to explain a model's
+    NaN output; empty for fewer than two atoms."""
+    if len(atoms) < 2:
+        return ""
+    d = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+    np.fill_diagonal(d, np.inf)
+    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    return (f"; the closest atoms, {min(i, j)} and {max(i, j)}, are {d[i, j]:.3g} Å apart"
+            + (" (overlapping atoms?)" if d[i, j] < 0.5 else ""))
+
+
 def require_elements(atoms: Atoms, *, model: str, supported: frozenset[int] | None,
                      role: str = "model", hint: str = "") -> None:
     """The one element check: UnsupportedElementError naming the element(s) of ``atoms`` that
@@ -282,6 +294,10 @@ class Backend(ABC):
             results = dict(self.calc.results)  # under the lock: the calculator is shared
         feats = t.features()[: len(atoms)]
         self._check_rows(feats, len(atoms))
+        bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+        if bad.size:
+            raise InvalidStructureError(f"{self.spec} returned NaN or inf features for atoms "
+                                        f"{bad[:10].tolist()}{_closest_pair(atoms)}")
         return results, feats
 
     def embed(self, structures: Sequence[Atoms], *, batch_size: int = 16,

@@ -13,6 +13,7 @@ descriptor) and ``interaction<i>`` (block ``i`` including equivariant channels).
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,14 @@ class MACEBackend(Backend):
         if calc is None:
             if not os.path.isfile(model):
                 raise FileNotFoundError(f"MACE model file not found: {model!r}")
-            calc = MACECalculator(model_paths=model, device=device, default_dtype=default_dtype)
+            try:
+                calc = MACECalculator(model_paths=model, device=device,
+                                      default_dtype=default_dtype)
+            except (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError,
+                    ValueError) as err:
+                raise BackendUnavailableError(
+                    f"{model!r} is not a MACE model file that torch can load "
+                    f"({type(err).__name__}: {err}); give a .model file saved by MACE") from err
             weights = os.path.abspath(model)
         else:
             weights = None

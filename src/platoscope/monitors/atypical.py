@@ -31,7 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from platoscope.analysis.neighbors import chunk_rows, knn_distance, mean_k_nearest
+from platoscope.analysis.neighbors import (
+    check_k,
+    chunk_rows,
+    knn_distance,
+    mean_k_nearest,
+)
 from platoscope.coords import as_coords, is_sparse, row_norms, support
 from platoscope.errors import ConfigError, InputError
 from platoscope.monitors.base import Frame, Monitor, MonitorWarning
@@ -70,6 +75,7 @@ class AtypicalMonitor(Monitor):
     def __init__(self, bank: ReferenceBank, *, k: int = 5, quantile: float = 0.999,
                  same_element: bool = True, space: str = "raw", **kwargs: Any):
         super().__init__(**kwargs)
+        check_k(k)
         if not 0 < quantile < 1:
             raise InputError(f"quantile must be in (0, 1), got {quantile}")
         if space not in SPACES:
@@ -177,8 +183,10 @@ class AtypicalMonitor(Monitor):
                              "or layers have different widths; use the bank of the running "
                              "model and layer, or space='projected'")
         if z.shape[1] != width:
-            raise InputError(f"frame has K={z.shape[1]} coordinates, the reference bank "
-                             f"K={width}: different anchor sets")
+            raise InputError(f"frame has {z.shape[1]} coordinate columns, the reference bank "
+                             f"{width}: different anchor sets or projections (the element "
+                             "projection adds a global block); use the bank made with the "
+                             "running calculator's anchors and projection")
         return z
 
     def score(self, frame: Frame) -> np.ndarray:

@@ -116,6 +116,8 @@ class Monitor(ABC):
             raise InputError("action='callback' needs callback=")
         if interval < 1:
             raise InputError(f"interval must be >= 1, got {interval}")
+        if threshold is not None and not np.isfinite(threshold):
+            raise InputError(f"threshold must be a finite number, got {threshold}")
         self.threshold = threshold
         self.action = action
         self.callback = callback
@@ -225,6 +227,11 @@ class Watcher:
 
     def __init__(self, monitors: Sequence[Monitor], *, sinks: Sequence[Any] = (),
                  strict: bool = False, raise_on_stop: bool = True, start_step: int = 0):
+        wrong = [m for m in monitors if not isinstance(m, Monitor)]
+        if wrong:
+            raise InputError(f"Watcher takes Monitor instances, got {wrong[0]!r}: build them "
+                             "with the classes (e.g. AtypicalMonitor(bank)) or "
+                             "platoscope.monitors.build_monitors('atypical', ...)")
         names = [m.name for m in monitors]
         if len(set(names)) != len(names):
             raise InputError(f"monitor names must be unique, got {names}")
@@ -254,6 +261,11 @@ class Watcher:
         calc = atoms.calc if calc is None else calc
         res = getattr(calc, "results", {}) if results is None else results
         if "platonic" not in res:
+            if not hasattr(calc, "get_platonic"):
+                raise InputError(f"the Watcher reads Platonic coordinates from the atoms' "
+                                 f"calculator, and {type(calc).__name__} has none: attach a "
+                                 "PlatonicCalculator (atoms.calc = PlatonicCalculator(backend, "
+                                 "anchors=...))")
             z = calc.get_platonic(atoms)
             res = calc.results
         else:

@@ -29,6 +29,22 @@ def _positive(value: Any) -> str | None:
     return f"must be > 0 eV/Å, got {value}"
 
 
+def _shipped(backend: Any, bank: Any) -> ForceErrorModel:
+    """The shipped calibration of ``backend`` with the bank it was fitted against: the run's
+    bank when it is that one, else the model's default bank (a ``--reference`` bank, e.g. one
+    extended with the user's structures, serves the other monitors; sigma's feature-distance
+    term stays on the bank its coefficients were fitted with)."""
+    try:
+        return ForceErrorModel.default(backend, bank)
+    except ConfigError as err:
+        if "fitted against reference bank" not in str(err):
+            raise
+    from platoscope.anchors import AnchorSet
+    from platoscope.reference import default_bank
+
+    return ForceErrorModel.default(backend, default_bank(backend, AnchorSet.default()))
+
+
 @register_monitor
 class UncertaintyMonitor(Monitor):
     """Flags atoms whose predicted force error sigma_i (eV/Å) exceeds ``max_force_error``.
@@ -66,7 +82,7 @@ class UncertaintyMonitor(Monitor):
             raise ConfigError("the uncertainty monitor needs the running model (for its "
                               "shipped calibration) or --uncertainty-model model.npz")
         else:
-            est = ForceErrorModel.default(context.backend, context.bank)
+            est = _shipped(context.backend, context.bank)
         return cls(est, max_force_error=opts["max_force_error"], **context.common)
 
     def __init__(self, estimator: ForceErrorModel, *, max_force_error: float | None = None,
