@@ -21,6 +21,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from platoscope.checks import is_int
 from platoscope.errors import (
     AnchorCacheMismatchError,
     CorruptFileError,
@@ -89,7 +90,7 @@ class AnchorSet:
             if key not in keys:
                 keys[key] = len(structures)
                 structures.append(c)
-            if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            if not is_int(i):
                 raise InputError(f"anchor atom index {i!r} of {atoms.get_chemical_formula()} "
                                  "is not an integer")
             index.append((keys[key], int(i)))

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from platoscope.checks import nonfinite_rows
 from platoscope.errors import ConfigError, InputError, PlatoscopeError
 
 INSTALL_HINT = "pip install 'platoscope[dask]'"
@@ -233,7 +234,7 @@ def _energy_forces(results: dict[str, Any], n: int) -> tuple[float, np.ndarray]:
             raise ValueError(f"the model returned no {key}")
     e = float(np.asarray(results["energy"]).reshape(-1)[0])
     f = np.array(results["forces"], dtype=np.float64).reshape(n, 3)
-    bad = np.flatnonzero(~np.isfinite(f).all(axis=1))
+    bad = nonfinite_rows(f)
     if not np.isfinite(e) or bad.size:
         raise ValueError("the model gave non-finite "
                          + (f"forces on atoms {bad[:10].tolist()}" if bad.size else "energy"))

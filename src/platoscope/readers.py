@@ -63,6 +63,7 @@ from ase import Atoms
 from ase.io.formats import UnknownFileTypeError, filetype, ioformats, string2index
 from ase.units import GPa
 
+from platoscope.checks import is_int
 from platoscope.errors import (
     CorruptFileError,
     InputError,
@@ -181,7 +182,7 @@ def _read(path: str | Path, index: Index, limit: int | None, on_error: str) -> S
     if p.stat().st_size == 0:
         raise CorruptFileError(f"{p}: file is empty")
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0:
+        if not is_int(limit) or limit < 0:
             raise InputError(f"limit must be None or an int >= 0, not {limit!r}")
         limit = int(limit)
     idx = _parse_index(index)

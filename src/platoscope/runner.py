@@ -38,6 +38,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from platoscope.calculator import PlatonicCalculator, attach_coordinates
+from platoscope.checks import require_int
 from platoscope.coords import dense_rows, row_slice
 from platoscope.errors import InputError
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
@@ -345,17 +346,14 @@ def check_settings(**given: tuple[Any, str]) -> None:
     >= 0), ``positive_int``, ``positive``, ``non_negative``, ``finite`` (floats finite)."""
     for name, (value, rule) in given.items():
         if rule in ("count", "positive_int"):
-            ok = (not isinstance(value, bool) and isinstance(value, int | np.integer)
-                  and value >= (0 if rule == "count" else 1))
-            want = "an integer >= 0" if rule == "count" else "an integer >= 1"
-        else:
-            ok = (not isinstance(value, bool) and isinstance(value, int | float | np.number)
-                  and bool(np.isfinite(value))
-                  and {"positive": value > 0, "non_negative": value >= 0,
-                       "finite": True}[rule])
+            require_int(value, name, 0 if rule == "count" else 1)
+            continue
+        ok = (not isinstance(value, bool) and isinstance(value, int | float | np.number)
+              and bool(np.isfinite(value))
+              and {"positive": value > 0, "non_negative": value >= 0, "finite": True}[rule])
+        if not ok:
             want = {"positive": "a finite number > 0", "non_negative": "a finite number >= 0",
                     "finite": "a finite number"}[rule]
-        if not ok:
             raise InputError(f"{name} must be {want}, got {value!r}")
 
 

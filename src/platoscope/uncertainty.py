@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from platoscope.analysis.neighbors import check_k, knn_distance
+from platoscope.checks import nonfinite_rows
 from platoscope.errors import ConfigError, CorruptFileError, InputError, PlatoscopeError
 
 FORMAT = "platoscope.uncertainty/3"
@@ -95,6 +96,10 @@ def local_force_scale(atoms: Any, forces: np.ndarray,
     s2 = fn2 + np.bincount(i, weights=fn2[j], minlength=len(atoms))
     n = 1 + np.bincount(i, minlength=len(atoms))
     return np.sqrt(s2 / n)
+
+
+class BankMismatchError(ConfigError):
+    """A force-error model given a reference bank other than the one it was fitted against."""
 
 
 class ForceErrorModel:
@@ -200,7 +205,7 @@ class ForceErrorModel:
         f = np.asarray(forces, dtype=np.float64)
         if f.shape != (len(numbers), 3):
             raise InputError(f"forces have shape {f.shape}, expected ({len(numbers)}, 3)")
-        bad = np.flatnonzero(~np.isfinite(f).all(axis=1))
+        bad = nonfinite_rows(f)
         if bad.size:
             raise InputError(f"the model's forces are NaN or inf at atoms {bad[:10].tolist()}: "
                              "sigma needs finite forces (eV/Å)")
@@ -285,7 +290,7 @@ class ForceErrorModel:
         if f.shape != (n, 3) or g.shape != (n, 3):
             raise InputError(f"forces {f.shape} and dft_forces {g.shape} must both be ({n}, 3) "
                              f"for {n} atoms")
-        bad = np.flatnonzero(~np.isfinite(g).all(axis=1))
+        bad = nonfinite_rows(g)
         if bad.size:
             raise InputError(f"dft_forces are NaN or inf at atom rows {bad[:10].tolist()}: a "
                              "calibration needs finite DFT forces (eV/Å)")
@@ -418,7 +423,7 @@ class ForceErrorModel:
                              f"{fmt or 'missing'!r}, expected {FORMAT!r})")
         prov = json.loads(str(state["provenance"]))
         if prov.get("bank_data_hash") and prov["bank_data_hash"] != bank.data_hash:
-            raise ConfigError(f"force-error model was fitted against reference bank "
+            raise BankMismatchError(f"force-error model was fitted against reference bank "
                               f"{prov['bank_data_hash'][:12]} ({prov.get('bank_model')}), not "
                               f"{bank.data_hash[:12]} ({bank.model}): sigma's feature-distance "
                               "term needs the bank it was fitted with; pass that bank as "
@@ -531,7 +536,7 @@ def dft_forces_of(atoms: Any, key: str, where: str) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     if f.shape != (len(atoms), 3):
         raise InputError(f"{where}: {key!r} has shape {f.shape}, expected ({len(atoms)}, 3)")
-    bad = np.flatnonzero(~np.isfinite(f).all(axis=1))
+    bad = nonfinite_rows(f)
     if bad.size:
         raise InputError(f"{where}: {key!r} is NaN or inf at atom indices {bad[:10].tolist()}"
                          f"{' ...' if bad.size > 10 else ''}; a calibration needs finite DFT "

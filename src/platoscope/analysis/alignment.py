@@ -16,6 +16,7 @@ from scipy.linalg import orthogonal_procrustes
 
 from platoscope.analysis.inputs import as_labels, as_matrix, check_metric, same_cols, same_rows
 from platoscope.analysis.neighbors import KnnSpace, chunk_rows, knn_search, ranks, unit_rows
+from platoscope.checks import require_int
 from platoscope.errors import InputError
 
 _METRICS = ("cosine", "euclidean")
@@ -95,8 +96,7 @@ def bootstrap_interval(values: Any, n_boot: int = 1000, level: float = 0.95, see
     ``n_boot`` seeded resamples of the rows."""
     if not 0 < level < 1:
         raise InputError(f"level must be in (0, 1), got {level!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
-        raise InputError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+    require_int(n_boot, "n_boot", 1)
     o = np.asarray(values, dtype=np.float64).ravel()
     if o.size == 0:
         raise InputError("values is empty: nothing to bootstrap")

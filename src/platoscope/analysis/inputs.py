@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from platoscope.checks import nonfinite_rows
 from platoscope.errors import InputError
 
 
@@ -25,7 +26,7 @@ def as_matrix(x: Any, name: str, *, min_rows: int = 1) -> np.ndarray:
         raise InputError(
             f"{name} has shape {arr.shape}: need at least {min_rows} row(s) and 1 feature")
     if not np.isfinite(arr).all():
-        row = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+        row = int(nonfinite_rows(arr)[0])
         raise InputError(f"{name} (shape {arr.shape}) has NaN/inf values (first at row {row})")
     return arr
 

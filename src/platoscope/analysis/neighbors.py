@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from platoscope.errors import InputError
+from platoscope.checks import require_int
 
 _CHUNK_BYTES = 64 * 2**20  # distance blocks are kept below ~64 MiB
 # k-NN ties (KnnSpace): on the quantity the kernel computes, delta = squared Euclidean
@@ -25,9 +25,7 @@ TIE_ATOL = 1e-15
 
 def check_k(k: Any) -> int:
     """``k`` as a number of nearest neighbours: an integer >= 1, else an InputError naming it."""
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise InputError(f"k (nearest neighbours) must be an integer >= 1, got {k!r}")
-    return int(k)
+    return require_int(k, "k (nearest neighbours)", 1)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
+from platoscope.checks import nonfinite_rows
 from platoscope.errors import InputError, InvalidStructureError, UnsupportedElementError
 from platoscope.provenance import package_versions
 
@@ -127,7 +128,7 @@ def validate_atoms(atoms: Atoms, *, model: str, supported: frozenset[int] | None
     if len(atoms) == 0:
         raise InvalidStructureError("empty Atoms: there are no atoms to compute")
     pos = atoms.get_positions()
-    bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
+    bad = nonfinite_rows(pos)
     if bad.size:
         raise InvalidStructureError(
             f"non-finite (NaN or inf) positions at atom indices {bad[:10].tolist()}"
@@ -294,7 +295,7 @@ class Backend(ABC):
             results = dict(self.calc.results)  # under the lock: the calculator is shared
         feats = t.features()[: len(atoms)]
         self._check_rows(feats, len(atoms))
-        bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+        bad = nonfinite_rows(feats)
         if bad.size:
             raise InvalidStructureError(f"{self.spec} returned NaN or inf features for atoms "
                                         f"{bad[:10].tolist()}{_closest_pair(atoms)}")

@@ -298,10 +298,7 @@ class AtypicalMonitor(Monitor):
         from ase.data import chemical_symbols
 
         s = super().summary()
-        s.update(k=self.k, quantile=self.quantile, same_element=self.same_element,
-                 space=self.space,
-                 reference_model=self.bank.model, reference_atoms=len(self.bank),
-                 reference_data_hash=self.bank.data_hash,
+        s.update(reference_atoms=len(self.bank),
                  element_thresholds={chemical_symbols[z]: round(t, 6)
                                      for z, t in sorted(self.element_thresholds_.items())},
                  elements_not_in_reference=[chemical_symbols[z]

@@ -199,11 +199,14 @@ class Monitor(ABC):
         return {"threshold": self.threshold, "action": self.action, "interval": self.interval}
 
     def summary(self) -> dict[str, Any]:
-        """Configuration for summary.json: threshold(s), action, false-alarm rate, units."""
-        return {"name": self.name, "threshold": self.threshold, "action": self.action,
-                "interval": self.interval, "units": self.score_units(),
+        """Configuration for summary.json: the :meth:`settings` (also as they are, under
+        ``settings``, for restarts), the threshold in use, false-alarm rate, units; subclasses
+        add what the run found."""
+        settings = self.settings()
+        return {"name": self.name, **settings, "threshold": self.threshold,
+                "units": self.score_units(),
                 "expected_false_alarm_rate": self.expected_false_alarm_rate,
-                "settings": self.settings()}
+                "settings": settings}
 
 
 def score_units(monitors: Sequence[Monitor]) -> dict[str, str]:

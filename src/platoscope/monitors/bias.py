@@ -302,9 +302,7 @@ class BiasMonitor(Monitor):
     def summary(self) -> dict[str, Any]:
         s = super().summary()
         per = self.element_summary()
-        s.update(model_b=self.model_b, quantile=self.quantile,
-                 calibrated_on=list(self.bank_models_) if self.bank_models_ else None,
-                 element_thresholds={chemical_symbols[z]: round(t, 6)
+        s.update(element_thresholds={chemical_symbols[z]: round(t, 6)
                                      for z, t in sorted(self.element_thresholds_.items())},
                  global_threshold=self.global_threshold_, elements=per,
                  # thresholds above every reference distance: the monitor cannot flag these

@@ -294,9 +294,7 @@ class SwitchMonitor(Monitor):
 
     def summary(self) -> dict[str, Any]:
         s = super().summary()
-        s.update(threshold=None, min_matched=self.min_matched, symprec=self.symprec,
-                 model_b=self.calc_b.backend.spec if self.calc_b is not None else None,
-                 switches=[c for c in self.checks_ if c["kind"] == "switch"],
+        s.update(threshold=None, switches=[c for c in self.checks_ if c["kind"] == "switch"],
                  n_checks=sum(c["kind"] == "check" for c in self.checks_),
                  n_flagged=sum(c["flagged"] for c in self.checks_),
                  carried_thresholds=self.carried_thresholds_,

@@ -282,8 +282,7 @@ class SymmetryMonitor(Monitor):
 
     def summary(self) -> dict[str, Any]:
         s = super().summary()
-        s.update(symprec=self.symprec, factor=self.factor, floor=self.floor, repeat=self.repeat,
-                 documentation="docs/symmetry_switch.md (measured elsewhere, not in this run)")
+        s.update(documentation="docs/symmetry_switch.md (measured elsewhere, not in this run)")
         if self.classes_ is None:
             return s
         sizes = np.bincount(self.classes_)

@@ -17,7 +17,7 @@ import numpy as np
 from platoscope.errors import ConfigError, InputError
 from platoscope.monitors.base import Frame, Monitor
 from platoscope.monitors.registry import MonitorOption, register_monitor
-from platoscope.uncertainty import ForceErrorModel
+from platoscope.uncertainty import BankMismatchError, ForceErrorModel
 
 DEFAULT_MAX_FORCE_ERROR = 0.5  # eV/Å
 
@@ -36,9 +36,8 @@ def _shipped(backend: Any, bank: Any) -> ForceErrorModel:
     term stays on the bank its coefficients were fitted with)."""
     try:
         return ForceErrorModel.default(backend, bank)
-    except ConfigError as err:
-        if "fitted against reference bank" not in str(err):
-            raise
+    except BankMismatchError:
+        pass
     from platoscope.anchors import AnchorSet
     from platoscope.reference import default_bank
 
@@ -134,12 +133,7 @@ class UncertaintyMonitor(Monitor):
 
         s = super().summary()
         est = self.estimator
-        s.update(max_force_error=self.max_force_error, estimator=dict(est.provenance_),
-                 form=est.form, params=dict(est.params_), c=est.c_, k=est.k,
-                 quantile=est.quantile, terms=list(est.terms), radius_A=est.radius,
-                 element_offsets={chemical_symbols[z]: v for z, v in est.offsets_.items()},
-                 unseen_element_offset=est.unseen,
-                 elements_not_in_reference=[chemical_symbols[z]
+        s.update(elements_not_in_reference=[chemical_symbols[z]
                                             for z in est.unknown_elements_],
                  elements_not_in_calibration=[chemical_symbols[z]
                                               for z in est.uncalibrated_elements_],
