@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from platoscope import AnchorSet, PlatonicCalculator
 from platoscope.cli import main
-from platoscope.errors import InputError
+from platoscope.errors import InputError, SimulationError
 from platoscope.monitors.atypical import AtypicalMonitor
 from platoscope.monitors.base import Monitor
 from platoscope.monitors.symmetry import SymmetryMonitor
@@ -64,6 +64,21 @@ def test_md_writes_every_output(small_setup, chgnet_backend, tmp_path):
     assert mon["expected_false_alarm_rate"] == pytest.approx(0.01)
     assert set(mon["element_thresholds"]) == {"Na", "Cl", "K", "Br"}
     assert mon["space"] == "raw"
+
+
+def test_a_cell_blown_up_by_the_barostat_is_named(small_setup, chgnet_backend, tmp_path):
+    """npt at -1e9 GPa scaled the cell by ~1e15 in one step and the model's neighbour list
+    asked for petabytes: a MemoryError traceback. The run now stops with the step and the
+    cell's growth named, and its record says so."""
+    anchors, bank, *_ = small_setup
+    atoms = nacl()
+    atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    with pytest.raises(SimulationError, match=r"MD step 1: the model ran out of memory; the "
+                       r"cell volume is .* x the starting 179 Å\^3: the dynamics blew the cell "
+                       r"up \(npt: check the pressure, in GPa"):
+        run_md(atoms, [], tmp_path, steps=3, ensemble="npt", pressure_GPa=-1e9, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "SimulationError: MD step 1" in summary["error"]
 
 
 def test_langevin_friction_is_per_fs():

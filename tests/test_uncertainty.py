@@ -15,6 +15,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 from click.testing import CliRunner
 
+from platoscope import AnchorSet
 from platoscope.cli import main
 from platoscope.errors import ConfigError, InputError
 from platoscope.readers import read_structures
@@ -558,6 +559,31 @@ def test_save_reports_the_path_written_and_out_folders_are_refused(tmp_path, fit
         assert res.exit_code == 1 and "is a folder; this command writes one file" in res.output, \
             (args, res.output, res.exception)
     assert list(folder.iterdir()) == [] and not (tmp_path / "folder.parts").exists()
+
+
+def test_existing_out_files_are_kept_without_overwrite(tmp_path):
+    """embed, reference build/extend, calibrate and anchors select/extend replaced an existing
+    --out file silently (a day's embed lost to a repeated command). They now refuse it before
+    any work unless --overwrite is given, and leave it as it was."""
+    structure = str(Path(__file__).resolve().parents[1] / "examples" / "structures" / "Si.cif")
+    cases = {"e.h5": ["embed", structure], "b.npz": ["reference", "build", structure],
+             "x.npz": ["reference", "extend", "default", structure, "--model", "chgnet"],
+             "m.npz": ["calibrate", structure], "a.npz": ["anchors", "select", structure],
+             "n.npz": ["anchors", "extend", "default", structure]}
+    r = CliRunner()
+    for name, args in cases.items():
+        out = tmp_path / name
+        out.write_bytes(b"an earlier result")
+        # calibrate and the anchor commands append .npz: the check applies to the file written
+        given = str(out.with_suffix("")) if name in ("m.npz", "a.npz") else str(out)
+        res = r.invoke(main, [*args, "--out", given])
+        assert res.exit_code == 1 and f"--out {out} exists; pass --overwrite" in res.output, \
+            (args, res.output, res.exception)
+        assert out.read_bytes() == b"an earlier result"
+    res = r.invoke(main, ["anchors", "extend", "default", structure, "--out",
+                          str(tmp_path / "n.npz"), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert AnchorSet.load(tmp_path / "n.npz").meta  # replaced by a real anchor set
 
 
 def test_uncertainty_keeps_its_own_bank_beside_an_extended_reference(tmp_path):

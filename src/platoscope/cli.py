@@ -90,12 +90,25 @@ def _index(ctx: click.Context, param: click.Parameter, value: str | None) -> str
     return value
 
 
-def _file_out(out: str, example: str) -> None:
+def _file_out(out: str, example: str, overwrite: bool) -> None:
     """Refuse, before any work, an --out that is an existing folder (these commands write one
-    file; the write at the end failed with IsADirectoryError after everything had run)."""
+    file; the write at the end failed with IsADirectoryError after everything had run) or an
+    existing file without --overwrite (it was replaced silently, e.g. a day's embed)."""
     if Path(out).is_dir():
         raise click.ClickException(f"--out {out} is a folder; this command writes one file: "
                                    f"give a file name, e.g. {Path(out) / example}")
+    if Path(out).exists() and not overwrite:
+        raise click.ClickException(f"--out {out} exists; pass --overwrite to replace it, or "
+                                   "give another file name")
+
+
+def _npz(out: str) -> str:
+    """The file an npz writer makes of --out (``.npz`` appended when missing)."""
+    return out if out.endswith(".npz") else out + ".npz"
+
+
+overwrite_file_option = click.option(
+    "--overwrite", is_flag=True, help="Replace an existing --out file (refused without it)")
 
 
 def _anchors(value: str | None):
@@ -196,11 +209,14 @@ def anchors() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="Read at most this many structures per file")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Anchor-set file (.npz)")
-def anchors_select(data, model, layer, device, k, method, per_element, seed, limit, out):
+@overwrite_file_option
+def anchors_select(data, model, layer, device, k, method, per_element, seed, limit, out,
+                   overwrite):
     """Select K anchor atoms from DATA (CDVAE CSV, extxyz, traj, db, mlearn JSON)."""
     from platoscope.anchors import select_anchor_set
     from platoscope.backends import load_backend
 
+    _file_out(_npz(out), "anchors.npz", overwrite)
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
     s = select_anchor_set(backend, structures, k=k, method=method, per_element=per_element,
@@ -221,7 +237,8 @@ def anchors_select(data, model, layer, device, k, method, per_element, seed, lim
 @click.option("--symprec", default=1e-3, show_default=True, type=_Finite(min=0.0,
               min_open=True), help="spglib tolerance (Å) for distinct environments")
 @click.option("--out", "-o", required=True, type=click.Path())
-def anchors_extend(anchors_path, files, max_per_element, index, symprec, out):
+@overwrite_file_option
+def anchors_extend(anchors_path, files, max_per_element, index, symprec, out, overwrite):
     """Add anchors from your own structures or trajectories (FILES) to ANCHORS (a file or
     ``default``): one per symmetry-distinct environment. The new set has its own hash; files
     made with the old and the new set refuse to mix."""
@@ -233,6 +250,7 @@ def anchors_extend(anchors_path, files, max_per_element, index, symprec, out):
         raise click.ClickException(f"--out {target} is the anchor set being extended: the "
                                    "files made with it (banks, coordinates) would lose their set; "
                                    "write the extended set to another file")
+    _file_out(str(target), "anchors.npz", overwrite)
     base = _anchors(anchors_path)
     structures = []
     for f in files:
@@ -326,14 +344,15 @@ def reference() -> None:
               help="Structures per task and per model batch")
 @_with(cluster_options)
 @click.option("--out", "-o", required=True, type=click.Path())
+@overwrite_file_option
 def reference_build(data, model, layer, device, anchors_path, projection, limit, batch_size,
-                    workers, scheduler, out):
+                    workers, scheduler, out, overwrite):
     """Embed DATA with MODEL and store the bank (embeddings, projector, provenance)."""
     from platoscope.backends import load_backend
     from platoscope.distributed import ChunkStore, parts_folder
     from platoscope.reference import ReferenceBank
 
-    _file_out(out, "bank.npz")
+    _file_out(out, "bank.npz", overwrite)
     structures, data_hash = _read(data, limit)
     backend = load_backend(model, layer=layer, device=device)
     store = ChunkStore(parts_folder(out), {
@@ -360,7 +379,8 @@ def reference_build(data, model, layer, device, anchors_path, projection, limit,
 @click.option("--index", default=":", show_default=True, callback=_index,
               help="Frames of each file to use")
 @click.option("--out", "-o", required=True, type=click.Path())
-def reference_extend(bank_path, files, model, layer, device, index, out):
+@overwrite_file_option
+def reference_extend(bank_path, files, model, layer, device, index, out, overwrite):
     """Add every atom of FILES (your own structures or trajectory frames) to the reference
     bank BANK, embedded by the model that built it (--model/--layer must name it). BANK is a
     bank file or ``default``: the bank that runs of --model use when given no --reference
@@ -373,11 +393,11 @@ def reference_extend(bank_path, files, model, layer, device, index, out):
     if not use_default and not Path(bank_path).is_file():
         raise click.BadParameter(f"{bank_path!r} is neither a bank file nor 'default'",
                                  param_hint="BANK")
-    _file_out(out, "bank.npz")
     if not use_default and Path(out).exists() and Path(out).resolve() == Path(bank_path).resolve():
         raise click.ClickException(f"--out {out} is the bank being extended: runs and files made "
                                    "with it would point to other atoms; write the extended bank "
                                    "to another file")
+    _file_out(out, "bank.npz", overwrite)
     structures = [a for f in files for a in read_structures(f, index=index)]
     if not structures:
         raise click.ClickException(f"no structures read from {', '.join(files)}")
@@ -412,14 +432,15 @@ def reference_extend(bank_path, files, model, layer, device, index, out):
                    "columns, is stored whole beside them in float16)")
 @_with(cluster_options)
 @click.option("--out", "-o", required=True, type=click.Path())
+@overwrite_file_option
 def embed(data, model, layer, device, anchors_path, reference_path, projection, limit,
-          no_embeddings, batch_size, strict, top_k, workers, scheduler, out):
+          no_embeddings, batch_size, strict, top_k, workers, scheduler, out, overwrite):
     """Per-atom coordinates of DATA (structures or a trajectory) -> a portable .h5 file."""
     from platoscope.backends import load_backend
     from platoscope.calculator import PlatonicCalculator
     from platoscope.distributed import embed_to_file, parts_folder
 
-    _file_out(out, "coords.h5")
+    _file_out(out, "coords.h5", overwrite)
     top_k_given = click.get_current_context().get_parameter_source(
         "top_k") is not click.core.ParameterSource.DEFAULT
     if top_k_given and not reference_path:
@@ -484,7 +505,9 @@ def _top_k_applies(projection: Any) -> None:
                    "errors); mult: |F|^b times a feature-distance term, the earlier form "
                    "(better on absolute errors on mlearn Li/Si test; docs/detection.md)")
 @click.option("--out", "-o", required=True, type=click.Path())
-def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdout, form, out):
+@overwrite_file_option
+def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdout, form, out,
+              overwrite):
     """Fit the uncertainty monitor's force-error model on DFT-labelled DATA (uses it with
     --uncertainty-model OUT)."""
     from platoscope import AnchorSet
@@ -495,7 +518,7 @@ def calibrate(data, model, layer, device, dft_forces_key, reference_path, holdou
     from platoscope.uncertainty import calibrate as fit_calibration
     from platoscope.uncertainty import dft_forces_of
 
-    _file_out(out if out.endswith(".npz") else out + ".npz", "model.npz")
+    _file_out(_npz(out), "model.npz", overwrite)
     structures, _ = _read(data)
     names = [frame_name(a, i) for i, a in enumerate(structures)]
     try:  # every frame's DFT forces, named, before the model loads

@@ -44,6 +44,11 @@ class CorruptFileError(PlatoscopeError, ValueError):
     """A file platoscope wrote (or should read) is truncated, tampered with or not ours."""
 
 
+class SimulationError(PlatoscopeError, RuntimeError):
+    """A run's dynamics failed in a way its settings explain (e.g. a barostat that blew the
+    cell up until the model's neighbour list ran out of memory); the message names the step."""
+
+
 class InputError(PlatoscopeError, ValueError):
     """A bad argument or input value (shape, range, name); the message names it."""
 

@@ -40,7 +40,7 @@ from ase.io import write
 from platoscope.calculator import PlatonicCalculator, attach_coordinates
 from platoscope.checks import require_int
 from platoscope.coords import dense_rows, row_slice
-from platoscope.errors import InputError
+from platoscope.errors import InputError, SimulationError
 from platoscope.monitors.base import Event, Frame, Monitor, RunStopped, Watcher, score_units
 from platoscope.provenance import package_versions
 from platoscope.readers import frame_error
@@ -439,14 +439,38 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
                         temperature_K=target(first_step),
                         friction=friction, pressure_GPa=pressure_GPa, seed=seed + first_step)
     bar = _progress(max(n_steps, 0) + (0 if restart else 1), f"md {ensemble}", progress)
+    volume = _volume(atoms)
     with _lifecycle(recorder, watcher, bar) as state:
-        for i, _ in enumerate(dyn.irun(steps=max(n_steps, 0))):
-            if restart and i == 0:
-                continue  # the restored frame is already on disk
-            _observe(watcher, atoms, bar)
-            if temperature_end_K is not None:
-                dyn.set_temperature(temperature_K=target(watcher.step))
+        try:
+            for i, _ in enumerate(dyn.irun(steps=max(n_steps, 0))):
+                if restart and i == 0:
+                    continue  # the restored frame is already on disk
+                _observe(watcher, atoms, bar)
+                if temperature_end_K is not None:
+                    dyn.set_temperature(temperature_K=target(watcher.step))
+        except MemoryError as err:
+            raise SimulationError(_out_of_memory(atoms, volume, watcher.step)) from err
     return state["result"]
+
+
+def _volume(atoms: Atoms) -> float | None:
+    return float(abs(atoms.cell.volume)) if atoms.cell.rank == 3 else None
+
+
+def _out_of_memory(atoms: Atoms, start_volume: float | None, step: int) -> str:
+    """Why MD step ``step`` ran out of memory, in the user's terms: a cell the dynamics blew up
+    or collapsed (the model's neighbour list then asks for petabytes), or a system too big."""
+    where = f"MD step {step}: the model ran out of memory"
+    volume = _volume(atoms)
+    if start_volume and volume is not None:
+        ratio = volume / start_volume
+        if not 0.5 < ratio < 2:
+            return (f"{where}; the cell volume is {volume:.3g} Å^3, {ratio:.3g} x the starting "
+                    f"{start_volume:.3g} Å^3: the dynamics blew the cell up (npt: check the "
+                    "pressure, in GPa; any ensemble: the timestep and temperature)")
+    return (f"{where} with {len(atoms)} atoms (cell volume {volume:.3g} Å^3): a smaller "
+            "structure or a machine with more memory is needed" if volume is not None else
+            f"{where} with {len(atoms)} atoms: a smaller structure or more memory is needed")
 
 
 def optimizer_class(name: str) -> type:
