@@ -104,6 +104,9 @@ def test_force_error_model_inputs_are_checked(small_setup):
 def test_anchors_calculator_and_projector_misuse_are_named(chgnet_backend):
     with pytest.raises(InputError, match="anchors must be an AnchorSet.*got list"):
         PlatonicCalculator(chgnet_backend, anchors=[1, 2])
+    # a shipped set's name, as the message says and the CLI takes (was "file not found")
+    assert PlatonicCalculator(chgnet_backend, anchors="mp20").anchors.hash == \
+        AnchorSet.named("mp20").hash
     with pytest.raises(InputError, match=r"anchor atom index 0.5 of Cl4Na4 is not an integer"):
         AnchorSet.from_atoms([(_nacl(), 0.5)])  # was truncated to atom 0
     with pytest.raises(RuntimeError, match="Projector is not fitted"):

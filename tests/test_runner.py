@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from platoscope import AnchorSet, PlatonicCalculator
 from platoscope.cli import main
-from platoscope.errors import InputError, SimulationError
+from platoscope.errors import ConfigError, InputError, SimulationError
 from platoscope.monitors.atypical import AtypicalMonitor
 from platoscope.monitors.base import Monitor
 from platoscope.monitors.symmetry import SymmetryMonitor
@@ -119,6 +119,20 @@ def test_temperature_ramp(small_setup, chgnet_backend, tmp_path):
     with pytest.raises(InputError, match="needs a thermostat"):
         run_md(atoms, [], tmp_path / "nve", steps=2, ensemble="nve", temperature_end_K=500.0,
                progress=False)
+    # a restart that adds or drops the ramp, or stretches it over more steps, is refused (the
+    # record showed one smooth ramp while the target had jumped from 3000 K to 638 K)
+    for end, steps, named in ((None, 12, "temperature_end_K"), (3000.0, 12, "steps"),
+                              ("drop", 8, "temperature_end_K")):
+        atoms = nacl()
+        atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors,
+                                        projection=bank.projector)
+        out = tmp_path / ("3000.0" if end == "drop" else str(end))
+        given = None if end == "drop" else (3000.0 if end is None else end)
+        with pytest.raises(ConfigError, match=rf"cannot restart.*{named} \(recorded"):
+            run_md(atoms, [], out, steps=steps, temperature_K=0.0, temperature_end_K=given,
+                   friction=0.1, progress=False, restart=True)
+    with pytest.raises(InputError, match="seed"):
+        run_md(atoms, [], tmp_path / "seed", steps=2, seed=-1, progress=False)
 
 
 def test_distorted_frame_raises_event_and_stop(small_setup, chgnet_backend, tmp_path):
@@ -298,6 +312,16 @@ def test_cli_errors_are_clear(small_setup, tmp_path):
     r = CliRunner().invoke(main, ["md", str(structure), "--model", "foo:bar", "--out",
                                   str(tmp_path / "y")])
     assert r.exit_code != 0 and "unknown backend spec 'foo:bar'" in r.output
+    # --overwrite clears a previous run only once the new one can start: a typo kept it
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "summary.json").write_text("{}")
+    (previous / "frames.h5").write_bytes(b"a day's run")
+    for bad in (["--model", "chgnt"], ["--anchors", str(tmp_path / "nope.npz")]):
+        r = CliRunner().invoke(main, ["md", str(structure), *bad, "--overwrite", "--out",
+                                      str(previous)])
+        assert r.exit_code != 0 and sorted(p.name for p in previous.iterdir()) == [
+            "frames.h5", "summary.json"], r.output
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
     r = CliRunner().invoke(main, ["md", str(structure), "--anchors", str(bad), "--out",

@@ -132,6 +132,11 @@ def test_unseen_prior_rule(chgnet_backend, bank, fitted):
     assert summ["unseen_element_offset"] == "prior"
     np.testing.assert_allclose(summ["uncalibrated_element_offsets"]["Cu"], got[29], rtol=1e-12)
     assert summ["elements_without_prior"] == []
+    # threshold= is the base class's name for max_force_error: used and recorded as one
+    assert UncertaintyMonitor(fresh, threshold=0.01).settings()["max_force_error"] == 0.01
+    assert UncertaintyMonitor(fresh, threshold=0.01).threshold == 0.01
+    with pytest.raises(InputError, match="name the same setting"):
+        UncertaintyMonitor(fresh, threshold=0.01, max_force_error=0.5)
 
 
 def test_local_force_scale_contract():

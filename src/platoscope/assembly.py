@@ -104,8 +104,12 @@ class RunConfig:
     restart: bool = False
 
 
-def prepare_out(out: str | Path, *, overwrite: bool = False, restart: bool = False) -> Path:
+def prepare_out(out: str | Path, *, overwrite: bool = False, restart: bool = False,
+                clear: bool = True) -> Path:
     """Check (and with ``overwrite``, clear) a run's output folder before anything runs.
+    ``clear=False`` only checks: :func:`build_run` checks first and clears once
+    the model, anchors, bank and monitors have loaded, so a mistyped option never costs the
+    previous run's files.
 
     A non-empty folder would mix two runs' events, plots and dumps, so it is refused
     (:class:`~platoscope.errors.ConfigError` naming --overwrite and --restart) unless
@@ -133,6 +137,8 @@ def prepare_out(out: str | Path, *, overwrite: bool = False, restart: bool = Fal
         raise ConfigError(f"--out {path} is not empty and holds no {SUMMARY}, so it is not a "
                           "platoscope run folder; --overwrite clears only run folders: choose "
                           "another folder")
+    if not clear:
+        return path
     for item in path.iterdir():
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item)
@@ -227,7 +233,7 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
             f"{config.monitors!r}: add it there, or leave the option out")
     if config.projection is not None:
         Projector(config.projection)  # an unknown preset fails before any model loads
-    prepare_out(config.out, overwrite=config.overwrite, restart=config.restart)
+    prepare_out(config.out, overwrite=config.overwrite, restart=config.restart, clear=False)
     backend = load_backend(config.model, layer=config.layer, device=config.device)
     anchor_set = load_anchors(config.anchors)
     from platoscope.runner import STORE_COORDS_MAX_K
@@ -251,5 +257,6 @@ def build_run(config: RunConfig, atoms: Atoms | None = None) -> Run:
                              options=dict(config.monitor_options),
                              loader=ModelLoader(calc, progress=config.progress))
     monitors = build_monitors(config.monitors, context)
+    prepare_out(config.out, overwrite=config.overwrite, restart=config.restart)
     return Run(config=config, backend=backend, anchors=anchor_set, bank=bank, calc=calc,
                monitors=monitors)

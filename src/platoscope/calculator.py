@@ -17,13 +17,14 @@ compacted columns, dense rows on request).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from platoscope.anchors import AnchorSet
+from platoscope.anchors import NAMED_ANCHORS, AnchorSet
 from platoscope.backends import Backend, load_backend
 from platoscope.coords import dense_rows
 from platoscope.errors import InputError, InvalidStructureError
@@ -70,7 +71,9 @@ class PlatonicCalculator(Calculator):
         super().__init__(**kwargs)
         self.backend: Backend = load_backend(backend, layer=layer, device=device)
         self.implemented_properties = [*self.backend.implemented_properties, *EXTRA_PROPERTIES]
-        if isinstance(anchors, (str, bytes)) or hasattr(anchors, "__fspath__"):
+        if isinstance(anchors, str) and anchors in NAMED_ANCHORS and not Path(anchors).exists():
+            anchors = AnchorSet.named(anchors)
+        elif isinstance(anchors, (str, bytes)) or hasattr(anchors, "__fspath__"):
             anchors = AnchorSet.load(anchors)
         if anchors is not None and not isinstance(anchors, AnchorSet):
             raise InputError(f"anchors must be an AnchorSet, a shipped set's name or an anchors "

@@ -67,6 +67,12 @@ class _Finite(click.FloatRange):
 
     name = "float range"
 
+    def _describe_range(self) -> str:
+        """Only the bounds given (click printed ``x<=None`` for an unbounded option)."""
+        if self.min is None and self.max is None:
+            return "finite"
+        return super()._describe_range()
+
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         rv = super().convert(value, param, ctx)
         if not math.isfinite(rv):
@@ -206,7 +212,7 @@ def anchors() -> None:
               show_default=True)
 @click.option("--per-element/--no-per-element", default=False,
               help="At least one anchor per element present")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--limit", type=int, default=None, help="Read at most this many structures per file")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Anchor-set file (.npz)")
 @overwrite_file_option
@@ -754,7 +760,7 @@ def _end(result: dict, out: str, report: bool) -> None:
               help="Record every N steps")
 @click.option("--repeat", default="1,1,1", show_default=True, callback=_repeat,
               help="Supercell, e.g. 2,2,2")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--restart", is_flag=True,
               help="Continue from the last frame in --out (with the recorded settings)")
 def md(structure, ensemble, temperature, temperature_end, pressure, steps, timestep, friction,

@@ -86,6 +86,10 @@ RESTART_PROVENANCE = ("model", "spec", "weights_sha256", "layer", "anchor_set_ha
 """Provenance keys a restart must share with the recorded run (the model and coordinates)."""
 
 
+OPTIONAL_CONFIG = ("temperature_end_K",)
+"""Run settings that a run's config holds only when given (a restart compares their presence)."""
+
+
 def check_restart(out: str | Path, config: dict[str, Any], provenance: dict[str, Any],
                   monitors: Sequence[Any]) -> None:
     """Refuse a restart whose settings differ from those recorded in ``out``/summary.json.
@@ -110,6 +114,13 @@ def check_restart(out: str | Path, config: dict[str, Any], provenance: dict[str,
     for key, value in config.items():
         if key != "steps" and key in old_config and old_config[key] != value:
             diffs.append(f"{key} (recorded {old_config[key]!r}, given {value!r})")
+    for key in OPTIONAL_CONFIG:  # recorded only when set: added or dropped is a change too
+        if (key in old_config) != (key in config):
+            diffs.append(f"{key} (recorded {old_config.get(key)!r}, given {config.get(key)!r})")
+    if old_config.get("temperature_end_K") is not None and "steps" in old_config and \
+            config.get("steps") != old_config["steps"]:
+        diffs.append(f"steps (recorded {old_config['steps']!r}, given {config.get('steps')!r}: "
+                     "a temperature ramp's schedule is spread over the steps, so they stay)")
     old_prov = dict(recorded.get("provenance", {}))
     if "n_columns" not in old_prov and "n_anchors" in old_prov:  # recorded before the width
         old_prov["n_columns"] = old_prov["n_anchors"]            # could differ from K

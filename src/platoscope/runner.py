@@ -378,7 +378,7 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
     check_settings(steps=(steps, "count"), timestep_fs=(timestep_fs, "positive"),
                    temperature_K=(temperature_K, "non_negative"),
                    friction=(friction, "non_negative"), pressure_GPa=(pressure_GPa, "finite"),
-                   interval=(interval, "positive_int"),
+                   interval=(interval, "positive_int"), seed=(seed, "count"),
                    **({"temperature_end_K": (temperature_end_K, "non_negative")}
                       if temperature_end_K is not None else {}))
     calc = atoms.calc

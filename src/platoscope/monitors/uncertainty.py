@@ -86,10 +86,15 @@ class UncertaintyMonitor(Monitor):
 
     def __init__(self, estimator: ForceErrorModel, *, max_force_error: float | None = None,
                  **kwargs: Any):
+        if kwargs.get("threshold") is not None:  # the base class's name for the same number
+            if max_force_error is not None and kwargs["threshold"] != max_force_error:
+                raise InputError(f"threshold {kwargs['threshold']!r} and max_force_error "
+                                 f"{max_force_error!r} name the same setting: give one")
+            max_force_error = kwargs.pop("threshold")
         mfe = DEFAULT_MAX_FORCE_ERROR if max_force_error is None else float(max_force_error)
         if _positive(mfe):
             raise InputError(f"max_force_error {_positive(mfe)}")
-        kwargs.setdefault("threshold", mfe)
+        kwargs["threshold"] = mfe
         super().__init__(**kwargs)
         if estimator.params_ is None:
             raise InputError("the uncertainty monitor needs a fitted ForceErrorModel")
