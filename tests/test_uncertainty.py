@@ -528,6 +528,19 @@ def test_wrong_kind_of_file_for_uncertainty_model_or_anchors_is_named(tmp_path, 
         (res.output, res.exception)
 
 
+def test_calibrate_refuses_the_models_own_forces_as_labels(chgnet_backend, bank, structures):
+    """A platoscope run's frames.extxyz passed to calibrate fitted sigma ~0.01 eV/Å on every
+    atom (the labels were the model's own forces) with only a coverage warning."""
+    own = []
+    for atoms in structures:
+        a = atoms.copy()
+        a.arrays["own"] = chgnet_backend.compute(a, ["energy", "forces"])[0]["forces"]
+        own.append(a)
+    with pytest.raises(InputError, match=r"'own' forces of all \d+ atoms agree with "
+                       r"chgnet:0.3.0's own within .* eV/Å: they are this model's forces"):
+        calibrate(chgnet_backend, bank, own, dft_forces_key="own")
+
+
 def test_calibrate_holdout_out_of_range_is_refused(tmp_path, bank, structures):
     """--holdout outside (0, 1) is a usage error naming the option (1.5 was a numpy
     ValueError traceback, 1 a misleading 'need DFT forces of at least 2 structures, got 0'

@@ -762,7 +762,9 @@ def _end(result: dict, out: str, report: bool) -> None:
               help="Supercell, e.g. 2,2,2")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--restart", is_flag=True,
-              help="Continue from the last frame in --out (with the recorded settings)")
+              help="Continue the run in --out from its last frame: repeat the command's "
+                   "options (each is checked against the record; only --steps, the total, may "
+                   "grow)")
 def md(structure, ensemble, temperature, temperature_end, pressure, steps, timestep, friction,
        interval, repeat, seed, restart, report, **kw):
     """Monitored molecular dynamics of STRUCTURE (any file ASE reads, CDVAE CSV, mlearn JSON;

@@ -544,6 +544,11 @@ def dft_forces_of(atoms: Any, key: str, where: str) -> np.ndarray:
     return f
 
 
+SAME_FORCES = 1e-3
+"""eV/Å: labels that agree with the model's forces this closely on every atom carry no error
+to calibrate on (``calibrate`` refuses them)."""
+
+
 def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str = "forces",
               holdout: float = 0.2, seed: int = 0, names: list[str] | None = None,
               **kwargs: Any) -> tuple[ForceErrorModel, dict[str, Any]]:
@@ -594,6 +599,14 @@ def calibrate(backend: Any, bank: Any, structures: list, *, dft_forces_key: str 
         Z.append(atoms.numbers)
         S.append(np.full(len(atoms), i))
     X, F, G, Z, S, L = (np.concatenate(v) for v in (X, F, G, Z, S, L))
+    worst = float(np.linalg.norm(F - G, axis=1).max())
+    if worst < SAME_FORCES:  # e.g. a platoscope run's frames.extxyz passed as "DFT"
+        raise InputError(
+            f"the {dft_forces_key!r} forces of all {len(F)} atoms agree with "
+            f"{getattr(backend, 'spec', 'the model')}'s own within {worst:.1e} eV/Å: they are "
+            "this model's forces, or structures where every force vanishes by symmetry; sigma "
+            "fitted on them would be ~0.01 eV/Å everywhere. Calibrate on DFT forces of "
+            "structures like those you simulate")
     rng = np.random.default_rng(seed)
     held_ids = rng.choice(len(structures), n_held, replace=False)
     held = np.isin(S, held_ids)
