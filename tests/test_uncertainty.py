@@ -449,28 +449,21 @@ def test_monitor_forces_model_vs_file_on_dft_labelled_frames(tmp_path, structure
         monitor_frames(got, calc, [], tmp_path / "bad", progress=False, forces="dft")
 
 
-def test_monitor_cli_uncertainty_on_frames_without_forces_says_so(tmp_path, structures):
-    """`platoscope monitor --monitor uncertainty --forces file` (today's behaviour before
-    --forces) over frames that hold no forces: every frame fails the monitor, and the end
-    line says so and why, not just '0 events'."""
+def test_monitor_cli_uncertainty_on_frames_without_forces_is_refused(tmp_path, structures):
+    """`platoscope monitor --monitor uncertainty --forces file` over frames that hold no
+    forces ran every frame through the model, failed the monitor on each and ended
+    "completed; 0 events". It is now refused before anything loads, naming the frames."""
     path, _ = _positions_only(structures, tmp_path)
     res = CliRunner().invoke(main, ["monitor", str(path), "--monitor", "uncertainty",
                                     "--forces", "file", "--no-report", "--out",
                                     str(tmp_path / "m")])
-    assert res.exit_code == 0, res.output
-    end = res.output[res.output.rindex("status: "):]  # the end line (after a progress bar)
-    assert end.startswith("status: completed; 0 events; 2 monitor error(s) (uncertainty: "
-                          "frames not checked"), end
-    assert "the frame holds no forces" in end
-    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
-    errors = summary["monitoring"]["monitor_errors"]
-    assert [e["step"] for e in errors] == [0, 1]
-    # where sigma's |F| comes from is said (console) and recorded (summary.json)
-    assert "note: --forces file: sigma uses the forces stored in" in res.output
-    assert summary["config"]["forces"] == ("as stored in the source (0 of 2 frames hold "
-                                           "forces), not computed by the model")
-    assert summary["config"]["forces_mode"] == {"requested": "file", "used": "file"}
-    assert all("holds no forces" in e["error"] for e in errors)
+    assert res.exit_code == 1, res.output
+    assert (f"--forces file: 2 of 2 frames of {path} hold no forces (frame 0, 1) and the "
+            "uncertainty monitor needs them: leave out --forces file") in res.output
+    assert not (tmp_path / "m").exists()
+    ok = CliRunner().invoke(main, ["monitor", str(path), "--monitor", "atypical", "--forces",
+                                   "file", "--no-report", "--out", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output  # a monitor that needs no forces runs without them
 
 
 def test_max_force_error_out_of_range_is_refused_naming_the_flag(tmp_path):
@@ -602,6 +595,8 @@ def test_existing_out_files_are_kept_without_overwrite(tmp_path):
                           str(tmp_path / "n.npz"), "--overwrite"])
     assert res.exit_code == 0, res.output
     assert AnchorSet.load(tmp_path / "n.npz").meta  # replaced by a real anchor set
+    res = r.invoke(main, ["embed", structure, "--workers", "0", "--out", str(tmp_path / "w.h5")])
+    assert res.exit_code == 2 and "'--workers'" in res.output, res.output  # before any load
 
 
 def test_uncertainty_keeps_its_own_bank_beside_an_extended_reference(tmp_path):

@@ -135,7 +135,7 @@ layer_option = click.option(
 device_option = click.option("--device", default="cpu", show_default=True,
                              help="torch device of the model: cpu, cuda, cuda:1 ...")
 cluster_options = [
-    click.option("--workers", type=int, default=None,
+    click.option("--workers", type=click.IntRange(min=1), default=None,
                  help="Run the model on a local Dask cluster of N worker processes x 1 thread "
                       "(needs pip install 'platoscope[dask]')"),
     click.option("--scheduler", default=None,
@@ -156,6 +156,24 @@ def _with(options):
 data_model_options = [
     click.argument("data", nargs=-1, required=True, type=click.Path(exists=True)),
     model_option, layer_option, device_option]
+
+
+def _stored_forces(forces: str, monitors: str, frames: list, trajectory: str) -> None:
+    """--forces file for a monitor that needs forces: refuse, before anything loads, frames
+    that hold none (every one of them failed the monitor and the run said "completed")."""
+    from platoscope.monitors.registry import parse_monitor_spec
+
+    needing = sorted({cls.name for cls, _ in parse_monitor_spec(monitors) if cls.uses_forces})
+    if forces != "file" or not needing:
+        return
+    bare = [i for i, a in enumerate(frames)
+            if a.calc is None or a.calc.results.get("forces") is None]
+    if bare:
+        raise click.ClickException(
+            f"--forces file: {len(bare)} of {len(frames)} frames of {trajectory} hold no forces "
+            f"(frame {', '.join(map(str, bare[:5]))}{', ...' if len(bare) > 5 else ''}) and "
+            f"the {', '.join(needing)} monitor needs them: leave out --forces file (the model "
+            "computes them)")
 
 
 def _executor(backend: Any, device: str, workers: int | None, scheduler: str | None,
@@ -876,6 +894,7 @@ def monitor(trajectories, batch_size, index, forces, report, workers, scheduler,
                 click.echo(f"skipped: {line}", err=True)
             if not frames:
                 raise click.ClickException(f"no readable frame in {trajectory}")
+            _stored_forces(forces, config.monitors, frames, trajectory)
             run = _build(dataclasses.replace(config, out=run_out), frames[0])
             if forces_from(forces, run.monitors) == "file" and \
                     any(m.uses_forces for m in run.monitors):
