@@ -81,6 +81,24 @@ def test_a_cell_blown_up_by_the_barostat_is_named(small_setup, chgnet_backend, t
     assert summary["status"] == "failed" and "SimulationError: MD step 1" in summary["error"]
 
 
+def test_the_last_md_step_is_written_whatever_the_interval(small_setup, chgnet_backend,
+                                                           tmp_path):
+    """interval 2 over 5 steps wrote steps 0, 2, 4: the run's final structure was lost while
+    summary.json said last_step 5 (and a restart went on from step 4's frame)."""
+    anchors, bank, *_ = small_setup
+    atoms = nacl()
+    atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    res = run_md(atoms, [], tmp_path, steps=5, interval=2, progress=False)
+    assert res["last_step"] == 5 and res["frames_written"] == 4
+    assert [f.info["step"] for f in read(tmp_path / "frames.extxyz", ":")] == [0, 2, 4, 5]
+    assert read_sidecar(tmp_path / "frames.h5").n_frames == 4
+    atoms = nacl()
+    atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
+    run_md(atoms, [], tmp_path, steps=9, interval=2, progress=False, restart=True)
+    assert [f.info["step"] for f in read(tmp_path / "frames.extxyz", ":")] == [0, 2, 4, 5, 6,
+                                                                                8, 9]
+
+
 def test_langevin_friction_is_per_fs():
     """--friction is documented in 1/fs; ASE's Langevin takes it per ASE time unit."""
     from ase import units

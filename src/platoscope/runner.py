@@ -88,7 +88,9 @@ class RunRecorder:
     per chunk; a kill then loses the frames of the chunk under way, which a resumed run
     rewrites); False writes and commits every frame as it comes (MD, relaxations);
     first_summary: extra entries of the ``running`` summary.json written on opening (the
-    runners pass their watcher's ``monitoring`` here instead of rewriting it at once).
+    runners pass their watcher's ``monitoring`` here instead of rewriting it at once);
+    final_step: a step written whatever ``interval`` says (MD's last step: the run's final
+    structure was lost when ``interval`` did not divide ``steps``).
     """
 
     def __init__(self, out: str | Path, *, provenance: dict[str, Any], config: dict[str, Any],
@@ -96,12 +98,13 @@ class RunRecorder:
                  projector: Any = None, store_coords: str = "auto",
                  score_units: dict[str, str] | None = None, verify: bool = True,
                  score_names: Sequence[str] = (), batch: bool = False,
-                 first_summary: dict[str, Any] | None = None):
+                 first_summary: dict[str, Any] | None = None, final_step: int | None = None):
         self.store_platonic = store_coords_for(store_coords, int(provenance.get("n_anchors") or 0),
                                                embeddings=embeddings)
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.interval = interval
+        self.final_step = final_step
         self.embeddings = embeddings
         self.provenance = provenance
         self.config = config
@@ -124,7 +127,7 @@ class RunRecorder:
         self.write_summary("running", first_summary)
 
     def frame(self, frame: Frame, scores: dict[str, np.ndarray]) -> None:
-        if frame.step % self.interval:
+        if frame.step % self.interval and frame.step != self.final_step:
             return
         if frame.coverage is not None:
             scores = {**scores, COVERAGE: np.asarray(frame.coverage, dtype=np.float64)}
@@ -164,20 +167,21 @@ class RunRecorder:
 
     def write_summary(self, status: str, extra: dict[str, Any] | None = None
                       ) -> dict[str, Any]:
-        """Write summary.json; returns ``extra`` as written (event counts over every segment
-        of a restarted run, taken from the files)."""
+        """Write summary.json; returns what it wrote (``extra`` with event counts over every
+        segment of a restarted run, taken from the files, after the run's record)."""
         self.flush()
         extra = dict(extra or {})
         if "monitoring" in extra:
             extra["monitoring"] = {**extra["monitoring"], "n_events": count_events(self.out)}
-        write_json_atomic(self.out / SUMMARY, {
+        summary = {
             "status": status, "provenance": self.provenance, "config": self.config,
             "frames_written": self.n_frames, "wall_time_s": round(time.time() - self.started, 3),
             "versions": package_versions(),
             "platonic_source": PLATONIC_STORED if self.store_platonic else PLATONIC_DERIVED,
             **extra,
-        })
-        return extra
+        }
+        write_json_atomic(self.out / SUMMARY, summary)
+        return summary
 
     def close(self) -> None:
         try:
@@ -426,6 +430,7 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
     watcher = Watcher(monitors, strict=strict, start_step=first_step)
     recorder = RunRecorder(out, provenance=calc.provenance(), config=config,
                            score_units=score_units(monitors), interval=interval,
+                           final_step=steps,
                            embeddings=embeddings, append=restart,
                            projector=getattr(calc, "projector", None), store_coords=store_coords,
                            verify=_verify_coords(calc),
