@@ -94,9 +94,15 @@ def test_the_last_md_step_is_written_whatever_the_interval(small_setup, chgnet_b
     assert read_sidecar(tmp_path / "frames.h5").n_frames == 4
     atoms = nacl()
     atoms.calc = PlatonicCalculator(chgnet_backend, anchors=anchors, projection=bank.projector)
-    run_md(atoms, [], tmp_path, steps=9, interval=2, progress=False, restart=True)
+    # an event of a step after the last frame (Ctrl-C between a step's events and its frame)
+    # belongs to a trajectory the restart does not follow: dropped, not counted
+    with open(tmp_path / "events.jsonl", "a") as fh:
+        fh.write('{"step": 7, "monitor": "atypical", "atoms": [0], "score": 1.0, '
+                 '"threshold": 0.5, "action": "record"}\n')
+    res = run_md(atoms, [], tmp_path, steps=9, interval=2, progress=False, restart=True)
     assert [f.info["step"] for f in read(tmp_path / "frames.extxyz", ":")] == [0, 2, 4, 5, 6,
                                                                                 8, 9]
+    assert len(read_events(tmp_path)) == 0 and res["monitoring"]["n_events"] == 0
 
 
 def test_langevin_friction_is_per_fs():

@@ -46,6 +46,7 @@ from platoscope.provenance import package_versions
 from platoscope.readers import frame_error
 from platoscope.records import check_restart, count_events, count_frames
 from platoscope.writers import EventLog, FrameSidecar, write_json_atomic
+from platoscope.writers.events import drop_events_after
 from platoscope.writers.runfiles import EVENTS, FRAMES, SIDECAR, SUMMARY
 
 STORE_COORDS_MAX_K = 256
@@ -409,6 +410,7 @@ def run_md(atoms: Atoms, monitors: Sequence[Monitor], out: str | Path, *, steps:
         start = first_frame(out)
         for m in monitors:
             m.on_restart(start)
+        drop_events_after(out, last)
     if temperature_end_K is not None and ensemble == "nve":
         raise InputError("a temperature ramp (temperature_end_K) needs a thermostat: "
                          "ensemble nvt or npt, not nve")

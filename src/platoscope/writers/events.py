@@ -163,3 +163,25 @@ def read_events(path: str | os.PathLike, *, warn: bool = True) -> EventLogData:
     return EventLogData(p, events, truncated, truncated_text)
 
 
+def drop_events_after(path: str | os.PathLike, step: int) -> int:
+    """Remove from ``events.jsonl`` (file or its directory) the events of steps after
+    ``step``, the last frame a restart continues from: a run stopped between a step's events
+    and its frame (Ctrl-C; with ``interval`` > 1, any step after the last written frame) left
+    events of a trajectory the restart does not follow, and they were counted. Rewrites the file
+    atomically; returns how many were dropped (0: the file is left untouched)."""
+    p = Path(path)
+    p = p / EVENTS if p.is_dir() else p
+    if not p.is_file():
+        return 0
+    data = read_events(p, warn=False)
+    keep = [e for e in data.events if int(e.get("step", -1)) <= step]
+    dropped = len(data.events) - len(keep)
+    if dropped or data.truncated:
+        tmp = p.with_name(p.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(e) + "\n" for e in keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    return dropped
+
