@@ -226,6 +226,9 @@ class Watcher:
     A monitor that raises is logged and skipped for that frame unless ``strict``. Each
     monitor is started (``Monitor.start``) on the first frame it is due, so one added later
     (:meth:`add`) or with ``interval`` > 1 takes its own first frame as its start.
+    ``step`` (frames' and events' step) counts the calls from ``start_step``, not the
+    dynamics' steps: attach it with ``interval=1`` and thin out with each monitor's own
+    ``interval`` (``dyn.attach(w, interval=5)`` labels MD steps 0, 5, 10 as 0, 1, 2).
     """
 
     def __init__(self, monitors: Sequence[Monitor], *, sinks: Sequence[Any] = (),
