@@ -336,6 +336,9 @@ def test_cli_errors_are_clear(small_setup, tmp_path):
     r = CliRunner().invoke(main, ["md", str(structure), "--model", "foo:bar", "--out",
                                   str(tmp_path / "y")])
     assert r.exit_code != 0 and "unknown backend spec 'foo:bar'" in r.output
+    r = CliRunner().invoke(main, ["monitor", str(structure), "--index", "10:", "--out",
+                                  str(tmp_path / "i")])  # was "no readable frame"
+    assert r.exit_code == 1 and f"--index 10: selects no frame of {structure}" in r.output
     # --overwrite clears a previous run only once the new one can start: a typo kept it
     previous = tmp_path / "previous"
     previous.mkdir()

@@ -892,6 +892,8 @@ def monitor(trajectories, batch_size, index, forces, report, workers, scheduler,
                                           on_error="raise" if config.strict else "skip")
             for line in skipped:
                 click.echo(f"skipped: {line}", err=True)
+            if not frames and not skipped and index not in (None, ":"):
+                raise click.ClickException(f"--index {index} selects no frame of {trajectory}")
             if not frames:
                 raise click.ClickException(f"no readable frame in {trajectory}")
             _stored_forces(forces, config.monitors, frames, trajectory)
