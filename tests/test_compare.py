@@ -127,6 +127,31 @@ def test_embed_compare_two_chgnet_versions(anchor_file, tmp_path):
     assert r.exit_code != 0 and "not the structures" in r.output and "val.csv" in r.output
 
 
+@pytest.mark.backend("chgnet")
+def test_compare_structures_after_embed_left_one_out(tmp_path):
+    """embed leaves out a structure the model cannot take (Am: not in CHGNet); compare
+    --structures with the files given to embed failed with 'groups has shape (5,), the
+    coordinates 4 atoms'. The groups now follow the rows the files hold."""
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.io import write
+
+    am = Atoms("Am2", positions=[[0, 0, 0], [1.7, 1.7, 1.7]], cell=[3.4] * 3, pbc=True)
+    path = tmp_path / "mixed.extxyz"
+    write(path, [bulk("Si", "diamond", a=5.43, cubic=True), am,
+                 bulk("NaCl", "rocksalt", a=5.64, cubic=True)])
+    r = CliRunner()
+    for name in ("a.h5", "b.h5"):
+        res = r.invoke(main, ["embed", str(path), "--model", "chgnet", "--no-embeddings",
+                              "--out", str(tmp_path / name)])
+        assert res.exit_code == 0 and "1 of 3 structures failed" in res.output, res.output
+    res = r.invoke(main, ["compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
+                          "--structures", str(path), "--k", "2", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    al = json.loads((tmp_path / "c" / "compare.json").read_text())["alignment"]
+    assert al["symmetry_aware"] and al["n_environments"] == 3  # Si 1, Na 1, Cl 1
+
+
 def _site_top1_bounds(x, y, numbers, structure_index, eps=1e-9):
     """Site-resolved top-1 (one query per atom, pool: its element in its structure, pools of
     two or more atoms) counting queries whose own atom is within ``eps`` of the nearest other

@@ -1028,6 +1028,8 @@ def _repair_one(path: Path) -> None:
                    "(0: off; 10 is usual)")
 def compare_cmd(files, out, k, max_atoms, structure_files, limit, symprec, csls):
     """Compare coordinate files of the same atoms from different models (``embed`` output)."""
+    import numpy as np
+
     from platoscope.compare import compare
     from platoscope.coords import AtomCoordinates
     from platoscope.symmetry import symmetry_groups
@@ -1043,13 +1045,16 @@ def compare_cmd(files, out, k, max_atoms, structure_files, limit, symprec, csls)
     coords = [AtomCoordinates.load(f) for f in files]
     groups = None
     if structure_files:
-        structures, data_hash = _read(structure_files, limit)
+        structures, data_hash = _read(structure_files, limit, skip=True)  # as embed reads
         if data_hash != coords[0].data_hash:
             raise click.ClickException(
                 f"{', '.join(structure_files)} are not the structures {files[0]} was made from "
                 f"(data hash {data_hash[:12]} != {coords[0].data_hash[:12]}): pass the same "
                 "files, in the same order and with the same --limit, as to embed")
-        groups = symmetry_groups(structures, symprec)
+        # the rows the files hold: embed leaves out structures the model could not embed
+        starts = np.concatenate([[0], np.cumsum([len(a) for a in structures])])
+        groups = symmetry_groups(structures, symprec)[
+            starts[coords[0].structure_index] + coords[0].atom_index]
     res = compare(coords, out, k=k, max_atoms=max_atoms, groups=groups, csls=csls)
     click.echo((Path(out) / "compare.txt").read_text())
     click.echo(f"wrote {out}/compare.json, alignment.png, bias_per_element.png, "
