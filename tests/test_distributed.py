@@ -631,12 +631,13 @@ def test_bad_cluster_options_are_one_line_errors(tmp_path):
     once end with an error naming the option (no traceback, no output file)."""
     structure = os.path.join(os.path.dirname(__file__), "..", "examples", "structures", "Si.cif")
     r = CliRunner()
-    for extra, words in ((["--scheduler", "garbage"], "--scheduler 'garbage': no Dask scheduler"),
-                         (["--workers", "0"], "--workers must be >= 1, not 0"),
-                         (["--workers", "2", "--scheduler", "tcp://x:1"], "not both")):
+    for extra, words, code in (
+            (["--scheduler", "garbage"], "--scheduler 'garbage': no Dask scheduler", 1),
+            (["--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1", 2),
+            (["--workers", "2", "--scheduler", "tcp://x:1"], "not both", 1)):
         out = tmp_path / "e.h5"
         res = r.invoke(main, ["embed", structure, "--out", str(out), *extra])
-        assert res.exit_code == 1, (extra, res.output, res.exception)
+        assert res.exit_code == code, (extra, res.output, res.exception)
         assert words in res.output, res.output
         assert not out.exists()
 
